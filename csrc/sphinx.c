@@ -1,0 +1,366 @@
+/* loopix Sphinx core; see sphinx.h and docs/sphinx.md for the format. */
+#include "sphinx.h"
+
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <sodium.h>
+
+#define SLOT 60
+#define BETA 300
+#define KEYSTREAM 360
+#define FINAL_META 52
+#define PAYLOAD_KEY 192
+
+static const uint8_t VERSION_BYTES[3] = {0, 0x01, 0x03}; /* 259 */
+static const char HKDF_INFO[] =
+    "Dwste mou enan moxlo arketa makru kai ena upomoxlio gia na ton topothetisw kai tha kinisw thn gh.";
+static const char PKEY_SALT[] = "sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT";
+static const char PKEY_INFO[] = "sphinx-payload-key-V01-CS01-HKDF:SHA256-INFO";
+static const char FINAL_PAD_PERSONAL[] = "loopix sphinx final-hop padding";
+static const uint8_t ZERO_NONCE[8] = {0};
+
+static const size_t PAYLOAD_SIZES[5] = {21, 2048, 8192, 16384, 32768};
+
+long lx_packet_size(size_t payload_size) {
+    for (int i = 0; i < 5; i++)
+        if (PAYLOAD_SIZES[i] == payload_size)
+            return (long)(LX_HEADER_SIZE + LX_PAYLOAD_OVERHEAD + payload_size);
+    return LX_ERR_PARAM;
+}
+
+static int payload_size_of_packet(size_t len, size_t *payload_size) {
+    for (int i = 0; i < 5; i++)
+        if (LX_HEADER_SIZE + LX_PAYLOAD_OVERHEAD + PAYLOAD_SIZES[i] == len) {
+            *payload_size = PAYLOAD_SIZES[i];
+            return LX_OK;
+        }
+    return LX_ERR_SIZE;
+}
+
+int lx_init(void) { return sodium_init() < 0 ? LX_ERR_CRYPTO : LX_OK; }
+
+/* ---- primitives ---- */
+
+static void hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                        const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len) {
+    uint8_t prk[32], t[32];
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, salt, salt_len);
+    crypto_auth_hmacsha256_update(&st, ikm, ikm_len);
+    crypto_auth_hmacsha256_final(&st, prk);
+    size_t done = 0;
+    for (uint8_t counter = 1; done < out_len; counter++) {
+        crypto_auth_hmacsha256_init(&st, prk, sizeof prk);
+        if (counter > 1) crypto_auth_hmacsha256_update(&st, t, sizeof t);
+        crypto_auth_hmacsha256_update(&st, info, info_len);
+        crypto_auth_hmacsha256_update(&st, &counter, 1);
+        crypto_auth_hmacsha256_final(&st, t);
+        size_t take = out_len - done < 32 ? out_len - done : 32;
+        memcpy(out + done, t, take);
+        done += take;
+    }
+    sodium_memzero(prk, sizeof prk);
+    sodium_memzero(t, sizeof t);
+    sodium_memzero(&st, sizeof st);
+}
+
+int lx_expand_secret(const uint8_t *shared, uint8_t *out) {
+    hkdf_sha256(NULL, 0, shared, 32, (const uint8_t *)HKDF_INFO, sizeof HKDF_INFO - 1, out,
+                LX_EXPANDED_SIZE);
+    return LX_OK;
+}
+
+static void payload_key(const uint8_t *expanded, int legacy, uint8_t *key) {
+    if (legacy) {
+        memcpy(key, expanded + 32, PAYLOAD_KEY);
+        return;
+    }
+    hkdf_sha256((const uint8_t *)PKEY_SALT, sizeof PKEY_SALT - 1, expanded + 32, 16,
+                (const uint8_t *)PKEY_INFO, sizeof PKEY_INFO - 1, key, PAYLOAD_KEY);
+}
+
+static _Thread_local EVP_CIPHER_CTX *aes_ctx;
+
+/* AES-128-CTR keystream from a zero IV: the routing-info cipher. */
+static int aes_keystream(const uint8_t *key, uint8_t *out, int len) {
+    static const uint8_t zero_iv[16] = {0};
+    static const uint8_t zeros[KEYSTREAM] = {0};
+    int outl = 0;
+    if (!aes_ctx && !(aes_ctx = EVP_CIPHER_CTX_new())) return LX_ERR_CRYPTO;
+    if (len > KEYSTREAM) return LX_ERR_PARAM;
+    if (EVP_EncryptInit_ex(aes_ctx, EVP_aes_128_ctr(), NULL, key, zero_iv) != 1) return LX_ERR_CRYPTO;
+    if (EVP_EncryptUpdate(aes_ctx, out, &outl, zeros, len) != 1 || outl != len) return LX_ERR_CRYPTO;
+    return LX_OK;
+}
+
+static void header_mac(const uint8_t *key16, const uint8_t *beta, uint8_t *mac16) {
+    uint8_t full[32];
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, key16, 16);
+    crypto_auth_hmacsha256_update(&st, beta, BETA);
+    crypto_auth_hmacsha256_final(&st, full);
+    memcpy(mac16, full, 16);
+}
+
+static void xor_into(uint8_t *dst, const uint8_t *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] ^= src[i];
+}
+
+/* ---- LIONESS (ChaCha20 + keyed BLAKE2b-256), as the lioness crate ---- */
+
+static void lioness_round_stream(const uint8_t *left, const uint8_t *k, uint8_t *right, size_t rlen) {
+    uint8_t key[32];
+    for (int i = 0; i < 32; i++) key[i] = left[i] ^ k[i];
+    crypto_stream_chacha20_xor(right, right, rlen, ZERO_NONCE, key);
+    sodium_memzero(key, sizeof key);
+}
+
+static void lioness_round_hash(uint8_t *left, const uint8_t *k64, const uint8_t *right, size_t rlen) {
+    uint8_t h[32];
+    crypto_generichash(h, 32, right, rlen, k64, 64);
+    xor_into(left, h, 32);
+}
+
+int lx_lioness_encrypt(const uint8_t *key, uint8_t *block, size_t len) {
+    if (len <= 32) return LX_ERR_PARAM;
+    uint8_t *l = block, *r = block + 32;
+    size_t rl = len - 32;
+    lioness_round_stream(l, key, r, rl);
+    lioness_round_hash(l, key + 32, r, rl);
+    lioness_round_stream(l, key + 96, r, rl);
+    lioness_round_hash(l, key + 128, r, rl);
+    return LX_OK;
+}
+
+int lx_lioness_decrypt(const uint8_t *key, uint8_t *block, size_t len) {
+    if (len <= 32) return LX_ERR_PARAM;
+    uint8_t *l = block, *r = block + 32;
+    size_t rl = len - 32;
+    lioness_round_hash(l, key + 128, r, rl);
+    lioness_round_stream(l, key + 96, r, rl);
+    lioness_round_hash(l, key + 32, r, rl);
+    lioness_round_stream(l, key, r, rl);
+    return LX_OK;
+}
+
+/* ---- build ---- */
+
+typedef struct {
+    uint8_t expanded[LX_MAX_HOPS][LX_EXPANDED_SIZE];
+    uint8_t keystream[LX_MAX_HOPS][KEYSTREAM];
+    uint8_t pkey[PAYLOAD_KEY];
+    uint8_t x[32];
+} build_scratch;
+
+static void put_be64(uint8_t *p, uint64_t v) {
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static int build_into(const lx_packet_spec *s, const uint8_t *msg, size_t payload_size, uint8_t *out,
+                      build_scratch *w) {
+    const size_t n = s->n_hops;
+    const size_t payload_len = payload_size + LX_PAYLOAD_OVERHEAD;
+    int rc;
+    if (n < 1 || n > LX_MAX_HOPS || s->message_len > payload_size) return LX_ERR_PARAM;
+
+    if (s->use_ephemeral_secret) memcpy(w->x, s->ephemeral_secret, 32);
+    else randombytes_buf(w->x, 32);
+
+    /* The crate's clamped fold: s_i = X25519(b_{i-1}, ... X25519(x, PK_i)). */
+    for (size_t i = 0; i < n; i++) {
+        uint8_t acc[32], tmp[32];
+        if (crypto_scalarmult(acc, w->x, s->hops[i].public_key) != 0) return LX_ERR_KEY;
+        for (size_t j = 0; j < i; j++) {
+            if (crypto_scalarmult(tmp, w->expanded[j] + 224, acc) != 0) return LX_ERR_KEY;
+            memcpy(acc, tmp, 32);
+        }
+        lx_expand_secret(acc, w->expanded[i]);
+        sodium_memzero(acc, sizeof acc);
+        if ((rc = aes_keystream(w->expanded[i], w->keystream[i], KEYSTREAM)) != LX_OK) return rc;
+    }
+
+    uint8_t *alpha = out, *gamma = out + 32, *beta = out + 48, *payload = out + LX_HEADER_SIZE;
+    uint8_t plain[BETA];
+
+    /* Final hop: flag, version, destination, identifier, pad; then the filler. */
+    size_t filler_len = SLOT * (n - 1);
+    size_t final_len = BETA - filler_len;
+    plain[0] = LX_FINAL;
+    memcpy(plain + 1, VERSION_BYTES, 3);
+    memcpy(plain + 4, s->destination, 32);
+    memcpy(plain + 36, s->identifier, 16);
+    {
+        uint8_t seed[32];
+        crypto_generichash(seed, 32, (const uint8_t *)FINAL_PAD_PERSONAL, sizeof FINAL_PAD_PERSONAL - 1,
+                           w->x, 32);
+        crypto_stream_chacha20(plain + FINAL_META, final_len - FINAL_META, ZERO_NONCE, seed);
+        sodium_memzero(seed, sizeof seed);
+    }
+    xor_into(plain, w->keystream[n - 1], final_len);
+    memcpy(beta, plain, final_len);
+    memset(beta + final_len, 0, filler_len);
+    for (size_t i = 1; i < n; i++) {
+        /* the filler grows by one slot per hop; only its first 60*i bytes get keystream i-1 */
+        xor_into(beta + final_len, w->keystream[i - 1] + KEYSTREAM - SLOT * i, SLOT * i);
+    }
+    header_mac(w->expanded[n - 1] + 16, beta, gamma);
+
+    for (size_t k = n - 1; k-- > 0;) {
+        plain[0] = LX_FORWARD;
+        memcpy(plain + 1, VERSION_BYTES, 3);
+        memcpy(plain + 4, s->hops[k + 1].address, 32);
+        put_be64(plain + 36, s->hops[k].delay_ns);
+        memcpy(plain + 44, gamma, 16);
+        memcpy(plain + SLOT, beta, BETA - SLOT);
+        xor_into(plain, w->keystream[k], BETA);
+        memcpy(beta, plain, BETA);
+        header_mac(w->expanded[k] + 16, beta, gamma);
+    }
+    crypto_scalarmult_base(alpha, w->x);
+
+    memset(payload, 0, 16);
+    memcpy(payload + 16, msg, s->message_len);
+    payload[16 + s->message_len] = 0x01;
+    memset(payload + 17 + s->message_len, 0, payload_len - 17 - s->message_len);
+    for (size_t i = n; i-- > 0;) {
+        payload_key(w->expanded[i], 0, w->pkey);
+        lx_lioness_encrypt(w->pkey, payload, payload_len);
+    }
+    return LX_OK;
+}
+
+static void wipe(build_scratch *w) { sodium_memzero(w, sizeof *w); }
+
+int lx_build_packet(const lx_packet_spec *spec, const uint8_t *message, size_t message_len,
+                    size_t payload_size, uint8_t *out, size_t out_len) {
+    long size = lx_packet_size(payload_size);
+    if (size < 0 || !spec || !out || out_len < (size_t)size) return LX_ERR_PARAM;
+    if (spec->message_len != message_len || (message_len && !message)) return LX_ERR_PARAM;
+    build_scratch w;
+    int rc = build_into(spec, message, payload_size, out, &w);
+    wipe(&w);
+    if (rc != LX_OK) memset(out, 0, (size_t)size);
+    return rc;
+}
+
+long lx_build_batch(const lx_packet_spec *specs, size_t count, const uint8_t *messages,
+                    size_t messages_len, size_t payload_size, uint8_t *out, size_t out_len,
+                    size_t stride, int32_t *status) {
+    long size = lx_packet_size(payload_size);
+    if (size < 0 || stride < (size_t)size || (count && (!specs || !out || !status))) return LX_ERR_PARAM;
+    /* packet count-1 ends at (count-1)*stride + size: check it fits without overflow */
+    if (count && (out_len < (size_t)size || count - 1 > (out_len - (size_t)size) / stride))
+        return LX_ERR_PARAM;
+    build_scratch w;
+    long ok = 0;
+    for (size_t i = 0; i < count; i++) {
+        const lx_packet_spec *s = &specs[i];
+        uint8_t *dst = out + i * stride;
+        int rc;
+        if (s->message_offset > messages_len || s->message_len > messages_len - s->message_offset ||
+            (s->message_len && !messages))
+            rc = LX_ERR_PARAM;
+        else
+            rc = build_into(s, messages ? messages + s->message_offset : NULL, payload_size, dst, &w);
+        if (rc != LX_OK) memset(dst, 0, (size_t)size);
+        status[i] = rc;
+        ok += rc == LX_OK;
+    }
+    wipe(&w);
+    return ok;
+}
+
+/* ---- process ---- */
+
+typedef struct {
+    uint8_t shared[32];
+    uint8_t expanded[LX_EXPANDED_SIZE];
+    uint8_t keystream[KEYSTREAM];
+    uint8_t pkey[PAYLOAD_KEY];
+} process_scratch;
+
+static int process_into(const uint8_t *secret, const uint8_t *pkt, size_t len, size_t payload_size,
+                        uint8_t *out, lx_processed *res, process_scratch *w) {
+    const uint8_t *alpha = pkt, *gamma = pkt + 32, *beta = pkt + 48;
+    uint8_t mac[16];
+    int rc;
+    memset(res, 0, sizeof *res);
+    if (crypto_scalarmult(w->shared, secret, alpha) != 0) return LX_ERR_KEY;
+    lx_expand_secret(w->shared, w->expanded);
+    header_mac(w->expanded + 16, beta, mac);
+    if (crypto_verify_16(mac, gamma) != 0) return LX_ERR_MAC;
+    if ((rc = aes_keystream(w->expanded, w->keystream, KEYSTREAM)) != LX_OK) return rc;
+    uint8_t *plain = w->keystream; /* plain = (beta || 0^60) ^ keystream, in place */
+    xor_into(plain, beta, BETA);
+    int flag = plain[0];
+    int version = (plain[2] << 8) | plain[3];
+    if (version != 259 && version != 258) return LX_ERR_HEADER;
+    if (flag != LX_FORWARD && flag != LX_FINAL) return LX_ERR_HEADER;
+
+    const size_t payload_len = payload_size + LX_PAYLOAD_OVERHEAD;
+    uint8_t *payload = out + LX_HEADER_SIZE;
+    if (payload != pkt + LX_HEADER_SIZE) memmove(payload, pkt + LX_HEADER_SIZE, payload_len);
+    payload_key(w->expanded, version == 258, w->pkey);
+    lx_lioness_decrypt(w->pkey, payload, payload_len);
+    memcpy(res->replay_tag, w->expanded + 256, 32);
+
+    if (flag == LX_FORWARD) {
+        uint8_t next_alpha[32];
+        if (crypto_scalarmult(next_alpha, w->expanded + 224, alpha) != 0) return LX_ERR_KEY;
+        res->kind = LX_FORWARD;
+        memcpy(res->next_address, plain + 4, 32);
+        uint64_t d = 0;
+        for (int i = 0; i < 8; i++) d = (d << 8) | plain[36 + i];
+        res->delay_ns = d;
+        memcpy(out, next_alpha, 32);
+        memcpy(out + 32, plain + 44, 16);
+        memcpy(out + 48, plain + SLOT, BETA);
+        return LX_OK;
+    }
+    /* final: 0^16 || message || 0x01 || 0... */
+    res->kind = LX_FINAL;
+    memcpy(res->destination, plain + 4, 32);
+    memcpy(res->identifier, plain + 36, 16);
+    memset(out, 0, LX_HEADER_SIZE);
+    uint8_t acc = 0;
+    for (int i = 0; i < 16; i++) acc |= payload[i];
+    if (acc) return LX_ERR_PAYLOAD;
+    size_t end = payload_len;
+    while (end > 16 && payload[end - 1] == 0) end--;
+    if (end <= 16 || payload[end - 1] != 0x01) return LX_ERR_PAYLOAD;
+    res->message_offset = LX_HEADER_SIZE + 16;
+    res->message_len = end - 1 - 16;
+    return LX_OK;
+}
+
+int lx_process_packet(const uint8_t *secret, const uint8_t *packet, size_t len, uint8_t *out,
+                      size_t out_len, lx_processed *res) {
+    size_t payload_size;
+    if (!secret || !packet || !out || !res) return LX_ERR_PARAM;
+    if (payload_size_of_packet(len, &payload_size) != LX_OK) return LX_ERR_SIZE;
+    if (out_len < len) return LX_ERR_PARAM;
+    process_scratch w;
+    int rc = process_into(secret, packet, len, payload_size, out, res, &w);
+    sodium_memzero(&w, sizeof w);
+    res->status = rc;
+    return rc;
+}
+
+long lx_process_batch(const uint8_t *secret, const uint8_t *packets, size_t count,
+                      size_t packet_len, uint8_t *out, size_t out_len, lx_processed *res) {
+    size_t payload_size;
+    if (!secret || !res || (count && (!packets || !out))) return LX_ERR_PARAM;
+    if (payload_size_of_packet(packet_len, &payload_size) != LX_OK) return LX_ERR_SIZE;
+    if (count && out_len / packet_len < count) return LX_ERR_PARAM;
+    process_scratch w;
+    long ok = 0;
+    for (size_t i = 0; i < count; i++) {
+        int rc = process_into(secret, packets + i * packet_len, packet_len, payload_size,
+                              out + i * packet_len, &res[i], &w);
+        res[i].status = rc;
+        ok += rc == LX_OK;
+    }
+    sodium_memzero(&w, sizeof w);
+    return ok;
+}

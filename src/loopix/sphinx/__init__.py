@@ -1,0 +1,228 @@
+"""Sphinx packets byte-compatible with Nym's `sphinx-packet` crate 0.6.0 (header version 259).
+
+This module runs on the C core (csrc/sphinx.c through cffi); `loopix.sphinx.pure` is the readable
+reference with the same API, and the tests hold the two to identical bytes.
+
+    secret, public = keypair()
+    pkt = build_packet(route=[Hop(public_key=..., address=...)], destination=..., message=...,
+                       delays_ns=[...], identifier=bytes(16), payload_size=2048)
+    res = process_packet(secret, pkt)   # Forward(...) or Final(...); SphinxError subclasses on failure
+
+`PacketBuilder` and `PacketProcessor` are the batch entry points: one C call per batch, packets written
+into a caller-provided buffer, no Python object per packet.
+"""
+
+from __future__ import annotations
+
+from ._common import (
+    HEADER_SIZE,
+    MAX_PATH_LENGTH,
+    PACKET_SIZES,
+    PAYLOAD_OVERHEAD,
+    PAYLOAD_SIZE_FOR_PACKET,
+    PAYLOAD_SIZES,
+    Final,
+    Forward,
+    HeaderError,
+    Hop,
+    InvalidKeyError,
+    MacError,
+    PacketSizeError,
+    ParameterError,
+    PayloadError,
+    SphinxError,
+    check_build_args,
+    check_packet_length,
+    packet_size,
+)
+from ._sphinx_c import ffi, lib
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAX_PATH_LENGTH",
+    "PACKET_SIZES",
+    "PAYLOAD_OVERHEAD",
+    "PAYLOAD_SIZES",
+    "Final",
+    "Forward",
+    "HeaderError",
+    "Hop",
+    "InvalidKeyError",
+    "MacError",
+    "PacketBuilder",
+    "PacketProcessor",
+    "PacketSizeError",
+    "ParameterError",
+    "PayloadError",
+    "SphinxError",
+    "build_packet",
+    "keypair",
+    "packet_size",
+    "process_packet",
+]
+
+if lib.lx_init() != 0:  # pragma: no cover - libsodium refuses only on a broken system
+    raise ImportError("libsodium failed to initialise")
+
+_ERRORS = {
+    lib.LX_ERR_PARAM: (ParameterError, "bad parameters"),
+    lib.LX_ERR_SIZE: (PacketSizeError, "packet length is none of the Nym sizes"),
+    lib.LX_ERR_KEY: (InvalidKeyError, "X25519 gave the all-zero point (low-order key or alpha)"),
+    lib.LX_ERR_MAC: (MacError, "header MAC mismatch (wrong key or tampered header)"),
+    lib.LX_ERR_HEADER: (HeaderError, "unknown routing flag or unsupported header version"),
+    lib.LX_ERR_PAYLOAD: (PayloadError, "payload integrity check failed (tampered body or wrong route)"),
+    lib.LX_ERR_CRYPTO: (SphinxError, "the crypto library failed"),
+}
+
+
+def error_for(code: int) -> SphinxError:
+    """The exception for a C status code."""
+    cls, text = _ERRORS.get(code, (SphinxError, f"unknown error {code}"))
+    return cls(text)
+
+
+def keypair() -> tuple[bytes, bytes]:
+    """A fresh X25519 (secret, public) pair from the OS CSPRNG."""
+    secret = ffi.new("unsigned char[32]")
+    public = ffi.new("unsigned char[32]")
+    lib.randombytes_buf(secret, 32)
+    lib.crypto_scalarmult_base(public, secret)
+    return bytes(secret), bytes(public)
+
+
+def public_key(secret: bytes) -> bytes:
+    """The X25519 public key of a (clamped) secret."""
+    if len(secret) != 32:
+        raise InvalidKeyError(f"secret key must be 32 bytes, got {len(secret)}")
+    out = ffi.new("unsigned char[32]")
+    lib.crypto_scalarmult_base(out, secret)
+    return bytes(out)
+
+
+def fill_spec(spec, route, destination, identifier, delays_ns, message_len, ephemeral_secret) -> None:
+    """Write one packet's parameters into a C `lx_packet_spec` (validated by the caller)."""
+    spec.n_hops = len(route)
+    spec.message_len = message_len
+    for i, hop in enumerate(route):
+        h = spec.hops[i]
+        ffi.memmove(h.public_key, hop.public_key, 32)
+        ffi.memmove(h.address, hop.address, 32)
+        h.delay_ns = delays_ns[i]
+    ffi.memmove(spec.destination, destination, 32)
+    ffi.memmove(spec.identifier, identifier, 16)
+    if ephemeral_secret is None:
+        spec.use_ephemeral_secret = 0
+    else:
+        ffi.memmove(spec.ephemeral_secret, ephemeral_secret, 32)
+        spec.use_ephemeral_secret = 1
+
+
+def build_packet(
+    route,
+    destination: bytes,
+    message: bytes,
+    delays_ns,
+    identifier: bytes = bytes(16),
+    payload_size: int = 2048,
+    ephemeral_secret: bytes | None = None,
+) -> bytes:
+    """A Sphinx packet that takes `message` through `route` (1..5 hops) to `destination`.
+
+    `delays_ns[i]` is how long hop i holds the packet (the last one is not encoded, as in the crate).
+    With `ephemeral_secret` given the packet is a pure function of the arguments.
+    """
+    size = check_build_args(route, destination, message, delays_ns, identifier, payload_size, ephemeral_secret)
+    spec = ffi.new("lx_packet_spec *")
+    fill_spec(spec, route, destination, identifier, delays_ns, len(message), ephemeral_secret)
+    out = bytearray(size)
+    rc = lib.lx_build_packet(spec, ffi.from_buffer(message), len(message), payload_size, ffi.from_buffer(out), size)
+    if rc != 0:
+        raise error_for(rc)
+    return bytes(out)
+
+
+def process_packet(secret: bytes, packet: bytes) -> Forward | Final:
+    """Unwrap one layer with a node's secret key: `Forward` to the next hop or `Final` for the last."""
+    n = check_packet_length(packet)
+    if len(secret) != 32:
+        raise InvalidKeyError(f"secret key must be 32 bytes, got {len(secret)}")
+    out = bytearray(n)
+    res = ffi.new("lx_processed *")
+    rc = lib.lx_process_packet(secret, ffi.from_buffer(packet), n, ffi.from_buffer(out), n, res)
+    if rc != 0:
+        raise error_for(rc)
+    tag = bytes(ffi.buffer(res.replay_tag))
+    if res.kind == lib.LX_FORWARD:
+        return Forward(bytes(ffi.buffer(res.next_address)), res.delay_ns, bytes(out), tag)
+    start = res.message_offset
+    return Final(
+        bytes(ffi.buffer(res.destination)),
+        bytes(ffi.buffer(res.identifier)),
+        bytes(out[start : start + res.message_len]),
+        tag,
+    )
+
+
+class PacketBuilder:
+    """Builds up to `capacity` packets per C call into one preallocated buffer.
+
+    Workers fill `specs[i]` (an `lx_packet_spec`) and the message arena, then call `build(count, out)`
+    where `out` is any writable buffer (a shared-memory ring slot run): no Python object per packet.
+    """
+
+    def __init__(self, capacity: int, payload_size: int = 2048, message_arena: int | None = None):
+        self.capacity = capacity
+        self.payload_size = payload_size
+        self.packet_size = packet_size(payload_size)
+        self.specs = ffi.new("lx_packet_spec[]", capacity)
+        self.status = ffi.new("int32_t[]", capacity)
+        self.messages = bytearray(message_arena or capacity * payload_size)
+        self._messages_c = ffi.from_buffer(self.messages)
+
+    def set_packet(self, i, route, destination, message, delays_ns, identifier=bytes(16),
+                   ephemeral_secret=None, message_offset: int | None = None) -> None:
+        """Convenience for one slot: validates, copies the message into the arena at slot i."""
+        check_build_args(route, destination, message, delays_ns, identifier, self.payload_size, ephemeral_secret)
+        off = i * self.payload_size if message_offset is None else message_offset
+        if off + len(message) > len(self.messages):
+            raise ParameterError("message arena too small")
+        self.messages[off : off + len(message)] = message
+        spec = self.specs[i]
+        fill_spec(spec, route, destination, identifier, delays_ns, len(message), ephemeral_secret)
+        spec.message_offset = off
+
+    def build(self, count: int, out, stride: int | None = None) -> int:
+        """Build specs[0:count] into `out` (packet i at i*stride). Returns how many succeeded; the
+        per-packet codes are in `status`."""
+        if not 0 <= count <= self.capacity:
+            raise ParameterError(f"count must be 0..{self.capacity}")
+        stride = stride or self.packet_size
+        view = ffi.from_buffer(out, require_writable=True)
+        n = lib.lx_build_batch(self.specs, count, self._messages_c, len(self.messages), self.payload_size,
+                               view, len(view), stride, self.status)
+        if n < 0:
+            raise error_for(n)
+        return n
+
+
+class PacketProcessor:
+    """Unwraps a run of same-size packets with one C call (a mixnode's hot path)."""
+
+    def __init__(self, secret: bytes, capacity: int):
+        if len(secret) != 32:
+            raise InvalidKeyError("secret key must be 32 bytes")
+        self._secret = ffi.new("uint8_t[32]", secret)
+        self.capacity = capacity
+        self.results = ffi.new("lx_processed[]", capacity)
+
+    def process(self, packets, count: int, packet_len: int, out) -> int:
+        if not 0 <= count <= self.capacity:
+            raise ParameterError(f"count must be 0..{self.capacity}")
+        src = ffi.from_buffer(packets)
+        dst = ffi.from_buffer(out, require_writable=True)
+        if len(src) < count * packet_len:
+            raise ParameterError("input buffer shorter than count packets")
+        n = lib.lx_process_batch(self._secret, src, count, packet_len, dst, len(dst), self.results)
+        if n < 0:
+            raise error_for(n)
+        return n

@@ -1,0 +1,88 @@
+"""cffi build script (API mode, out-of-line) for the C core in csrc/.
+
+`pip install` runs it through setup.py's cffi_modules. LOOPIX_CFLAGS / LOOPIX_LDFLAGS add flags, e.g. the
+sanitizer build of scripts/sanitize.
+"""
+
+import os
+import shlex
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parents[3]
+# setuptools wants sources relative to setup.py, which is where pip runs this script from.
+CSRC = Path(os.path.relpath(ROOT / "csrc", Path.cwd()))
+
+ffibuilder = FFI()
+ffibuilder.cdef(
+    """
+    #define LX_MAX_HOPS 5
+    #define LX_HEADER_SIZE 348
+    #define LX_OK 0
+    #define LX_ERR_PARAM -1
+    #define LX_ERR_SIZE -2
+    #define LX_ERR_KEY -3
+    #define LX_ERR_MAC -4
+    #define LX_ERR_HEADER -5
+    #define LX_ERR_PAYLOAD -6
+    #define LX_ERR_CRYPTO -7
+    #define LX_FORWARD 1
+    #define LX_FINAL 2
+    typedef struct {
+        uint8_t public_key[32];
+        uint8_t address[32];
+        uint64_t delay_ns;
+    } lx_hop;
+    typedef struct {
+        uint32_t n_hops;
+        uint32_t message_len;
+        uint64_t message_offset;
+        lx_hop hops[5];
+        uint8_t destination[32];
+        uint8_t identifier[16];
+        uint8_t ephemeral_secret[32];
+        uint32_t use_ephemeral_secret;
+    } lx_packet_spec;
+    typedef struct {
+        int32_t status;
+        int32_t kind;
+        uint64_t delay_ns;
+        uint64_t message_offset;
+        uint64_t message_len;
+        uint8_t next_address[32];
+        uint8_t destination[32];
+        uint8_t identifier[16];
+        uint8_t replay_tag[32];
+    } lx_processed;
+    int lx_init(void);
+    long lx_packet_size(size_t payload_size);
+    int lx_build_packet(const lx_packet_spec *spec, const uint8_t *message, size_t message_len,
+                        size_t payload_size, uint8_t *out, size_t out_len);
+    long lx_build_batch(const lx_packet_spec *specs, size_t count, const uint8_t *messages,
+                        size_t messages_len, size_t payload_size, uint8_t *out, size_t out_len,
+                        size_t stride, int32_t *status);
+    int lx_process_packet(const uint8_t *secret, const uint8_t *packet, size_t len, uint8_t *out,
+                          size_t out_len, lx_processed *res);
+    long lx_process_batch(const uint8_t *secret, const uint8_t *packets, size_t count,
+                          size_t packet_len, uint8_t *out, size_t out_len, lx_processed *res);
+    int lx_lioness_encrypt(const uint8_t *key, uint8_t *block, size_t len);
+    int lx_lioness_decrypt(const uint8_t *key, uint8_t *block, size_t len);
+    int lx_expand_secret(const uint8_t *shared, uint8_t *out);
+    int crypto_scalarmult(unsigned char *q, const unsigned char *n, const unsigned char *p);
+    int crypto_scalarmult_base(unsigned char *q, const unsigned char *n);
+    void randombytes_buf(void * const buf, const size_t size);
+    """
+)
+ffibuilder.set_source(
+    "loopix.sphinx._sphinx_c",
+    '#include "sphinx.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c")],
+    include_dirs=[str(CSRC)],
+    libraries=["sodium", "crypto"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", *shlex.split(os.environ.get("LOOPIX_CFLAGS", ""))],
+    extra_link_args=shlex.split(os.environ.get("LOOPIX_LDFLAGS", "")),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose=True)

@@ -1,9 +1,13 @@
 /* loopix Sphinx core; see sphinx.h and docs/sphinx.md for the format. */
+/* SHA256_Init and friends: deprecated in OpenSSL 3 in favour of EVP, which costs more per call than
+ * a whole compression at these message sizes. */
+#define OPENSSL_API_COMPAT 0x10100000L
 #include "sphinx.h"
 
 #include <string.h>
 
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <sodium.h>
 
 #define SLOT 60
@@ -38,35 +42,65 @@ static int payload_size_of_packet(size_t len, size_t *payload_size) {
     return LX_ERR_SIZE;
 }
 
-int lx_init(void) { return sodium_init() < 0 ? LX_ERR_CRYPTO : LX_OK; }
 
 /* ---- primitives ---- */
 
-static void hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
-                        const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len) {
+/* HMAC-SHA256 with the key's inner and outer hash states computed once and copied per message.
+ * SHA-256 comes from libcrypto because it uses the CPU's SHA extensions: one compression costs about
+ * 0.04 us there against 0.22 us in libsodium 1.0.18, and a hop needs about 80 of them. */
+typedef struct {
+    SHA256_CTX inner, outer;
+} hmac_key;
+
+static void hmac_key_init(hmac_key *k, const uint8_t *key, size_t len) {
+    uint8_t block[64] = {0};
+    if (len) memcpy(block, key, len); /* every key here is at most 64 bytes */
+    for (int i = 0; i < 64; i++) block[i] ^= 0x36;
+    SHA256_Init(&k->inner);
+    SHA256_Update(&k->inner, block, 64);
+    for (int i = 0; i < 64; i++) block[i] ^= 0x36 ^ 0x5c;
+    SHA256_Init(&k->outer);
+    SHA256_Update(&k->outer, block, 64);
+    sodium_memzero(block, sizeof block);
+}
+
+static void hmac3(const hmac_key *k, const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
+                  const uint8_t *c, size_t clen, uint8_t *out) {
+    uint8_t t[32];
+    SHA256_CTX ctx = k->inner;
+    if (alen) SHA256_Update(&ctx, a, alen);
+    if (blen) SHA256_Update(&ctx, b, blen);
+    if (clen) SHA256_Update(&ctx, c, clen);
+    SHA256_Final(t, &ctx);
+    ctx = k->outer;
+    SHA256_Update(&ctx, t, 32);
+    SHA256_Final(out, &ctx);
+    sodium_memzero(&ctx, sizeof ctx);
+}
+
+static hmac_key empty_salt_key, payload_salt_key;
+
+/* RFC 5869 with a pre-keyed salt. */
+static void hkdf_sha256(const hmac_key *salt, const uint8_t *ikm, size_t ikm_len, const uint8_t *info,
+                        size_t info_len, uint8_t *out, size_t out_len) {
     uint8_t prk[32], t[32];
-    crypto_auth_hmacsha256_state st;
-    crypto_auth_hmacsha256_init(&st, salt, salt_len);
-    crypto_auth_hmacsha256_update(&st, ikm, ikm_len);
-    crypto_auth_hmacsha256_final(&st, prk);
+    hmac_key prk_key;
+    hmac3(salt, ikm, ikm_len, NULL, 0, NULL, 0, prk);
+    hmac_key_init(&prk_key, prk, sizeof prk);
     size_t done = 0;
     for (uint8_t counter = 1; done < out_len; counter++) {
-        crypto_auth_hmacsha256_init(&st, prk, sizeof prk);
-        if (counter > 1) crypto_auth_hmacsha256_update(&st, t, sizeof t);
-        crypto_auth_hmacsha256_update(&st, info, info_len);
-        crypto_auth_hmacsha256_update(&st, &counter, 1);
-        crypto_auth_hmacsha256_final(&st, t);
+        hmac3(&prk_key, t, counter > 1 ? 32 : 0, info, info_len, &counter, 1, t);
         size_t take = out_len - done < 32 ? out_len - done : 32;
         memcpy(out + done, t, take);
         done += take;
     }
     sodium_memzero(prk, sizeof prk);
     sodium_memzero(t, sizeof t);
-    sodium_memzero(&st, sizeof st);
+    sodium_memzero(&prk_key, sizeof prk_key);
 }
 
 int lx_expand_secret(const uint8_t *shared, uint8_t *out) {
-    hkdf_sha256(NULL, 0, shared, 32, (const uint8_t *)HKDF_INFO, sizeof HKDF_INFO - 1, out,
+    hkdf_sha256(&empty_salt_key, shared, 32, (const uint8_t *)HKDF_INFO, sizeof HKDF_INFO - 1, out,
                 LX_EXPANDED_SIZE);
     return LX_OK;
 }
@@ -76,8 +110,15 @@ static void payload_key(const uint8_t *expanded, int legacy, uint8_t *key) {
         memcpy(key, expanded + 32, PAYLOAD_KEY);
         return;
     }
-    hkdf_sha256((const uint8_t *)PKEY_SALT, sizeof PKEY_SALT - 1, expanded + 32, 16,
-                (const uint8_t *)PKEY_INFO, sizeof PKEY_INFO - 1, key, PAYLOAD_KEY);
+    hkdf_sha256(&payload_salt_key, expanded + 32, 16, (const uint8_t *)PKEY_INFO, sizeof PKEY_INFO - 1,
+                key, PAYLOAD_KEY);
+}
+
+int lx_init(void) {
+    if (sodium_init() < 0) return LX_ERR_CRYPTO;
+    hmac_key_init(&empty_salt_key, NULL, 0);
+    hmac_key_init(&payload_salt_key, (const uint8_t *)PKEY_SALT, sizeof PKEY_SALT - 1);
+    return LX_OK;
 }
 
 static _Thread_local EVP_CIPHER_CTX *aes_ctx;
@@ -96,10 +137,9 @@ static int aes_keystream(const uint8_t *key, uint8_t *out, int len) {
 
 static void header_mac(const uint8_t *key16, const uint8_t *beta, uint8_t *mac16) {
     uint8_t full[32];
-    crypto_auth_hmacsha256_state st;
-    crypto_auth_hmacsha256_init(&st, key16, 16);
-    crypto_auth_hmacsha256_update(&st, beta, BETA);
-    crypto_auth_hmacsha256_final(&st, full);
+    hmac_key k;
+    hmac_key_init(&k, key16, 16);
+    hmac3(&k, beta, BETA, NULL, 0, NULL, 0, full);
     memcpy(mac16, full, 16);
 }
 

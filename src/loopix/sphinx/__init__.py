@@ -43,6 +43,7 @@ __all__ = [
     "PACKET_SIZES",
     "PAYLOAD_OVERHEAD",
     "PAYLOAD_SIZES",
+    "PAYLOAD_SIZE_FOR_PACKET",
     "Final",
     "Forward",
     "HeaderError",

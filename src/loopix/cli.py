@@ -1,0 +1,258 @@
+"""`loopix-client`: the command line. One small handler per subcommand.
+
+To add a subcommand: write `_add_NAME(subparsers)` that builds its parser and sets
+`handler=_cmd_NAME`, write `_cmd_NAME(args) -> int`, and list `_add_NAME` in `_COMMANDS`.
+User errors are one line on stderr (exit 2 for bad usage, 1 for everything else), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+import string
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from loopix import config as cfg
+from loopix import keys
+
+PROG = "loopix-client"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _arg(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """Wrap a ValueError-raising validator as an argparse `type=`, keeping its message."""
+
+    def parse(text: str) -> object:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+# --- init ---------------------------------------------------------------------------------
+
+
+def _provider_key(text: str) -> str:
+    try:
+        return keys.key_to_b64url(keys.key_from_b64url(text))
+    except ValueError as exc:
+        raise ValueError(f"invalid provider key {text!r}: {exc}") from None
+
+
+def _random_id() -> str:
+    """An 8-character id, as the Go client made when none was given."""
+    return "".join(secrets.choice(string.ascii_letters) for _ in range(8))
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "init",
+        help="create a client identity: key pair and config.toml",
+        description="Create $LOOPIX_HOME/clients/ID/config with a fresh key pair and config.toml.",
+    )
+    p.add_argument(
+        "--id",
+        type=_arg(cfg.validate_client_id),
+        default=None,
+        help="client id, [A-Za-z0-9_-]{1,64} (default: 8 random letters)",
+    )
+    p.add_argument(
+        "--directory",
+        type=_arg(cfg.validate_directory_url),
+        default=cfg.DEFAULT_DIRECTORY,
+        help=f"directory topology URL (default: {cfg.DEFAULT_DIRECTORY})",
+    )
+    p.add_argument(
+        "--provider",
+        type=_arg(_provider_key),
+        default=None,
+        help="provider public key, base64url (default: choose one at random on first run)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing client with this id (its keys are lost)",
+    )
+    p.set_defaults(handler=_cmd_init)
+
+
+def _mkdir_0700(path: Path) -> None:
+    """Create `path` and any missing parents with mode 0700; leave existing ones alone."""
+    missing = []
+    for d in (path, *path.parents):
+        if d.exists():  # a file here makes the mkdir below fail with "Not a directory"
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:  # created meanwhile by someone else
+            if d.is_dir():
+                continue
+            raise
+        os.chmod(d, 0o700)  # exact mode whatever the umask
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _install_dir(tmp: Path, target: Path, *, force: bool) -> None:
+    """Move the finished `tmp` into place; with `force`, replace `target` atomically."""
+    if not target.exists():
+        os.rename(tmp, target)  # fails if a non-empty target appeared meanwhile
+        return
+    if not force:
+        raise FileExistsError(target)
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp)  # now holds the old config
+        return
+    # No RENAME_EXCHANGE: two renames. Never a half-written config; a crash in between
+    # leaves the old one complete beside it.
+    old = target.with_name(f".{target.name}.old-{os.urandom(4).hex()}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old)
+
+
+def init_client(
+    client_id: str,
+    *,
+    directory: str = cfg.DEFAULT_DIRECTORY,
+    provider: str = "",
+    force: bool = False,
+    home: Path | None = None,
+) -> tuple[Path, Path, Path]:
+    """Create a client's keys and config; returns (private key, public key, config) paths.
+
+    Everything is written into a temp dir beside the target and renamed into place, so an
+    existing client is never half-replaced and a failed run leaves nothing behind.
+    """
+    target = cfg.config_dir(client_id, home)
+    if target.exists() and not force:
+        raise CliError(
+            f"client {client_id!r} already exists at {target} (use --force to replace it)"
+        )
+    try:
+        _mkdir_0700(target.parent)
+    except OSError as exc:
+        raise CliError(
+            f"cannot create {exc.filename or target.parent}: {exc.strerror or exc}"
+        ) from None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".config-", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise CliError(f"cannot write in {target.parent}: {exc.strerror or exc}") from None
+    try:
+        conf = cfg.ClientConfig(
+            client=cfg.ClientSection(
+                id=client_id, directory_server_topology=directory, provider_id=provider
+            )
+        )
+        private_tmp, public_tmp = cfg.key_paths(conf, tmp)
+        pair = keys.generate_keypair()
+        keys.write_private_key(private_tmp, pair.secret)
+        keys.write_public_key(public_tmp, pair.public)
+        cfg.save(conf, tmp / cfg.CONFIG_FILE)
+        os.chmod(tmp, 0o700)
+        _fsync_dir(tmp)
+        _install_dir(tmp, target, force=force)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        if not isinstance(exc, FileExistsError) and exc.errno != errno.ENOTEMPTY:
+            raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise CliError(
+            f"client {client_id!r} already exists at {target} (use --force to replace it)"
+        ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    private_path, public_path = cfg.key_paths(conf, target)
+    return private_path, public_path, target / cfg.CONFIG_FILE
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    private_path, public_path, config_file = init_client(
+        args.id or _random_id(),
+        directory=args.directory,
+        provider=args.provider or "",
+        force=args.force,
+    )
+    print(f"Saved generated private key to {private_path}")
+    print(f"Saved generated public key to {public_path}")
+    print(f"Saved generated config to {config_file}")
+    return EXIT_OK
+
+
+# --- entry point --------------------------------------------------------------------------
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_init,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: one subparser per entry of `_COMMANDS`."""
+    parser = _Parser(prog=PROG, description="A Loopix-style mix network client.")
+    sub = parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return the exit status (errors are one line on stderr)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return args.handler(args)
+    except (CliError, cfg.ConfigError, keys.KeyFileError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130

@@ -142,7 +142,7 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`[runtime]`: how the client uses this machine, not what it looks like on the wire."""
 
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0  # packet builders; 0 = number of cores
-    topology_refresh_s: Positive = 60.0
+    topology_refresh_s: Positive = 5.0
 
     def __post_init__(self) -> None:
         _check_finite(self)

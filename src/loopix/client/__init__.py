@@ -1,0 +1,1 @@
+"""The client runtime: coordinator, packet workers, shared-memory rings, the uvloop sender."""

@@ -1,0 +1,227 @@
+"""Messages between the coordinator and its worker and sender processes, and their framing.
+
+They travel over a socketpair as `u32 BE length || msgpack`. None of this is on the per-packet path:
+packets go through the shared-memory rings; these carry setup, topology, real-message fragments
+(batched) and statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import msgspec
+
+_LEN = struct.Struct(">I")
+MAX_CONTROL_MESSAGE = 64 * 2**20
+
+
+class IdentityInfo(msgspec.Struct, frozen=True, array_like=True):
+    """What a worker needs to build one identity's packets."""
+
+    public_key: bytes
+    provider_key: bytes
+    payload_rate: float
+    loop_rate: float
+    drop_rate: float
+
+
+class MixNodeInfo(msgspec.Struct, frozen=True, array_like=True):
+    layer: int
+    public_key: bytes
+    address: bytes  # 32-byte Sphinx node address
+
+
+class ProviderInfo(msgspec.Struct, frozen=True, array_like=True):
+    public_key: bytes
+    address: bytes
+    host: str
+    port: int
+
+
+class TopologyUpdate(msgspec.Struct, tag=True):
+    mixnodes: list[MixNodeInfo]
+    providers: list[ProviderInfo]
+
+
+class WorkerSetup(msgspec.Struct, tag=True):
+    worker_index: int
+    workers: int
+    payload_size: int
+    mean_hop_delay_ms: float
+    payload_cover: str  # "drop" or "loop"
+    lookahead_ms: float
+    batch_size: int
+    start_ns: int
+    loop_key: bytes
+    identities: list[IdentityInfo]
+    topology: TopologyUpdate
+    wire_header: bytes  # bytes before the first-hop address in every SEND frame
+
+
+class Fragment(msgspec.Struct, frozen=True, array_like=True):
+    """One real sphinx message to send from `identity` (ref: the coordinator's handle)."""
+
+    ref: int
+    identity: int
+    recipient_key: bytes
+    recipient_provider_key: bytes
+    payload: bytes
+
+
+class SendFragments(msgspec.Struct, tag=True):
+    fragments: list[Fragment]
+
+
+class FragmentsBuilt(msgspec.Struct, tag=True):
+    refs: list[int]
+
+
+class FragmentsFailed(msgspec.Struct, tag=True):
+    refs: list[int]
+    reason: str
+
+
+class WorkerStats(msgspec.Struct, tag=True):
+    worker_index: int
+    built: list[int]  # per stream
+    build_errors: int
+    no_route: int
+
+
+class SenderIdentity(msgspec.Struct, frozen=True, array_like=True):
+    secret_key: bytes
+    public_key: bytes
+    provider_key: bytes
+    provider_host: str
+    provider_port: int
+
+
+class SenderSetup(msgspec.Struct, tag=True):
+    identities: list[SenderIdentity]
+    loop_key: bytes
+    ring_fds: list[int]
+    trace_path: str | None
+    push: bool = True
+    fetch_rate: float = 0.0
+
+
+class Received(msgspec.Struct, tag=True):
+    identity: int
+    payloads: list[bytes]
+
+
+class SenderStats(msgspec.Struct, tag=True):
+    sent: list[int]  # per stream
+    real_sent: int
+    loops_back: int
+    rtt_ms: list[float]  # loop round trips since the last report
+    lateness_us: list[float]  # a sample of (actual - scheduled) since the last report
+    connected: int
+    dropped_unconnected: int
+    received: int
+
+
+class Stop(msgspec.Struct, tag=True):
+    pass
+
+
+class Fatal(msgspec.Struct, tag=True):
+    """A child cannot go on (its setup is unusable); the text is for the user."""
+
+    message: str
+
+
+ControlMessage = (
+    TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsFailed | WorkerStats
+    | SenderSetup | Received | SenderStats | Stop | Fatal
+)
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ControlMessage)
+
+
+def encode(msg) -> bytes:
+    body = _encoder.encode(msg)
+    return _LEN.pack(len(body)) + body
+
+
+class ControlDecoder:
+    """Incremental decoder for a stream of control frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 4:
+            (n,) = _LEN.unpack_from(self._buf)
+            if n > MAX_CONTROL_MESSAGE:
+                raise ValueError(f"control message of {n} bytes is too large")
+            if len(self._buf) < 4 + n:
+                break
+            out.append(_decoder.decode(bytes(self._buf[4 : 4 + n])))
+            del self._buf[: 4 + n]
+        return out
+
+
+class ControlChannel:
+    """The asyncio side of a control socket: send messages, iterate over received ones."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self._decoder = ControlDecoder()
+        self._ready: list = []
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> ControlChannel:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_CONTROL_MESSAGE)
+        return cls(reader, writer)
+
+    def send(self, msg) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(msg))
+
+    async def recv(self):
+        """The next message, or None at EOF (the peer went away)."""
+        while not self._ready:
+            data = await self.reader.read(1 << 16)
+            if not data:
+                return None
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.pop(0)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class BlockingControl:
+    """The worker's side: a plain socket, polled between batches."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._decoder = ControlDecoder()
+        self.closed = False
+
+    def send(self, msg) -> None:
+        self.sock.setblocking(True)
+        self.sock.sendall(encode(msg))
+
+    def poll(self, timeout: float | None = 0.0) -> list:
+        """Messages available now (or within timeout). Sets `closed` at EOF."""
+        self.sock.settimeout(timeout)
+        out = []
+        try:
+            while True:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    self.closed = True
+                    break
+                out.extend(self._decoder.feed(data))
+                self.sock.settimeout(0.0)
+        except (BlockingIOError, TimeoutError, InterruptedError):
+            pass
+        except OSError:
+            self.closed = True
+        return out

@@ -1,0 +1,138 @@
+"""Single-producer single-consumer rings of fixed-size slots in shared memory.
+
+A worker builds packets straight into the slots of its own ring and the sender reads them from
+there: no pickling, no pipe, no copy on the way. The memory is a memfd (anonymous shared memory
+passed to the child processes as a file descriptor), so no /dev/shm name exists that a killed
+process could leak.
+
+Layout: a 192-byte header, then `slots` slots of `slot_size` bytes.
+    header  [0, 8)     write index (u64, only the producer stores it)
+            [64, 72)   read index (u64, only the consumer stores it)
+            [128, 136) horizon_ns: the producer has built every event scheduled before this time
+            [136, 140) slots, [140, 144) slot_size (u32, for attaching with a check)
+    slot    [0, 8)     scheduled_ns (u64)     [8, 12) identity (u32)    [12] stream (u8)
+            [13] flags (u8)                   [16, 20) wire_len (u32)   [24, 32) seq (u64)
+            [32, 32 + wire_len)   the bytes to put on the wire as they are
+Indexes only grow; slot i lives at i % slots. On x86-64 stores are not reordered with other stores
+nor loads with loads, so writing a slot before publishing the write index is enough.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+HEADER_SIZE = 192
+SLOT_META_SIZE = 32
+_U64 = struct.Struct("<Q")
+_META = struct.Struct("<QIBBxxIxxxxQ")
+assert _META.size == SLOT_META_SIZE
+_WRITE, _READ, _HORIZON, _SHAPE = 0, 64, 128, 136
+_SHAPE_FMT = struct.Struct("<II")
+
+
+def slot_size_for(wire_size: int) -> int:
+    """Slot size holding wire_size bytes after the slot metadata, rounded up to a cache line."""
+    return (SLOT_META_SIZE + wire_size + 63) // 64 * 64
+
+
+class Ring:
+    """One ring mapped in this process; `create` in the coordinator, `attach` in the children."""
+
+    def __init__(self, fd: int, slots: int, slot_size: int, *, owner: bool):
+        self.fd = fd
+        self.slots = slots
+        self.slot_size = slot_size
+        self.size = HEADER_SIZE + slots * slot_size
+        self._mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buf = memoryview(self._mm)
+        self.owner = owner
+
+    @classmethod
+    def create(cls, slots: int, slot_size: int, name: str = "loopix-ring") -> Ring:
+        if slots < 2 or slot_size < SLOT_META_SIZE or slot_size % 8:
+            raise ValueError(f"bad ring shape: {slots} slots of {slot_size} bytes")
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, HEADER_SIZE + slots * slot_size)
+        ring = cls(fd, slots, slot_size, owner=True)
+        _SHAPE_FMT.pack_into(ring.buf, _SHAPE, slots, slot_size)
+        return ring
+
+    @classmethod
+    def attach(cls, fd: int) -> Ring:
+        with mmap.mmap(fd, HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as head:
+            slots, slot_size = _SHAPE_FMT.unpack_from(head, _SHAPE)
+        if os.fstat(fd).st_size != HEADER_SIZE + slots * slot_size:
+            raise ValueError("ring file size does not match its header")
+        return cls(fd, slots, slot_size, owner=False)
+
+    # -- indexes --
+    @property
+    def write_index(self) -> int:
+        return _U64.unpack_from(self.buf, _WRITE)[0]
+
+    @property
+    def read_index(self) -> int:
+        return _U64.unpack_from(self.buf, _READ)[0]
+
+    @property
+    def horizon_ns(self) -> int:
+        return _U64.unpack_from(self.buf, _HORIZON)[0]
+
+    def pending(self) -> int:
+        return self.write_index - self.read_index
+
+    def free(self) -> int:
+        return self.slots - self.pending()
+
+    # -- producer side --
+    def slot_offset(self, index: int) -> int:
+        return HEADER_SIZE + (index % self.slots) * self.slot_size
+
+    def contiguous_free(self) -> tuple[int, int]:
+        """(first free index, how many free slots follow it without wrapping)."""
+        w = self.write_index
+        free = self.slots - (w - self.read_index)
+        return w, min(free, self.slots - w % self.slots)
+
+    def write_meta(self, index: int, scheduled_ns: int, identity: int, stream: int, wire_len: int,
+                   seq: int = 0, flags: int = 0) -> None:
+        _META.pack_into(self.buf, self.slot_offset(index), scheduled_ns, identity, stream, flags,
+                        wire_len, seq)
+
+    def wire_view(self, index: int, count: int = 1) -> memoryview:
+        """Writable view from slot index's wire bytes over count slots (for batch builds; the
+        caller keeps count within contiguous_free)."""
+        start = self.slot_offset(index) + SLOT_META_SIZE
+        return self.buf[start : start + (count - 1) * self.slot_size + self.slot_size - SLOT_META_SIZE]
+
+    def publish(self, new_write_index: int, horizon_ns: int | None = None) -> None:
+        if horizon_ns is not None:
+            _U64.pack_into(self.buf, _HORIZON, horizon_ns)
+        _U64.pack_into(self.buf, _WRITE, new_write_index)
+
+    def set_horizon(self, horizon_ns: int) -> None:
+        _U64.pack_into(self.buf, _HORIZON, horizon_ns)
+
+    # -- consumer side --
+    def peek(self, index: int) -> tuple[int, int, int, int, int, int]:
+        """(scheduled_ns, identity, stream, flags, wire_len, seq) of slot index."""
+        return _META.unpack_from(self.buf, self.slot_offset(index))
+
+    def wire_bytes(self, index: int, wire_len: int) -> memoryview:
+        start = self.slot_offset(index) + SLOT_META_SIZE
+        return self.buf[start : start + wire_len]
+
+    def release(self, new_read_index: int) -> None:
+        _U64.pack_into(self.buf, _READ, new_read_index)
+
+    def close(self) -> None:
+        try:
+            self.buf.release()
+            self._mm.close()
+        except BufferError:  # a view is still exported somewhere; the mapping goes with the process
+            return
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -14,6 +14,8 @@ into a caller-provided buffer, no Python object per packet.
 
 from __future__ import annotations
 
+import struct
+
 from ._common import (
     HEADER_SIZE,
     MAX_PATH_LENGTH,
@@ -61,6 +63,12 @@ __all__ = [
     "packet_size",
     "process_packet",
 ]
+
+_SPEC_HEAD = struct.Struct("=IIQ")
+_U64 = struct.Struct("=Q")
+_U32 = struct.Struct("=I")
+_HOP_SIZE = ffi.sizeof("lx_hop")
+_ZERO16 = bytes(16)
 
 if lib.lx_init() != 0:  # pragma: no cover - libsodium refuses only on a broken system
     raise ImportError("libsodium failed to initialise")
@@ -179,6 +187,12 @@ class PacketBuilder:
         self.status = ffi.new("int32_t[]", capacity)
         self.messages = bytearray(message_arena or capacity * payload_size)
         self._messages_c = ffi.from_buffer(self.messages)
+        self._spec_view = memoryview(ffi.buffer(self.specs))
+        self._spec_size = ffi.sizeof("lx_packet_spec")
+        self._hops_at = ffi.offsetof("lx_packet_spec", "hops")
+        self._dest_at = ffi.offsetof("lx_packet_spec", "destination")
+        self._ident_at = ffi.offsetof("lx_packet_spec", "identifier")
+        self._use_eph_at = ffi.offsetof("lx_packet_spec", "use_ephemeral_secret")
 
     def set_packet(self, i, route, destination, message, delays_ns, identifier=bytes(16),
                    ephemeral_secret=None, message_offset: int | None = None) -> None:
@@ -191,6 +205,22 @@ class PacketBuilder:
         spec = self.specs[i]
         fill_spec(spec, route, destination, identifier, delays_ns, len(message), ephemeral_secret)
         spec.message_offset = off
+
+    def set_packet_fast(self, i: int, hops: list[bytes], delays_ns: list[int], destination: bytes,
+                        message_len: int, message_offset: int) -> None:
+        """The workers' path: no validation, no cffi attribute access. `hops[k]` is the 64 bytes
+        public key ‖ address of hop k (precomputed per node), the message is already in the arena
+        at message_offset, and the identifier is zero. A bad spec fails in C with a status code."""
+        view, base = self._spec_view, i * self._spec_size
+        _SPEC_HEAD.pack_into(view, base, len(hops), message_len, message_offset)
+        at = base + self._hops_at
+        for hop, delay in zip(hops, delays_ns, strict=True):
+            view[at : at + 64] = hop
+            _U64.pack_into(view, at + 64, delay)
+            at += _HOP_SIZE
+        view[base + self._dest_at : base + self._dest_at + 32] = destination
+        view[base + self._ident_at : base + self._ident_at + 16] = _ZERO16
+        _U32.pack_into(view, base + self._use_eph_at, 0)
 
     def build(self, count: int, out, stride: int | None = None) -> int:
         """Build specs[0:count] into `out` (packet i at i*stride). Returns how many succeeded; the

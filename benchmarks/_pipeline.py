@@ -1,0 +1,41 @@
+"""Shared pieces of the client benchmarks: the bare all-core C build rate to compare against (and
+SinkNet, a made-up mixnet whose only provider discards)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+from loopix import sphinx
+from loopix.testnet.sink import SinkNet
+
+__all__ = ["SinkNet", "bare_all_core_rate"]
+
+
+def _bare_builder(seconds: float, hops: int, result) -> None:
+    keys = [sphinx.keypair() for _ in range(hops)]
+    route = [sphinx.Hop(public_key=pk, address=bytes([i]) * 32) for i, (_, pk) in enumerate(keys)]
+    builder = sphinx.PacketBuilder(32)
+    for i in range(32):
+        builder.set_packet(i, route, bytes(32), os.urandom(2000), [1000] * hops)
+    out = bytearray(builder.packet_size * 32)
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        n += builder.build(32, out)
+    result.put(n / (time.perf_counter() - start))
+
+
+def bare_all_core_rate(seconds: float = 3.0, hops: int = 4, procs: int | None = None) -> float:
+    """Packets/s of `procs` processes doing nothing but batch builds, side by side."""
+    procs = procs or os.cpu_count() or 1
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=_bare_builder, args=(seconds, hops, q)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    rates = [q.get(timeout=seconds + 60) for _ in ps]
+    for p in ps:
+        p.join()
+    return sum(rates)

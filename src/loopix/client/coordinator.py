@@ -1,0 +1,428 @@
+"""The coordinator: owns config, keys and topology, starts the sender and the workers, deals real
+messages to the workers and reassembles what comes back.
+
+    coordinator ──setup, topology, fragments──▶ workers ──packets (shared-memory rings)──▶ sender
+         ▲                                                                                  │
+         └─────────────── received fragments, stats (control socket) ◀──────────────────────┘
+
+Children are plain subprocesses (`python -m loopix.client.worker|sender`) that get their control
+socket and rings as inherited file descriptors and exit when the control socket closes: a
+coordinator that dies takes its process tree with it. A worker that dies is restarted on the same
+ring, and the real fragments it had not yet built are dealt again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import aiohttp
+import msgspec
+
+from loopix import sphinx
+from loopix.keys import KeyPair
+from loopix.topology import Topology, TopologyError, parse_topology
+from loopix.wire import provider_protocol as pp
+from loopix.wire.b64 import b64url_encode
+
+from . import control
+from .messages import LoopCodec, MessageError, Reassembler, fragment_message
+from .ring import Ring, slot_size_for
+
+log = logging.getLogger("loopix.coordinator")
+
+CHILD_STOP_TIMEOUT_S = 5.0
+
+
+class ClientError(Exception):
+    """A problem the user can act on (unreachable directory, unknown provider, bad recipient)."""
+
+
+class Identity(msgspec.Struct):
+    """One client identity run by this coordinator."""
+
+    keys: KeyPair
+    provider_key: bytes | None = None  # None: chosen from the topology
+    payload_rate: float = 50.0
+    loop_rate: float = 5.0
+    drop_rate: float = 5.0
+
+
+class RuntimeOptions(msgspec.Struct, kw_only=True):
+    directory_url: str
+    payload_size: int = 2048
+    mean_hop_delay_ms: float = 50.0
+    payload_cover: str = "drop"
+    workers: int = 0
+    push: bool = True
+    fetch_rate: float = 1.0
+    topology_refresh_s: float = 5.0
+    lookahead_ms: float = 100.0
+    batch_size: int = 32
+    trace_path: str | None = None
+    start_timeout_s: float = 20.0
+
+
+class Stats(msgspec.Struct):
+    """Totals since start, as the sender and workers report them."""
+
+    sent: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
+    real_sent: int = 0
+    loops_back: int = 0
+    received: int = 0
+    connected: int = 0
+    dropped_unconnected: int = 0
+    built: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
+    build_errors: int = 0
+    messages_received: int = 0
+    messages_incomplete: int = 0
+    worker_restarts: int = 0
+
+
+async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
+    """GET the directory's topology; ClientError with a clear message on any failure."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
+                http.get(url) as resp:
+            if resp.status != 200:
+                raise ClientError(f"directory {url} answered HTTP {resp.status}")
+            body = await resp.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as e:
+        raise ClientError(f"directory {url} unreachable: {e or type(e).__name__}") from None
+    try:
+        return parse_topology(body)
+    except TopologyError as e:
+        raise ClientError(f"directory {url} sent a bad topology: {e}") from None
+
+
+def topology_update(topo: Topology) -> control.TopologyUpdate:
+    mixnodes = [control.MixNodeInfo(m.layer, m.pub_key, m.sphinx_address) for m in topo.mix_nodes]
+    providers = [control.ProviderInfo(p.pub_key, p.sphinx_address, *p.address) for p in topo.providers]
+    return control.TopologyUpdate(mixnodes, providers)
+
+
+class Child:
+    """A worker or sender process with its control channel."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, chan: control.ControlChannel):
+        self.name, self.proc, self.chan = name, proc, chan
+        self.stopping = False
+
+
+def spawn(module: str, fds: list[int], args: list[str]) -> subprocess.Popen:
+    # its own session: Ctrl-C reaches the coordinator only, which then stops the children in order
+    return subprocess.Popen([sys.executable, "-m", module, *args], pass_fds=fds,
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+class Coordinator:
+    def __init__(self, identities: list[Identity], options: RuntimeOptions):
+        if not identities:
+            raise ClientError("no identity to run")
+        self.identities = identities
+        self.opts = options
+        self.n_workers = options.workers or os.cpu_count() or 1
+        self.loop_key = os.urandom(32)
+        self.topology: Topology | None = None
+        self.provider_of: list[bytes] = []
+        self.stats = Stats()
+        self.rings: list[Ring] = []
+        self.workers: list[Child | None] = []
+        self.sender: Child | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.refs = itertools.count(1)
+        self.outstanding: list[dict[int, control.Fragment]] = []
+        self.deal_next = 0
+        self.reassemblers = [Reassembler(i.keys.secret) for i in identities]
+        self.subscribers: list[set[asyncio.Queue]] = [set() for _ in identities]
+        self.stats_listeners: list = []
+        self.fatal: str | None = None
+        self.running = False
+        self._worker_stats: dict[int, control.WorkerStats] = {}
+        self._sender_connected = asyncio.Event()
+        self.packet_size = sphinx.packet_size(options.payload_size)
+
+    # -- start/stop --
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.opts.start_timeout_s
+        self.topology = await self._first_topology(deadline)
+        self._assign_providers()
+        try:
+            self._start_children()
+            self.running = True
+            self.tasks.append(asyncio.create_task(self._read_sender()))
+            for i in range(self.n_workers):
+                self.tasks.append(asyncio.create_task(self._read_worker(i)))
+            self.tasks.append(asyncio.create_task(self._refresh_topology()))
+            self.tasks.append(asyncio.create_task(self._watch_children()))
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self._sender_connected.wait(), left)
+            except TimeoutError:
+                raise ClientError(
+                    f"could not register with the provider within {self.opts.start_timeout_s:.0f}s"
+                    f" ({self.stats.connected}/{len(self.identities)} identities connected)"
+                ) from None
+            if self.fatal:
+                raise ClientError(self.fatal)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _first_topology(self, deadline: float) -> Topology:
+        while True:
+            try:
+                topo = await fetch_topology(self.opts.directory_url)
+                if not topo.providers or not topo.mix_nodes:
+                    raise ClientError(f"directory {self.opts.directory_url} lists no "
+                                      f"{'providers' if not topo.providers else 'mixnodes'} yet")
+                return topo
+            except ClientError:
+                if time.monotonic() + 0.5 > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    def _assign_providers(self) -> None:
+        providers = sorted(self.topology.providers, key=lambda p: p.pub_key)
+        self.provider_of = []
+        for i, ident in enumerate(self.identities):
+            if ident.provider_key is not None:
+                if self.topology.provider_by_key(ident.provider_key) is None:
+                    raise ClientError(f"provider {sphinx_key(ident.provider_key)} is not in the topology")
+                self.provider_of.append(ident.provider_key)
+            else:  # round robin over the providers, stable for a given key set
+                self.provider_of.append(providers[i % len(providers)].pub_key)
+
+    def _start_children(self) -> None:
+        wire_len = pp.SEND_OVERHEAD + self.packet_size
+        total_rate = sum(i.payload_rate + i.loop_rate + i.drop_rate for i in self.identities)
+        per_worker = total_rate / self.n_workers
+        slots = max(256, int(per_worker * self.opts.lookahead_ms / 1000 * 3) + 4 * self.opts.batch_size)
+        self.rings = [Ring.create(slots, slot_size_for(wire_len), f"loopix-ring-{w}") for w in range(self.n_workers)]
+        self.workers = [None] * self.n_workers
+        self.outstanding = [{} for _ in range(self.n_workers)]
+        sender_ids = []
+        for i, ident in enumerate(self.identities):
+            prov = self.topology.provider_by_key(self.provider_of[i])
+            host, port = prov.address
+            sender_ids.append(control.SenderIdentity(ident.keys.secret, ident.keys.public, prov.pub_key, host, port))
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno()] + [r.fd for r in self.rings]
+        proc = spawn("loopix.client.sender", fds, [str(theirs.fileno())])
+        theirs.close()
+        self.sender = Child("sender", proc, None)
+        self._pending_sender = (ours, control.SenderSetup(
+            identities=sender_ids, loop_key=self.loop_key, ring_fds=[r.fd for r in self.rings],
+            trace_path=self.opts.trace_path, push=self.opts.push, fetch_rate=self.opts.fetch_rate))
+        self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
+
+    def _spawn_worker(self, w: int):
+        ours, theirs = socket.socketpair()
+        proc = spawn("loopix.client.worker", [theirs.fileno(), self.rings[w].fd],
+                     [str(theirs.fileno()), str(self.rings[w].fd)])
+        theirs.close()
+        infos = [control.IdentityInfo(i.keys.public, self.provider_of[k], i.payload_rate, i.loop_rate, i.drop_rate)
+                 for k, i in enumerate(self.identities)]
+        setup = control.WorkerSetup(
+            worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
+            mean_hop_delay_ms=self.opts.mean_hop_delay_ms, payload_cover=self.opts.payload_cover,
+            lookahead_ms=self.opts.lookahead_ms, batch_size=self.opts.batch_size,
+            start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
+            topology=topology_update(self.topology),
+            wire_header=struct.pack(">IB", 1 + 32 + self.packet_size, pp.MsgType.SEND),
+        )
+        return ours, proc, setup
+
+    async def stop(self) -> None:
+        self.running = False
+        children = [c for c in [self.sender, *self.workers] if c is not None]
+        for child in children:
+            child.stopping = True
+            if child.chan is not None:
+                with contextlib.suppress(Exception):
+                    child.chan.send(control.Stop())
+        deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
+        for child in children:
+            while child.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+            if child.chan is not None:
+                child.chan.close()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+        for queues in self.subscribers:
+            for q in queues:
+                q.put_nowait(None)
+
+    # -- children --
+    async def _read_sender(self) -> None:
+        ours, setup = self._pending_sender
+        chan = await control.ControlChannel.open(ours)
+        self.sender.chan = chan
+        chan.send(setup)
+        while True:
+            msg = await chan.recv()
+            if msg is None:
+                if self.running and not self.sender.stopping:
+                    self.fatal = "the sender process exited"
+                    log.error(self.fatal)
+                    self._sender_connected.set()
+                return
+            if isinstance(msg, control.Received):
+                self._on_received(msg)
+            elif isinstance(msg, control.SenderStats):
+                self._on_sender_stats(msg)
+            elif isinstance(msg, control.Fatal):
+                self.fatal = msg.message
+
+    async def _read_worker(self, w: int) -> None:
+        while True:
+            ours, proc, setup = self._pending_workers.pop(w)
+            chan = await control.ControlChannel.open(ours)
+            child = Child(f"worker {w}", proc, chan)
+            self.workers[w] = child
+            chan.send(setup)
+            redeal = list(self.outstanding[w].values())
+            self.outstanding[w].clear()
+            if redeal:
+                self._deal(redeal)
+            while True:
+                msg = await chan.recv()
+                if msg is None:
+                    break
+                if isinstance(msg, control.FragmentsBuilt):
+                    out = self.outstanding[w]
+                    for ref in msg.refs:
+                        out.pop(ref, None)
+                elif isinstance(msg, control.FragmentsFailed):
+                    for ref in msg.refs:
+                        self.outstanding[w].pop(ref, None)
+                    log.warning("%d fragments could not be sent: %s", len(msg.refs), msg.reason)
+                elif isinstance(msg, control.WorkerStats):
+                    self._worker_stats[w] = msg
+                elif isinstance(msg, control.Fatal):
+                    log.error("%s", msg.message)
+            chan.close()
+            if not self.running or child.stopping:
+                return
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=1)
+            log.warning("worker %d exited (code %s); restarting it", w, proc.returncode)
+            self.stats.worker_restarts += 1
+            self._pending_workers[w] = self._spawn_worker(w)
+            # fragments it had not built go to the new worker (dealt again above)
+
+    async def _watch_children(self) -> None:
+        """A killed child closes its control socket; this only catches the rare hang at exit."""
+        while self.running:
+            await asyncio.sleep(0.5)
+            if self.sender and self.sender.proc.poll() is not None and not self.sender.stopping:
+                self.fatal = f"the sender process exited with code {self.sender.proc.returncode}"
+
+    async def _refresh_topology(self) -> None:
+        while self.running:
+            await asyncio.sleep(self.opts.topology_refresh_s)
+            try:
+                topo = await fetch_topology(self.opts.directory_url)
+            except ClientError as e:
+                log.warning("topology refresh failed, keeping the last good one: %s", e)
+                continue
+            if not topo.mix_nodes or not topo.providers:
+                log.warning("the directory lists no %s; keeping the last good topology",
+                            "mixnodes" if not topo.mix_nodes else "providers")
+                continue
+            if topo != self.topology:
+                self.topology = topo
+                update = topology_update(topo)
+                for child in self.workers:
+                    if child is not None and child.chan is not None:
+                        child.chan.send(update)
+
+    # -- messages --
+    def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes) -> int:
+        """Encrypt, fragment and queue a message; returns how many packets it takes."""
+        if not self.running:
+            raise ClientError("the client is not running")
+        if self.topology.provider_by_key(recipient_provider) is None:
+            raise ClientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
+        try:
+            payloads = fragment_message(message, recipient_key, self.opts.payload_size)
+        except MessageError as e:
+            raise ClientError(str(e)) from None
+        frags = [control.Fragment(next(self.refs), identity, recipient_key, recipient_provider, p)
+                 for p in payloads]
+        self._deal(frags)
+        return len(frags)
+
+    def _deal(self, frags: list[control.Fragment]) -> None:
+        """Round robin over the live workers, so a long message uses every worker's payload slots."""
+        batches: dict[int, list[control.Fragment]] = {}
+        for frag in frags:
+            for _ in range(self.n_workers):
+                w = self.deal_next % self.n_workers
+                self.deal_next += 1
+                if self.workers[w] is not None:
+                    break
+            batches.setdefault(w, []).append(frag)
+            self.outstanding[w][frag.ref] = frag
+        for w, batch in batches.items():
+            child = self.workers[w]
+            if child is not None and child.chan is not None:
+                child.chan.send(control.SendFragments(batch))
+
+    def _on_received(self, msg: control.Received) -> None:
+        reasm = self.reassemblers[msg.identity]
+        now = time.monotonic()
+        for payload in msg.payloads:
+            data = reasm.add(payload, now)
+            if data is not None:
+                self.stats.messages_received += 1
+                for q in self.subscribers[msg.identity]:
+                    q.put_nowait(data)
+
+    def _on_sender_stats(self, msg: control.SenderStats) -> None:
+        s = self.stats
+        s.sent, s.real_sent, s.loops_back = msg.sent, msg.real_sent, msg.loops_back
+        s.received, s.connected, s.dropped_unconnected = msg.received, msg.connected, msg.dropped_unconnected
+        built = [0, 0, 0]
+        errors = 0
+        for ws in self._worker_stats.values():
+            built = [a + b for a, b in zip(built, ws.built, strict=True)]
+            errors += ws.build_errors
+        s.built, s.build_errors = built, errors
+        now = time.monotonic()
+        s.messages_incomplete += sum(len(r.expire(now)) for r in self.reassemblers)
+        if s.connected >= len(self.identities):
+            self._sender_connected.set()
+        for listener in self.stats_listeners:
+            listener(s, msg)
+
+    def subscribe(self, identity: int = 0) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue()
+        self.subscribers[identity].add(q)
+        return q
+
+    def unsubscribe(self, identity: int, q: asyncio.Queue) -> None:
+        self.subscribers[identity].discard(q)
+
+
+def sphinx_key(key: bytes) -> str:
+    return b64url_encode(key)
+
+
+__all__ = ["ClientError", "Coordinator", "Identity", "LoopCodec", "RuntimeOptions", "Stats"]

@@ -1,0 +1,300 @@
+"""The sender: a uvloop process that puts every packet on the wire at its scheduled instant.
+
+It reads the workers' rings (each already in schedule order), writes each packet when its time
+comes over the identity's persistent provider connection (all packets due together in one write),
+and handles what the provider pushes back: returning loops are recognised and timed here, real
+fragments go up to the coordinator. Started as `python -m loopix.client.sender CONTROL_FD`; the ring
+file descriptors are inherited and named in its setup message. It exits when the control socket
+closes, so it never outlives the coordinator.
+
+Timing: uvloop's timers have millisecond granularity, so the sender sleeps on a timer until about a
+millisecond before the next packet is due and then yields to the event loop in a tight loop (I/O
+still runs) until the instant comes. Packets are never sent early; lateness is measured and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import sys
+import time
+
+import uvloop
+
+from loopix.wire import provider_protocol as pp
+
+from . import control
+from .messages import LoopCodec
+from .ring import Ring
+from .schedule import Stream
+from .trace import TraceWriter
+
+log = logging.getLogger("loopix.sender")
+
+TIMER_SLACK_NS = 1_500_000  # sleep on a timer only when the next packet is further than this
+MAX_PER_ROUND = 1024
+LATENESS_SAMPLES = 2000
+STATS_INTERVAL_S = 1.0
+
+
+class ProviderLink(asyncio.Protocol):
+    """One identity's persistent, registered connection to its provider (reconnects on loss)."""
+
+    def __init__(self, sender: Sender, index: int, ident: control.SenderIdentity, push: bool):
+        self.sender = sender
+        self.index = index
+        self.ident = ident
+        self.push = push
+        self.transport: asyncio.Transport | None = None
+        self.proto: pp.ClientSide | None = None
+        self.ready = False
+        self.backoff = 0.2
+        self.closing = False
+
+    async def connect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closing:
+            try:
+                await loop.create_connection(lambda: self, self.ident.provider_host, self.ident.provider_port)
+                return
+            except OSError as e:
+                log.warning("identity %d: provider %s:%d unreachable (%s); retrying in %.1fs",
+                            self.index, self.ident.provider_host, self.ident.provider_port, e, self.backoff)
+                await asyncio.sleep(self.backoff)
+                self.backoff = min(5.0, self.backoff * 2)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.proto = pp.ClientSide(self.ident.secret_key, self.ident.provider_key, push=self.push)
+        transport.write(self.proto.send_hello())
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.proto
+        acks: list[int] = []
+        for ev in proto.receive_data(data):
+            if isinstance(ev, pp.Delivered):
+                self.sender.on_message(self.index, ev.message)
+                acks.append(ev.id)
+            elif isinstance(ev, pp.PullResult):
+                for m in ev.messages:
+                    self.sender.on_message(self.index, m.message)
+                    acks.append(m.id)
+            elif isinstance(ev, pp.ChallengeReceived):
+                self.transport.write(proto.send_register())
+            elif isinstance(ev, pp.RegistrationAccepted):
+                self.ready = True
+                self.backoff = 0.2
+                self.sender.connected += 1
+            elif isinstance(ev, pp.ProviderError | pp.ProtocolError):
+                text = getattr(ev, "message", None) or getattr(ev, "reason", "")
+                log.warning("identity %d: provider closed the session: %s", self.index, text)
+                self.transport.close()
+                return
+        if acks and not proto.closed:
+            # the fragments are with the coordinator (same write order on a local socket) before the
+            # provider may delete them
+            self.sender.flush_received()
+            self.transport.write(proto.send_ack(acks))
+
+    def connection_lost(self, exc) -> None:
+        if self.ready:
+            self.sender.connected -= 1
+        self.ready = False
+        self.transport = None
+        if not self.closing and self.sender.running:
+            asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        await asyncio.sleep(self.backoff)
+        self.backoff = min(5.0, self.backoff * 2)
+        await self.connect_forever()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Sender:
+    def __init__(self, setup: control.SenderSetup, ctl: control.ControlChannel):
+        self.setup = setup
+        self.ctl = ctl
+        self.rings = [Ring.attach(fd) for fd in setup.ring_fds]
+        self.links = [ProviderLink(self, i, ident, setup.push) for i, ident in enumerate(setup.identities)]
+        self.loops = LoopCodec(setup.loop_key)
+        self.trace = TraceWriter(setup.trace_path) if setup.trace_path else None
+        self.running = True
+        self.connected = 0
+        self.sent = [0, 0, 0]
+        self.real_sent = 0
+        self.dropped_unconnected = 0
+        self.received = 0
+        self.loops_back = 0
+        self.rtt_ms: list[float] = []
+        self.lateness_us: list[float] = []
+        self._late_seen = 0
+        self._received: dict[int, list[bytes]] = {}
+        self.rng = random.Random()
+
+    # -- receiving --
+    def on_message(self, identity: int, payload: bytes) -> None:
+        self.received += 1
+        info = self.loops.decode(payload)
+        if info is not None:
+            self.loops_back += 1
+            if len(self.rtt_ms) < 100_000:
+                self.rtt_ms.append((time.monotonic_ns() - info.sent_ns) / 1e6)
+            return
+        self._received.setdefault(identity, []).append(payload)
+
+    def flush_received(self) -> None:
+        for identity, payloads in self._received.items():
+            self.ctl.send(control.Received(identity, payloads))
+        self._received.clear()
+
+    # -- sending --
+    async def pump(self) -> None:
+        rings, links = self.rings, self.links
+        reads = [r.read_index for r in rings]
+        mono = time.monotonic_ns
+        trace = self.trace
+        sent = self.sent
+        while self.running:
+            now = mono()
+            next_t = -1
+            batch: dict[ProviderLink, list[memoryview]] = {}
+            due: list[tuple[int, int, int, int]] = []
+            for k, ring in enumerate(rings):
+                r, w = reads[k], ring.write_index
+                while r < w and len(due) < MAX_PER_ROUND:
+                    t, identity, stream, flags, wire_len, _seq = ring.peek(r)
+                    if t > now:
+                        if next_t < 0 or t < next_t:
+                            next_t = t
+                        break
+                    link = links[identity]
+                    if link.ready:
+                        batch.setdefault(link, []).append(ring.wire_bytes(r, wire_len))
+                        due.append((t, identity, stream, flags))
+                    else:
+                        self.dropped_unconnected += 1
+                    r += 1
+                reads[k] = r
+            if due:
+                actual = mono()
+                for link, views in batch.items():
+                    link.transport.write(b"".join(views))
+                del batch
+                for k, ring in enumerate(rings):
+                    ring.release(reads[k])
+                self._account(due, actual, sent, trace)
+                await asyncio.sleep(0)
+                continue
+            for k, ring in enumerate(rings):  # slots of unconnected identities were consumed too
+                ring.release(reads[k])
+            if next_t < 0:
+                await asyncio.sleep(0.001)  # rings empty: the workers run ahead, so poll gently
+                continue
+            wait = next_t - mono()
+            if wait > TIMER_SLACK_NS:
+                await asyncio.sleep((wait - TIMER_SLACK_NS + 500_000) / 1e9)
+            else:
+                await asyncio.sleep(0)
+
+    def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
+        samples = self.lateness_us
+        for t, identity, stream, flags in due:
+            sent[stream] += 1
+            real = flags & 1
+            if real:
+                self.real_sent += 1
+            self._late_seen += 1
+            if len(samples) < LATENESS_SAMPLES:
+                samples.append((actual - t) / 1e3)
+            else:  # reservoir sampling keeps an unbiased sample of the interval
+                j = self.rng.randrange(self._late_seen)
+                if j < LATENESS_SAMPLES:
+                    samples[j] = (actual - t) / 1e3
+            if trace is not None:
+                trace.add(t, actual, identity, stream, bool(real))
+
+    # -- pulling (Loopix clients that do not take pushes) --
+    async def pull_loop(self) -> None:
+        rate = self.setup.fetch_rate * len(self.links)
+        if self.setup.push or rate <= 0:
+            return
+        while self.running:
+            await asyncio.sleep(self.rng.expovariate(rate))
+            link = self.rng.choice(self.links)
+            if link.ready and link.transport is not None:
+                link.transport.write(link.proto.send_pull())
+
+    async def stats_loop(self) -> None:
+        while self.running:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            self.flush_received()
+            self.ctl.send(control.SenderStats(
+                sent=list(self.sent), real_sent=self.real_sent, loops_back=self.loops_back,
+                rtt_ms=self.rtt_ms, lateness_us=self.lateness_us, connected=self.connected,
+                dropped_unconnected=self.dropped_unconnected, received=self.received,
+            ))
+            self.rtt_ms, self.lateness_us, self._late_seen = [], [], 0
+            if self.trace is not None:
+                self.trace.flush()
+
+    async def control_loop(self) -> None:
+        while self.running:
+            msg = await self.ctl.recv()
+            if msg is None or isinstance(msg, control.Stop):
+                self.running = False
+                return
+
+    async def run(self) -> None:
+        for link in self.links:
+            asyncio.get_running_loop().create_task(link.connect_forever())
+        tasks = [asyncio.create_task(c) for c in (self.pump(), self.stats_loop(), self.pull_loop())]
+        try:
+            await self.control_loop()
+        finally:
+            self.running = False
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.flush_received()
+            for link in self.links:
+                link.close()
+            if self.trace is not None:
+                self.trace.close()
+            for ring in self.rings:
+                ring.close()
+
+
+async def amain(ctl_fd: int) -> int:
+    ctl = await control.ControlChannel.open(socket.socket(fileno=ctl_fd))
+    msg = await ctl.recv()
+    if not isinstance(msg, control.SenderSetup):
+        return 0
+    sender = Sender(msg, ctl)
+    await sender.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sender %(levelname)s %(message)s")
+    try:
+        return uvloop.run(amain(int(argv[0])))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["ProviderLink", "Sender", "Stream"]

@@ -1,0 +1,251 @@
+"""A packet worker: runs its share of the aggregated Poisson clock and builds every packet ahead of
+its scheduled time, straight into its shared-memory ring, one C call per batch.
+
+Started by the coordinator as `python -m loopix.client.worker CONTROL_FD RING_FD`; it exits when the
+control socket closes (so it never outlives the coordinator).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import socket
+import sys
+import time
+
+from loopix import sphinx
+
+from . import control
+from .messages import LoopCodec, drop_payload
+from .ring import Ring
+from .schedule import PoissonClock, Stream, StreamRates
+
+_PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
+ZERO_DESTINATION = bytes(32)  # providers discard final messages to this address: drop cover
+STATS_INTERVAL_S = 1.0
+
+
+class Routes:
+    """Route choice over the current topology: one random mixnode per layer, then a provider."""
+
+    def __init__(self, topo: control.TopologyUpdate, rng: random.Random):
+        self.rng = rng
+        layers: dict[int, list[control.MixNodeInfo]] = {}
+        for node in topo.mixnodes:
+            layers.setdefault(node.layer, []).append(node)
+        self.layers = [layers[k] for k in sorted(layers)]
+        # public key ‖ address of every node, in the layout of the C hop record
+        self.hop_bytes = {n.public_key: n.public_key + n.address for n in topo.mixnodes}
+        self.hop_bytes.update({p.public_key: p.public_key + p.address for p in topo.providers})
+        self.providers = {p.public_key: p for p in topo.providers}
+        self.provider_list = list(topo.providers)
+        self.usable = bool(self.layers) and bool(self.provider_list)
+
+    def mixes(self) -> list[control.MixNodeInfo]:
+        choice = self.rng.choice
+        return [choice(layer) for layer in self.layers]
+
+
+class Worker:
+    def __init__(self, setup: control.WorkerSetup, ring: Ring, ctl: control.BlockingControl):
+        self.setup = setup
+        self.ring = ring
+        self.ctl = ctl
+        self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.identities = setup.identities
+        self.routes = Routes(setup.topology, self.rng)
+        self.loops = LoopCodec(setup.loop_key)
+        # Drop cover is discarded by the provider that unwraps it, and every hop before sees it only
+        # under Sphinx's per-hop encryption, so one random payload per worker does as well as fresh
+        # randomness per packet (which costs a getrandom call each).
+        self.drop = drop_payload(setup.payload_size)
+        self.pending: dict[int, collections.deque[control.Fragment]] = {}
+        self.payload_size = setup.payload_size
+        self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
+        self.wire_header = setup.wire_header
+        self.prefix_len = len(self.wire_header) + 32
+        self.wire_len = self.prefix_len + self.builder.packet_size
+        if ring.slot_size < self.wire_len + 32:
+            raise ValueError("ring slots too small for this packet size")
+        rates = [StreamRates(i.payload_rate, i.loop_rate, i.drop_rate) for i in self.identities]
+        self.clock = PoissonClock(rates, setup.start_ns, share=1.0 / setup.workers, rng=self.rng)
+        self.mean_delay_s = setup.mean_hop_delay_ms / 1000.0
+        self.payload_cover = _LOOP if setup.payload_cover == "loop" else _DROP
+        self.lookahead_ns = int(setup.lookahead_ms * 1e6)
+        self.next_event = self.clock.next() if self.clock.total_rate > 0 else None
+        self.seq = 0
+        self.built = [0, 0, 0]
+        self.build_errors = 0
+        self.no_route = 0
+        self.running = True
+
+    # -- control --
+    def handle(self, msg) -> None:
+        if isinstance(msg, control.SendFragments):
+            for frag in msg.fragments:
+                self.pending.setdefault(frag.identity, collections.deque()).append(frag)
+        elif isinstance(msg, control.TopologyUpdate):
+            self.routes = Routes(msg, self.rng)
+        elif isinstance(msg, control.Stop):
+            self.running = False
+
+    # -- building --
+    def delays(self, hops: int) -> list[int]:
+        if self.mean_delay_s <= 0:
+            return [0] * hops
+        exp = self.rng.expovariate
+        rate = 1.0 / self.mean_delay_s
+        # the last hop is the recipient's provider: it does not delay (its delay is never encoded)
+        return [int(exp(rate) * 1e9) for _ in range(hops - 1)] + [0]
+
+    def fill(self, slot: int, identity: int, stream: int):
+        """Fill builder slot `slot` for one event; returns (kind, fragment ref or -1) or None."""
+        me = self.identities[identity]
+        routes = self.routes
+        ref = -1
+        kind = stream
+        if stream == _PAYLOAD:
+            queue = self.pending.get(identity)
+            if queue:
+                frag = queue.popleft()
+                provider = routes.providers.get(frag.recipient_provider_key)
+                if provider is None:
+                    self.ctl.send(control.FragmentsFailed([frag.ref], "recipient's provider left the topology"))
+                    return None
+                ref = frag.ref
+                destination, payload = frag.recipient_key, frag.payload
+            else:
+                kind = self.payload_cover
+        if ref < 0:
+            if kind == _LOOP:
+                provider = routes.providers.get(me.provider_key)
+                if provider is None:
+                    return None
+                destination = me.public_key
+                payload = self.loops.encode(identity, self.seq, self._event_ns, self.payload_size)
+            else:
+                provider = self.rng.choice(routes.provider_list)
+                destination = ZERO_DESTINATION
+                payload = self.drop
+        mixes = routes.mixes()
+        hop_bytes = routes.hop_bytes
+        hops = [hop_bytes[m.public_key] for m in mixes]
+        hops.append(hop_bytes[provider.public_key])
+        off = slot * self.payload_size
+        self.builder.messages[off : off + len(payload)] = payload
+        self.builder.set_packet_fast(slot, hops, self.delays(len(hops)), destination, len(payload), off)
+        return mixes[0].address, ref
+
+    def build_batch(self, now_ns: int) -> int:
+        """Build the events due within the lookahead into the ring; returns how many."""
+        if self.next_event is None:
+            return 0
+        horizon = now_ns + self.lookahead_ns
+        start, room = self.ring.contiguous_free()
+        room = min(room, self.builder.capacity)
+        events = []
+        while room > len(events) and self.next_event[0] <= horizon:
+            t, identity, stream = self.next_event
+            self.next_event = self.clock.next()
+            if not self.routes.usable:
+                self.no_route += 1
+                continue
+            self._event_ns = t
+            filled = self.fill(len(events), identity, stream)
+            if filled is None:
+                self.no_route += 1
+                continue
+            events.append((t, identity, stream, filled[0], filled[1]))
+            self.seq += 1
+        if not events:
+            self.ring.set_horizon(min(self.next_event[0], horizon))
+            return 0
+        ring = self.ring
+        stride = ring.slot_size
+        view = ring.wire_view(start, len(events))
+        out = view[self.prefix_len :]
+        self.builder.build(len(events), out, stride)
+        status = self.builder.status
+        built_refs = []
+        failed_refs = []
+        write = start
+        header, plen, wire_len = self.wire_header, self.prefix_len, self.wire_len
+        hl = len(header)
+        for i, (t, identity, stream, first_hop, ref) in enumerate(events):
+            if status[i] != 0:
+                self.build_errors += 1
+                if ref >= 0:
+                    failed_refs.append(ref)
+                continue
+            base = (write - start) * stride
+            if write != start + i:  # close the gap a failed build left
+                src = i * stride
+                view[base + plen : base + wire_len] = view[src + plen : src + wire_len]
+            view[base : base + hl] = header
+            view[base + hl : base + plen] = first_hop
+            real = ref >= 0
+            ring.write_meta(write, t, identity, stream, wire_len, self.seq - len(events) + i, 1 if real else 0)
+            self.built[stream] += 1
+            if real:
+                built_refs.append(ref)
+            write += 1
+        ring.publish(write, events[-1][0])
+        if built_refs:
+            self.ctl.send(control.FragmentsBuilt(built_refs))
+        if failed_refs:
+            self.ctl.send(control.FragmentsFailed(failed_refs, "packet build failed"))
+        del view, out
+        return len(events)
+
+    def run(self) -> None:
+        last_stats = time.monotonic()
+        while self.running and not self.ctl.closed:
+            for msg in self.ctl.poll(0.0):
+                self.handle(msg)
+            now = time.monotonic_ns()
+            n = self.build_batch(now)
+            if now / 1e9 - last_stats >= STATS_INTERVAL_S:
+                last_stats = now / 1e9
+                self.ctl.send(control.WorkerStats(self.setup.worker_index, list(self.built),
+                                                  self.build_errors, self.no_route))
+            if n == 0:
+                # nothing due within the lookahead, or the ring is full: wait a little for either
+                wait = 0.002
+                if self.next_event is not None and self.ring.free() > 0:
+                    wait = max(0.0005, min(0.05, (self.next_event[0] - self.lookahead_ns - now) / 1e9))
+                for msg in self.ctl.poll(wait):
+                    self.handle(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ctl_fd, ring_fd = int(argv[0]), int(argv[1])
+    sock = socket.socket(fileno=ctl_fd)
+    ctl = control.BlockingControl(sock)
+    setup = None
+    while setup is None and not ctl.closed:
+        for msg in ctl.poll(None):
+            if isinstance(msg, control.WorkerSetup):
+                setup = msg
+    if setup is None:
+        return 0
+    with contextlib.suppress(OSError):
+        os.nice(2)  # the sender's timing matters more than a worker's throughput on a busy box
+    ring = Ring.attach(ring_fd)
+    try:
+        Worker(setup, ring, ctl).run()
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:  # report, then exit non-zero: the coordinator decides what to do
+        with contextlib.suppress(OSError):
+            ctl.send(control.Fatal(f"worker {setup.worker_index}: {type(e).__name__}: {e}"))
+        raise
+    finally:
+        ring.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The client runtime as a process tree (coordinator, workers, sender) against a discarding
+provider: schedules, trace, shutdown, a killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+import uvloop
+
+from loopix import sphinx
+from loopix.client.coordinator import ClientError, Coordinator, Identity, RuntimeOptions
+from loopix.client.schedule import Stream
+from loopix.client.trace import read_trace
+from loopix.keys import generate_keypair
+from loopix.testnet.sink import SinkNet
+from loopix.wire import provider_protocol as pp
+
+FRAME = pp.SEND_OVERHEAD + sphinx.packet_size(2048)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.add(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def test_streams_trace_and_clean_shutdown(tmp_path):
+    trace = tmp_path / "trace.bin"
+    shm_before = set(os.listdir("/dev/shm"))
+
+    async def scenario():
+        async with SinkNet() as net:
+            ids = [Identity(generate_keypair(), None, 40.0, 20.0, 20.0) for _ in range(3)]
+            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2,
+                                                    mean_hop_delay_ms=5.0, trace_path=str(trace)))
+            await coord.start()
+            kids = {c.proc.pid for c in [coord.sender, *coord.workers]}
+            assert len(kids) == 3 and kids <= children_of(os.getpid())
+            await wait_for(lambda: sum(coord.stats.sent) >= 300, 30, "300 packets sent")
+            await coord.stop()
+            assert not (kids & children_of(os.getpid()))
+            await wait_for(lambda: net.sink_bytes() >= 300 * FRAME, 10, "the sink to count them")
+            return coord.stats, net.sink_bytes()
+
+    stats, sink_bytes = uvloop.run(scenario())
+    assert set(os.listdir("/dev/shm")) == shm_before
+    records = read_trace(str(trace))
+    assert len(records) >= 300
+    assert sink_bytes % FRAME == 0
+    assert sink_bytes // FRAME >= len(records) - 64  # the sink saw (almost) every traced packet
+    by_stream = {s: [r for r in records if r.stream == s] for s in Stream}
+    for stream in Stream:  # payload 40/s (all cover here), loop 20/s, drop 20/s per identity
+        assert len(by_stream[stream]) > 0
+    assert len(by_stream[Stream.PAYLOAD]) > len(by_stream[Stream.LOOP])
+    assert all(r.actual_ns >= r.scheduled_ns for r in records), "a packet left before its time"
+    assert not any(r.real for r in records)
+    assert {r.identity for r in records} == {0, 1, 2}
+    assert stats.sent[Stream.LOOP] > 0 and stats.connected == 3
+
+
+def test_killed_worker_is_replaced_and_shutdown_stays_clean():
+    async def scenario():
+        async with SinkNet() as net:
+            ids = [Identity(generate_keypair(), None, 100.0, 0.0, 0.0)]
+            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2, mean_hop_delay_ms=1.0))
+            await coord.start()
+            victim = coord.workers[0].proc
+            os.kill(victim.pid, signal.SIGKILL)
+            await wait_for(lambda: coord.stats.worker_restarts == 1 and coord.workers[0].proc is not victim,
+                           20, "the worker to be restarted")
+            sent = sum(coord.stats.sent)
+            await wait_for(lambda: sum(coord.stats.sent) > sent + 50, 20, "traffic after the restart")
+            kids = {c.proc.pid for c in [coord.sender, *coord.workers]}
+            await coord.stop()
+            assert not (kids & children_of(os.getpid()))
+
+    uvloop.run(scenario())
+
+
+def test_unreachable_directory_is_a_clear_error():
+    async def scenario():
+        coord = Coordinator([Identity(generate_keypair())],
+                            RuntimeOptions(directory_url="http://127.0.0.1:9/api/presence/topology",
+                                           start_timeout_s=1.0))
+        with pytest.raises(ClientError, match="unreachable"):
+            await coord.start()
+        assert not children_of(os.getpid()) & {c.proc.pid for c in coord.workers if c}
+
+    uvloop.run(scenario())
+
+
+def test_unknown_provider_is_refused():
+    async def scenario():
+        async with SinkNet() as net:
+            ident = Identity(generate_keypair(), provider_key=bytes(32))
+            coord = Coordinator([ident], RuntimeOptions(directory_url=net.topology_url))
+            with pytest.raises(ClientError, match="not in the topology"):
+                await coord.start()
+
+    uvloop.run(scenario())

@@ -226,9 +226,81 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- run / socket -------------------------------------------------------------------------
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", required=True, type=_arg(cfg.validate_client_id), help="client id (see init)")
+    p.add_argument("--trace", metavar="FILE", help="write one binary record per packet sent (see docs/trace.md)")
+    p.add_argument("--workers", type=int, default=None, help="packet workers (default: config, 0 = cores)")
+    p.add_argument("--directory", type=_arg(cfg.validate_directory_url), default=None,
+                   help="directory topology URL (default: the config's)")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a client in the foreground until Ctrl-C",
+                       description="Send Poisson cover and real traffic, print a status line every few seconds.")
+    _add_client_options(p)
+    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    p.set_defaults(handler=_cmd_run)
+
+
+def _add_socket(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("socket", help="run a client serving a websocket or TCP socket on loopback",
+                       description="Run a client and serve ws://localhost:PORT/mix or a TCP socket (docs/socket-api.md).")
+    _add_client_options(p)
+    p.add_argument("--socket", choices=("websocket", "tcp"), default="websocket")
+    p.add_argument("--port", type=int, default=1863)
+    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    p.set_defaults(handler=_cmd_socket)
+
+
+def _load_client(args: argparse.Namespace):
+    from loopix.client.api import Client
+    from loopix.client.coordinator import ClientError
+
+    try:
+        return Client.load(args.id, trace_path=args.trace, workers=args.workers, directory_url=args.directory)
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _announce(client) -> None:
+    print(f"Our Public Key is: {client.public_key_b64}")
+    print(f"Our address is: {client.address}", flush=True)
+
+
+def _start(client, serve=None, interval: float = 5.0) -> int:
+    from loopix.client.coordinator import ClientError
+
+    try:
+        return client.start(status_interval_s=interval, on_ready=_announce, serve=serve)
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _start(_load_client(args), interval=args.status_interval)
+
+
+def _cmd_socket(args: argparse.Namespace) -> int:
+    from loopix import sockets
+
+    async def serve(client):
+        if args.socket == "websocket":
+            server = await sockets.serve_websocket(client, "127.0.0.1", args.port)
+            print(f"Listening on ws://localhost:{server.port}/mix", flush=True)
+        else:
+            server = await sockets.serve_tcp(client, "127.0.0.1", args.port)
+            print(f"Listening on tcp://127.0.0.1:{server.port}", flush=True)
+        return server
+
+    return _start(_load_client(args), serve, args.status_interval)
+
+
 # --- entry point --------------------------------------------------------------------------
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_init,)
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_init, _add_run, _add_socket)
 
 
 def build_parser() -> argparse.ArgumentParser:

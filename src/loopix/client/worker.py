@@ -70,7 +70,9 @@ class Worker:
         if ring.slot_size < self.wire_len + 32:
             raise ValueError("ring slots too small for this packet size")
         rates = [StreamRates(i.payload_rate, i.loop_rate, i.drop_rate) for i in self.identities]
-        self.clock = PoissonClock(rates, setup.start_ns, share=1.0 / setup.workers, rng=self.rng)
+        # the schedule starts when this process can build it, not when the coordinator spawned it
+        start_ns = max(setup.start_ns, time.monotonic_ns())
+        self.clock = PoissonClock(rates, start_ns, share=1.0 / setup.workers, rng=self.rng)
         self.mean_delay_s = setup.mean_hop_delay_ms / 1000.0
         self.payload_cover = _LOOP if setup.payload_cover == "loop" else _DROP
         self.lookahead_ns = int(setup.lookahead_ms * 1e6)
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if setup is None:
         return 0
     with contextlib.suppress(OSError):
-        os.nice(2)  # the sender's timing matters more than a worker's throughput on a busy box
+        os.nice(5)  # the sender's timing matters more than a worker's throughput on a busy box
     ring = Ring.attach(ring_fd)
     try:
         Worker(setup, ring, ctl).run()

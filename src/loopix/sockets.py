@@ -1,0 +1,400 @@
+"""The websocket and TCP servers applications use to talk to a running client (loopback only).
+
+Thin asyncio I/O around the sans-IO codec in `loopix.wire.socket_api`; `docs/socket-api.md` is the
+protocol. Each connection gets its own subscription to received messages, so two applications on
+two connections both see every message. A bad request is answered with an error and the connection
+stays open; only a TCP length prefix beyond the limit closes it, since framing is then lost.
+
+The client is duck-typed (the real one is `loopix.client.api.Client`):
+`client.address -> str`, `await client.send_message(message: bytes, recipient: str)` (raises
+`ValueError` for a bad recipient, returns once queued) and `client.subscribe()` returning an async
+iterator of objects with `.data: bytes`, closed with `aclose()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Sequence
+from http import HTTPStatus
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server as _WsServer
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as _ws_serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as _HttpRequest
+from websockets.http11 import Response as _HttpResponse
+
+from loopix.wire.socket_api import (
+    LENGTH_PREFIX_SIZE,
+    MAX_MESSAGE_SIZE,
+    ClientAddress,
+    ClientAddressError,
+    Encoding,
+    ErrorResponse,
+    FramingError,
+    Request,
+    Response,
+    SelfAddress,
+    SelfAddressRequest,
+    TcpFrameDecoder,
+    decode_binary_request,
+    decode_json_request,
+    decode_request,
+    encode_binary_response,
+    encode_json_response,
+    encode_push,
+    max_frame_size,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "WEBSOCKET_PATH",
+    "SocketClient",
+    "SocketServer",
+    "check_loopback",
+    "serve_tcp",
+    "serve_websocket",
+]
+
+DEFAULT_PORT: Final = 1863
+"""The port `loopix-client socket` uses for either kind of socket unless told otherwise."""
+WEBSOCKET_PATH: Final = "/mix"
+_READ_CHUNK: Final = 256 * 1024
+
+log = logging.getLogger("loopix.sockets")
+
+
+class SocketClient(Protocol):
+    """What the servers need from a client."""
+
+    @property
+    def address(self) -> str: ...
+
+    async def send_message(self, message: bytes, recipient: str) -> None: ...
+
+    def subscribe(self) -> Any: ...
+
+
+def check_loopback(host: str) -> str:
+    """The IP to bind for `host`, refusing anything but loopback: the socket API has no auth.
+
+    "localhost" becomes 127.0.0.1 so that port 0 binds one socket, not one per resolved address.
+    """
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"refusing to serve the socket API on {host!r}: give a loopback IP such as 127.0.0.1 "
+            "or ::1 (anyone who reaches the socket can send and read this client's messages)"
+        ) from None
+    if not ip.is_loopback:
+        raise ValueError(
+            f"refusing to serve the socket API on non-loopback address {host}: it has no "
+            "authentication, so it listens on loopback only (127.0.0.1 or ::1)"
+        )
+    return str(ip)
+
+
+class SocketServer:
+    """A running socket server: where it listens, and how to stop it (also an async context)."""
+
+    def __init__(self, kind: str, host: str, port: int) -> None:
+        self.kind = kind
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.kind == "websocket":
+            return f"ws://{host}:{self.port}{WEBSOCKET_PATH}"
+        return f"tcp://{host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening and close every connection."""
+        raise NotImplementedError
+
+    async def wait_closed(self) -> None:
+        """Return once the listener and all connection handlers are done."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> SocketServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        return f"<SocketServer {self.url}>"
+
+
+class _Connection:
+    """One connection's view of the client: its subscription and the encoding it spoke last.
+
+    Pushed messages follow the encoding of the last frame received (JSON only if the message is
+    UTF-8 text), so an application gets messages in the form it uses itself.
+    """
+
+    def __init__(self, client: SocketClient, encoding: Encoding, max_message_size: int) -> None:
+        self.client = client
+        self.encoding = encoding
+        self.max_message_size = max_message_size
+
+    async def answer(self, request: Request | ErrorResponse) -> Response | None:
+        """Carry out a decoded request; failures become error responses, never exceptions."""
+        if isinstance(request, ErrorResponse):
+            return request
+        if isinstance(request, SelfAddressRequest):
+            try:
+                return SelfAddress(ClientAddress.parse(self.client.address))
+            except ClientAddressError as exc:
+                log.error("client has an unparseable address: %s", exc)
+                return ErrorResponse(f"this client's address is malformed: {exc}")
+            except Exception as exc:
+                return ErrorResponse(f"the address is not available: {exc}")
+        try:
+            await self.client.send_message(request.message, str(request.recipient))
+        except ValueError as exc:
+            return ErrorResponse(str(exc))
+        except Exception as exc:
+            log.exception("send_message failed")
+            return ErrorResponse(f"could not queue the message: {exc}")
+        return None
+
+    def encode(self, response: Response) -> tuple[Encoding, bytes]:
+        if self.encoding is Encoding.JSON:
+            return Encoding.JSON, encode_json_response(response)
+        return Encoding.BINARY, encode_binary_response(response)
+
+
+async def _subscribe(client: SocketClient) -> Any:
+    sub = client.subscribe()
+    if inspect.isawaitable(sub):
+        sub = await sub
+    return sub
+
+
+async def _aclose(sub: Any) -> None:
+    close = getattr(sub, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # pragma: no cover - a failing unsubscribe must not break shutdown
+            log.exception("closing a subscription failed")
+
+
+def _payload(item: Any) -> bytes:
+    return bytes(item) if isinstance(item, bytes | bytearray | memoryview) else bytes(item.data)
+
+
+async def _stop_task(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+# --- websocket --------------------------------------------------------------------------------------
+
+
+class _WebsocketServer(SocketServer):
+    def __init__(self, server: _WsServer, host: str, port: int) -> None:
+        super().__init__("websocket", host, port)
+        self._server = server
+
+    def close(self) -> None:
+        self._server.close()
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_closed()
+
+
+def _route(connection: ServerConnection, request: _HttpRequest) -> _HttpResponse | None:
+    """Only /mix upgrades to a websocket; anything else is 404."""
+    if urlsplit(request.path).path != WEBSOCKET_PATH:
+        return connection.respond(
+            HTTPStatus.NOT_FOUND, f"Not Found: the loopix socket API is at {WEBSOCKET_PATH}\n"
+        )
+    return None
+
+
+async def serve_websocket(
+    client: SocketClient,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+    origins: Sequence[str | None] | None = None,
+) -> SocketServer:
+    """Serve `ws://host:port/mix`. Text frames are JSON, binary frames the tagged encoding.
+
+    A connection starts in JSON mode (what Nym's websocket clients speak) until it sends a binary
+    frame. `origins` is passed to websockets to refuse browser pages from other sites; the default
+    accepts any origin, like Nym's client (`[None]` admits only non-browser clients).
+    A frame beyond `max_frame_size(max_message_size)` closes the connection (code 1009).
+    """
+    bind = check_loopback(host)
+
+    async def handler(ws: ServerConnection) -> None:
+        await _websocket_connection(ws, client, max_message_size)
+
+    server = await _ws_serve(
+        handler, bind, port, process_request=_route, origins=origins, compression=None,
+        max_size=max_frame_size(max_message_size),
+    )
+    bound = server.sockets[0].getsockname()[1]
+    return _WebsocketServer(server, bind, bound)
+
+
+async def _ws_send(ws: ServerConnection, encoding: Encoding, data: bytes) -> None:
+    await ws.send(data, text=encoding is Encoding.JSON)
+
+
+async def _websocket_connection(
+    ws: ServerConnection, client: SocketClient, max_message_size: int
+) -> None:
+    conn = _Connection(client, Encoding.JSON, max_message_size)
+    try:
+        sub = await _subscribe(client)
+    except Exception as exc:
+        await ws.close(1011, f"client unavailable: {exc}"[:120])
+        return
+    pusher = asyncio.create_task(_websocket_push(ws, sub, conn))
+    try:
+        async for frame in ws:
+            if isinstance(frame, str):
+                conn.encoding = Encoding.JSON
+                request = decode_json_request(frame, max_message_size=max_message_size)
+            else:
+                conn.encoding = Encoding.BINARY
+                request = decode_binary_request(frame, max_message_size=max_message_size)
+            response = await conn.answer(request)
+            if response is not None:
+                await _ws_send(ws, *conn.encode(response))
+    except ConnectionClosed:
+        pass
+    finally:
+        await _stop_task(pusher)
+        await _aclose(sub)
+
+
+async def _websocket_push(ws: ServerConnection, sub: AsyncIterator[Any], conn: _Connection) -> None:
+    try:
+        async for item in sub:
+            await _ws_send(ws, *encode_push(_payload(item), conn.encoding))
+    except ConnectionClosed:
+        return
+    except Exception:
+        log.exception("the received-message stream failed")
+        await ws.close(1011, "the client's message stream failed")
+        return
+    await ws.close(1001, "the client has stopped")
+
+
+# --- TCP --------------------------------------------------------------------------------------------
+
+
+class _TcpServer(SocketServer):
+    def __init__(self, server: asyncio.Server, host: str, port: int) -> None:
+        super().__init__("tcp", host, port)
+        self._server = server
+        self._tasks: set[asyncio.Task] = set()
+
+    def close(self) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+async def serve_tcp(
+    client: SocketClient,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> SocketServer:
+    """Serve the socket API on TCP: every frame is `u64 BE length ‖ frame`.
+
+    A frame starting with `{` is JSON, anything else the tagged binary encoding; replies use the
+    request's encoding, and a connection starts in binary mode for pushed messages.
+    """
+    bind = check_loopback(host)
+    holder: list[_TcpServer] = []
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Our own task (not the one asyncio.streams would create) so close() can cancel it cleanly.
+        server = holder[0]
+        task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size))
+        server._tasks.add(task)
+        task.add_done_callback(server._tasks.discard)
+
+    raw = await asyncio.start_server(accept, bind, port)
+    server = _TcpServer(raw, bind, raw.sockets[0].getsockname()[1])
+    holder.append(server)
+    return server
+
+
+async def _tcp_write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """`encode_tcp_frame`, without copying a large frame to prepend its length."""
+    writer.writelines((len(data).to_bytes(LENGTH_PREFIX_SIZE, "big"), data))
+    await writer.drain()
+
+
+async def _tcp_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: SocketClient,
+    max_message_size: int,
+) -> None:
+    conn = _Connection(client, Encoding.BINARY, max_message_size)
+    decoder = TcpFrameDecoder(max_frame_size(max_message_size))
+    sub = None
+    pusher = None
+    try:
+        try:
+            sub = await _subscribe(client)
+        except Exception as exc:
+            await _tcp_write(writer, conn.encode(ErrorResponse(f"client unavailable: {exc}"))[1])
+            return
+        pusher = asyncio.create_task(_tcp_push(writer, sub, conn))
+        while data := await reader.read(_READ_CHUNK):
+            for frame in decoder.feed(data):
+                if isinstance(frame, FramingError):
+                    await _tcp_write(writer, conn.encode(ErrorResponse(frame.message))[1])
+                    return
+                conn.encoding, request = decode_request(frame, max_message_size=max_message_size)
+                response = await conn.answer(request)
+                if response is not None:
+                    await _tcp_write(writer, conn.encode(response)[1])
+    except (ConnectionError, asyncio.CancelledError):
+        pass  # peer went away, or the server is closing: both end this connection quietly
+    finally:
+        if pusher is not None:
+            await _stop_task(pusher)
+        if sub is not None:
+            await _aclose(sub)
+        writer.close()
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await writer.wait_closed()
+
+
+async def _tcp_push(writer: asyncio.StreamWriter, sub: AsyncIterator[Any], conn: _Connection) -> None:
+    try:
+        async for item in sub:
+            await _tcp_write(writer, encode_push(_payload(item), conn.encoding)[1])
+    except ConnectionError:
+        return
+    except Exception:
+        log.exception("the received-message stream failed")
+    writer.close()  # no more messages will come: tell the application
+

@@ -59,15 +59,15 @@ def test_streams_trace_and_clean_shutdown(tmp_path):
             await wait_for(lambda: sum(coord.stats.sent) >= 300, 30, "300 packets sent")
             await coord.stop()
             assert not (kids & children_of(os.getpid()))
-            await wait_for(lambda: net.sink_bytes() >= 300 * FRAME, 10, "the sink to count them")
-            return coord.stats, net.sink_bytes()
+            records = read_trace(str(trace))  # complete: the sender closed it on exit
+            # every traced packet reached the provider (its counter is reported once a second)
+            await wait_for(lambda: net.sink_bytes() >= len(records) * FRAME, 10, "the sink to count them")
+            assert net.sink_bytes() == len(records) * FRAME
+            return coord.stats, records
 
-    stats, sink_bytes = uvloop.run(scenario())
+    stats, records = uvloop.run(scenario())
     assert set(os.listdir("/dev/shm")) == shm_before
-    records = read_trace(str(trace))
     assert len(records) >= 300
-    assert sink_bytes % FRAME == 0
-    assert sink_bytes // FRAME >= len(records) - 64  # the sink saw (almost) every traced packet
     by_stream = {s: [r for r in records if r.stream == s] for s in Stream}
     for stream in Stream:  # payload 40/s (all cover here), loop 20/s, drop 20/s per identity
         assert len(by_stream[stream]) > 0

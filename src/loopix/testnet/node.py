@@ -1,0 +1,688 @@
+"""What mixnodes and providers share: framed links in, batched unwrap, replay filter, delay queue,
+forwarding over reused connections, counters, and presence/metrics reports to the directory.
+
+The hot path is one call per socket read: the frames that read completed are unwrapped together by
+the C core (`PacketProcessor`), so Python touches each packet only to check its replay tag and to
+queue it. Everything that waits (delayed packets, packets for a peer that is still connecting) sits
+in bounded structures, and a dead next hop costs dropped packets, never a stalled node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+import msgspec
+
+from loopix import keys
+from loopix.sphinx import PacketProcessor, ffi, lib
+from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
+from loopix.wire.b64 import b64url_encode
+from loopix.wire.framing import FrameDecoder, FramingError, frame_header
+
+__all__ = [
+    "Counters",
+    "DelayQueue",
+    "Forwarder",
+    "Node",
+    "NodeConfig",
+    "NodeLink",
+    "ReplayFilter",
+    "add_node_arguments",
+    "load_or_create_secret",
+    "node_config_from_args",
+    "run_node",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_DROP_REASONS = {
+    lib.LX_ERR_MAC: "bad_mac",
+    lib.LX_ERR_KEY: "bad_key",
+    lib.LX_ERR_HEADER: "bad_header",
+    lib.LX_ERR_PAYLOAD: "bad_payload",
+    lib.LX_ERR_SIZE: "bad_size",
+}
+
+
+class NodeConfig(msgspec.Struct, kw_only=True):
+    """Tunables of one node. The defaults suit a laptop testnet."""
+
+    host: str = "127.0.0.1"
+    port: int
+    directory: str | None = None
+    presence_interval: float = 2.0
+    metrics_interval: float = 1.0
+    batch: int = 128
+    """Packets unwrapped by one C call, and per event-loop iteration (~10 ms of work)."""
+    replay_capacity: int = 100_000
+    """The replay filter remembers the last `replay_capacity`..2x that many packets."""
+    max_delay: float = 10.0
+    """Header delays above this are capped (Nym's maximum_forward_packet_delay)."""
+    max_queue: int = 200_000
+    """Packets held for their delay at most; beyond, new ones are dropped."""
+    peer_queue: int = 4096
+    """Packets waiting for a next hop that is still connecting."""
+    peer_write_buffer: int = 8 << 20
+    """Bytes the kernel may not yet have taken for one next hop before we drop."""
+    max_peers: int = 4096
+
+
+# --- small parts (tested alone) ------------------------------------------------------------------
+
+
+class ReplayFilter:
+    """Replay tags seen recently, in two rotating sets of at most `capacity` tags each.
+
+    A replay is caught if its original was among the last `capacity` (at least) to `2*capacity`
+    (at most) distinct packets this node accepted; memory stays under 2*capacity tags. Beyond that
+    window a replay gets through, as it does in Nym between key rotations without a Bloom filter.
+    """
+
+    __slots__ = ("_current", "_previous", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("replay filter capacity must be positive")
+        self.capacity = capacity
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+
+    def seen(self, tag: bytes) -> bool:
+        """True if `tag` was seen within the window; otherwise remember it and return False."""
+        if tag in self._current or tag in self._previous:
+            return True
+        current = self._current
+        current.add(tag)
+        if len(current) >= self.capacity:
+            self._previous = current
+            self._current = set()
+        return False
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+
+class DelayQueue(Generic[T]):
+    """Items released at a due time: one heap, popped by whoever owns the single timer."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()  # keeps FIFO order among equal due times
+
+    def push(self, due: float, item: T) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), item))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[T]:
+        """Every item due at or before `now`, in due order."""
+        heap, out = self._heap, []
+        while heap and heap[0][0] <= now:
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class Counters:
+    """Cumulative since start: what the directory's dashboard turns into rates."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.forwarded = 0
+        self.sent: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        self.extra: dict[str, int] = {}
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def bump(self, name: str, n: int = 1) -> None:
+        self.extra[name] = self.extra.get(name, 0) + n
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+# --- forwarding ----------------------------------------------------------------------------------
+
+
+class _OutboundProtocol(asyncio.Protocol):
+    """An outbound link: we only write; whatever the peer sends is ignored."""
+
+    def __init__(self, peer: _Peer) -> None:
+        self.peer = peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.lost(self)
+
+
+class _Peer:
+    """One next hop: a reused connection, a bounded wait queue, and reconnect backoff."""
+
+    __slots__ = (
+        "backoff",
+        "connecting",
+        "forwarder",
+        "host",
+        "label",
+        "out",
+        "port",
+        "protocol",
+        "retry_at",
+        "transport",
+        "waiting",
+    )
+
+    def __init__(self, forwarder: Forwarder, host: str, port: int) -> None:
+        self.forwarder = forwarder
+        self.host, self.port = host, port
+        self.label = format_host(host, port)
+        self.transport: asyncio.Transport | None = None
+        self.protocol: _OutboundProtocol | None = None
+        self.connecting = False
+        self.waiting: deque[bytes] = deque()
+        self.out: list[bytes] = []
+        self.retry_at = 0.0
+        self.backoff = 0.0
+
+    def lost(self, protocol: _OutboundProtocol) -> None:
+        if protocol is self.protocol:
+            self.transport = self.protocol = None
+
+    async def connect(self) -> None:
+        fw = self.forwarder
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: _OutboundProtocol(self), self.host, self.port),
+                fw.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.connecting = False
+            self.backoff = min(max(self.backoff * 2, fw.min_backoff), fw.max_backoff)
+            self.retry_at = loop.time() + self.backoff
+            fw.counters.drop("connect_failed", len(self.waiting))
+            self.waiting.clear()
+            log.debug("next hop %s unreachable (%s); retry in %.1fs", self.label, exc, self.backoff)
+            return
+        self.connecting = False
+        self.backoff = 0.0
+        self.transport, self.protocol = transport, protocol  # type: ignore[assignment]
+        while self.waiting:
+            fw.write(self, self.waiting.popleft())
+        fw.flush()
+
+
+class Forwarder:
+    """Sends packets to next hops by their 32-byte Sphinx address, one connection per hop.
+
+    `send` only queues (connecting lazily on first use); `flush` writes each touched peer's frames
+    in one call. A hop that refuses connections is not retried before its backoff ends, and its
+    packets are dropped meanwhile, so it costs nothing but counters.
+    """
+
+    def __init__(self, config: NodeConfig, counters: Counters) -> None:
+        self.config = config
+        self.counters = counters
+        self.peers: dict[bytes, _Peer] = {}
+        self._dirty: list[_Peer] = []
+        self.connect_timeout = 2.0
+        self.min_backoff = 0.1
+        self.max_backoff = 5.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(p.waiting) for p in self.peers.values())
+
+    def _peer(self, address: bytes) -> _Peer | None:
+        peer = self.peers.get(address)
+        if peer is not None:
+            return peer
+        try:
+            host, port = decode_node_address(address)
+        except (AddressError, ValueError):
+            self.counters.drop("bad_address")
+            return None
+        if port == 0:
+            self.counters.drop("bad_address")
+            return None
+        if len(self.peers) >= self.config.max_peers:
+            self.counters.drop("too_many_peers")
+            return None
+        peer = self.peers[address] = _Peer(self, host, port)
+        return peer
+
+    def send(self, address: bytes, packet: bytes) -> None:
+        peer = self._peer(address)
+        if peer is None:
+            return
+        transport = peer.transport
+        if transport is not None:
+            if not transport.is_closing():
+                self.write(peer, packet)
+                return
+            peer.transport = peer.protocol = None
+        loop = asyncio.get_running_loop()
+        if peer.connecting:
+            if len(peer.waiting) >= self.config.peer_queue:
+                self.counters.drop("peer_queue_full")
+            else:
+                peer.waiting.append(packet)
+            return
+        if loop.time() < peer.retry_at:
+            self.counters.drop("peer_down")
+            return
+        peer.connecting = True
+        peer.waiting.append(packet)
+        task = loop.create_task(peer.connect())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def write(self, peer: _Peer, packet: bytes) -> None:
+        if not peer.out:
+            self._dirty.append(peer)
+        peer.out.append(frame_header(len(packet)))
+        peer.out.append(packet)
+
+    def flush(self) -> None:
+        """Write everything queued since the last flush, one write per peer."""
+        dirty, self._dirty = self._dirty, []
+        counters = self.counters
+        for peer in dirty:
+            out, peer.out = peer.out, []
+            n = len(out) // 2
+            transport = peer.transport
+            if transport is None or transport.is_closing():
+                counters.drop("connection_lost", n)
+                continue
+            if transport.get_write_buffer_size() > self.config.peer_write_buffer:
+                counters.drop("backpressure", n)  # the hop does not read: never stall for it
+                continue
+            transport.write(b"".join(out))
+            counters.forwarded += n
+            counters.sent[peer.label] = counters.sent.get(peer.label, 0) + n
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for peer in self.peers.values():
+            if peer.transport is not None:
+                peer.transport.close()
+
+
+# --- inbound links -------------------------------------------------------------------------------
+
+
+class NodeLink(asyncio.Protocol):
+    """One inbound Nym-framed link. A corrupt frame closes this connection and nothing else.
+
+    Decoded packets go to the node's backlog; the node pauses reading on its links while the
+    backlog is full, so TCP pushes back on senders instead of memory growing.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FramingError as exc:
+            self.node.counters.drop("corrupt_frame")
+            log.info("closing link: %s", exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if frames:
+            self.node.enqueue([f.packet for f in frames], self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.node.link_closed(self)
+
+
+# --- the node ------------------------------------------------------------------------------------
+
+
+class Node:
+    """A node's packet machinery; `MixNode` and `Provider` add what happens to a `Final`."""
+
+    kind = "node"
+
+    def __init__(self, config: NodeConfig, secret: bytes) -> None:
+        self.config = config
+        self.public_key = keys.public_from_secret(secret)
+        self.public_b64 = b64url_encode(self.public_key)
+        self.host = format_host(config.host, config.port)
+        self.address = encode_node_address(config.host, config.port)
+        self.counters = Counters()
+        self.replay = ReplayFilter(config.replay_capacity)
+        self.queue: DelayQueue[tuple[bytes, bytes]] = DelayQueue()
+        self.forwarder = Forwarder(config, self.counters)
+        self._processor = PacketProcessor(secret, config.batch)
+        self._out: dict[int, bytearray] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._max_delay_ns = int(config.max_delay * 1e9)
+        self._announce_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: asyncio.Server | None = None
+        self._backlog: deque[bytes] = deque()
+        self._drain_scheduled = False
+        self._paused: set[NodeLink] = set()
+        self._high_water = 4 * config.batch
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.host}, {self.public_b64})"
+
+    # --- packets ---
+
+    def enqueue(self, packets: list[bytes], link: NodeLink) -> None:
+        """Packets one read delivered; they are unwrapped a batch per loop iteration.
+
+        Unwrapping in `data_received` itself would let a busy link starve everything else the
+        loop does (timers, connects, presence): libuv reads a ready socket many times per
+        iteration. A batch per iteration keeps the delay timer and the forwarder responsive.
+        """
+        self.counters.received += len(packets)
+        self._backlog.extend(packets)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+        if len(self._backlog) >= self._high_water and link.transport is not None:
+            link.transport.pause_reading()
+            self._paused.add(link)
+
+    def link_closed(self, link: NodeLink) -> None:
+        self._paused.discard(link)
+
+    def _drain(self) -> None:
+        backlog = self._backlog
+        n = min(len(backlog), self.config.batch)
+        self._process([backlog.popleft() for _ in range(n)])
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._drain_scheduled = False
+        if self._paused and len(backlog) < self._high_water // 2:
+            paused, self._paused = self._paused, set()
+            for link in paused:
+                if link.transport is not None:
+                    link.transport.resume_reading()
+
+    def handle_packets(self, packets: list[bytes]) -> None:
+        """Unwrap, filter and queue packets now (tests and in-process callers)."""
+        self.counters.received += len(packets)
+        self._process(packets)
+
+    def _process(self, packets: list[bytes]) -> None:
+        if not packets:
+            return
+        try:
+            size = len(packets[0])
+            if all(len(p) == size for p in packets):
+                self._process_run(packets, size)
+            else:
+                runs: dict[int, list[bytes]] = {}
+                for p in packets:
+                    runs.setdefault(len(p), []).append(p)
+                for size, run in runs.items():
+                    self._process_run(run, size)
+        except Exception:  # a bug must not take the node down with it
+            log.exception("%s: error while processing packets", self.kind)
+            self.counters.drop("internal_error", len(packets))
+        self.forwarder.flush()
+        self._arm_timer()
+
+    def _process_run(self, packets: list[bytes], size: int) -> None:
+        batch = self.config.batch
+        for start in range(0, len(packets), batch):
+            self._process_batch(packets[start : start + batch], size)
+
+    def _process_batch(self, packets: list[bytes], size: int) -> None:
+        n = len(packets)
+        out = self._out.get(size)
+        if out is None:
+            out = self._out[size] = bytearray(self.config.batch * size)
+        self._processor.process(b"".join(packets), n, size, out)
+        results = self._processor.results
+        seen = self.replay.seen
+        buffer = ffi.buffer
+        drop = self.counters.drop
+        finals = []
+        now = None
+        for i in range(n):
+            r = results[i]
+            if r.status:
+                drop(_DROP_REASONS.get(r.status, "sphinx_error"))
+                continue
+            if seen(buffer(r.replay_tag)[:]):
+                drop("replay")
+                continue
+            start = i * size
+            if r.kind == lib.LX_FORWARD:
+                packet = bytes(out[start : start + size])
+                delay = r.delay_ns
+                if delay == 0:
+                    self.forwarder.send(buffer(r.next_address)[:], packet)
+                    continue
+                if len(self.queue) >= self.config.max_queue:
+                    drop("queue_full")
+                    continue
+                if delay > self._max_delay_ns:
+                    delay = self._max_delay_ns
+                    self.counters.bump("delay_capped")
+                if now is None:
+                    now = asyncio.get_running_loop().time()
+                self.queue.push(now + delay * 1e-9, (buffer(r.next_address)[:], packet))
+            else:
+                m = start + r.message_offset
+                finals.append((buffer(r.destination)[:], bytes(out[m : m + r.message_len])))
+        if finals:
+            self.on_finals(finals)
+
+    def on_finals(self, finals: list[tuple[bytes, bytes]]) -> None:
+        """(destination, message) of packets that ended here. A mixnode is never a last hop."""
+        self.counters.drop("final_at_mixnode", len(finals))
+
+    def _arm_timer(self) -> None:
+        due = self.queue.next_due()
+        if due is None:
+            return
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = asyncio.get_running_loop().call_at(due, self._release)
+
+    def _release(self) -> None:
+        """The one timer: forward everything that is due, then re-arm for the next."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        send = self.forwarder.send
+        for address, packet in self.queue.pop_due(loop.time() + 0.0005):
+            send(address, packet)
+        self.forwarder.flush()
+        self._arm_timer()
+
+    # --- directory ---
+
+    def presence(self) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body) of this node's presence announcement."""
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "pubKey": self.public_b64,
+            "host": self.host,
+            "kind": self.kind,
+            "sent": dict(c.sent),
+            "received": c.received,
+            "forwarded": c.forwarded,
+            "dropped": dict(c.dropped),
+            "queue": len(self.queue) + self.forwarder.waiting + len(self._backlog),
+            **c.extra,
+        }
+
+    def announce_soon(self) -> None:
+        """Announce presence now rather than at the next interval (e.g. a new client)."""
+        self._announce_now.set()
+
+    async def _post(self, session: aiohttp.ClientSession, path: str, body: Any) -> None:
+        url = self.config.directory.rstrip("/") + path  # type: ignore[union-attr]
+        try:
+            async with session.post(url, json=body) as resp:
+                if resp.status >= 400:
+                    log.warning("directory refused %s: %s %s", path, resp.status, await resp.text())
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("directory unreachable for %s: %s", path, exc)
+
+    async def _presence_loop(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            self._announce_now.clear()
+            path, body = self.presence()
+            await self._post(session, path, body)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), self.config.presence_interval)
+
+    async def _metrics_loop(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics_interval)
+            await self._post(session, "/api/metrics/mixes", self.metrics())
+
+    async def _directory(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.config.presence_interval))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await asyncio.gather(self._presence_loop(session), self._metrics_loop(session))
+
+    # --- lifecycle ---
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        return NodeLink(self)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self.protocol_factory,
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        if self.config.directory:
+            self._tasks.append(loop.create_task(self._directory()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.forwarder.close()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Listen, announce, and run until `stop` is set."""
+        await self.start()
+        print(f"{self.kind} listening on {self.host} key {self.public_b64}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+
+# --- process plumbing ----------------------------------------------------------------------------
+
+
+def load_or_create_secret(path: str | os.PathLike[str]) -> bytes:
+    """The node's secret from its PEM file, creating the pair (0600) on first start."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pair = keys.generate_keypair()
+        keys.write_private_key(path, pair.secret)
+        keys.write_public_key(path.with_name(keys.PUBLIC_KEY_FILE), pair.public)
+        return pair.secret
+    return keys.read_private_key(path)
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="IP address to bind and announce")
+    parser.add_argument("--port", type=int, required=True, help="TCP port")
+    parser.add_argument("--key-file", required=True, help="PEM private key (created if missing)")
+    parser.add_argument("--directory", default=None, help="directory URL for presence and metrics")
+    parser.add_argument("--presence-interval", type=float, default=2.0, help="seconds (default 2)")
+    parser.add_argument("--metrics-interval", type=float, default=1.0, help="seconds (default 1)")
+    parser.add_argument("--replay-capacity", type=int, default=100_000, help="see ReplayFilter")
+    parser.add_argument("--max-delay", type=float, default=10.0, help="cap on a hop delay, s")
+    parser.add_argument("--max-queue", type=int, default=200_000, help="delayed packets at most")
+    parser.add_argument("--log-level", default="WARNING")
+
+
+def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig(
+        host=args.host,
+        port=args.port,
+        directory=args.directory,
+        presence_interval=args.presence_interval,
+        metrics_interval=args.metrics_interval,
+        replay_capacity=args.replay_capacity,
+        max_delay=args.max_delay,
+        max_queue=args.max_queue,
+    )
+
+
+def run_node(make: Callable[[], Node], log_level: str = "WARNING") -> int:
+    """Build the node inside a uvloop loop and serve until SIGINT/SIGTERM."""
+    import uvloop
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        node = make()
+        await node.serve(stop)
+
+    coro: Coroutine[Any, Any, None] = main()
+    try:
+        uvloop.run(coro)
+    except OSError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    except keys.KeyFileError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

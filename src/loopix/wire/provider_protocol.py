@@ -1,0 +1,582 @@
+"""Client ↔ provider protocol, sans-IO: two state machines that turn bytes into events and back.
+
+A provider listens on one port for mixnodes and clients alike. A client connection opens with the
+magic `b"LPX1"`; its first byte (0x4C) is never a Nym frame version (7 or 8), so the provider can
+tell the two apart from the first byte. After the magic both directions carry messages
+`u32 BE length || u8 type || body`, where length counts the type byte and the body.
+
+    provider → client  CHALLENGE   nonce(32)
+    client → provider  REGISTER    client_pk(32) || proof(32) [|| flags(1)]
+    provider → client  REGISTERED  (empty)              or  ERROR  utf-8 text (then it closes)
+    client → provider  SEND        first_hop_address(32) || sphinx packet     (many per write)
+    provider → client  DELIVER     u64 id || message                          (pushed)
+    client → provider  ACK         u64 id ...                                 (deletes them)
+    client → provider  PULL        (empty)
+    provider → client  PULLED      u16 K || u32 C || K slots of
+                                   u8 real || u64 id || u32 len || message padded to C bytes
+
+proof = HMAC-SHA256(X25519(client_sk, provider_pk), b"loopix-register" || nonce || client_pk): only
+the owner of client_sk can compute it, and the fresh nonce stops replays of an old registration.
+The optional flags byte is our extension: bit 0 (`FLAG_NO_PUSH`) asks the provider not to push,
+for Loopix-style clients that only pull. A PULLED response always has K slots of C bytes, so its
+size says nothing about how many messages were waiting.
+
+Nothing here raises on bad input: a malformed or out-of-order message becomes a `ProtocolError`
+event and the machine refuses everything after it (the I/O layer sends ERROR and closes). Calling
+a `send_*` method in the wrong state is a programming error and raises `ProtocolStateError`.
+The full specification is docs/provider-protocol.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from enum import IntEnum
+from typing import Final
+
+import msgspec
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+
+__all__ = [
+    "ADDRESS_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PULL_SLOTS",
+    "FLAG_NO_PUSH",
+    "KEY_SIZE",
+    "MAGIC",
+    "MAX_ACK_IDS",
+    "NONCE_SIZE",
+    "SEND_OVERHEAD",
+    "AckReceived",
+    "ChallengeReceived",
+    "ClientEvent",
+    "ClientHello",
+    "ClientRegistered",
+    "ClientSide",
+    "Delivered",
+    "InboxMessage",
+    "MsgType",
+    "PacketSubmitted",
+    "ProtocolError",
+    "ProtocolStateError",
+    "ProviderError",
+    "ProviderEvent",
+    "ProviderSide",
+    "PullRequested",
+    "PullResult",
+    "RegistrationAccepted",
+    "encode_send",
+    "registration_proof",
+]
+
+MAGIC: Final = b"LPX1"
+KEY_SIZE: Final = 32
+NONCE_SIZE: Final = 32
+PROOF_SIZE: Final = 32
+ADDRESS_SIZE: Final = 32
+REGISTER_CONTEXT: Final = b"loopix-register"
+FLAG_NO_PUSH: Final = 0x01
+DEFAULT_PULL_SLOTS: Final = 16
+DEFAULT_MAX_MESSAGE_SIZE: Final = 2048
+MAX_ACK_IDS: Final = 4096
+MAX_ERROR_TEXT: Final = 1024
+_LARGEST_PACKET: Final = 33133  # Nym's Extended32 packet
+SEND_OVERHEAD: Final = 4 + 1 + ADDRESS_SIZE
+"""Bytes a SEND adds in front of a Sphinx packet."""
+PROVIDER_MAX_FRAME: Final = 1 + ADDRESS_SIZE + _LARGEST_PACKET
+"""Largest client→provider message (a SEND of the largest packet); anything longer is refused."""
+CLIENT_MAX_FRAME: Final = 8 << 20
+"""Largest provider→client message a client accepts by default (a PULLED of big slots)."""
+
+_LEN = struct.Struct(">I")
+_HEAD = struct.Struct(">IB")
+_U64 = struct.Struct(">Q")
+_PULLED_HEAD = struct.Struct(">HI")
+_SLOT_HEAD = struct.Struct(">BQI")
+
+
+class MsgType(IntEnum):
+    CHALLENGE = 1
+    REGISTER = 2
+    REGISTERED = 3
+    ERROR = 4
+    SEND = 5
+    DELIVER = 6
+    ACK = 7
+    PULL = 8
+    PULLED = 9
+
+
+class ProtocolStateError(RuntimeError):
+    """A `send_*` call that the protocol state does not allow (a bug in the caller)."""
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+class ProtocolError(msgspec.Struct, frozen=True, gc=False):
+    """The peer broke the protocol; the machine is closed. Send ERROR (provider) and close."""
+
+    reason: str
+
+
+class ClientHello(msgspec.Struct, frozen=True, gc=False):
+    """The magic arrived: answer with `send_challenge()`."""
+
+
+class ClientRegistered(msgspec.Struct, frozen=True, gc=False):
+    """The client proved it owns `client_key`; answer with `send_registered()`."""
+
+    client_key: bytes
+    push: bool = True
+
+
+class PacketSubmitted(msgspec.Struct, frozen=True, gc=False):
+    """A Sphinx packet to forward to the node whose 32-byte address is `first_hop`."""
+
+    first_hop: bytes
+    packet: bytes
+
+
+class AckReceived(msgspec.Struct, frozen=True, gc=False):
+    """The client has these messages; delete them from its inbox."""
+
+    ids: tuple[int, ...]
+
+
+class PullRequested(msgspec.Struct, frozen=True, gc=False):
+    """Answer with `send_pulled(...)`."""
+
+
+ProviderEvent = (
+    ProtocolError | ClientHello | ClientRegistered | PacketSubmitted | AckReceived | PullRequested
+)
+
+
+class InboxMessage(msgspec.Struct, frozen=True, gc=False):
+    """A stored message as the provider hands it out; ACK `id` once it is safe."""
+
+    id: int
+    message: bytes
+
+
+class ChallengeReceived(msgspec.Struct, frozen=True, gc=False):
+    """Answer with `send_register()`."""
+
+    nonce: bytes
+
+
+class RegistrationAccepted(msgspec.Struct, frozen=True, gc=False):
+    """The provider accepted the registration."""
+
+
+class ProviderError(msgspec.Struct, frozen=True, gc=False):
+    """The provider refused something and is closing the connection."""
+
+    message: str
+
+
+class Delivered(msgspec.Struct, frozen=True, gc=False):
+    """A pushed message."""
+
+    id: int
+    message: bytes
+
+
+class PullResult(msgspec.Struct, frozen=True, gc=False):
+    """The real messages of a PULLED response (dummy slots are dropped here)."""
+
+    messages: tuple[InboxMessage, ...]
+
+
+ClientEvent = (
+    ProtocolError
+    | ChallengeReceived
+    | RegistrationAccepted
+    | ProviderError
+    | Delivered
+    | PullResult
+)
+
+
+# --- shared pieces -------------------------------------------------------------------------------
+
+
+def registration_proof(shared_secret: bytes, nonce: bytes, client_key: bytes) -> bytes:
+    """HMAC-SHA256(shared, "loopix-register" || nonce || client_pk)."""
+    return hmac.new(shared_secret, REGISTER_CONTEXT + nonce + client_key, hashlib.sha256).digest()
+
+
+def _frame(kind: int, body: bytes | bytearray | memoryview = b"") -> bytes:
+    return _HEAD.pack(len(body) + 1, kind) + body
+
+
+def encode_send(first_hop: bytes, packet: bytes | bytearray | memoryview) -> bytes:
+    """One SEND message (for callers that frame packets themselves)."""
+    if len(first_hop) != ADDRESS_SIZE:
+        raise ValueError(f"first hop address must be {ADDRESS_SIZE} bytes, got {len(first_hop)}")
+    return _HEAD.pack(1 + ADDRESS_SIZE + len(packet), MsgType.SEND) + first_hop + packet
+
+
+class _Reader:
+    """Cuts `u32 length || u8 type || body` messages out of a byte stream, within `max_frame`."""
+
+    __slots__ = ("_buf", "_max", "_pos")
+
+    def __init__(self, max_frame: int) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_frame
+
+    def feed(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[list[tuple[int, bytes]], str | None]:
+        """The complete messages, and an error text if the stream is unusable from there on."""
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos, end, error = self._pos, len(buf), None
+        while end - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            if length == 0:
+                error = "message with zero length (no type byte)"
+                break
+            if length > self._max:
+                error = f"message of {length} bytes exceeds the limit of {self._max}"
+                break
+            if end - pos < 4 + length:
+                break
+            out.append((buf[pos + 4], bytes(buf[pos + 5 : pos + 4 + length])))
+            pos += 4 + length
+        if error is not None or pos == end:
+            buf.clear()
+            pos = 0
+        elif pos > 65536 or pos * 2 >= end:
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return out, error
+
+
+def _check_key(key: bytes, what: str) -> bytes:
+    key = bytes(key)
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"{what} must be {KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+# --- provider side -------------------------------------------------------------------------------
+
+
+class ProviderSide:
+    """The provider's view of one client connection (after it saw the first byte 0x4C).
+
+    Flow: `receive_data` → `ClientHello` → `send_challenge()`; → `ClientRegistered` →
+    `send_registered()`; then `PacketSubmitted` / `AckReceived` / `PullRequested` events, and
+    `send_deliver` / `send_pulled` at will. On `ProtocolError` write `send_error(reason)`, close.
+    """
+
+    _MAGIC, _HELLO, _CHALLENGED, _REGISTERED, _CLOSED = range(5)
+
+    def __init__(
+        self,
+        provider_secret: bytes,
+        *,
+        pull_slots: int = DEFAULT_PULL_SLOTS,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_frame: int = PROVIDER_MAX_FRAME,
+    ) -> None:
+        if not 1 <= pull_slots <= 0xFFFF:
+            raise ValueError("pull_slots must be 1..65535")
+        if not 0 < max_message_size < 1 << 31:
+            raise ValueError("max_message_size must be positive")
+        self._secret = _check_key(provider_secret, "provider secret")
+        self.pull_slots = pull_slots
+        self.max_message_size = max_message_size
+        self._reader = _Reader(max_frame)
+        self._state = self._MAGIC
+        self._magic = b""
+        self._nonce = b""
+        self.client_key: bytes | None = None
+        self.push = True
+
+    def __repr__(self) -> str:  # the secret stays out of logs
+        return f"ProviderSide(state={self._state}, client={self.client_key!r})"
+
+    @property
+    def registered(self) -> bool:
+        return self._state == self._REGISTERED
+
+    @property
+    def closed(self) -> bool:
+        return self._state == self._CLOSED
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ProviderEvent]:
+        """Events for the bytes just read (empty once closed)."""
+        if self._state == self._CLOSED or not data:
+            return []
+        events: list[ProviderEvent] = []
+        if self._state == self._MAGIC:
+            need = len(MAGIC) - len(self._magic)
+            self._magic += bytes(data[:need])
+            data = data[need:]
+            if not MAGIC.startswith(self._magic):
+                return [self._fail("not a loopix client connection (bad magic)")]
+            if len(self._magic) < len(MAGIC):
+                return []
+            self._state = self._HELLO
+            events.append(ClientHello())
+            if not data:
+                return events
+        messages, error = self._reader.feed(data)
+        for kind, body in messages:
+            event = self._handle(kind, body)
+            if event is not None:
+                events.append(event)
+            if self._state == self._CLOSED:
+                return events
+        if error is not None:
+            events.append(self._fail(error))
+        return events
+
+    def _fail(self, reason: str) -> ProtocolError:
+        self._state = self._CLOSED
+        return ProtocolError(reason)
+
+    def _handle(self, kind: int, body: bytes) -> ProviderEvent | None:
+        if self._state == self._REGISTERED:
+            if kind == MsgType.SEND:
+                if len(body) <= ADDRESS_SIZE:
+                    return self._fail("SEND without a packet")
+                return PacketSubmitted(body[:ADDRESS_SIZE], body[ADDRESS_SIZE:])
+            if kind == MsgType.ACK:
+                n, rest = divmod(len(body), 8)
+                if rest or not n or n > MAX_ACK_IDS:
+                    return self._fail(f"ACK body of {len(body)} bytes is not 1..{MAX_ACK_IDS} ids")
+                return AckReceived(struct.unpack(f">{n}Q", body))
+            if kind == MsgType.PULL:
+                return PullRequested() if not body else self._fail("PULL carries no body")
+            if kind == MsgType.REGISTER:
+                return self._fail("already registered")
+            return self._fail(f"unexpected message type {kind} from a client")
+        if kind != MsgType.REGISTER:
+            if kind in (MsgType.SEND, MsgType.ACK, MsgType.PULL):
+                return self._fail("not registered: register before sending or reading")
+            return self._fail(f"unexpected message type {kind} from a client")
+        if self._state != self._CHALLENGED:
+            return self._fail("REGISTER before the challenge")
+        return self._register(body)
+
+    def _register(self, body: bytes) -> ProviderEvent:
+        if len(body) not in (KEY_SIZE + PROOF_SIZE, KEY_SIZE + PROOF_SIZE + 1):
+            return self._fail(f"REGISTER body must be 64 or 65 bytes, got {len(body)}")
+        client_key, proof = body[:KEY_SIZE], body[KEY_SIZE : KEY_SIZE + PROOF_SIZE]
+        flags = body[KEY_SIZE + PROOF_SIZE] if len(body) > KEY_SIZE + PROOF_SIZE else 0
+        try:
+            shared = crypto_scalarmult(self._secret, client_key)
+        except Exception:  # libsodium refuses low-order points (all-zero shared secret)
+            return self._fail("registration refused: invalid client key")
+        expected = registration_proof(shared, self._nonce, client_key)
+        if not hmac.compare_digest(expected, proof):
+            return self._fail("registration refused: bad proof of key ownership")
+        self._state = self._REGISTERED
+        self.client_key = client_key
+        self.push = not flags & FLAG_NO_PUSH
+        return ClientRegistered(client_key, self.push)
+
+    def send_challenge(self, nonce: bytes | None = None) -> bytes:
+        """The CHALLENGE (a fresh random nonce unless one is given, for tests)."""
+        if self._state != self._HELLO:
+            raise ProtocolStateError("send_challenge() is only valid right after ClientHello")
+        self._nonce = os.urandom(NONCE_SIZE) if nonce is None else bytes(nonce)
+        if len(self._nonce) != NONCE_SIZE:
+            raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
+        self._state = self._CHALLENGED
+        return _frame(MsgType.CHALLENGE, self._nonce)
+
+    def send_registered(self) -> bytes:
+        if self._state != self._REGISTERED:
+            raise ProtocolStateError("send_registered() before a ClientRegistered event")
+        return _frame(MsgType.REGISTERED)
+
+    def send_error(self, text: str) -> bytes:
+        """An ERROR message; the machine is closed afterwards (close the connection)."""
+        self._state = self._CLOSED
+        data = text.encode("utf-8", "replace")[:MAX_ERROR_TEXT]
+        return _frame(MsgType.ERROR, data)
+
+    def _need_registered(self, what: str) -> None:
+        if self._state != self._REGISTERED:
+            raise ProtocolStateError(f"{what} to an unregistered connection")
+
+    def send_deliver(self, message_id: int, message: bytes) -> bytes:
+        """Push one stored message."""
+        self._need_registered("send_deliver()")
+        return _HEAD.pack(9 + len(message), MsgType.DELIVER) + _U64.pack(message_id) + message
+
+    def send_pulled(self, messages: Sequence[tuple[int, bytes]]) -> bytes:
+        """PULLED with `messages` (at most `pull_slots`) and dummies in the remaining slots."""
+        self._need_registered("send_pulled()")
+        k, cap = self.pull_slots, self.max_message_size
+        if len(messages) > k:
+            raise ValueError(f"at most {k} messages fit in one PULLED")
+        slot = _SLOT_HEAD.size + cap
+        body = bytearray(_PULLED_HEAD.size + k * slot)  # zeros: dummy slots stay zero
+        _PULLED_HEAD.pack_into(body, 0, k, cap)
+        pos = _PULLED_HEAD.size
+        for message_id, message in messages:
+            if len(message) > cap:
+                raise ValueError(f"message of {len(message)} bytes exceeds the slot size {cap}")
+            _SLOT_HEAD.pack_into(body, pos, 1, message_id, len(message))
+            body[pos + _SLOT_HEAD.size : pos + _SLOT_HEAD.size + len(message)] = message
+            pos += slot
+        return _frame(MsgType.PULLED, body)
+
+
+# --- client side ---------------------------------------------------------------------------------
+
+
+class ClientSide:
+    """The client's end of a provider connection.
+
+    Flow: write `send_hello()`; on `ChallengeReceived` write `send_register()`; after that the
+    client may pipeline `send_packets` / `send_pull` / `send_ack` (the provider handles them in
+    order, after the registration); `RegistrationAccepted` confirms it. Pushed messages arrive as
+    `Delivered`, pulls as `PullResult`; ACK each id once the message is safely kept.
+    """
+
+    _NEW, _HELLO_SENT, _CHALLENGED, _REGISTERING, _REGISTERED, _CLOSED = range(6)
+
+    def __init__(
+        self,
+        client_secret: bytes,
+        provider_key: bytes,
+        *,
+        push: bool = True,
+        max_frame: int = CLIENT_MAX_FRAME,
+    ) -> None:
+        self._secret = _check_key(client_secret, "client secret")
+        self.client_key = crypto_scalarmult_base(self._secret)
+        self.provider_key = _check_key(provider_key, "provider key")
+        self.push = push
+        self._reader = _Reader(max_frame)
+        self._state = self._NEW
+        self._nonce = b""
+
+    def __repr__(self) -> str:  # the secret stays out of logs
+        return f"ClientSide(state={self._state}, client={self.client_key.hex()[:16]}...)"
+
+    @property
+    def registered(self) -> bool:
+        return self._state == self._REGISTERED
+
+    @property
+    def closed(self) -> bool:
+        return self._state == self._CLOSED
+
+    def send_hello(self) -> bytes:
+        if self._state != self._NEW:
+            raise ProtocolStateError("send_hello() twice")
+        self._state = self._HELLO_SENT
+        return MAGIC
+
+    def send_register(self) -> bytes:
+        """REGISTER answering the challenge."""
+        if self._state != self._CHALLENGED:
+            raise ProtocolStateError("send_register() before ChallengeReceived")
+        shared = crypto_scalarmult(self._secret, self.provider_key)
+        proof = registration_proof(shared, self._nonce, self.client_key)
+        body = self.client_key + proof + (b"" if self.push else bytes((FLAG_NO_PUSH,)))
+        self._state = self._REGISTERING
+        return _frame(MsgType.REGISTER, body)
+
+    def _can_send(self, what: str) -> None:
+        if self._state not in (self._REGISTERING, self._REGISTERED):
+            raise ProtocolStateError(f"{what} before send_register()")
+
+    def send_packet(self, first_hop: bytes, packet: bytes | bytearray | memoryview) -> bytes:
+        self._can_send("send_packet()")
+        return encode_send(first_hop, packet)
+
+    def send_packets(self, items: Iterable[tuple[bytes, bytes | bytearray | memoryview]]) -> bytes:
+        """Many SENDs in one buffer, for one write."""
+        self._can_send("send_packets()")
+        return b"".join([encode_send(hop, packet) for hop, packet in items])
+
+    def send_ack(self, ids: Sequence[int]) -> bytes:
+        """ACK messages (split into several ACKs above `MAX_ACK_IDS`)."""
+        self._can_send("send_ack()")
+        out = bytearray()
+        for i in range(0, len(ids), MAX_ACK_IDS):
+            chunk = ids[i : i + MAX_ACK_IDS]
+            out += _frame(MsgType.ACK, struct.pack(f">{len(chunk)}Q", *chunk))
+        return bytes(out)
+
+    def send_pull(self) -> bytes:
+        self._can_send("send_pull()")
+        return _frame(MsgType.PULL)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ClientEvent]:
+        """Events for the bytes just read (empty once closed)."""
+        if self._state == self._CLOSED or not data:
+            return []
+        messages, error = self._reader.feed(data)
+        events: list[ClientEvent] = []
+        for kind, body in messages:
+            events.append(self._handle(kind, body))
+            if self._state == self._CLOSED:
+                return events
+        if error is not None:
+            events.append(self._fail(error))
+        return events
+
+    def _fail(self, reason: str) -> ProtocolError:
+        self._state = self._CLOSED
+        return ProtocolError(reason)
+
+    def _handle(self, kind: int, body: bytes) -> ClientEvent:
+        if kind == MsgType.ERROR:
+            self._state = self._CLOSED
+            return ProviderError(body[:MAX_ERROR_TEXT].decode("utf-8", "replace"))
+        if kind == MsgType.CHALLENGE:
+            if self._state != self._HELLO_SENT:
+                return self._fail("unexpected CHALLENGE")
+            if len(body) != NONCE_SIZE:
+                return self._fail(f"CHALLENGE nonce must be {NONCE_SIZE} bytes")
+            self._nonce = body
+            self._state = self._CHALLENGED
+            return ChallengeReceived(body)
+        if kind == MsgType.REGISTERED:
+            if self._state != self._REGISTERING or body:
+                return self._fail("unexpected REGISTERED")
+            self._state = self._REGISTERED
+            return RegistrationAccepted()
+        if self._state != self._REGISTERED:
+            return self._fail(f"message type {kind} before registration completed")
+        if kind == MsgType.DELIVER:
+            if len(body) < 8:
+                return self._fail("DELIVER shorter than its id")
+            return Delivered(_U64.unpack_from(body)[0], body[8:])
+        if kind == MsgType.PULLED:
+            return self._pulled(body)
+        return self._fail(f"unexpected message type {kind} from a provider")
+
+    def _pulled(self, body: bytes) -> ClientEvent:
+        if len(body) < _PULLED_HEAD.size:
+            return self._fail("PULLED shorter than its header")
+        k, cap = _PULLED_HEAD.unpack_from(body)
+        slot = _SLOT_HEAD.size + cap
+        if len(body) != _PULLED_HEAD.size + k * slot:
+            return self._fail(f"PULLED of {len(body)} bytes does not hold {k} slots of {cap}")
+        messages = []
+        for pos in range(_PULLED_HEAD.size, len(body), slot):
+            real, message_id, length = _SLOT_HEAD.unpack_from(body, pos)
+            if real not in (0, 1) or length > cap:
+                return self._fail("malformed PULLED slot")
+            if real:
+                start = pos + _SLOT_HEAD.size
+                messages.append(InboxMessage(message_id, body[start : start + length]))
+        return PullResult(tuple(messages))

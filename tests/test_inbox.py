@@ -1,0 +1,44 @@
+"""The SQLite inbox: owner-only reads and deletes, durability across reopen."""
+
+from __future__ import annotations
+
+import stat
+
+from loopix.testnet.inbox import Inbox, StoredMessage
+
+ALICE, BOB = b"a" * 32, b"b" * 32
+
+
+def test_store_pending_delete_by_owner_only(tmp_path):
+    with Inbox(tmp_path / "inbox.sqlite") as inbox:
+        a1 = inbox.store(ALICE, b"one")
+        b1 = inbox.store(BOB, b"bob's")
+        a2, a3 = inbox.store_many([(ALICE, b"two"), (ALICE, b"three")])
+        assert a1 < a2 < a3
+        assert inbox.pending(ALICE, 10) == [
+            StoredMessage(a1, b"one"),
+            StoredMessage(a2, b"two"),
+            StoredMessage(a3, b"three"),
+        ]
+        assert inbox.pending(ALICE, 1, after_id=a1) == [StoredMessage(a2, b"two")]
+        assert inbox.pending(b"c" * 32, 10) == []
+        # Bob cannot delete Alice's messages, even knowing their ids.
+        assert inbox.delete(BOB, [a1, a2]) == 0
+        assert inbox.count(ALICE) == 3
+        assert inbox.delete(ALICE, [a1, b1, 1 << 70, -1]) == 1
+        assert inbox.count(BOB) == 1
+        assert inbox.count() == 3
+
+
+def test_survives_reopen_and_ids_keep_growing(tmp_path):
+    path = tmp_path / "inbox.sqlite"
+    with Inbox(path) as inbox:
+        first = inbox.store(ALICE, b"kept")
+        inbox.delete(ALICE, [inbox.store(ALICE, b"gone")])
+        assert inbox.register_client(ALICE) is True
+        assert inbox.register_client(ALICE) is False
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with Inbox(path) as inbox:
+        assert inbox.pending(ALICE, 10) == [StoredMessage(first, b"kept")]
+        assert inbox.clients() == [ALICE]
+        assert inbox.store(ALICE, b"new") > first + 1  # a deleted id is never reused

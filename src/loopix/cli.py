@@ -300,7 +300,15 @@ def _cmd_socket(args: argparse.Namespace) -> int:
 
 # --- entry point --------------------------------------------------------------------------
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_init, _add_run, _add_socket)
+def _add_testnet(sub: argparse._SubParsersAction) -> None:
+    from loopix.testnet.launcher import add_testnet_parser
+
+    add_testnet_parser(sub)
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_init, _add_run, _add_socket, _add_testnet,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -254,3 +254,15 @@ def test_exchange_swaps_directories(tmp_path):
         pytest.skip("renameat2(RENAME_EXCHANGE) not supported here")
     assert [p.name for p in a.iterdir()] == ["from_b"]
     assert [p.name for p in b.iterdir()] == ["from_a"]
+
+
+def test_init_takes_the_local_testnets_hop_delay(tmp_path):
+    """`loopix-client testnet --mean-hop-delay-ms` is the default for clients made for it."""
+    url = "http://127.0.0.1:9999/api/presence/topology"
+    (tmp_path / "testnet").mkdir()
+    (tmp_path / "testnet" / "testnet.json").write_text(f'{{"topology": "{url}", "meanHopDelayMs": 7.5}}')
+    assert run(tmp_path, "init", "--id", "near", "--directory", url).returncode == 0
+    assert cfg.load(cfg.config_path("near", tmp_path)).traffic.mean_hop_delay_ms == 7.5
+    other = "http://127.0.0.1:1/api/presence/topology"
+    assert run(tmp_path, "init", "--id", "far", "--directory", other).returncode == 0
+    assert cfg.load(cfg.config_path("far", tmp_path)).traffic.mean_hop_delay_ms == 50.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
+import json
 import os
 import secrets
 import shutil
@@ -157,6 +158,22 @@ def _install_dir(tmp: Path, target: Path, *, force: bool) -> None:
     shutil.rmtree(old)
 
 
+def _testnet_traffic(directory: str, home: Path | None) -> cfg.TrafficSection:
+    """Default traffic settings; for the local testnet's directory, its mean hop delay.
+
+    `loopix-client testnet --mean-hop-delay-ms` writes it to $LOOPIX_HOME/testnet/testnet.json
+    (the 2019 directory API has no field for it), so clients made for that testnet use it.
+    """
+    state = (home or cfg.loopix_home()) / "testnet" / "testnet.json"
+    try:
+        data = json.loads(state.read_text())
+        if data.get("topology") == directory:
+            return cfg.TrafficSection(mean_hop_delay_ms=float(data["meanHopDelayMs"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return cfg.TrafficSection()
+
+
 def init_client(
     client_id: str,
     *,
@@ -189,7 +206,8 @@ def init_client(
         conf = cfg.ClientConfig(
             client=cfg.ClientSection(
                 id=client_id, directory_server_topology=directory, provider_id=provider
-            )
+            ),
+            traffic=_testnet_traffic(directory, home),
         )
         private_tmp, public_tmp = cfg.key_paths(conf, tmp)
         pair = keys.generate_keypair()

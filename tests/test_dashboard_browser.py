@@ -213,7 +213,10 @@ def test_dashboard_shows_nodes_and_live_rates():
                         await cdp.call("Page.navigate", url=f"{server.url}/?poll=250")
 
                         async def rows_with_rates():
-                            state = json.loads(await cdp.evaluate(READ_ROWS))
+                            try:
+                                state = json.loads(await cdp.evaluate(READ_ROWS))
+                            except RuntimeError:  # still navigating: the page's elements aren't there yet
+                                return None
                             rows = {r["pubkey"]: r for r in state["rows"]}
                             if set(rows) != ALL_KEYS or state["status"] != "ok":
                                 return None

@@ -185,7 +185,7 @@ class StatusReporter:
         self.late: list[float] = []
 
     def on_stats(self, stats: Stats, msg) -> None:
-        self.rtt.extend(msg.rtt_ms)
+        self.rtt.extend(r / 1e6 for r in msg.loop_back_rtt_ns)
         self.late.extend(msg.lateness_us)
 
     def line(self, s: Stats) -> str:

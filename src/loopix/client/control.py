@@ -113,10 +113,12 @@ class Received(msgspec.Struct, tag=True):
 
 
 class SenderStats(msgspec.Struct, tag=True):
-    sent: list[int]  # per stream
+    sent: list[int]  # per stream, totals
     real_sent: int
     loops_back: int
-    rtt_ms: list[float]  # loop round trips since the last report
+    loops_sent_by_second: dict[int, int]  # scheduled second (monotonic) -> loops sent, this interval
+    loop_back_sent_ns: list[int]  # each loop back since the last report: its scheduled send time...
+    loop_back_rtt_ns: list[int]  # ...and its round trip
     lateness_us: list[float]  # a sample of (actual - scheduled) since the last report
     connected: int
     dropped_unconnected: int

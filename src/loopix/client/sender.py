@@ -32,6 +32,8 @@ from .ring import Ring
 from .schedule import Stream
 from .trace import TraceWriter
 
+LOOP = Stream.LOOP.value
+
 log = logging.getLogger("loopix.sender")
 
 TIMER_SLACK_NS = 3_000_000  # sleep on the event loop's timer only when the next packet is further
@@ -39,6 +41,7 @@ TIMER_EARLY_NS = 2_000_000  # ...and wake this much before it (uvloop timers hav
 NAP_MIN_NS = 200_000  # below this, yield to the loop instead of sleeping
 MAX_PER_ROUND = 1024
 LATENESS_SAMPLES = 2000
+MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
 
 
@@ -138,7 +141,9 @@ class Sender:
         self.dropped_unconnected = 0
         self.received = 0
         self.loops_back = 0
-        self.rtt_ms: list[float] = []
+        self.loops_sent_by_second: dict[int, int] = {}
+        self.loop_back_sent_ns: list[int] = []
+        self.loop_back_rtt_ns: list[int] = []
         self.lateness_us: list[float] = []
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
@@ -150,8 +155,9 @@ class Sender:
         info = self.loops.decode(payload)
         if info is not None:
             self.loops_back += 1
-            if len(self.rtt_ms) < 100_000:
-                self.rtt_ms.append((time.monotonic_ns() - info.sent_ns) / 1e6)
+            if len(self.loop_back_sent_ns) < MAX_LOOP_SAMPLES:
+                self.loop_back_sent_ns.append(info.sent_ns)
+                self.loop_back_rtt_ns.append(time.monotonic_ns() - info.sent_ns)
             return
         self._received.setdefault(identity, []).append(payload)
 
@@ -214,8 +220,12 @@ class Sender:
 
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
+        by_second = self.loops_sent_by_second
         for t, identity, stream, flags in due:
             sent[stream] += 1
+            if stream == LOOP:
+                sec = t // 1_000_000_000
+                by_second[sec] = by_second.get(sec, 0) + 1
             real = flags & 1
             if real:
                 self.real_sent += 1
@@ -246,10 +256,12 @@ class Sender:
             self.flush_received()
             self.ctl.send(control.SenderStats(
                 sent=list(self.sent), real_sent=self.real_sent, loops_back=self.loops_back,
-                rtt_ms=self.rtt_ms, lateness_us=self.lateness_us, connected=self.connected,
+                loops_sent_by_second=self.loops_sent_by_second, loop_back_sent_ns=self.loop_back_sent_ns,
+                loop_back_rtt_ns=self.loop_back_rtt_ns, lateness_us=self.lateness_us, connected=self.connected,
                 dropped_unconnected=self.dropped_unconnected, received=self.received,
             ))
-            self.rtt_ms, self.lateness_us, self._late_seen = [], [], 0
+            self.lateness_us, self._late_seen = [], 0
+            self.loops_sent_by_second, self.loop_back_sent_ns, self.loop_back_rtt_ns = {}, [], []
             if self.trace is not None:
                 self.trace.flush()
 

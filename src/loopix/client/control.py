@@ -58,6 +58,7 @@ class WorkerSetup(msgspec.Struct, tag=True):
     identities: list[IdentityInfo]
     topology: TopologyUpdate
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
+    paused: bool = False  # start without cover traffic (see Pause) until Resume
 
 
 class Fragment(msgspec.Struct, frozen=True, array_like=True):
@@ -129,15 +130,24 @@ class Stop(msgspec.Struct, tag=True):
     pass
 
 
+class Pause(msgspec.Struct, tag=True):
+    """Stop cover traffic: from now on only payload-stream events that carry a queued real fragment
+    become packets, so accepted messages still go out (what is in the rings goes out too)."""
+
+
 class Fatal(msgspec.Struct, tag=True):
     """A child cannot go on (its setup is unusable); the text is for the user."""
 
     message: str
 
 
+class Resume(msgspec.Struct, tag=True):
+    """Cover traffic again, from now on (the clock never stopped, so there is no burst)."""
+
+
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsFailed | WorkerStats
-    | SenderSetup | Received | SenderStats | Stop | Fatal
+    | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal
 )
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

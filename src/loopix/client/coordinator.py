@@ -69,6 +69,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     batch_size: int = 32
     trace_path: str | None = None
     start_timeout_s: float = 20.0
+    start_paused: bool = False  # no cover traffic until resume() (load tests start on a quiet net)
 
 
 class Stats(msgspec.Struct):
@@ -141,14 +142,16 @@ class Coordinator:
         self.refs = itertools.count(1)
         self.outstanding: list[dict[int, control.Fragment]] = []
         self.deal_next = 0
-        self.reassemblers = [Reassembler(i.keys.secret) for i in identities]
-        self.subscribers: list[set[asyncio.Queue]] = [set() for _ in identities]
-        self.stats_listeners: list = []
+        self.reassemblers: dict[int, Reassembler] = {}  # made on an identity's first fragment
+        self.subscribers: dict[int, set[asyncio.Queue]] = {}
+        self.stats_listeners: list = []  # called with (Stats, SenderStats) once a second
+        self.message_listeners: list = []  # called with (identity, message bytes)
         self.fatal: str | None = None
         self.running = False
         self._worker_stats: dict[int, control.WorkerStats] = {}
         self._sender_connected = asyncio.Event()
         self.packet_size = sphinx.packet_size(options.payload_size)
+        self._paused = options.start_paused  # what a restarted worker starts as
 
     # -- start/stop --
     async def start(self) -> None:
@@ -238,6 +241,7 @@ class Coordinator:
             start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
             topology=topology_update(self.topology),
             wire_header=struct.pack(">IB", 1 + 32 + self.packet_size, pp.MsgType.SEND),
+            paused=self._paused,
         )
         return ours, proc, setup
 
@@ -265,9 +269,24 @@ class Coordinator:
         for ring in self.rings:
             ring.close()
         self.rings = []
-        for queues in self.subscribers:
+        for queues in self.subscribers.values():
             for q in queues:
                 q.put_nowait(None)
+
+    def pause(self) -> None:
+        """Stop cover traffic; queued real messages still go out on their payload slots (a load
+        test's end: the rings drain, the receive path stays)."""
+        self._paused = True
+        self._tell_workers(control.Pause())
+
+    def resume(self) -> None:
+        self._paused = False
+        self._tell_workers(control.Resume())
+
+    def _tell_workers(self, msg) -> None:
+        for child in self.workers:
+            if child is not None and child.chan is not None:
+                child.chan.send(msg)
 
     # -- children --
     async def _read_sender(self) -> None:
@@ -386,14 +405,18 @@ class Coordinator:
                 child.chan.send(control.SendFragments(batch))
 
     def _on_received(self, msg: control.Received) -> None:
-        reasm = self.reassemblers[msg.identity]
+        reasm = self.reassemblers.get(msg.identity)
+        if reasm is None:
+            reasm = self.reassemblers[msg.identity] = Reassembler(self.identities[msg.identity].keys.secret)
         now = time.monotonic()
         for payload in msg.payloads:
             data = reasm.add(payload, now)
             if data is not None:
                 self.stats.messages_received += 1
-                for q in self.subscribers[msg.identity]:
+                for q in self.subscribers.get(msg.identity, ()):
                     q.put_nowait(data)
+                for listener in self.message_listeners:
+                    listener(msg.identity, data)
 
     def _on_sender_stats(self, msg: control.SenderStats) -> None:
         s = self.stats
@@ -406,7 +429,7 @@ class Coordinator:
             errors += ws.build_errors
         s.built, s.build_errors = built, errors
         now = time.monotonic()
-        s.messages_incomplete += sum(len(r.expire(now)) for r in self.reassemblers)
+        s.messages_incomplete += sum(len(r.expire(now)) for r in self.reassemblers.values())
         if s.connected >= len(self.identities):
             self._sender_connected.set()
         for listener in self.stats_listeners:
@@ -414,11 +437,15 @@ class Coordinator:
 
     def subscribe(self, identity: int = 0) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
-        self.subscribers[identity].add(q)
+        self.subscribers.setdefault(identity, set()).add(q)
         return q
 
     def unsubscribe(self, identity: int, q: asyncio.Queue) -> None:
-        self.subscribers[identity].discard(q)
+        self.subscribers.get(identity, set()).discard(q)
+
+    def address_of(self, identity: int) -> tuple[bytes, bytes]:
+        """(client key, provider key) of one of ours."""
+        return self.identities[identity].keys.public, self.provider_of[identity]
 
 
 def sphinx_key(key: bytes) -> str:

@@ -82,6 +82,7 @@ class Worker:
         self.build_errors = 0
         self.no_route = 0
         self.running = True
+        self.paused = setup.paused  # while paused only payload events that carry a real fragment go out
 
     # -- control --
     def handle(self, msg) -> None:
@@ -90,6 +91,10 @@ class Worker:
                 self.pending.setdefault(frag.identity, collections.deque()).append(frag)
         elif isinstance(msg, control.TopologyUpdate):
             self.routes = Routes(msg, self.rng)
+        elif isinstance(msg, control.Pause):
+            self.paused = True
+        elif isinstance(msg, control.Resume):
+            self.paused = False
         elif isinstance(msg, control.Stop):
             self.running = False
 
@@ -151,6 +156,8 @@ class Worker:
         while room > len(events) and self.next_event[0] <= horizon:
             t, identity, stream = self.next_event
             self.next_event = self.clock.next()
+            if self.paused and (stream != _PAYLOAD or not self.pending.get(identity)):
+                continue
             if not self.routes.usable:
                 self.no_route += 1
                 continue

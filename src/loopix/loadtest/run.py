@@ -1,0 +1,233 @@
+"""`loopix-client loadtest`: N identities in one client process tree, driven open loop for a fixed
+time against the embedded testnet (started and stopped here) or any compatible directory, with
+live figures, k6-style thresholds and a report.
+
+The timeline: start (testnet, coordinator, every identity registered) → load for `duration_s` →
+pause the schedules (the rings drain) → wait one grace period for the last loops and messages →
+final node counters → stop → summary, thresholds, report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import struct
+import sys
+import time
+
+import aiohttp
+import msgspec
+
+from loopix.client.coordinator import ClientError, Coordinator, RuntimeOptions
+from loopix.client.schedule import Stream
+
+from .fleet import ephemeral_identities
+from .live import LiveView, serve_prometheus
+from .metrics import LoadMetrics, Summary
+from .thresholds import ThresholdSet
+
+_MESSAGE_HEAD = struct.Struct(">QQ")  # message id, send time (monotonic ns)
+NODE_REPORT_INTERVAL_S = 1.0  # testnet nodes post their counters this often
+
+
+class LoadTestOptions(msgspec.Struct, kw_only=True):
+    identities: int = 100
+    duration_s: float = 60.0
+    directory_url: str | None = None  # None: start an embedded testnet
+    payload_rate: float = 2.0  # per identity, packets/s
+    loop_rate: float = 1.0
+    drop_rate: float = 1.0
+    messages_rate: float = 0.0  # real messages per second, over all identities
+    message_size: int = 1024
+    mean_hop_delay_ms: float = 20.0
+    packet_payload_size: int = 2048
+    workers: int = 0
+    thresholds: list[str] = []
+    out_dir: str | None = None
+    metrics_port: int | None = None
+    grace_s: float | None = None
+    layers: int = 3
+    mixnodes_per_layer: int = 2
+    providers: int = 2
+    live: bool | None = None  # None: a live view on a terminal, plain lines otherwise
+
+
+class LoadTestResult(msgspec.Struct):
+    summary: Summary
+    exit_code: int
+
+
+async def fetch_node_counters(http: aiohttp.ClientSession, base_url: str) -> list[dict]:
+    try:
+        async with http.get(f"{base_url}/api/metrics/mixes") as resp:
+            if resp.status != 200:
+                return []
+            data = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else data.get("reports", [])
+
+
+class MetricsFeed:
+    """Turns the runtime's once-a-second reports into LoadMetrics calls."""
+
+    def __init__(self, metrics: LoadMetrics):
+        self.metrics = metrics
+        self.last_sent = [0, 0, 0]  # the runtime starts paused: nothing was sent before the load
+        self.last_real = 0
+
+    def on_stats(self, stats, msg) -> None:
+        m = self.metrics
+        now = time.monotonic_ns()
+        for stream in (Stream.PAYLOAD, Stream.DROP):
+            delta = msg.sent[stream] - self.last_sent[stream]
+            if delta:
+                m.record_sent(int(stream), delta, now)
+        for second, n in msg.loops_sent_by_second.items():
+            if second * 1_000_000_000 >= m.start_ns:
+                m.record_sent(int(Stream.LOOP), n, second * 1_000_000_000)
+        if msg.real_sent > self.last_real:
+            m.record_real_sent(msg.real_sent - self.last_real)
+        self.last_sent, self.last_real = list(msg.sent), msg.real_sent
+        for sent_ns, rtt_ns in zip(msg.loop_back_sent_ns, msg.loop_back_rtt_ns, strict=True):
+            if sent_ns >= m.start_ns:
+                m.record_loop_back(sent_ns, sent_ns + rtt_ns)
+        for us in msg.lateness_us:
+            m.record_lateness(int(us * 1000))
+
+    def on_message(self, identity: int, data: bytes) -> None:
+        if len(data) >= _MESSAGE_HEAD.size:
+            msg_id, _sent = _MESSAGE_HEAD.unpack_from(data)
+            self.metrics.record_message_delivered(msg_id, time.monotonic_ns())
+
+
+async def send_messages(coord: Coordinator, metrics: LoadMetrics, rate: float, size: int, stop: asyncio.Event) -> None:
+    """Real messages between random pairs of our identities, open loop at `rate` per second."""
+    rng = random.Random()
+    n = len(coord.identities)
+    if rate <= 0 or n < 2:
+        return
+    filler = os.urandom(max(0, size - _MESSAGE_HEAD.size))
+    next_id = 1
+    next_t = time.monotonic()
+    while not stop.is_set():
+        next_t += rng.expovariate(rate)
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+        src = rng.randrange(n)
+        dst = (src + 1 + rng.randrange(n - 1)) % n
+        now = time.monotonic_ns()
+        data = _MESSAGE_HEAD.pack(next_id, now) + filler
+        try:
+            coord.send_message(src, data, *coord.address_of(dst))
+        except ClientError as e:
+            print(f"loadtest: message not sent: {e}", file=sys.stderr)
+            continue
+        metrics.record_message_sent(next_id, now)
+        next_id += 1
+
+
+async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None) -> LoadTestResult:
+    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet)."""
+    thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
+    testnet = None
+    url = directory_url or opts.directory_url
+    if url is None:
+        from loopix.testnet.launcher import Testnet
+
+        testnet = Testnet(layers=opts.layers, mixnodes_per_layer=opts.mixnodes_per_layer,
+                          providers=opts.providers, mean_hop_delay_ms=opts.mean_hop_delay_ms,
+                          presence_interval=1.0)
+        print(f"loadtest: starting a testnet ({opts.layers} layers x {opts.mixnodes_per_layer} mixnodes, "
+              f"{opts.providers} providers)", flush=True)
+        await asyncio.to_thread(testnet.start)
+        url = testnet.topology_url
+    base_url = url.split("/api/", 1)[0]
+    try:
+        return await _run(opts, url, base_url, thresholds)
+    finally:
+        if testnet is not None:
+            await asyncio.to_thread(testnet.stop)
+
+
+async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet) -> LoadTestResult:
+    t0 = time.monotonic()
+    ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
+    coord = Coordinator(ids, RuntimeOptions(
+        directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
+        workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True))
+    await coord.start()
+    print(f"loadtest: {opts.identities} identities registered in {time.monotonic() - t0:.1f}s; "
+          f"load for {opts.duration_s:g}s", flush=True)
+    # The network is quiet (the runtime started paused); let every node report that, then start the
+    # load on a whole second: the sender buckets loops by scheduled second, so the first bucket must
+    # not straddle the start. Client and node counts then cover exactly the same packets.
+    await asyncio.sleep(NODE_REPORT_INTERVAL_S + 0.2)
+    start_ns = -(-time.monotonic_ns() // 1_000_000_000) * 1_000_000_000
+    metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
+                          grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
+    feed = MetricsFeed(metrics)
+    prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
+    stop_messages = asyncio.Event()
+    sender = None
+    live = LiveView(opts.duration_s, plain=None if opts.live is None else not opts.live)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            metrics.record_node_counters(await fetch_node_counters(http, base_url))
+            await asyncio.sleep((start_ns - time.monotonic_ns()) / 1e9)
+            coord.stats_listeners.append(feed.on_stats)
+            coord.message_listeners.append(feed.on_message)
+            coord.resume()
+            sender = asyncio.create_task(
+                send_messages(coord, metrics, opts.messages_rate, opts.message_size, stop_messages))
+            with live:
+                end_load = metrics.start_ns + int(opts.duration_s * 1e9)
+                # after the grace period, one more node report so their counters include the drain
+                end_all = end_load + int((metrics.grace_s + NODE_REPORT_INTERVAL_S + 0.5) * 1e9)
+                paused = False
+                next_tick = time.monotonic_ns() + 1_000_000_000
+                while True:
+                    await asyncio.sleep(max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
+                    now = time.monotonic_ns()
+                    next_tick += 1_000_000_000
+                    if not paused and now >= end_load:
+                        coord.pause()
+                        stop_messages.set()
+                        metrics.end_load(now)
+                        paused = True
+                    metrics.record_node_counters(await fetch_node_counters(http, base_url))
+                    row = metrics.tick(now)
+                    live.update(row)
+                    if coord.fatal:
+                        print(f"loadtest: {coord.fatal}", file=sys.stderr)
+                        break
+                    if now >= end_all:
+                        break
+                summary = metrics.summary()
+                summary.thresholds = thresholds.check(summary)
+                live.finish(summary)
+    finally:
+        stop_messages.set()
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        await coord.stop()
+        if prometheus is not None:
+            prometheus[0].shutdown()
+    if opts.out_dir:
+        from .report import write_report  # matplotlib: only when a report is asked for
+
+        path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples())
+        print(f"loadtest: report written to {path}")
+    code = thresholds.exit_code(summary)
+    for result in summary.thresholds:
+        if not result.passed:
+            print(f"loadtest: threshold violated: {result.message}", file=sys.stderr)
+    return LoadTestResult(summary, code)

@@ -59,6 +59,7 @@ class WorkerSetup(msgspec.Struct, tag=True):
     topology: TopologyUpdate
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
     paused: bool = False  # start without cover traffic (see Pause) until Resume
+    owned: list[int] | None = None  # identities this worker runs at full rate; None: all, at 1/workers
 
 
 class Fragment(msgspec.Struct, frozen=True, array_like=True):

@@ -242,8 +242,15 @@ class Coordinator:
             topology=topology_update(self.topology),
             wire_header=struct.pack(">IB", 1 + 32 + self.packet_size, pp.MsgType.SEND),
             paused=self._paused,
+            owned=self._owned(w),
         )
         return ours, proc, setup
+
+    def _owned(self, w: int) -> list[int] | None:
+        """With at least as many identities as workers, each worker owns a share of them."""
+        if len(self.identities) < self.n_workers:
+            return None
+        return list(range(w, len(self.identities), self.n_workers))
 
     async def stop(self) -> None:
         self.running = False
@@ -389,14 +396,19 @@ class Coordinator:
         return len(frags)
 
     def _deal(self, frags: list[control.Fragment]) -> None:
-        """Round robin over the live workers, so a long message uses every worker's payload slots."""
+        """To the worker that owns the sender identity; when workers share every identity, round
+        robin, so a long message uses every worker's payload slots."""
+        partitioned = len(self.identities) >= self.n_workers
         batches: dict[int, list[control.Fragment]] = {}
         for frag in frags:
-            for _ in range(self.n_workers):
-                w = self.deal_next % self.n_workers
-                self.deal_next += 1
-                if self.workers[w] is not None:
-                    break
+            if partitioned:
+                w = frag.identity % self.n_workers
+            else:
+                for _ in range(self.n_workers):
+                    w = self.deal_next % self.n_workers
+                    self.deal_next += 1
+                    if self.workers[w] is not None:
+                        break
             batches.setdefault(w, []).append(frag)
             self.outstanding[w][frag.ref] = frag
         for w, batch in batches.items():

@@ -69,14 +69,21 @@ class Worker:
         self.wire_len = self.prefix_len + self.builder.packet_size
         if ring.slot_size < self.wire_len + 32:
             raise ValueError("ring slots too small for this packet size")
-        rates = [StreamRates(i.payload_rate, i.loop_rate, i.drop_rate) for i in self.identities]
+        # Either this worker owns some identities outright (a fleet: an identity's fragments then
+        # wait for its own payload slots, 1/λP on average) or it runs 1/W of every identity's rates
+        # (fewer identities than workers: one identity can use every core).
+        self.owned = setup.owned
+        share = 1.0 if self.owned is not None else 1.0 / setup.workers
+        mine = self.owned if self.owned is not None else range(len(self.identities))
+        rates = [StreamRates(self.identities[i].payload_rate, self.identities[i].loop_rate,
+                             self.identities[i].drop_rate) for i in mine]
         # the schedule starts when this process can build it, not when the coordinator spawned it
         start_ns = max(setup.start_ns, time.monotonic_ns())
-        self.clock = PoissonClock(rates, start_ns, share=1.0 / setup.workers, rng=self.rng)
+        self.clock = PoissonClock(rates, start_ns, share=share, rng=self.rng) if rates else None
         self.mean_delay_s = setup.mean_hop_delay_ms / 1000.0
         self.payload_cover = _LOOP if setup.payload_cover == "loop" else _DROP
         self.lookahead_ns = int(setup.lookahead_ms * 1e6)
-        self.next_event = self.clock.next() if self.clock.total_rate > 0 else None
+        self.next_event = self.clock.next() if self.clock and self.clock.total_rate > 0 else None
         self.seq = 0
         self.built = [0, 0, 0]
         self.build_errors = 0
@@ -156,6 +163,8 @@ class Worker:
         while room > len(events) and self.next_event[0] <= horizon:
             t, identity, stream = self.next_event
             self.next_event = self.clock.next()
+            if self.owned is not None:
+                identity = self.owned[identity]
             if self.paused and (stream != _PAYLOAD or not self.pending.get(identity)):
                 continue
             if not self.routes.usable:

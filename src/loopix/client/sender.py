@@ -28,6 +28,7 @@ from loopix.wire import provider_protocol as pp
 
 from . import control
 from .messages import LoopCodec
+from .profiling import run_profiled
 from .ring import Ring
 from .schedule import Stream
 from .trace import TraceWriter
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sender %(levelname)s %(message)s")
     try:
-        return uvloop.run(amain(int(argv[0])))
+        return run_profiled("sender", lambda: uvloop.run(amain(int(argv[0]))))
     except KeyboardInterrupt:
         return 0
 

@@ -19,6 +19,7 @@ from loopix import sphinx
 
 from . import control
 from .messages import LoopCodec, drop_payload
+from .profiling import run_profiled
 from .ring import Ring
 from .schedule import PoissonClock, Stream, StreamRates
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(5)  # the sender's timing matters more than a worker's throughput on a busy box
     ring = Ring.attach(ring_fd)
     try:
-        Worker(setup, ring, ctl).run()
+        run_profiled("worker", Worker(setup, ring, ctl).run)
     except KeyboardInterrupt:
         pass
     except Exception as e:  # report, then exit non-zero: the coordinator decides what to do

@@ -132,6 +132,7 @@ class Testnet:
         ready_timeout: float = 30.0,
         stop_timeout: float = 5.0,
         node_args: Sequence[str] = (),
+        prometheus_base_port: int | None = None,
         log_to_files: bool = True,
     ) -> None:
         if layers < 1 or mixnodes_per_layer < 1 or providers < 1:
@@ -150,6 +151,7 @@ class Testnet:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.node_args = list(node_args)
+        self.prometheus_base_port = prometheus_base_port  # node i serves /metrics on base + i
         self.log_to_files = log_to_files
         count = 1 + layers * mixnodes_per_layer + providers
         if base_port is None:
@@ -233,6 +235,8 @@ class Testnet:
             cmd += ["--layer", str(info.layer)]
         else:
             cmd += ["--inbox", str(Path(info.key_dir) / "inbox.sqlite")]
+        if self.prometheus_base_port:
+            cmd += ["--prometheus-port", str(self.prometheus_base_port + list(self.nodes).index(info.name))]
         return cmd + self.node_args
 
     def _spawn(self, info: NodeInfo) -> None:
@@ -444,6 +448,7 @@ def run_testnet(
     presence_interval: float = 2.0,
     expiry: float | None = None,
     host: str = "127.0.0.1",
+    prometheus_base_port: int | None = None,
 ) -> int:
     """Run a testnet in the foreground until SIGINT/SIGTERM; 0 on a clean stop.
 
@@ -464,6 +469,7 @@ def run_testnet(
         mean_hop_delay_ms=mean_hop_delay_ms,
         presence_interval=presence_interval,
         expiry=expiry,
+        prometheus_base_port=prometheus_base_port,
     )
     try:
         print(f"starting {len(net.nodes)} nodes under {net.root} ...", flush=True)
@@ -513,6 +519,8 @@ def add_testnet_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help="seconds between node announcements (default 2)")  # fmt: skip
     p.add_argument("--expiry", type=float, default=None,
                    help="seconds before a silent node leaves the topology (default 2.5x presence)")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus: node i (mixnodes, then providers) serves /metrics on PORT+i")  # fmt: skip
     p.set_defaults(handler=cmd_testnet)
     return p
 
@@ -539,6 +547,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
         mean_hop_delay_ms=args.mean_hop_delay_ms,
         presence_interval=args.presence_interval,
         expiry=args.expiry,
+        prometheus_base_port=args.metrics_port,
     )
 
 

@@ -79,6 +79,8 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     peer_write_buffer: int = 8 << 20
     """Bytes the kernel may not yet have taken for one next hop before we drop."""
     max_peers: int = 4096
+    prometheus_port: int | None = None
+    """Serve the counters for Prometheus on 127.0.0.1:PORT (see testnet/prometheus.py)."""
 
 
 # --- small parts (tested alone) ------------------------------------------------------------------
@@ -615,9 +617,16 @@ class Node:
         """Listen, announce, and run until `stop` is set."""
         await self.start()
         print(f"{self.kind} listening on {self.host} key {self.public_b64}", flush=True)
+        exporter = None
+        if self.config.prometheus_port is not None:
+            from .prometheus import serve_node_metrics
+
+            exporter = serve_node_metrics(self.metrics, self.config.prometheus_port)
         try:
             await stop.wait()
         finally:
+            if exporter is not None:
+                exporter[0].shutdown()
             await self.close()
 
 
@@ -647,6 +656,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-delay", type=float, default=10.0, help="cap on a hop delay, s")
     parser.add_argument("--max-queue", type=int, default=200_000, help="delayed packets at most")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--prometheus-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT")
 
 
 def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -659,6 +669,7 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
         replay_capacity=args.replay_capacity,
         max_delay=args.max_delay,
         max_queue=args.max_queue,
+        prometheus_port=args.prometheus_port,
     )
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import msgspec
 
 __all__ = ["Inbox", "StoredMessage"]
+
+_CHUNK = 500
+"""Bound parameters per statement, well under SQLite's limit (32766; 999 before 3.32)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -64,6 +67,15 @@ class Inbox:
         cur = self._db.execute("INSERT OR IGNORE INTO clients (key) VALUES (?)", (bytes(key),))
         return cur.rowcount > 0
 
+    def register_clients(self, keys: Iterable[bytes]) -> int:
+        """Remember many clients in one transaction (a fleet's read batch: one commit, not one
+        per key); returns how many were new."""
+        with self._transaction():
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO clients (key) VALUES (?)", [(bytes(k),) for k in keys]
+            )
+        return max(cur.rowcount, 0)
+
     def clients(self) -> list[bytes]:
         return [row[0] for row in self._db.execute("SELECT key FROM clients ORDER BY key")]
 
@@ -101,6 +113,39 @@ class Inbox:
                 [(key, i) for i in ids if 0 <= i < 1 << 63],
             )
         return cur.rowcount
+
+    def delete_owned(self, ids: Sequence[int], owners: Collection[bytes]) -> int:
+        """Delete those of `ids` whose recipient is in `owners`; returns how many went.
+
+        A fleet connection ACKs ids of many identities in one message; ids of anyone else (say, a
+        key another connection took over) are ignored, so no connection deletes others' mail."""
+        wanted = list({i for i in ids if 0 <= i < 1 << 63})
+        owned: list[tuple[int]] = []
+        with self._transaction():
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                rows = self._db.execute(
+                    f"SELECT id, recipient FROM messages WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                owned += [(i,) for i, recipient in rows if recipient in owners]
+            if owned:
+                self._db.executemany("DELETE FROM messages WHERE id = ?", owned)
+        return len(owned)
+
+    def recipients_with_mail(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Those of `keys` with at least one stored message (one indexed query per 500 keys), so
+        a fleet's registration looks up only the identities that have something to push."""
+        found: set[bytes] = set()
+        for start in range(0, len(keys), _CHUNK):
+            chunk = [bytes(k) for k in keys[start : start + _CHUNK]]
+            rows = self._db.execute(
+                "SELECT DISTINCT recipient FROM messages "
+                f"WHERE recipient IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     def count(self, recipient: bytes | None = None) -> int:
         if recipient is None:

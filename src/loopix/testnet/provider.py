@@ -12,6 +12,10 @@ with version 7 or 8, clients with the magic "LPX1", see docs/provider-protocol.m
 - Client side: a client proves its key (challenge and response), then its SENDs are forwarded to
   the first hop it names, and its inbox is pushed to it (unless it asked not to) and pulled by it.
   Messages leave the inbox only when the owner ACKs them.
+- Fleet connections carry many identities (up to `--max-fleet-keys`). Each read's registrations
+  go to SQLite in one transaction; each key is routed to the newest connection that registered
+  it; presence posts after registrations are debounced, and above `--presence-client-limit`
+  clients the presence carries a count instead of the list (docs/provider-protocol.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from loopix.testnet.inbox import Inbox
 from loopix.testnet.node import (
@@ -36,12 +40,15 @@ from loopix.testnet.node import (
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.framing import PACKET_SIZES
 from loopix.wire.provider_protocol import (
+    DEFAULT_MAX_FLEET_KEYS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PULL_SLOTS,
     MAGIC,
     AckReceived,
     ClientHello,
     ClientRegistered,
+    FleetClientRefused,
+    FleetClientRegistered,
     PacketSubmitted,
     ProtocolError,
     ProviderSide,
@@ -54,6 +61,14 @@ log = logging.getLogger(__name__)
 
 DROP_COVER = bytes(32)
 _VALID_SIZES = frozenset(PACKET_SIZES.values())
+FLEET_SLICE: Final = 16 << 10
+"""Bytes of a fleet connection handled per event-loop iteration: ~230 REGISTERs, each an X25519
+(~65 us), so a fleet registering 100,000 identities never blocks the loop for more than ~15 ms."""
+PRESENCE_DEBOUNCE: Final = 0.5
+"""A lone registration is announced at once; a burst once more, this long after it settles."""
+DEFAULT_PRESENCE_CLIENT_LIMIT: Final = 1000
+"""Above this many registered clients the presence omits the list (about 57 bytes per client)."""
+TAKEN_OVER: Final = "registered on a newer connection"
 
 
 class ClientSession:
@@ -62,6 +77,12 @@ class ClientSession:
     `cursor` is the highest message id handed to this connection; unacknowledged messages below
     it are not handed out again on this connection (a new connection starts from zero, so they
     are redelivered after a reconnect). At most `window` pushed messages are unacknowledged.
+
+    A fleet connection keeps the same per key (`cursors`), and one window of `fleet_window` for
+    all its keys (`fleet_in_flight`, id → key). A push round gives one key at most `window`
+    messages; keys with more wait in `waiting` (FIFO) until the others had their turn or ACKs
+    make room. Its input is handled `FLEET_SLICE` bytes per loop iteration (reading
+    paused meanwhile) so that thousands of registrations do not stall the provider's other work.
     """
 
     def __init__(self, provider: Provider, transport: asyncio.Transport) -> None:
@@ -71,23 +92,72 @@ class ClientSession:
             provider._secret,
             pull_slots=provider.pull_slots,
             max_message_size=provider.max_message_size,
+            max_fleet_keys=provider.max_fleet_keys,
         )
         self.key: bytes | None = None
         self.cursor = 0
         self.in_flight: set[int] = set()
         self.window = provider.push_window
+        # fleet connections only
+        self.fleet_window = provider.fleet_push_window
+        self.cursors: dict[bytes, int] = {}
+        self.fleet_in_flight: dict[int, bytes] = {}
+        self.waiting: dict[bytes, None] = {}  # an ordered set
+        self._out: list[bytes] = []
+        self._rest: memoryview | None = None
+        self._paused = False
+
+    # --- input ---
 
     def data_received(self, data: bytes) -> None:
+        if self._rest is not None:  # still slicing earlier input: keep the order
+            self._rest = memoryview(bytes(self._rest) + data)
+            return
+        self._consume(memoryview(data))
+
+    def _consume(self, data: memoryview) -> None:
+        """Handle `data`, a slice at a time unless this is a registered single connection."""
+        single = self.side.registered and not self.side.fleet
+        if not single and len(data) > FLEET_SLICE:
+            self._rest = data[FLEET_SLICE:]
+            data = data[:FLEET_SLICE]
+            if not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_slice)
+        self._handle(data)
+
+    def _next_slice(self) -> None:
+        rest, self._rest = self._rest, None
+        if rest is None or self.transport.is_closing():
+            return
+        self._consume(rest)
+        if self._rest is None and self._paused and not self.transport.is_closing():
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _handle(self, data: memoryview) -> None:
         provider = self.provider
         try:
             events = self.side.receive_data(data)
+            joined: list[bytes] = []  # consecutive fleet registrations: one batch
             for event in events:
+                if isinstance(event, FleetClientRegistered):
+                    joined.append(event.client_key)
+                    continue
+                if joined:
+                    self._fleet_registered(joined)
+                    joined = []
                 if isinstance(event, PacketSubmitted):
                     provider.submit(event.first_hop, event.packet)
                 elif isinstance(event, AckReceived):
                     self._ack(event.ids)
                 elif isinstance(event, PullRequested):
-                    self._pull()
+                    self._pull(event.client_key)
+                elif isinstance(event, FleetClientRefused):
+                    provider.counters.bump("fleet_refused")
+                    self._write(self.side.send_refused_key(event.client_key, event.reason))
+                    provider.drop_fleet_route(event.client_key, self)
                 elif isinstance(event, ClientHello):
                     self.transport.write(self.side.send_challenge())
                 elif isinstance(event, ClientRegistered):
@@ -95,13 +165,29 @@ class ClientSession:
                 elif isinstance(event, ProtocolError):
                     provider.counters.bump("client_errors")
                     log.info("client protocol error: %s", event.reason)
+                    self._flush()
                     self.transport.write(self.side.send_error(event.reason))
                     self.transport.close()
                     break
+            if joined:
+                self._fleet_registered(joined)
+            self._flush()
         except Exception:  # a bug: lose this connection, keep the provider
             log.exception("provider: error in a client session")
             self.transport.abort()
         provider.forwarder.flush()
+
+    def _write(self, data: bytes) -> None:
+        """Queue for `_flush`: a fleet's many small answers leave in one write."""
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(out))
+
+    # --- single-identity connections ---
 
     def _registered(self, key: bytes) -> None:
         self.key = key
@@ -111,6 +197,9 @@ class ClientSession:
             self.push_more()
 
     def _ack(self, ids: tuple[int, ...]) -> None:
+        if self.side.fleet:
+            self._fleet_ack(ids)
+            return
         assert self.key is not None
         deleted = self.provider.inbox.delete(self.key, ids)
         self.provider.counters.bump("acked", deleted)
@@ -118,7 +207,10 @@ class ClientSession:
         if self.side.push:
             self.push_more()
 
-    def _pull(self) -> None:
+    def _pull(self, key: bytes | None) -> None:
+        if key is not None:
+            self._pull_for(key)
+            return
         assert self.key is not None
         found = self.provider.inbox.pending(self.key, self.side.pull_slots, self.cursor)
         if found:
@@ -141,9 +233,96 @@ class ClientSession:
         self.provider.counters.bump("pushed", len(found))
         self.transport.write(b"".join(self.side.send_deliver(m.id, m.message) for m in found))
 
+    # --- fleet connections ---
+
+    def _fleet_registered(self, keys: list[bytes]) -> None:
+        """A batch of proven keys: one SQLite transaction, answers in one write, then pushes."""
+        provider = self.provider
+        provider.register_fleet(keys, self)
+        send_registered_key = self.side.send_registered_key
+        self._out.extend(send_registered_key(k) for k in keys)
+        provider.counters.bump("fleet_registered", len(keys))
+        if self.side.push:
+            for key in provider.inbox.recipients_with_mail(keys):
+                self.waiting[key] = None
+            self.push_waiting()
+
+    def _push_key(self, key: bytes, room: int) -> None:
+        """Queue up to `room` DELIVER_TOs of `key`'s stored messages (`_flush` sends them)."""
+        if key not in self.side.client_keys:  # taken over or refused meanwhile
+            return
+        found = self.provider.inbox.pending(key, room, self.cursors.get(key, 0))
+        if not found:
+            return
+        self.cursors[key] = found[-1].id
+        in_flight = self.fleet_in_flight
+        deliver = self.side.send_deliver_to
+        for m in found:
+            in_flight[m.id] = key
+            self._out.append(deliver(key, m.id, m.message))
+        if len(found) == room:  # there may be more: back of the queue
+            self.waiting[key] = None
+        self.provider.counters.bump("pushed", len(found))
+
+    def push_waiting(self) -> None:
+        """Serve waiting keys in turn, `window` messages each, while the fleet window has room."""
+        if self.transport.is_closing():
+            return
+        waiting, in_flight = self.waiting, self.fleet_in_flight
+        while waiting:
+            room = min(self.window, self.fleet_window - len(in_flight))
+            if room <= 0:
+                return
+            key = next(iter(waiting))
+            del waiting[key]
+            self._push_key(key, room)
+
+    def _fleet_ack(self, ids: tuple[int, ...]) -> None:
+        provider = self.provider
+        deleted = provider.inbox.delete_owned(ids, self.side.client_keys)
+        provider.counters.bump("acked", deleted)
+        if deleted < len(ids):
+            provider.counters.bump("acks_ignored", len(ids) - deleted)
+        in_flight = self.fleet_in_flight
+        for i in ids:
+            in_flight.pop(i, None)
+        if self.side.push:
+            self.push_waiting()
+
+    def _pull_for(self, key: bytes) -> None:
+        found = self.provider.inbox.pending(key, self.side.pull_slots, self.cursors.get(key, 0))
+        if found:
+            self.cursors[key] = found[-1].id
+        self.provider.counters.bump("pulled", len(found))
+        self._write(self.side.send_pulled_for(key, [(m.id, m.message) for m in found]))
+
+    def lose_keys(self, keys: list[bytes], reason: str = TAKEN_OVER) -> None:
+        """Another connection registered `keys`: tell this one, forget their state here.
+
+        One pass over the in-flight window for the whole batch, so a reconnecting fleet of
+        10,000 keys costs O(keys + window), not O(keys × window)."""
+        mine = self.side.client_keys
+        lost = {k for k in keys if k in mine}
+        if self.side.closed or not lost:
+            return
+        for key in lost:
+            self._write(self.side.send_refused_key(key, reason))
+            self.cursors.pop(key, None)
+            self.waiting.pop(key, None)
+        in_flight = self.fleet_in_flight
+        stale = [i for i, k in in_flight.items() if k in lost]
+        for i in stale:
+            del in_flight[i]
+        if stale and self.side.push:
+            self.push_waiting()
+        self._flush()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._rest = None
         if self.key is not None:
             self.provider.unregister_session(self.key, self)
+        if self.side.fleet:
+            self.provider.unregister_fleet(self)
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -204,6 +383,9 @@ class Provider(Node):
         pull_slots: int = DEFAULT_PULL_SLOTS,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         push_window: int = 128,
+        fleet_push_window: int = 4096,
+        max_fleet_keys: int = DEFAULT_MAX_FLEET_KEYS,
+        presence_client_limit: int = DEFAULT_PRESENCE_CLIENT_LIMIT,
     ) -> None:
         super().__init__(config, secret)
         self._secret = secret  # for the sessions' challenge-response; never logged
@@ -211,8 +393,17 @@ class Provider(Node):
         self.pull_slots = pull_slots
         self.max_message_size = max_message_size
         self.push_window = push_window
+        self.fleet_push_window = fleet_push_window
+        self.max_fleet_keys = max_fleet_keys
+        self.presence_client_limit = presence_client_limit
         self.registered: set[bytes] = set(inbox.clients())
         self.sessions: dict[bytes, set[ClientSession]] = {}
+        self.fleet_routes: dict[bytes, ClientSession] = {}
+        """Key → the newest fleet connection that registered it (where its mail is pushed)."""
+        self.fleet_sessions: set[ClientSession] = set()
+        self._client_list: list[dict[str, str]] | None = None  # presence cache
+        self._announce_timer: asyncio.TimerHandle | None = None
+        self._last_announce = float("-inf")
 
     def __repr__(self) -> str:
         return f"Provider({self.host}, {self.public_b64})"
@@ -226,8 +417,67 @@ class Provider(Node):
         if key not in self.registered:
             self.registered.add(key)
             self.inbox.register_client(key)
-            self.announce_soon()  # senders look recipients up in the topology
+            self._clients_changed()
         self.sessions.setdefault(key, set()).add(session)
+        fleet = self.fleet_routes.pop(key, None)  # the newest registration wins
+        if fleet is not None:
+            fleet.lose_keys([key])
+
+    def register_fleet(self, keys: list[bytes], session: ClientSession) -> None:
+        """Keys proven on a fleet connection: new ones in one transaction; routes to `session`.
+
+        A key another fleet connection held moves here (the newest wins, as after a reconnect),
+        and that connection is told with REFUSED_KEY. Single connections of the same key are
+        left alone, as two single connections of one key are."""
+        self.fleet_sessions.add(session)
+        registered = self.registered
+        new = [k for k in keys if k not in registered]
+        if new:
+            self.inbox.register_clients(new)
+            registered.update(new)
+            self._clients_changed()
+        routes = self.fleet_routes
+        taken: dict[ClientSession, list[bytes]] = {}
+        for key in keys:
+            old = routes.get(key)
+            if old is not session:
+                routes[key] = session
+                if old is not None:
+                    taken.setdefault(old, []).append(key)
+        for old, lost in taken.items():
+            old.lose_keys(lost)
+
+    def drop_fleet_route(self, key: bytes, session: ClientSession) -> None:
+        """`session` no longer holds `key` (refused there): stop routing its mail there."""
+        if self.fleet_routes.get(key) is session:
+            del self.fleet_routes[key]
+
+    def unregister_fleet(self, session: ClientSession) -> None:
+        """A fleet connection closed: drop the routes that still point to it."""
+        routes = self.fleet_routes
+        for key in session.side.client_keys:
+            if routes.get(key) is session:
+                del routes[key]
+        self.fleet_sessions.discard(session)
+
+    def _clients_changed(self) -> None:
+        """Announce new clients: a lone registration at once (as before fleets), a burst once
+        more `PRESENCE_DEBOUNCE` after it settles; the regular presence interval goes on.
+
+        Without this, each of 10,000 registrations would post the whole client list: O(n²)."""
+        self._client_list = None
+        loop = asyncio.get_running_loop()
+        if self._announce_timer is not None:
+            self._announce_timer.cancel()
+        elif loop.time() - self._last_announce >= PRESENCE_DEBOUNCE:
+            self._announce_debounced()
+            return
+        self._announce_timer = loop.call_later(PRESENCE_DEBOUNCE, self._announce_debounced)
+
+    def _announce_debounced(self) -> None:
+        self._announce_timer = None
+        self._last_announce = asyncio.get_running_loop().time()
+        self.announce_soon()
 
     def unregister_session(self, key: bytes, session: ClientSession) -> None:
         sessions = self.sessions.get(key)
@@ -262,28 +512,51 @@ class Provider(Node):
             return
         self.inbox.store_many(keep)
         counters.bump("stored", len(keep))
-        for destination in {d for d, _ in keep}:
+        fleets: set[ClientSession] = set()
+        routes = self.fleet_routes
+        for destination in dict.fromkeys(d for d, _ in keep):  # in arrival order
             for session in self.sessions.get(destination, ()):
                 if session.side.push:
                     session.push_more()
+            fleet = routes.get(destination)
+            if fleet is not None and fleet.side.push:
+                fleet.waiting[destination] = None
+                fleets.add(fleet)
+        for fleet in fleets:  # one write per fleet connection
+            fleet.push_waiting()
+            fleet._flush()
 
     # --- directory ---
 
     def presence(self) -> tuple[str, dict[str, Any]]:
-        return "/api/presence/mixproviders", {
-            "host": self.host,
-            "pubKey": self.public_b64,
-            "registeredClients": [{"pubKey": b64url_encode(k)} for k in sorted(self.registered)],
-        }
+        """The 2019 presence; above `presence_client_limit` clients, a count instead of the list.
+
+        Clients address recipients as `<client key>@<provider key>`, so nothing needs the list;
+        at 100,000 clients it would be ~5.7 MB every interval, over the directory's 1 MiB body
+        limit. An empty list keeps every topology parser happy; `registeredClientCount` (an
+        extension, ignored by directories that do not know it) says how many there are."""
+        body: dict[str, Any] = {"host": self.host, "pubKey": self.public_b64}
+        if len(self.registered) > self.presence_client_limit:
+            body["registeredClients"] = []
+            body["registeredClientCount"] = len(self.registered)
+            return "/api/presence/mixproviders", body
+        if self._client_list is None:
+            self._client_list = [{"pubKey": b64url_encode(k)} for k in sorted(self.registered)]
+        body["registeredClients"] = self._client_list
+        return "/api/presence/mixproviders", body
 
     def metrics(self) -> dict[str, Any]:
         return {
             **super().metrics(),
             "clients": len(self.registered),
             "connectedClients": len(self.sessions),
+            "fleetClients": len(self.fleet_routes),
+            "fleetConnections": len(self.fleet_sessions),
         }
 
     async def close(self) -> None:
+        if self._announce_timer is not None:
+            self._announce_timer.cancel()
         await super().close()
         self.inbox.close()
 
@@ -294,9 +567,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inbox", default=None, help="SQLite file (default: beside the key)")
     parser.add_argument("--pull-slots", type=int, default=DEFAULT_PULL_SLOTS)
     parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
+    parser.add_argument(
+        "--max-fleet-keys",
+        type=int,
+        default=DEFAULT_MAX_FLEET_KEYS,
+        help=f"identities per fleet connection (default {DEFAULT_MAX_FLEET_KEYS})",
+    )
+    parser.add_argument(
+        "--presence-client-limit",
+        type=int,
+        default=DEFAULT_PRESENCE_CLIENT_LIMIT,
+        help="above this many clients, presence posts a count instead of the list "
+        f"(default {DEFAULT_PRESENCE_CLIENT_LIMIT})",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.pull_slots <= 0xFFFF or args.max_message_size < 1:
         parser.error("--pull-slots must be 1..65535 and --max-message-size positive")
+    if args.max_fleet_keys < 1 or args.presence_client_limit < 0:
+        parser.error("--max-fleet-keys must be positive and --presence-client-limit not negative")
     config = node_config_from_args(args)
     inbox_path = Path(args.inbox or Path(args.key_file).with_name("inbox.sqlite"))
 
@@ -308,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             Inbox(inbox_path),
             pull_slots=args.pull_slots,
             max_message_size=args.max_message_size,
+            max_fleet_keys=args.max_fleet_keys,
+            presence_client_limit=args.presence_client_limit,
         )
 
     return run_node(make, args.log_level)

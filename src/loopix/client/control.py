@@ -17,14 +17,19 @@ _LEN = struct.Struct(">I")
 MAX_CONTROL_MESSAGE = 64 * 2**20
 
 
-class IdentityInfo(msgspec.Struct, frozen=True, array_like=True):
-    """What a worker needs to build one identity's packets."""
+class IdentityInfo(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What a worker needs to build one identity's packets (indexes keep it small: a fleet has
+    many thousands of these)."""
 
     public_key: bytes
-    provider_key: bytes
-    payload_rate: float
-    loop_rate: float
-    drop_rate: float
+    provider: int  # index into WorkerSetup.provider_keys
+    rates: int  # index into WorkerSetup.rate_classes
+
+
+class RateClass(msgspec.Struct, frozen=True, array_like=True):
+    payload: float
+    loop: float
+    drop: float
 
 
 class MixNodeInfo(msgspec.Struct, frozen=True, array_like=True):
@@ -55,11 +60,15 @@ class WorkerSetup(msgspec.Struct, tag=True):
     batch_size: int
     start_ns: int
     loop_key: bytes
-    identities: list[IdentityInfo]
+    identities: list[IdentityInfo]  # the ones this worker runs: global index = first + i * step
+    provider_keys: list[bytes]
+    rate_classes: list[RateClass]
     topology: TopologyUpdate
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
     paused: bool = False  # start without cover traffic (see Pause) until Resume
-    owned: list[int] | None = None  # identities this worker runs at full rate; None: all, at 1/workers
+    first: int = 0
+    step: int = 1
+    share: float = 1.0  # of each identity's rates: 1 when workers split the identities, 1/W otherwise
 
 
 class Fragment(msgspec.Struct, frozen=True, array_like=True):
@@ -92,16 +101,21 @@ class WorkerStats(msgspec.Struct, tag=True):
     no_route: int
 
 
-class SenderIdentity(msgspec.Struct, frozen=True, array_like=True):
+class SenderIdentity(msgspec.Struct, frozen=True, array_like=True, gc=False):
     secret_key: bytes
     public_key: bytes
-    provider_key: bytes
-    provider_host: str
-    provider_port: int
+    provider: int  # index into SenderSetup.providers
+
+
+class ProviderEndpoint(msgspec.Struct, frozen=True, array_like=True):
+    key: bytes
+    host: str
+    port: int
 
 
 class SenderSetup(msgspec.Struct, tag=True):
     identities: list[SenderIdentity]
+    providers: list[ProviderEndpoint]
     loop_key: bytes
     ring_fds: list[int]
     trace_path: str | None

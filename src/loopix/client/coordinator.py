@@ -203,6 +203,7 @@ class Coordinator:
                 self.provider_of.append(ident.provider_key)
             else:  # round robin over the providers, stable for a given key set
                 self.provider_of.append(providers[i % len(providers)].pub_key)
+        self.provider_keys = sorted(set(self.provider_of))
 
     def _start_children(self) -> None:
         wire_len = pp.SEND_OVERHEAD + self.packet_size
@@ -212,18 +213,20 @@ class Coordinator:
         self.rings = [Ring.create(slots, slot_size_for(wire_len), f"loopix-ring-{w}") for w in range(self.n_workers)]
         self.workers = [None] * self.n_workers
         self.outstanding = [{} for _ in range(self.n_workers)]
-        sender_ids = []
-        for i, ident in enumerate(self.identities):
-            prov = self.topology.provider_by_key(self.provider_of[i])
-            host, port = prov.address
-            sender_ids.append(control.SenderIdentity(ident.keys.secret, ident.keys.public, prov.pub_key, host, port))
+        endpoints = []
+        for key in self.provider_keys:
+            host, port = self.topology.provider_by_key(key).address
+            endpoints.append(control.ProviderEndpoint(key, host, port))
+        index = {key: i for i, key in enumerate(self.provider_keys)}
+        sender_ids = [control.SenderIdentity(ident.keys.secret, ident.keys.public, index[self.provider_of[i]])
+                      for i, ident in enumerate(self.identities)]
         ours, theirs = socket.socketpair()
         fds = [theirs.fileno()] + [r.fd for r in self.rings]
         proc = spawn("loopix.client.sender", fds, [str(theirs.fileno())])
         theirs.close()
         self.sender = Child("sender", proc, None)
         self._pending_sender = (ours, control.SenderSetup(
-            identities=sender_ids, loop_key=self.loop_key, ring_fds=[r.fd for r in self.rings],
+            identities=sender_ids, providers=endpoints, loop_key=self.loop_key, ring_fds=[r.fd for r in self.rings],
             trace_path=self.opts.trace_path, push=self.opts.push, fetch_rate=self.opts.fetch_rate))
         self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
 
@@ -232,25 +235,28 @@ class Coordinator:
         proc = spawn("loopix.client.worker", [theirs.fileno(), self.rings[w].fd],
                      [str(theirs.fileno()), str(self.rings[w].fd)])
         theirs.close()
-        infos = [control.IdentityInfo(i.keys.public, self.provider_of[k], i.payload_rate, i.loop_rate, i.drop_rate)
-                 for k, i in enumerate(self.identities)]
+        partitioned = len(self.identities) >= self.n_workers
+        first, step = (w, self.n_workers) if partitioned else (0, 1)
+        provider_index = {key: i for i, key in enumerate(self.provider_keys)}
+        classes: dict[tuple[float, float, float], int] = {}
+        infos = []
+        for k in range(first, len(self.identities), step):
+            ident = self.identities[k]
+            rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
+            infos.append(control.IdentityInfo(ident.keys.public, provider_index[self.provider_of[k]],
+                                              classes.setdefault(rates, len(classes))))
         setup = control.WorkerSetup(
             worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
             mean_hop_delay_ms=self.opts.mean_hop_delay_ms, payload_cover=self.opts.payload_cover,
             lookahead_ms=self.opts.lookahead_ms, batch_size=self.opts.batch_size,
             start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
+            provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
             topology=topology_update(self.topology),
             wire_header=struct.pack(">IB", 1 + 32 + self.packet_size, pp.MsgType.SEND),
             paused=self._paused,
-            owned=self._owned(w),
+            first=first, step=step, share=1.0 if partitioned else 1.0 / self.n_workers,
         )
         return ours, proc, setup
-
-    def _owned(self, w: int) -> list[int] | None:
-        """With at least as many identities as workers, each worker owns a share of them."""
-        if len(self.identities) < self.n_workers:
-            return None
-        return list(range(w, len(self.identities), self.n_workers))
 
     async def stop(self) -> None:
         self.running = False

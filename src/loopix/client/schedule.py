@@ -52,14 +52,20 @@ class PoissonClock:
         self.set_rates(rates, share)
 
     def set_rates(self, rates: list[StreamRates], share: float = 1.0) -> None:
-        weights = [r * share for rate in rates for r in rate.as_tuple()]
-        if any(w < 0 or math.isnan(w) for w in weights):
+        if any(r < 0 or math.isnan(r) for rate in set(rates) for r in rate.as_tuple()):
             raise ValueError("rates must be >= 0")
-        self.cumulative = list(itertools.accumulate(weights))
+        first = rates[0] if rates else None
+        if first is not None and all(r == first for r in rates):
+            # the common case (a fleet with one config): draw the identity uniformly, then the
+            # stream; no table, so a fleet of 100k identities costs nothing here
+            per = [r * share for r in first.as_tuple()]
+            self._uniform = (len(rates), list(itertools.accumulate(per)))
+            self.cumulative = []
+            self.total_rate = sum(per) * len(rates)
+            return
+        self._uniform = None
+        self.cumulative = list(itertools.accumulate(r * share for rate in rates for r in rate.as_tuple()))
         self.total_rate = self.cumulative[-1] if self.cumulative else 0.0
-        uniform = rates and all(r == rates[0] for r in rates)
-        # the common case (a fleet with one config): draw the identity uniformly, then the stream
-        self._uniform = (len(rates), list(itertools.accumulate(rates[0].as_tuple()))) if uniform else None
 
     def next(self) -> tuple[int, int, int]:
         """The next event: (time_ns, identity, stream). Call only when total_rate > 0."""

@@ -47,28 +47,34 @@ STATS_INTERVAL_S = 1.0
 
 
 class ProviderLink(asyncio.Protocol):
-    """One identity's persistent, registered connection to its provider (reconnects on loss)."""
+    """The persistent, registered connection to one provider (reconnects on loss).
 
-    def __init__(self, sender: Sender, index: int, ident: control.SenderIdentity, push: bool):
+    One identity: the plain protocol, as any Loopix client speaks it. Several: a fleet connection
+    that registers them all and demultiplexes what the provider pushes by recipient key, so a
+    fleet of thousands costs one socket per provider, not one per identity.
+    """
+
+    def __init__(self, sender: Sender, members: list[int], endpoint: control.ProviderEndpoint, fleet: bool):
         self.sender = sender
-        self.index = index
-        self.ident = ident
-        self.push = push
+        self.members = members
+        self.endpoint = endpoint
+        self.fleet = fleet
+        self.index_of = {sender.identities[i].public_key: i for i in members} if fleet else {}
         self.transport: asyncio.Transport | None = None
-        self.proto: pp.ClientSide | None = None
-        self.ready = False
+        self.proto = None
         self.backoff = 0.2
         self.closing = False
+        self.refusals_logged = 0
 
     async def connect_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while not self.closing:
             try:
-                await loop.create_connection(lambda: self, self.ident.provider_host, self.ident.provider_port)
+                await loop.create_connection(lambda: self, self.endpoint.host, self.endpoint.port)
                 return
             except OSError as e:
-                log.warning("identity %d: provider %s:%d unreachable (%s); retrying in %.1fs",
-                            self.index, self.ident.provider_host, self.ident.provider_port, e, self.backoff)
+                log.warning("provider %s:%d unreachable (%s); retrying in %.1fs",
+                            self.endpoint.host, self.endpoint.port, e, self.backoff)
                 await asyncio.sleep(self.backoff)
                 self.backoff = min(5.0, self.backoff * 2)
 
@@ -77,41 +83,80 @@ class ProviderLink(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.proto = pp.ClientSide(self.ident.secret_key, self.ident.provider_key, push=self.push)
+        push = self.sender.setup.push
+        if self.fleet:
+            self.proto = pp.FleetClientSide(self.endpoint.key, push=push)
+        else:
+            me = self.sender.identities[self.members[0]]
+            self.proto = pp.ClientSide(me.secret_key, self.endpoint.key, push=push)
         transport.write(self.proto.send_hello())
 
+    def _set_ready(self, identity: int, ready: bool) -> None:
+        sender = self.sender
+        if sender.ready[identity] != ready:
+            sender.ready[identity] = ready
+            sender.connected += 1 if ready else -1
+
     def data_received(self, data: bytes) -> None:
-        proto = self.proto
+        proto, sender = self.proto, self.sender
         acks: list[int] = []
+        single = None if self.fleet else self.members[0]
         for ev in proto.receive_data(data):
             if isinstance(ev, pp.Delivered):
-                self.sender.on_message(self.index, ev.message)
+                identity = single if single is not None else self.index_of.get(ev.client_key)
+                if identity is not None:
+                    sender.on_message(identity, ev.message)
                 acks.append(ev.id)
             elif isinstance(ev, pp.PullResult):
+                identity = single if single is not None else self.index_of.get(ev.client_key)
                 for m in ev.messages:
-                    self.sender.on_message(self.index, m.message)
+                    if identity is not None:
+                        sender.on_message(identity, m.message)
                     acks.append(m.id)
             elif isinstance(ev, pp.ChallengeReceived):
-                self.transport.write(proto.send_register())
+                if self.fleet:
+                    ids = sender.identities
+                    self.transport.write(proto.send_register_many(
+                        (ids[i].secret_key, ids[i].public_key) for i in self.members))
+                else:
+                    self.transport.write(proto.send_register())
             elif isinstance(ev, pp.RegistrationAccepted):
-                self.ready = True
+                self._set_ready(single, True)
                 self.backoff = 0.2
-                self.sender.connected += 1
+            elif isinstance(ev, pp.KeyRegistered):
+                identity = self.index_of.get(ev.client_key)
+                if identity is not None:
+                    self._set_ready(identity, True)
+                self.backoff = 0.2
+            elif isinstance(ev, pp.KeyRefused):
+                identity = self.index_of.get(ev.client_key)
+                if identity is not None:
+                    self._set_ready(identity, False)
+                if self.refusals_logged < 5:
+                    self.refusals_logged += 1
+                    log.warning("provider refused identity %s: %s", identity, ev.reason)
             elif isinstance(ev, pp.ProviderError | pp.ProtocolError):
                 text = getattr(ev, "message", None) or getattr(ev, "reason", "")
-                log.warning("identity %d: provider closed the session: %s", self.index, text)
+                log.warning("provider %s:%d closed the session: %s", self.endpoint.host, self.endpoint.port, text)
                 self.transport.close()
                 return
         if acks and not proto.closed:
-            # the fragments are with the coordinator (same write order on a local socket) before the
-            # provider may delete them
-            self.sender.flush_received()
+            # the fragments reach the coordinator (one local socket, in order) before the provider
+            # may delete them
+            sender.flush_received()
             self.transport.write(proto.send_ack(acks))
 
+    def pull(self, identity: int) -> None:
+        if self.transport is None or self.proto is None or not self.sender.ready[identity]:
+            return
+        if self.fleet:
+            self.transport.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
+        else:
+            self.transport.write(self.proto.send_pull())
+
     def connection_lost(self, exc) -> None:
-        if self.ready:
-            self.sender.connected -= 1
-        self.ready = False
+        for i in self.members:
+            self._set_ready(i, False)
         self.transport = None
         if not self.closing and self.sender.running:
             asyncio.get_running_loop().create_task(self._reconnect())
@@ -132,7 +177,17 @@ class Sender:
         self.setup = setup
         self.ctl = ctl
         self.rings = [Ring.attach(fd) for fd in setup.ring_fds]
-        self.links = [ProviderLink(self, i, ident, setup.push) for i, ident in enumerate(setup.identities)]
+        self.identities = setup.identities
+        self.ready = bytearray(len(self.identities))  # registered and connected, per identity
+        fleet = len(self.identities) > 1
+        members: dict[int, list[int]] = {}
+        for i, ident in enumerate(self.identities):
+            members.setdefault(ident.provider, []).append(i)
+        self.links = [ProviderLink(self, m, setup.providers[p], fleet) for p, m in members.items()]
+        self.link_of: list[ProviderLink] = [None] * len(self.identities)  # type: ignore[list-item]
+        for link in self.links:
+            for i in link.members:
+                self.link_of[i] = link
         self.loops = LoopCodec(setup.loop_key)
         self.trace = TraceWriter(setup.trace_path) if setup.trace_path else None
         self.running = True
@@ -169,7 +224,7 @@ class Sender:
 
     # -- sending --
     async def pump(self) -> None:
-        rings, links = self.rings, self.links
+        rings, link_of, ready = self.rings, self.link_of, self.ready
         reads = [r.read_index for r in rings]
         mono = time.monotonic_ns
         trace = self.trace
@@ -187,9 +242,8 @@ class Sender:
                         if next_t < 0 or t < next_t:
                             next_t = t
                         break
-                    link = links[identity]
-                    if link.ready:
-                        batch.setdefault(link, []).append(ring.wire_bytes(r, wire_len))
+                    if ready[identity]:
+                        batch.setdefault(link_of[identity], []).append(ring.wire_bytes(r, wire_len))
                         due.append((t, identity, stream, flags))
                     else:
                         self.dropped_unconnected += 1
@@ -242,14 +296,13 @@ class Sender:
 
     # -- pulling (Loopix clients that do not take pushes) --
     async def pull_loop(self) -> None:
-        rate = self.setup.fetch_rate * len(self.links)
+        rate = self.setup.fetch_rate * len(self.identities)
         if self.setup.push or rate <= 0:
             return
-        while self.running:
+        while self.running:  # one clock for every identity's fetches; the link picks who pulls
             await asyncio.sleep(self.rng.expovariate(rate))
-            link = self.rng.choice(self.links)
-            if link.ready and link.transport is not None:
-                link.transport.write(link.proto.send_pull())
+            identity = self.rng.randrange(len(self.identities))
+            self.link_of[identity].pull(identity)
 
     async def stats_loop(self) -> None:
         while self.running:

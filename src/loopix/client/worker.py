@@ -72,12 +72,13 @@ class Worker:
             raise ValueError("ring slots too small for this packet size")
         # Either this worker owns some identities outright (a fleet: an identity's fragments then
         # wait for its own payload slots, 1/λP on average) or it runs 1/W of every identity's rates
-        # (fewer identities than workers: one identity can use every core).
-        self.owned = setup.owned
-        share = 1.0 if self.owned is not None else 1.0 / setup.workers
-        mine = self.owned if self.owned is not None else range(len(self.identities))
-        rates = [StreamRates(self.identities[i].payload_rate, self.identities[i].loop_rate,
-                             self.identities[i].drop_rate) for i in mine]
+        # (fewer identities than workers: one identity can use every core). Identity i here is
+        # global identity first + i * step.
+        self.first, self.step = setup.first, setup.step
+        self.provider_keys = setup.provider_keys
+        classes = [StreamRates(c.payload, c.loop, c.drop) for c in setup.rate_classes]
+        rates = [classes[i.rates] for i in self.identities]
+        share = setup.share
         # the schedule starts when this process can build it, not when the coordinator spawned it
         start_ns = max(setup.start_ns, time.monotonic_ns())
         self.clock = PoissonClock(rates, start_ns, share=share, rng=self.rng) if rates else None
@@ -115,9 +116,10 @@ class Worker:
         # the last hop is the recipient's provider: it does not delay (its delay is never encoded)
         return [int(exp(rate) * 1e9) for _ in range(hops - 1)] + [0]
 
-    def fill(self, slot: int, identity: int, stream: int):
-        """Fill builder slot `slot` for one event; returns (kind, fragment ref or -1) or None."""
-        me = self.identities[identity]
+    def fill(self, slot: int, local: int, identity: int, stream: int):
+        """Fill builder slot `slot` for one event of our identity `local` (global `identity`);
+        returns (first hop address, fragment ref or -1) or None when there is no route."""
+        me = self.identities[local]
         routes = self.routes
         ref = -1
         kind = stream
@@ -135,7 +137,7 @@ class Worker:
                 kind = self.payload_cover
         if ref < 0:
             if kind == _LOOP:
-                provider = routes.providers.get(me.provider_key)
+                provider = routes.providers.get(self.provider_keys[me.provider])
                 if provider is None:
                     return None
                 destination = me.public_key
@@ -162,17 +164,16 @@ class Worker:
         room = min(room, self.builder.capacity)
         events = []
         while room > len(events) and self.next_event[0] <= horizon:
-            t, identity, stream = self.next_event
+            t, local, stream = self.next_event
             self.next_event = self.clock.next()
-            if self.owned is not None:
-                identity = self.owned[identity]
+            identity = self.first + local * self.step
             if self.paused and (stream != _PAYLOAD or not self.pending.get(identity)):
                 continue
             if not self.routes.usable:
                 self.no_route += 1
                 continue
             self._event_ns = t
-            filled = self.fill(len(events), identity, stream)
+            filled = self.fill(len(events), local, identity, stream)
             if filled is None:
                 self.no_route += 1
                 continue

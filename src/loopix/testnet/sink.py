@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import struct
 import subprocess
 import sys
 
@@ -25,6 +26,8 @@ from loopix.wire.b64 import b64url_encode
 
 from .directory import DirectoryServer
 
+_LEN = struct.Struct(">I")
+
 
 class SinkCounters:
     def __init__(self) -> None:
@@ -37,33 +40,58 @@ class SinkCounters:
 
 
 class SinkProtocol(asyncio.Protocol):
+    """Walks the frames itself: SEND frames are only counted (no object per packet), every other
+    frame goes through the real protocol machine, so single and fleet registrations both work."""
+
     def __init__(self, secret: bytes, counters: SinkCounters):
         self.side = pp.ProviderSide(secret)
         self.counters = counters
         self.transport = None
-        self.registered = False
+        self.buf = bytearray()
+        self.magic_left = len(pp.MAGIC)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.counters.connections += 1
 
     def data_received(self, data: bytes) -> None:
-        if self.registered:  # after registration only SEND frames come: count, don't parse
-            self.counters.bytes += len(data)
-            return
+        if self.magic_left:
+            head, data = data[: self.magic_left], data[self.magic_left :]
+            self.magic_left -= len(head)
+            if not self._handle(head):
+                return
+        buf = self.buf
+        buf += data
+        pos, n = 0, len(buf)
+        while n - pos >= 5:
+            (length,) = _LEN.unpack_from(buf, pos)
+            end = pos + 4 + length
+            if end > n:
+                break
+            if buf[pos + 4] == pp.MsgType.SEND:
+                self.counters.bytes += end - pos
+            elif not self._handle(bytes(buf[pos:end])):
+                return
+            pos = end
+        del buf[:pos]
+
+    def _handle(self, data: bytes) -> bool:
         for ev in self.side.receive_data(data):
             if isinstance(ev, pp.ClientHello):
                 self.transport.write(self.side.send_challenge())
             elif isinstance(ev, pp.ClientRegistered):
                 self.transport.write(self.side.send_registered())
-                self.registered = True
                 self.counters.registered += 1
-            elif isinstance(ev, pp.PacketSubmitted):
-                self.counters.bytes += pp.SEND_OVERHEAD + len(ev.packet)
+            elif isinstance(ev, pp.FleetClientRegistered):
+                self.transport.write(self.side.send_registered_key(ev.client_key))
+                self.counters.registered += 1
+            elif isinstance(ev, pp.FleetClientRefused):
+                self.transport.write(self.side.send_refused_key(ev.client_key, ev.reason))
             elif isinstance(ev, pp.ProtocolError):
                 self.transport.write(self.side.send_error(ev.reason))
                 self.transport.close()
-                return
+                return False
+        return True
 
     def connection_lost(self, exc) -> None:
         self.counters.connections -= 1

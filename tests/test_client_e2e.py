@@ -78,6 +78,7 @@ def test_websocket_clients_as_processes(testnet, tmp_path):
     make_client(tmp_path, "dave", testnet, p1, payload_rate=50.0)
     env = {**os.environ, "LOOPIX_HOME": str(tmp_path)}
     procs = []
+    kids: set[int] = set()
     try:
         ports = []
         for name in ("carol", "dave"):
@@ -105,6 +106,8 @@ def test_websocket_clients_as_processes(testnet, tmp_path):
                 assert got == {"type": "received", "message": "hi dave"}
 
         uvloop.run(talk())
+        kids = set().union(*(children_of(p.pid) for p in procs))
+        assert len(kids) >= 4, "each client runs a sender and workers"
     finally:
         for proc in procs:
             proc.terminate()
@@ -115,3 +118,28 @@ def test_websocket_clients_as_processes(testnet, tmp_path):
                 if proc.poll() is None:
                     proc.kill()
                 proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") and not zombie(pid) for pid in kids):
+        assert time.monotonic() < deadline, "a worker or sender outlived its client"
+        time.sleep(0.05)
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.add(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -16,6 +16,7 @@ import pytest
 import uvloop
 import websockets
 
+from _procs import alive, children_of
 from loopix import config as cfg
 from loopix.cli import init_client
 from loopix.client.api import Client
@@ -119,27 +120,7 @@ def test_websocket_clients_as_processes(testnet, tmp_path):
                     proc.kill()
                 proc.stdout.close()
     deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{pid}") and not zombie(pid) for pid in kids):
+    while any(alive(pid) for pid in kids):
         assert time.monotonic() < deadline, "a worker or sender outlived its client"
         time.sleep(0.05)
 
-
-def children_of(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.add(int(entry))
-            except OSError:
-                continue
-    return out
-
-
-def zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

@@ -11,6 +11,7 @@ import time
 import pytest
 import uvloop
 
+from _procs import children_of
 from loopix import sphinx
 from loopix.client.coordinator import ClientError, Coordinator, Identity, RuntimeOptions
 from loopix.client.schedule import Stream
@@ -28,20 +29,6 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def children_of(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    out.add(int(entry))
-            except OSError:
-                continue
-    return out
 
 
 def test_streams_trace_and_clean_shutdown(tmp_path):

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from loopix.fileio import write_private_file
 from loopix.keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_from_b64url, key_to_b64url
 
 __all__ = [
@@ -259,17 +260,4 @@ _HEADER = (
 
 def save(config: ClientConfig, path: str | os.PathLike[str]) -> None:
     """Write `config` atomically (temp file + rename), mode 0600."""
-    path = Path(path)
-    data = _HEADER + msgspec.toml.encode(config)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private_file(path, _HEADER + msgspec.toml.encode(config))

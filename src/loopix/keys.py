@@ -18,6 +18,8 @@ from pathlib import Path
 
 from nacl.bindings import crypto_scalarmult_base
 
+from loopix.fileio import write_private_file
+
 __all__ = [
     "KEY_SIZE",
     "PEM_PRIVATE",
@@ -191,34 +193,18 @@ def read_public_key(path: str | os.PathLike[str]) -> bytes:
     return pem_decode(_read_text(path, private=False), PEM_PUBLIC, source=str(path), size=KEY_SIZE)
 
 
-def _write_0600(path: Path, data: bytes) -> None:
-    """Write via a 0600 temp file and rename, so no reader ever sees it partial or too open."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)  # exact mode whatever the umask
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_private_key(path: str | os.PathLike[str], secret: bytes) -> None:
     """Write a private key file, mode 0600 from its first byte."""
     if len(secret) != KEY_SIZE:
         raise ValueError(f"a secret key must be {KEY_SIZE} bytes")
-    _write_0600(Path(path), pem_encode(PEM_PRIVATE, secret).encode("ascii"))
+    write_private_file(Path(path), pem_encode(PEM_PRIVATE, secret).encode("ascii"))
 
 
 def write_public_key(path: str | os.PathLike[str], public: bytes) -> None:
     """Write a public key file (0600 too, as the Go client did)."""
     if len(public) != KEY_SIZE:
         raise ValueError(f"a public key must be {KEY_SIZE} bytes")
-    _write_0600(Path(path), pem_encode(PEM_PUBLIC, public).encode("ascii"))
+    write_private_file(Path(path), pem_encode(PEM_PUBLIC, public).encode("ascii"))
 
 
 def save_keypair(

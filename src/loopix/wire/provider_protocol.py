@@ -675,39 +675,19 @@ class ProviderSide:
 # --- client side ---------------------------------------------------------------------------------
 
 
-class ClientSide:
-    """The client's end of a provider connection.
-
-    Flow: write `send_hello()`; on `ChallengeReceived` write `send_register()`; after that the
-    client may pipeline `send_packets` / `send_pull` / `send_ack` (the provider handles them in
-    order, after the registration); `RegistrationAccepted` confirms it. Pushed messages arrive as
-    `Delivered`, pulls as `PullResult`; ACK each id once the message is safely kept.
-    """
+class _ClientBase:
+    """What both client ends share: the hello and challenge, SEND and ACK, and event decoding."""
 
     _NEW, _HELLO_SENT, _CHALLENGED, _REGISTERING, _REGISTERED, _CLOSED = range(6)
+    _SENDING: tuple[int, ...] = ()  # states in which SEND/ACK/PULL may be written
+    _SEND_AFTER = ""  # the call that must come first, for the error message
 
-    def __init__(
-        self,
-        client_secret: bytes,
-        provider_key: bytes,
-        *,
-        push: bool = True,
-        max_frame: int = CLIENT_MAX_FRAME,
-    ) -> None:
-        self._secret = _check_key(client_secret, "client secret")
-        self.client_key = crypto_scalarmult_base(self._secret)
+    def __init__(self, provider_key: bytes, push: bool, max_frame: int) -> None:
         self.provider_key = _check_key(provider_key, "provider key")
         self.push = push
         self._reader = _Reader(max_frame)
         self._state = self._NEW
         self._nonce = b""
-
-    def __repr__(self) -> str:  # the secret stays out of logs
-        return f"ClientSide(state={self._state}, client={self.client_key.hex()[:16]}...)"
-
-    @property
-    def registered(self) -> bool:
-        return self._state == self._REGISTERED
 
     @property
     def closed(self) -> bool:
@@ -719,19 +699,9 @@ class ClientSide:
         self._state = self._HELLO_SENT
         return MAGIC
 
-    def send_register(self) -> bytes:
-        """REGISTER answering the challenge."""
-        if self._state != self._CHALLENGED:
-            raise ProtocolStateError("send_register() before ChallengeReceived")
-        shared = crypto_scalarmult(self._secret, self.provider_key)
-        proof = registration_proof(shared, self._nonce, self.client_key)
-        body = self.client_key + proof + (b"" if self.push else bytes((FLAG_NO_PUSH,)))
-        self._state = self._REGISTERING
-        return _frame(MsgType.REGISTER, body)
-
     def _can_send(self, what: str) -> None:
-        if self._state not in (self._REGISTERING, self._REGISTERED):
-            raise ProtocolStateError(f"{what} before send_register()")
+        if self._state not in self._SENDING:
+            raise ProtocolStateError(f"{what} before {self._SEND_AFTER}")
 
     def send_packet(self, first_hop: bytes, packet: bytes | bytearray | memoryview) -> bytes:
         self._can_send("send_packet()")
@@ -751,16 +721,12 @@ class ClientSide:
             out += _frame(MsgType.ACK, struct.pack(f">{len(chunk)}Q", *chunk))
         return bytes(out)
 
-    def send_pull(self) -> bytes:
-        self._can_send("send_pull()")
-        return _frame(MsgType.PULL)
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ClientEvent]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list:
         """Events for the bytes just read (empty once closed)."""
         if self._state == self._CLOSED or not data:
             return []
         messages, error = self._reader.feed(data)
-        events: list[ClientEvent] = []
+        events = []
         for kind, body in messages:
             events.append(self._handle(kind, body))
             if self._state == self._CLOSED:
@@ -773,7 +739,7 @@ class ClientSide:
         self._state = self._CLOSED
         return ProtocolError(reason)
 
-    def _handle(self, kind: int, body: bytes) -> ClientEvent:
+    def _handle(self, kind: int, body: bytes):
         if kind == MsgType.ERROR:
             self._state = self._CLOSED
             return ProviderError(body[:MAX_ERROR_TEXT].decode("utf-8", "replace"))
@@ -785,6 +751,58 @@ class ClientSide:
             self._nonce = body
             self._state = self._CHALLENGED
             return ChallengeReceived(body)
+        return self._handle_session(kind, body)
+
+    def _handle_session(self, kind: int, body: bytes):
+        raise NotImplementedError
+
+
+class ClientSide(_ClientBase):
+    """The client's end of a provider connection.
+
+    Flow: write `send_hello()`; on `ChallengeReceived` write `send_register()`; after that the
+    client may pipeline `send_packets` / `send_pull` / `send_ack` (the provider handles them in
+    order, after the registration); `RegistrationAccepted` confirms it. Pushed messages arrive as
+    `Delivered`, pulls as `PullResult`; ACK each id once the message is safely kept.
+    """
+
+    _SENDING = (_ClientBase._REGISTERING, _ClientBase._REGISTERED)
+    _SEND_AFTER = "send_register()"
+
+    def __init__(
+        self,
+        client_secret: bytes,
+        provider_key: bytes,
+        *,
+        push: bool = True,
+        max_frame: int = CLIENT_MAX_FRAME,
+    ) -> None:
+        self._secret = _check_key(client_secret, "client secret")
+        super().__init__(provider_key, push, max_frame)
+        self.client_key = crypto_scalarmult_base(self._secret)
+
+    def __repr__(self) -> str:  # the secret stays out of logs
+        return f"ClientSide(state={self._state}, client={self.client_key.hex()[:16]}...)"
+
+    @property
+    def registered(self) -> bool:
+        return self._state == self._REGISTERED
+
+    def send_register(self) -> bytes:
+        """REGISTER answering the challenge."""
+        if self._state != self._CHALLENGED:
+            raise ProtocolStateError("send_register() before ChallengeReceived")
+        shared = crypto_scalarmult(self._secret, self.provider_key)
+        proof = registration_proof(shared, self._nonce, self.client_key)
+        body = self.client_key + proof + (b"" if self.push else bytes((FLAG_NO_PUSH,)))
+        self._state = self._REGISTERING
+        return _frame(MsgType.REGISTER, body)
+
+    def send_pull(self) -> bytes:
+        self._can_send("send_pull()")
+        return _frame(MsgType.PULL)
+
+    def _handle_session(self, kind: int, body: bytes) -> ClientEvent:
         if kind == MsgType.REGISTERED:
             if self._state != self._REGISTERING or body:
                 return self._fail("unexpected REGISTERED")
@@ -797,17 +815,14 @@ class ClientSide:
                 return self._fail("DELIVER shorter than its id")
             return Delivered(_U64.unpack_from(body)[0], body[8:])
         if kind == MsgType.PULLED:
-            return self._pulled(body)
+            messages = _parse_pulled(body)
+            if isinstance(messages, str):
+                return self._fail(messages)
+            return PullResult(messages)
         return self._fail(f"unexpected message type {kind} from a provider")
 
-    def _pulled(self, body: bytes) -> ClientEvent:
-        messages = _parse_pulled(body)
-        if isinstance(messages, str):
-            return self._fail(messages)
-        return PullResult(messages)
 
-
-class FleetClientSide:
+class FleetClientSide(_ClientBase):
     """The client's end of a fleet connection: many identities over one provider connection.
 
     Flow: write `send_hello()`; on `ChallengeReceived` write `send_register_many(secrets)` (and
@@ -821,17 +836,15 @@ class FleetClientSide:
     A provider without fleet support answers REGISTERED; that becomes a `ProtocolError`.
     """
 
-    _NEW, _HELLO_SENT, _CHALLENGED, _FLEET, _CLOSED = range(5)
+    _FLEET = _ClientBase._REGISTERING  # at least one REGISTER written
+    _SENDING = (_FLEET,)
+    _SEND_AFTER = "send_register_many()"
 
     def __init__(
         self, provider_key: bytes, *, push: bool = True, max_frame: int = CLIENT_MAX_FRAME
     ) -> None:
-        self.provider_key = _check_key(provider_key, "provider key")
-        self.push = push
+        super().__init__(provider_key, push, max_frame)
         self._flags = bytes((FLAG_FLEET | (0 if push else FLAG_NO_PUSH),))
-        self._reader = _Reader(max_frame)
-        self._state = self._NEW
-        self._nonce = b""
         self.pending: set[bytes] = set()
         """Keys sent in a REGISTER and not answered yet."""
         self.registered_keys: set[bytes] = set()
@@ -842,16 +855,6 @@ class FleetClientSide:
             f"FleetClientSide(state={self._state}, registered={len(self.registered_keys)}, "
             f"pending={len(self.pending)})"
         )
-
-    @property
-    def closed(self) -> bool:
-        return self._state == self._CLOSED
-
-    def send_hello(self) -> bytes:
-        if self._state != self._NEW:
-            raise ProtocolStateError("send_hello() twice")
-        self._state = self._HELLO_SENT
-        return MAGIC
 
     def send_register_many(self, secrets: Iterable[bytes | tuple[bytes, bytes]]) -> bytes:
         """REGISTERs (FLAG_FLEET) for these X25519 secret keys, in one buffer for one write.
@@ -886,63 +889,12 @@ class FleetClientSide:
             self._state = self._FLEET
         return b"".join(out)
 
-    def _can_send(self, what: str) -> None:
-        if self._state != self._FLEET:
-            raise ProtocolStateError(f"{what} before send_register_many()")
-
-    def send_packet(self, first_hop: bytes, packet: bytes | bytearray | memoryview) -> bytes:
-        self._can_send("send_packet()")
-        return encode_send(first_hop, packet)
-
-    def send_packets(self, items: Iterable[tuple[bytes, bytes | bytearray | memoryview]]) -> bytes:
-        """Many SENDs in one buffer, for one write (packets of any identity of the fleet)."""
-        self._can_send("send_packets()")
-        return b"".join([encode_send(hop, packet) for hop, packet in items])
-
-    def send_ack(self, ids: Sequence[int]) -> bytes:
-        """ACK messages of any identities of the fleet (split above `MAX_ACK_IDS`)."""
-        self._can_send("send_ack()")
-        out = bytearray()
-        for i in range(0, len(ids), MAX_ACK_IDS):
-            chunk = ids[i : i + MAX_ACK_IDS]
-            out += _frame(MsgType.ACK, struct.pack(f">{len(chunk)}Q", *chunk))
-        return bytes(out)
-
     def send_pull_for(self, client_key: bytes) -> bytes:
         """PULL_FOR one identity; a key not registered here is answered by `KeyRefused`."""
         self._can_send("send_pull_for()")
         return _frame(MsgType.PULL_FOR, _check_key(client_key, "client key"))
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[FleetClientEvent]:
-        """Events for the bytes just read (empty once closed)."""
-        if self._state == self._CLOSED or not data:
-            return []
-        messages, error = self._reader.feed(data)
-        events: list[FleetClientEvent] = []
-        for kind, body in messages:
-            events.append(self._handle(kind, body))
-            if self._state == self._CLOSED:
-                return events
-        if error is not None:
-            events.append(self._fail(error))
-        return events
-
-    def _fail(self, reason: str) -> ProtocolError:
-        self._state = self._CLOSED
-        return ProtocolError(reason)
-
-    def _handle(self, kind: int, body: bytes) -> FleetClientEvent:
-        if kind == MsgType.ERROR:
-            self._state = self._CLOSED
-            return ProviderError(body[:MAX_ERROR_TEXT].decode("utf-8", "replace"))
-        if kind == MsgType.CHALLENGE:
-            if self._state != self._HELLO_SENT:
-                return self._fail("unexpected CHALLENGE")
-            if len(body) != NONCE_SIZE:
-                return self._fail(f"CHALLENGE nonce must be {NONCE_SIZE} bytes")
-            self._nonce = body
-            self._state = self._CHALLENGED
-            return ChallengeReceived(body)
+    def _handle_session(self, kind: int, body: bytes) -> FleetClientEvent:
         if self._state != self._FLEET:
             return self._fail(f"message type {kind} before any fleet registration")
         if kind == MsgType.DELIVER_TO:

@@ -31,12 +31,13 @@ def testnet():
         yield net
 
 
-def make_client(home: Path, name: str, net: Testnet, provider: bytes, payload_rate: float = 200.0) -> None:
+def make_client(home: Path, name: str, net: Testnet, provider: bytes, payload_rate: float = 200.0,
+                delivery: str = "push") -> None:
     init_client(name, directory=net.topology_url, provider=b64url_encode(provider), home=home)
     path = cfg.config_path(name, home)
     conf = cfg.load(path)
     traffic = msgspec.structs.replace(conf.traffic, payload_rate=payload_rate, loop_rate=10.0,
-                                      drop_rate=5.0, mean_hop_delay_ms=5.0)
+                                      drop_rate=5.0, mean_hop_delay_ms=5.0, delivery=delivery, fetch_rate=20.0)
     cfg.save(msgspec.structs.replace(conf, traffic=traffic, runtime=msgspec.structs.replace(conf.runtime, workers=1)), path)
 
 
@@ -47,7 +48,7 @@ async def next_message(sub, timeout: float) -> bytes:
 def test_python_api_delivers_messages_intact(testnet, tmp_path):
     p1, p2 = (testnet.nodes[n].public_key for n in ("provider-1", "provider-2"))
     make_client(tmp_path, "alice", testnet, p1)
-    make_client(tmp_path, "bob", testnet, p2)
+    make_client(tmp_path, "bob", testnet, p2, delivery="pull")  # Loopix pulls; alice takes pushes
     big = os.urandom(2**20)
 
     async def scenario():

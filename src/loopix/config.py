@@ -129,7 +129,10 @@ class TrafficSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     loop_rate: NonNegative = 5.0  # λL: loop cover to ourselves
     drop_rate: NonNegative = 5.0  # λD: drop cover to a random client
     mean_hop_delay_ms: NonNegative = 50.0  # mean of the Exp per-hop delay we pick
-    fetch_rate: NonNegative = 1.0  # pulls from our provider
+    fetch_rate: NonNegative = 1.0  # pulls from our provider (with delivery = "pull")
+    # How stored messages reach us: pushed over the persistent connection (acknowledged), or
+    # Loopix pulls at fetch_rate, answered with a fixed number of fixed-size slots.
+    delivery: Literal["push", "pull"] = "push"
     # What the payload stream sends when no real message is queued: Loopix sends a drop,
     # the Nym variant a loop.
     payload_stream_cover: Literal["drop", "loop"] = "drop"

@@ -61,6 +61,7 @@ def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
         directory_url=config.client.directory_server_topology, payload_size=t.packet_size,
         mean_hop_delay_ms=t.mean_hop_delay_ms, payload_cover=t.payload_stream_cover,
         workers=r.workers, topology_refresh_s=r.topology_refresh_s, fetch_rate=t.fetch_rate,
+        push=t.delivery == "push",
     )
     for k, v in overrides.items():
         if v is not None:

@@ -3,6 +3,7 @@
  * a whole compression at these message sizes. */
 #define OPENSSL_API_COMPAT 0x10100000L
 #include "sphinx.h"
+#include "x25519.h"
 
 #include <string.h>
 
@@ -197,6 +198,62 @@ static void put_be64(uint8_t *p, uint64_t v) {
     for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
 }
 
+/* Hop i's shared secret. The crate folds X25519 over the clamped factors, s_i = X25519(b_{i-1}, ...
+ * X25519(x, PK_i)): i+1 ladders for hop i. For PK_i in the prime-order subgroup (every honest key; see
+ * lx_check_public_key) that is u((clamp(x) clamp(b_0) ... clamp(b_{i-1}) mod l) * PK_i): the u-coordinate
+ * of a product does not depend on the order of the factors or on signs, and a point of order l only
+ * sees its scalar mod l. So each hop costs one multiplication by the running product k_i. Hop 0 uses
+ * clamp(x) itself (255 bits), exactly as X25519 does for any point; later k_i < l < 2^253.
+ * A key outside the subgroup gives other bytes than the fold (it would be refused at topology load);
+ * a shared secret of low order, which such a key can produce, is refused here as the fold refuses
+ * the all-zero one. Writes expanded[i] and the routing keystream for every hop.
+ * The multiplication itself goes through the key's table when it has one (lx_x25519_keyed), else
+ * through the ladder: both give u(k_i * PK_i). */
+static int derive_hops(const uint8_t *x, const lx_hop *hops, size_t n,
+                       uint8_t expanded[][LX_EXPANDED_SIZE], uint8_t keystream[][KEYSTREAM]) {
+    uint8_t k[32], bf[32], shared[32];
+    int rc = LX_OK;
+    memcpy(k, x, 32);
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    for (size_t i = 0; i < n; i++) {
+        /* a key seen before (and in the subgroup) has a table: a third of a ladder */
+        if (lx_x25519_keyed(shared, k, hops[i].public_key) != 0)
+            lx_x25519_ladder(shared, k, hops[i].public_key, i == 0 ? 255 : 253);
+        if (lx_is_low_order(shared)) {
+            rc = LX_ERR_KEY;
+            break;
+        }
+        lx_expand_secret(shared, expanded[i]);
+        if ((rc = aes_keystream(expanded[i], keystream[i], KEYSTREAM)) != LX_OK) break;
+        if (i + 1 < n) {
+            memcpy(bf, expanded[i] + 224, 32);
+            bf[0] &= 248;
+            bf[31] &= 127;
+            bf[31] |= 64;
+            lx_scalar_mul(k, k, bf);
+        }
+    }
+    sodium_memzero(k, sizeof k);
+    sodium_memzero(bf, sizeof bf);
+    sodium_memzero(shared, sizeof shared);
+    return rc;
+}
+
+int lx_derive_hop_keys(const uint8_t *x, const uint8_t *public_keys, size_t n, uint8_t *out) {
+    lx_hop hops[LX_MAX_HOPS];
+    uint8_t expanded[LX_MAX_HOPS][LX_EXPANDED_SIZE], keystream[LX_MAX_HOPS][KEYSTREAM];
+    if (!x || !public_keys || !out || n < 1 || n > LX_MAX_HOPS) return LX_ERR_PARAM;
+    memset(hops, 0, sizeof hops);
+    for (size_t i = 0; i < n; i++) memcpy(hops[i].public_key, public_keys + 32 * i, 32);
+    int rc = derive_hops(x, hops, n, expanded, keystream);
+    if (rc == LX_OK) memcpy(out, expanded, n * LX_EXPANDED_SIZE);
+    sodium_memzero(expanded, sizeof expanded);
+    sodium_memzero(keystream, sizeof keystream);
+    return rc;
+}
+
 static int build_into(const lx_packet_spec *s, const uint8_t *msg, size_t payload_size, uint8_t *out,
                       build_scratch *w) {
     const size_t n = s->n_hops;
@@ -207,18 +264,7 @@ static int build_into(const lx_packet_spec *s, const uint8_t *msg, size_t payloa
     if (s->use_ephemeral_secret) memcpy(w->x, s->ephemeral_secret, 32);
     else randombytes_buf(w->x, 32);
 
-    /* The crate's clamped fold: s_i = X25519(b_{i-1}, ... X25519(x, PK_i)). */
-    for (size_t i = 0; i < n; i++) {
-        uint8_t acc[32], tmp[32];
-        if (crypto_scalarmult(acc, w->x, s->hops[i].public_key) != 0) return LX_ERR_KEY;
-        for (size_t j = 0; j < i; j++) {
-            if (crypto_scalarmult(tmp, w->expanded[j] + 224, acc) != 0) return LX_ERR_KEY;
-            memcpy(acc, tmp, 32);
-        }
-        lx_expand_secret(acc, w->expanded[i]);
-        sodium_memzero(acc, sizeof acc);
-        if ((rc = aes_keystream(w->expanded[i], w->keystream[i], KEYSTREAM)) != LX_OK) return rc;
-    }
+    if ((rc = derive_hops(w->x, s->hops, n, w->expanded, w->keystream)) != LX_OK) return rc;
 
     uint8_t *alpha = out, *gamma = out + 32, *beta = out + 48, *payload = out + LX_HEADER_SIZE;
     uint8_t plain[BETA];
@@ -257,10 +303,10 @@ static int build_into(const lx_packet_spec *s, const uint8_t *msg, size_t payloa
         memcpy(beta, plain, BETA);
         header_mac(w->expanded[k] + 16, beta, gamma);
     }
-    crypto_scalarmult_base(alpha, w->x);
+    if (lx_x25519_base(alpha, w->x) != 0) return LX_ERR_KEY;
 
     memset(payload, 0, 16);
-    memcpy(payload + 16, msg, s->message_len);
+    if (s->message_len) memcpy(payload + 16, msg, s->message_len); /* msg may be NULL when empty */
     payload[16 + s->message_len] = 0x01;
     memset(payload + 17 + s->message_len, 0, payload_len - 17 - s->message_len);
     for (size_t i = n; i-- > 0;) {

@@ -82,5 +82,8 @@ long lx_process_batch(const uint8_t *secret, const uint8_t *packets, size_t coun
 int lx_lioness_encrypt(const uint8_t *key, uint8_t *block, size_t len);
 int lx_lioness_decrypt(const uint8_t *key, uint8_t *block, size_t len);
 int lx_expand_secret(const uint8_t *shared, uint8_t *out);
+/* The build's key derivation for ephemeral secret x and n public keys (32 bytes each, back to back):
+ * writes the n expanded secrets (288 bytes each) the packet would use. */
+int lx_derive_hop_keys(const uint8_t *x, const uint8_t *public_keys, size_t n, uint8_t *out);
 
 #endif

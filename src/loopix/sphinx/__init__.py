@@ -14,6 +14,7 @@ into a caller-provided buffer, no Python object per packet.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from ._common import (
@@ -57,11 +58,14 @@ __all__ = [
     "PacketSizeError",
     "ParameterError",
     "PayloadError",
+    "PublicKeyError",
     "SphinxError",
     "build_packet",
+    "check_public_key",
     "keypair",
     "packet_size",
     "process_packet",
+    "validate_node_key",
 ]
 
 _SPEC_HEAD = struct.Struct("=IIQ")
@@ -108,6 +112,48 @@ def public_key(secret: bytes) -> bytes:
     return bytes(out)
 
 
+class PublicKeyError(InvalidKeyError, ValueError):
+    """A node's public key that is not a point of order l (see `check_public_key`)."""
+
+    def __init__(self, node: str, public_key: bytes):
+        self.node = node
+        self.public_key = bytes(public_key)
+        super().__init__(
+            f"node {node}: public key {self.public_key.hex()} is not an X25519 public key "
+            "(not a canonical point of the prime-order subgroup: low-order, twist or "
+            "mixed-order point)"
+        )
+
+
+def check_public_key(pk: bytes) -> bool:
+    """True if `pk` is a canonical X25519 public key in the prime-order subgroup (l*PK is the
+    identity), as every key made by `keypair` is. The build derives each hop's secret with one
+    multiplication by a product of scalars mod l, which equals the crate's fold only for such keys."""
+    pk = bytes(pk)
+    return len(pk) == 32 and lib.lx_check_public_key(pk) == 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_ok(pk: bytes) -> bool:
+    return lib.lx_check_public_key(pk) == 1
+
+
+def validate_node_key(name: str, pk: bytes) -> bytes:
+    """`pk` as bytes if it is a usable node key; otherwise `PublicKeyError` naming the node. Call it
+    once per node when a topology is loaded."""
+    pk = bytes(pk)
+    if len(pk) != 32 or not _key_ok(pk):
+        raise PublicKeyError(name, pk)
+    return pk
+
+
+def _check_route_keys(route) -> None:
+    # a cached check: a route's keys are seen over and over, the ladder runs once per new key
+    for i, hop in enumerate(route):
+        if not _key_ok(bytes(hop.public_key)):
+            raise PublicKeyError(f"at hop {i}", hop.public_key)
+
+
 def fill_spec(spec, route, destination, identifier, delays_ns, message_len, ephemeral_secret) -> None:
     """Write one packet's parameters into a C `lx_packet_spec` (validated by the caller)."""
     spec.n_hops = len(route)
@@ -141,6 +187,7 @@ def build_packet(
     With `ephemeral_secret` given the packet is a pure function of the arguments.
     """
     size = check_build_args(route, destination, message, delays_ns, identifier, payload_size, ephemeral_secret)
+    _check_route_keys(route)
     spec = ffi.new("lx_packet_spec *")
     fill_spec(spec, route, destination, identifier, delays_ns, len(message), ephemeral_secret)
     out = bytearray(size)
@@ -198,6 +245,7 @@ class PacketBuilder:
                    ephemeral_secret=None, message_offset: int | None = None) -> None:
         """Convenience for one slot: validates, copies the message into the arena at slot i."""
         check_build_args(route, destination, message, delays_ns, identifier, self.payload_size, ephemeral_secret)
+        _check_route_keys(route)
         off = i * self.payload_size if message_offset is None else message_offset
         if off + len(message) > len(self.messages):
             raise ParameterError("message arena too small")

@@ -69,6 +69,16 @@ ffibuilder.cdef(
     int lx_lioness_encrypt(const uint8_t *key, uint8_t *block, size_t len);
     int lx_lioness_decrypt(const uint8_t *key, uint8_t *block, size_t len);
     int lx_expand_secret(const uint8_t *shared, uint8_t *out);
+    int lx_derive_hop_keys(const uint8_t *x, const uint8_t *public_keys, size_t n, uint8_t *out);
+    int lx_x25519_ladder(uint8_t out[32], const uint8_t *scalar, const uint8_t point[32], unsigned bits);
+    int lx_x25519(uint8_t out[32], const uint8_t scalar[32], const uint8_t point[32]);
+    int lx_x25519_base(uint8_t out[32], const uint8_t scalar[32]);
+    int lx_x25519_base_edwards(uint8_t out[32], const uint8_t scalar[32]);
+    void lx_scalar_mul(uint8_t z[32], const uint8_t x[32], const uint8_t y[32]);
+    int lx_check_public_key(const uint8_t pk[32]);
+    int lx_is_low_order(const uint8_t u[32]);
+    int lx_x25519_keyed(uint8_t out[32], const uint8_t k[32], const uint8_t pk[32]);
+    void lx_key_cache_clear(void);
     int crypto_scalarmult(unsigned char *q, const unsigned char *n, const unsigned char *p);
     int crypto_scalarmult_base(unsigned char *q, const unsigned char *n);
     void randombytes_buf(void * const buf, const size_t size);
@@ -76,11 +86,12 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c")],
+    '#include "sphinx.h"\n#include "x25519.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c")],
     include_dirs=[str(CSRC)],
-    libraries=["sodium", "crypto"],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", *shlex.split(os.environ.get("LOOPIX_CFLAGS", ""))],
+    libraries=["sodium", "crypto", "pthread"],
+    # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", *shlex.split(os.environ.get("LOOPIX_CFLAGS", ""))],
     extra_link_args=shlex.split(os.environ.get("LOOPIX_LDFLAGS", "")),
 )
 

@@ -1,0 +1,328 @@
+"""Coverage-guided fuzz targets for the C core and the parsers that take bytes from the network.
+
+    python tests/fuzz/fuzz.py TARGET [libFuzzer flags] CORPUS_DIR...   # fuzz one target (atheris)
+    python tests/fuzz/fuzz.py --replay [TARGET...]                     # run the kept corpus once
+    python tests/fuzz/fuzz.py --seed                                   # write the seed inputs
+
+scripts/fuzz runs the targets against a build instrumented for coverage and AddressSanitizer;
+scripts/sanitize replays the corpus against the ASan + UBSan build. A target fails (and the fuzzer
+keeps the input) on a crash, a sanitizer report, or an exception that is not the documented error.
+
+Targets:
+  process    raw bytes of every packet size through process_packet / lx_process_packet / batch
+  roundtrip  a packet built from fuzzed parameters (C and pure must agree), a fuzzed byte flip,
+             then every hop: the deep parsing paths behind a valid MAC
+  batch      raw lx_packet_spec memory and buffer sizes straight into lx_build_batch
+  keys       X25519: ladder vs libsodium, the per-key tables vs the ladder, the subgroup check, the
+             product-of-scalars derivation
+  topology   loopix.topology.parse_topology
+  pem        loopix.keys.pem_decode and the base64url key decoder
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CORPUS = HERE / "corpus"
+
+try:  # atheris is only needed to fuzz; --replay runs on the plain interpreter
+    import atheris
+except ImportError:  # pragma: no cover - depends on the venv
+    atheris = None
+
+
+def _instrumented_imports():
+    if atheris is not None and "--replay" not in sys.argv and "--seed" not in sys.argv:
+        return atheris.instrument_imports()
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+with _instrumented_imports():
+    from loopix import sphinx
+    from loopix.sphinx import _sphinx_c, pure
+
+    try:
+        from loopix import topology as _topology
+    except ImportError:  # pragma: no cover - written by another part of the project
+        _topology = None
+    try:
+        from loopix import keys as _keys
+    except ImportError:  # pragma: no cover
+        _keys = None
+
+ffi, lib = _sphinx_c.ffi, _sphinx_c.lib
+
+# Fixed node keys so that the kept corpus of valid packets stays valid from run to run.
+SECRETS = [bytes([0x11 * (i + 1)]) * 32 for i in range(5)]
+PUBLICS = [sphinx.public_key(s) for s in SECRETS]
+ROUTE = [sphinx.Hop(public_key=pk, address=bytes([0xA0 + i]) * 32) for i, pk in enumerate(PUBLICS)]
+SIZES = sorted(sphinx.PACKET_SIZES.values())
+
+
+class Reader:
+    """Consumes the fuzz input front to back; past the end it yields zeros (as FuzzedDataProvider
+    does, without depending on atheris)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out + bytes(n - len(out))
+
+    def int(self, lo: int, hi: int) -> int:
+        span = hi - lo + 1
+        nbytes = (span.bit_length() + 7) // 8
+        return lo + int.from_bytes(self.take(nbytes), "little") % span
+
+    def rest(self) -> bytes:
+        out = self.data[self.pos :]
+        self.pos = len(self.data)
+        return out
+
+
+# ---- targets ----
+
+def t_process(data: bytes) -> None:
+    if not data:
+        return
+    # any length through the Python API: only the documented errors
+    with contextlib.suppress(sphinx.SphinxError):
+        sphinx.process_packet(SECRETS[0], data[1:])
+    size = SIZES[data[0] % len(SIZES)]
+    pkt = (data[1:] + bytes(size))[:size]
+    key = SECRETS[data[0] // len(SIZES) % len(SECRETS)]
+    try:
+        res = sphinx.process_packet(key, pkt)
+    except sphinx.SphinxError:
+        res = None
+    # the C entry point with buffers of exactly the stated sizes (ASan sees any overrun)
+    out = bytearray(size)
+    cres = ffi.new("lx_processed *")
+    rc = lib.lx_process_packet(key, ffi.from_buffer(pkt), size, ffi.from_buffer(out), size, cres)
+    assert (rc == 0) == (res is not None)
+    if rc == 0:
+        assert cres.message_offset + cres.message_len <= size
+    # an output buffer one byte short is refused, not overrun
+    short = bytearray(size - 1)
+    assert lib.lx_process_packet(key, ffi.from_buffer(pkt), size, ffi.from_buffer(short), size - 1, cres) < 0
+    # the same packet three times through the batch path
+    count = 1 + data[0] % 3
+    outs = bytearray(size * count)
+    results = ffi.new("lx_processed[]", count)
+    ok = lib.lx_process_batch(key, ffi.from_buffer(pkt * count), count, size, ffi.from_buffer(outs), len(outs), results)
+    assert ok == (count if rc == 0 else 0)
+
+
+def t_roundtrip(data: bytes) -> None:
+    r = Reader(data)
+    n = r.int(1, 5)
+    payload_size = sphinx.PAYLOAD_SIZES[r.int(0, len(sphinx.PAYLOAD_SIZES) - 1)]
+    msg = r.take(r.int(0, min(payload_size, 600)))
+    delays = [int.from_bytes(r.take(8), "little") for _ in range(n)]
+    dest, ident, eph = r.take(32), r.take(16), r.take(32)
+    flip_at, flip_bits, differential = r.int(0, 40000), r.take(1)[0], r.take(1)[0]
+    args = dict(route=ROUTE[:n], destination=dest, message=msg, delays_ns=delays, identifier=ident,
+                payload_size=payload_size, ephemeral_secret=eph)
+    pkt = sphinx.build_packet(**args)
+    if differential % 8 == 0:  # the pure build is slow: compare on one input in eight
+        assert pkt == pure.build_packet(**args)
+    if flip_bits:
+        bad = bytearray(pkt)
+        bad[flip_at % len(pkt)] ^= flip_bits
+        pkt = bytes(bad)
+    for hop in range(n):
+        try:
+            res = sphinx.process_packet(SECRETS[hop], pkt)
+        except sphinx.SphinxError:
+            assert flip_bits, "an untouched packet must unwrap"
+            return
+        if hop < n - 1:
+            assert isinstance(res, sphinx.Forward)
+            assert res.delay_ns == delays[hop] or flip_bits
+            pkt = res.packet
+        else:
+            assert isinstance(res, sphinx.Final)
+            if not flip_bits:
+                assert (res.destination, res.identifier, res.message) == (dest, ident, msg)
+
+
+SPEC_SIZE = ffi.sizeof("lx_packet_spec")
+
+
+def t_batch(data: bytes) -> None:
+    r = Reader(data)
+    count = r.int(0, 3)
+    payload_size = [21, 2048, 1000][r.int(0, 2)]  # 1000 is no Nym size: refused
+    psize = lib.lx_packet_size(payload_size)
+    arena = r.take(r.int(0, 2300))
+    stride = max(psize, 1) + r.int(0, 3)
+    out_len = max(count * stride - r.int(0, 2), 0)
+    specs = ffi.new("lx_packet_spec[]", max(count, 1))
+    raw = r.take(SPEC_SIZE * count)
+    ffi.memmove(specs, raw, len(raw))
+    for i in range(count):  # keep the message pointer arithmetic interesting but in range often
+        if specs[i].message_offset > len(arena) and r.take(1)[0] & 1:
+            specs[i].message_offset %= len(arena) + 1
+        if r.take(1)[0] & 1:
+            specs[i].message_len %= payload_size + 2
+        if r.take(1)[0] & 1:
+            specs[i].n_hops %= 7
+    out = bytearray(out_len)
+    status = ffi.new("int32_t[]", max(count, 1))
+    msgs = ffi.from_buffer(arena) if arena else ffi.NULL
+    n = lib.lx_build_batch(specs, count, msgs, len(arena), payload_size, ffi.from_buffer(out),
+                           out_len, stride, status)
+    assert n <= count
+    if n >= 0:
+        for i in range(count):
+            if status[i] != 0:  # a failed slot is zeroed
+                assert not any(out[i * stride : i * stride + psize])
+
+
+def t_keys(data: bytes) -> None:
+    r = Reader(data)
+    k, u, bits = r.take(32), r.take(32), r.int(0, 300)
+    a = ffi.new("uint8_t[32]")
+    b = ffi.new("unsigned char[32]")
+    rc = lib.lx_x25519(a, k, u)
+    assert rc == lib.crypto_scalarmult(b, k, u)
+    if rc == 0:
+        assert bytes(a) == bytes(b)
+    rc = lib.lx_x25519_ladder(a, k, u, bits)
+    assert 1 <= bits <= 256 or rc == -1
+    # the per-key table path: the same bytes as the ladder, or a refusal for keys it cannot take
+    c = ffi.new("uint8_t[32]")
+    if lib.lx_x25519_keyed(c, k, u) == 0:
+        assert lib.lx_check_public_key(u) == 1
+        lib.lx_x25519_ladder(a, k, u, 255)
+        assert bytes(c) == bytes(a)
+    else:
+        assert lib.lx_check_public_key(u) != 1 or k[31] & 0x80
+    if r.take(1)[0] == 0xFF:
+        lib.lx_key_cache_clear()
+    if sphinx.check_public_key(u):  # a subgroup key: one multiplication by the product equals the fold
+        x = r.take(32)
+        out = ffi.new("uint8_t[576]")
+        assert lib.lx_derive_hop_keys(x, PUBLICS[0] + u, 2, out) == 0
+        s1 = pure.x25519(pure.expand_secret(pure.x25519(x, PUBLICS[0]))[224:256], pure.x25519(x, u))
+        assert bytes(out[288:576]) == pure.expand_secret(s1)
+
+
+def t_topology(data: bytes) -> None:
+    if _topology is None:
+        return
+    with contextlib.suppress(_topology.TopologyError):
+        _topology.parse_topology(data)
+
+
+def t_pem(data: bytes) -> None:
+    if _keys is None:
+        return
+    text = data.decode("utf-8", "replace")
+    with contextlib.suppress(_keys.KeyFileError):
+        _keys.pem_decode(text, "SPHINX CURVE25519 PUBLIC KEY", source="fuzz", size=32)
+    with contextlib.suppress(ValueError):
+        _keys.key_from_b64url(text)
+
+
+TARGETS = {
+    "process": t_process,
+    "roundtrip": t_roundtrip,
+    "batch": t_batch,
+    "keys": t_keys,
+    "topology": t_topology,
+    "pem": t_pem,
+}
+
+
+# ---- seeds and replay ----
+
+def seeds() -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {t: [] for t in TARGETS}
+    for n in range(1, 6):
+        for i, ps in enumerate(sphinx.PAYLOAD_SIZES[:2]):
+            pkt = sphinx.build_packet(ROUTE[:n], bytes(32), b"seed" * (n + i), [n] * n, bytes(16), ps,
+                                      bytes([n, i]) * 16)
+            out["process"].append(bytes([SIZES.index(len(pkt))]) + pkt)
+    out["process"].append(b"\x01" + bytes(2413))
+    for n in range(1, 6):
+        out["roundtrip"].append(bytes([n - 1, 1, 5]) + b"hello" + bytes(100) + bytes([0, 0, 8]))
+        out["roundtrip"].append(bytes([n - 1, 0, 3]) + b"abc" + bytes(100) + bytes([77, 1, 1]))
+    spec = ffi.new("lx_packet_spec *")
+    spec.n_hops = 2
+    spec.message_len = 3
+    for i in range(2):
+        ffi.memmove(spec.hops[i].public_key, PUBLICS[i], 32)
+    raw = bytes(ffi.buffer(spec))
+    out["batch"].append(bytes([1, 0]) + (10).to_bytes(2, "little") + b"m" * 10 + bytes([0, 0]) + raw)
+    out["keys"].append(bytes(range(32)) + PUBLICS[0] + bytes([253, 0]) + bytes(64))
+    out["keys"].append(bytes(32) + bytes([1]) + bytes(31) + bytes([0, 1]))
+    if _topology is not None:
+        node = {"host": "127.0.0.1:1789", "pubKey": _keys.key_to_b64url(PUBLICS[0]) if _keys else "", "layer": 1}
+        import json
+
+        out["topology"].append(json.dumps({"mixNodes": [node], "mixProviderNodes": [
+            {"host": "127.0.0.1:1790", "pubKey": node["pubKey"], "registeredClients": []}]}).encode())
+        out["topology"].append(b'{"MixNodes": [], "MixProviderNodes": []}')
+    if _keys is not None:
+        out["pem"].append(_keys.pem_encode("SPHINX CURVE25519 PUBLIC KEY", PUBLICS[0]).encode())
+        out["pem"].append(_keys.key_to_b64url(PUBLICS[0]).encode())
+    return out
+
+
+def write_seeds() -> None:
+    import hashlib
+
+    for target, inputs in seeds().items():
+        d = CORPUS / target
+        d.mkdir(parents=True, exist_ok=True)
+        for data in inputs:
+            (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+def replay(names: list[str]) -> int:
+    total = 0
+    for name in names or list(TARGETS):
+        fn = TARGETS[name]
+        files = sorted((CORPUS / name).glob("*")) if (CORPUS / name).is_dir() else []
+        for f in files:
+            try:
+                fn(f.read_bytes())
+            except Exception:
+                print(f"fuzz replay: {name} fails on {f}", file=sys.stderr)
+                raise
+        total += len(files)
+        print(f"fuzz replay: {name}: {len(files)} inputs ok")
+    return total
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] == "--replay":
+        replay(args[1:])
+        return
+    if args and args[0] == "--seed":
+        write_seeds()
+        return
+    if not args or args[0] not in TARGETS:
+        sys.exit(f"usage: {sys.argv[0]} TARGET|--replay|--seed ...; targets: {', '.join(TARGETS)}")
+    if atheris is None:
+        sys.exit("fuzz: atheris is not installed in this interpreter (scripts/fuzz sets it up)")
+    target = TARGETS[args[0]]
+    # libFuzzer's -merge=1 re-runs argv[0] through the shell: scripts/fuzz gives an executable for it
+    self_cmd = os.environ.get("LOOPIX_FUZZ_SELF", sys.argv[0])
+    atheris.Setup([self_cmd, *args[1:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

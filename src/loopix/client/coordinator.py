@@ -88,6 +88,27 @@ class Stats(msgspec.Struct):
     worker_restarts: int = 0
 
 
+def usable_topology(topo: Topology, refused: set[bytes]) -> Topology:
+    """`topo` without the nodes whose keys are not X25519 public keys (low-order, twist or mixed
+    points: the product-scalar build would not match what such a node computes). Each refused node
+    is logged once, by name."""
+    def ok(kind: str, host: str, key: bytes) -> bool:
+        try:
+            sphinx.validate_node_key(f"{kind} {host}", key)
+            return True
+        except sphinx.PublicKeyError as e:
+            if key not in refused:
+                refused.add(key)
+                log.error("refusing %s", e)
+            return False
+
+    mixes = [m for m in topo.mix_nodes if ok("mixnode", m.host, m.pub_key)]
+    providers = [p for p in topo.providers if ok("provider", p.host, p.pub_key)]
+    if len(mixes) == len(topo.mix_nodes) and len(providers) == len(topo.providers):
+        return topo
+    return Topology(mix_nodes=mixes, providers=providers)
+
+
 async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
     """GET the directory's topology; ClientError with a clear message on any failure."""
     try:
@@ -133,6 +154,7 @@ class Coordinator:
         self.n_workers = options.workers or os.cpu_count() or 1
         self.loop_key = os.urandom(32)
         self.topology: Topology | None = None
+        self.refused_keys: set[bytes] = set()  # node keys refused (and logged) so far
         self.provider_of: list[bytes] = []
         self.stats = Stats()
         self.rings: list[Ring] = []
@@ -183,7 +205,7 @@ class Coordinator:
     async def _first_topology(self, deadline: float) -> Topology:
         while True:
             try:
-                topo = await fetch_topology(self.opts.directory_url)
+                topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
                 if not topo.providers or not topo.mix_nodes:
                     raise ClientError(f"directory {self.opts.directory_url} lists no "
                                       f"{'providers' if not topo.providers else 'mixnodes'} yet")
@@ -370,7 +392,7 @@ class Coordinator:
         while self.running:
             await asyncio.sleep(self.opts.topology_refresh_s)
             try:
-                topo = await fetch_topology(self.opts.directory_url)
+                topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
             except ClientError as e:
                 log.warning("topology refresh failed, keeping the last good one: %s", e)
                 continue

@@ -9,14 +9,17 @@ closes, so it never outlives the coordinator.
 
 Timing: uvloop's timers have millisecond granularity, so the sender sleeps on a timer until about two
 milliseconds before the next packet is due, then sleeps the rest on the kernel's high-resolution
-timer (blocking the loop for at most a few ms) and yields to the loop for the last 0.1 ms. Packets
-are never sent early; lateness is measured and reported.
+timer (blocking the loop for at most a few ms) and yields to the loop for the last few tens of µs.
+It runs SCHED_FIFO where allowed (see raise_priority). Packets are never sent early; lateness is
+measured and reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import socket
 import sys
@@ -39,7 +42,8 @@ log = logging.getLogger("loopix.sender")
 
 TIMER_SLACK_NS = 3_000_000  # sleep on the event loop's timer only when the next packet is further
 TIMER_EARLY_NS = 2_000_000  # ...and wake this much before it (uvloop timers have 1 ms granularity)
-NAP_MIN_NS = 200_000  # below this, yield to the loop instead of sleeping
+NAP_MIN_NS = 60_000  # below this, yield to the loop instead of sleeping
+NAP_EARLY_NS = 40_000  # wake this much early from a nap (the kernel adds its timer slack)
 MAX_PER_ROUND = 1024
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
@@ -269,7 +273,7 @@ class Sender:
                 await asyncio.sleep((wait - TIMER_EARLY_NS) / 1e9)
             elif wait > NAP_MIN_NS:
                 # the kernel's high-resolution timer, blocking the loop for at most ~3 ms
-                time.sleep((wait - 100_000) / 1e9)
+                time.sleep((wait - NAP_EARLY_NS) / 1e9)
             else:
                 await asyncio.sleep(0)
 
@@ -356,9 +360,28 @@ async def amain(ctl_fd: int) -> int:
     return 0
 
 
+def raise_priority() -> None:
+    """Real-time scheduling (SCHED_FIFO) where allowed (root or CAP_SYS_NICE), else a higher
+    priority than the workers; LOOPIX_SENDER_REALTIME=0 skips the real-time part.
+
+    On a busy machine a sender whose sleep ends must wait for a CPU: measured at 2,000 packets/s
+    with both cores loaded, time.sleep overslept by 2.3 ms at p99 under the normal scheduler and by
+    51 us under SCHED_FIFO (lateness p99 from 2.4 ms to well under 1 ms). The sender sleeps between
+    packets, so it never holds a core for long."""
+    if os.environ.get("LOOPIX_SENDER_REALTIME", "1") != "0":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            return
+        except (OSError, AttributeError):
+            pass
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, max(-10, os.getpriority(os.PRIO_PROCESS, 0) - 5))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sender %(levelname)s %(message)s")
+    raise_priority()
     try:
         return run_profiled("sender", lambda: uvloop.run(amain(int(argv[0]))))
     except KeyboardInterrupt:

@@ -297,3 +297,9 @@ def test_b64_rejects_non_text():
         b64url_decode(42)  # type: ignore[arg-type]
     with pytest.raises(B64Error, match="non-ASCII"):
         b64url_decode(b"\xff")
+
+
+def test_invalid_utf8_inside_a_string_is_a_topology_error():
+    """Found by the fuzzer: msgspec raises UnicodeDecodeError there, not a DecodeError."""
+    with pytest.raises(TopologyError):
+        parse_topology(b'{"mixNodes": [{"host": "\xff\xfe", "pubKey": "x", "layer": 1}]}')

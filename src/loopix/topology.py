@@ -339,7 +339,7 @@ def parse_topology(data: bytes | str) -> Topology:
     """Parse a directory's topology JSON (v0.0.4 camelCase or v0.0.3 PascalCase)."""
     try:
         doc = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 inside a string
         raise TopologyError(f"topology is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise TopologyError(f"topology must be a JSON object, got {_json_type(doc)}")

@@ -312,14 +312,18 @@ def main() -> None:
     if args and args[0] == "--seed":
         write_seeds()
         return
-    if not args or args[0] not in TARGETS:
+    if args and args[0] in TARGETS:
+        name, flags = args[0], args[1:]
+        os.environ["LOOPIX_FUZZ_TARGET"] = name  # for the child that -merge=1 starts
+    elif os.environ.get("LOOPIX_FUZZ_TARGET") in TARGETS:
+        name, flags = os.environ["LOOPIX_FUZZ_TARGET"], args
+    else:
         sys.exit(f"usage: {sys.argv[0]} TARGET|--replay|--seed ...; targets: {', '.join(TARGETS)}")
     if atheris is None:
         sys.exit("fuzz: atheris is not installed in this interpreter (scripts/fuzz sets it up)")
-    target = TARGETS[args[0]]
     # libFuzzer's -merge=1 re-runs argv[0] through the shell: scripts/fuzz gives an executable for it
     self_cmd = os.environ.get("LOOPIX_FUZZ_SELF", sys.argv[0])
-    atheris.Setup([self_cmd, *args[1:]], target)
+    atheris.Setup([self_cmd, *flags], TARGETS[name])
     atheris.Fuzz()
 
 

@@ -40,13 +40,11 @@ class _Choice(Protocol):
     def choice(self, seq: Sequence[Any], /) -> Any: ...
 
 
-class MixNode(msgspec.Struct, dict=True):
-    """A mixnode: `host` is the normalised "ip:port" it listens on for framed packets."""
+class _Node(msgspec.Struct, dict=True):
+    """What every node has: the "ip:port" it listens on and its X25519 key."""
 
     host: str
     pub_key: bytes
-    layer: int
-    last_seen: int = 0  # unix ns, as reported by the directory
 
     @property
     def key_b64(self) -> str:
@@ -62,30 +60,23 @@ class MixNode(msgspec.Struct, dict=True):
         return encode_node_address(*self.address)
 
 
-class Provider(msgspec.Struct, dict=True):
+class MixNode(_Node):
+    """A mixnode: `host` is the normalised "ip:port" it listens on for framed packets."""
+
+    layer: int
+    last_seen: int = 0  # unix ns, as reported by the directory
+
+
+class Provider(_Node):
     """A provider: the last hop of a route and the inbox of its registered clients.
 
     `client_listener` is the optional "ip:port" clients connect to, when it differs from `host`
     (later nym-directory versions published `clientListener`/`mixnetListener`).
     """
 
-    host: str
-    pub_key: bytes
     registered_clients: list[bytes] = []
     last_seen: int = 0
     client_listener: str | None = None
-
-    @property
-    def key_b64(self) -> str:
-        return b64url_encode(self.pub_key)
-
-    @functools.cached_property
-    def address(self) -> tuple[str, int]:
-        return parse_host(self.host)
-
-    @functools.cached_property
-    def sphinx_address(self) -> bytes:
-        return encode_node_address(*self.address)
 
     def has_client(self, key: bytes) -> bool:
         return key in self.registered_clients

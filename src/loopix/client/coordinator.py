@@ -374,8 +374,8 @@ class Coordinator:
             chan.close()
             if not self.running or child.stopping:
                 return
-            with contextlib.suppress(Exception):
-                proc.wait(timeout=1)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # it closed its socket: it is exiting
+                await asyncio.to_thread(proc.wait, 1)
             log.warning("worker %d exited (code %s); restarting it", w, proc.returncode)
             self.stats.worker_restarts += 1
             self._pending_workers[w] = self._spawn_worker(w)

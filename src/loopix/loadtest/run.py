@@ -30,6 +30,8 @@ from .thresholds import ThresholdSet
 
 _MESSAGE_HEAD = struct.Struct(">QQ")  # message id, send time (monotonic ns)
 NODE_REPORT_INTERVAL_S = 1.0  # testnet nodes post their counters this often
+QUIET_TICKS = 3  # seconds without a send before the final reports (stats and nodes: 1 s cadence)
+QUIESCE_LIMIT_S = 30.0  # after the grace period, the longest we wait for queued messages
 
 
 class LoadTestOptions(msgspec.Struct, kw_only=True):
@@ -191,6 +193,8 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                 # after the grace period, one more node report so their counters include the drain
                 end_all = end_load + int((metrics.grace_s + NODE_REPORT_INTERVAL_S + 0.5) * 1e9)
                 paused = False
+                last_totals, quiet_ticks = None, 0
+                hard_stop = end_all + int(QUIESCE_LIMIT_S * 1e9)
                 next_tick = time.monotonic_ns() + 1_000_000_000
                 while True:
                     await asyncio.sleep(max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
@@ -207,7 +211,14 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                     if coord.fatal:
                         print(f"loadtest: {coord.fatal}", file=sys.stderr)
                         break
-                    if now >= end_all:
+                    # End once nothing has been sent for a few ticks (queued real messages drain on
+                    # their payload slots after the pause) so that the last client and node reports
+                    # both cover every packet.
+                    totals = (tuple(coord.stats.sent), coord.stats.real_sent)
+                    drained = paused and totals == last_totals and not any(coord.outstanding)
+                    quiet_ticks = quiet_ticks + 1 if drained else 0
+                    last_totals = totals
+                    if (now >= end_all and quiet_ticks >= QUIET_TICKS) or now >= hard_stop:
                         break
                 summary = metrics.summary()
                 summary.thresholds = thresholds.check(summary)

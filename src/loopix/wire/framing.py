@@ -5,8 +5,8 @@ is no length prefix: the size tag names one of a few fixed packet sizes, so ever
 kind has the same length on the wire. A header we cannot read leaves no way to find the next frame,
 so the decoder refuses all further input and the connection must be closed (Nym does the same).
 
-Packet sizes live here and nowhere else: `PACKET_SIZES[tag] = SPHINX_HEADER_SIZE +
-PAYLOAD_OVERHEAD_SIZE + PAYLOAD_SIZES[tag]`.
+Size tags map to packet sizes: `PACKET_SIZES[tag] = SPHINX_HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE +
+PAYLOAD_SIZES[tag]`, with the header and overhead taken from the packet format (loopix.sphinx).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from enum import IntEnum
 from typing import Final, NoReturn
 
 import msgspec
+
+from loopix.sphinx._common import HEADER_SIZE, PAYLOAD_OVERHEAD
 
 __all__ = [
     "PACKET_OVERHEAD",
@@ -42,9 +44,9 @@ VERSION_LEGACY: Final = 7
 VERSION_KEY_ROTATION: Final = 8
 """4-byte header with a key-rotation byte."""
 
-SPHINX_HEADER_SIZE: Final = 348
+SPHINX_HEADER_SIZE: Final = HEADER_SIZE
 """32 (group element) + 16 (MAC) + 300 (routing info: 5 hops x (44 + 16))."""
-PAYLOAD_OVERHEAD_SIZE: Final = 17
+PAYLOAD_OVERHEAD_SIZE: Final = PAYLOAD_OVERHEAD
 """Sphinx payload overhead (16-byte zero tag + 1 padding marker)."""
 PACKET_OVERHEAD: Final = SPHINX_HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE
 

@@ -81,7 +81,7 @@ def test_init_round_trips_keys_and_config(tmp_path):
     conf_dir = cfg.config_dir("alice", home=tmp_path)
     conf = cfg.load(conf_dir / "config.toml")
     assert conf.client.id == "alice"
-    assert conf.client.directory_server_topology == "http://127.0.0.1:8080/api/presence/topology"
+    assert conf.client.directory_server_topology == "http://127.0.0.1:9000/api/presence/topology"
     assert conf.client.provider_id == ""
     assert conf == cfg.ClientConfig(client=cfg.ClientSection(id="alice"))
     private_path, public_path = cfg.key_paths(conf, conf_dir)

@@ -124,7 +124,7 @@ class ClientSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         except ValueError as exc:
             raise ValueError(f"id: {exc}") from None
         try:
-            validate_directory_url(self.directory_server_topology)
+            self.directory_server_topology = validate_directory_url(self.directory_server_topology)
         except ValueError as exc:
             raise ValueError(f"directory_server_topology: {exc}") from None
         if self.provider_id:

@@ -273,8 +273,12 @@ async def healthcheck(request: web.Request) -> web.Response:
 
 
 async def dashboard(request: web.Request) -> web.Response:
+    """The page with the current topology and reports inside, so it shows rates at load."""
+    registry = request.app[REGISTRY]
+    initial = b'{"topology":%s,"reports":%s}' % (
+        encode_topology(registry.topology()), _encoder.encode(registry.reports()))
     return web.Response(
-        body=request.app[DASHBOARD],
+        body=request.app[DASHBOARD].replace(b"__LOOPIX_INITIAL__", initial.replace(b"</", b"<\\/")),
         content_type="text/html",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},

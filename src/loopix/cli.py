@@ -93,9 +93,9 @@ def port_number(text: str) -> int:
 
 def worker_count(text: str) -> int:
     """Packet workers: at least one (no upper limit beyond sanity)."""
-    n = _int(text, "--workers")
+    n = _int(text, "workers")
     if not 1 <= n <= 1024:
-        raise ValueError(f"--workers must be 1 to 1024, got {n}")
+        raise ValueError(f"must be 1 to 1024, got {n}")
     return n
 
 

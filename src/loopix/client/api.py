@@ -147,7 +147,7 @@ class Client:
         """The client initialised by `loopix-client init --id client_id`."""
         path = config_mod.config_path(client_id, home)
         if not path.exists():
-            raise ClientError(f"no client {client_id!r} under {path.parent.parent}: run `loopix-client init --id {client_id}`")
+            raise ClientError(f"no client {client_id!r} in {path.parent.parent.parent} (LOOPIX_HOME={path.parent.parent.parent.parent}): run `loopix-client init --id {client_id}` first")
         cfg = config_mod.load(path)
         keys = load_keypair(path.parent, private_name=cfg.client.priv_key_file, public_name=cfg.client.pub_key_file)
         client = cls(cfg, keys, **kwargs)

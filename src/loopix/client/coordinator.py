@@ -117,19 +117,19 @@ class DirectoryError(ClientError):
     """The directory could not give us a topology. `permanent`: retrying will not help (the URL
     answers, but not with a topology: a web page, a 404), so give up at once with a hint."""
 
-    def __init__(self, message: str, *, permanent: bool = False):
-        super().__init__(message)
-        self.permanent = permanent
+    def __init__(self, url: str, reason: str, *, permanent: bool = False):
+        super().__init__(f"directory {url} {reason}")
+        self.reason, self.permanent = reason, permanent
 
 
-_TOPOLOGY_HINT = "is this the directory's topology URL? (e.g. http://127.0.0.1:9000/api/presence/topology)"
+_TOPOLOGY_HINT = "is this the directory's URL? (e.g. http://127.0.0.1:9000/api/presence/topology)"
 
 
 def _connect_error(e: BaseException) -> str:
     """aiohttp's connection errors in a few words ("connection refused", not "ssl:default")."""
     os_error = getattr(e, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return os_error.strerror.lower()
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
     if isinstance(e, TimeoutError):
         return "no answer (timed out)"
     return str(e) or type(e).__name__
@@ -141,22 +141,20 @@ async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
                 http.get(url) as resp:
             if resp.status in (404, 405, 410):
-                raise DirectoryError(f"directory {url} answered HTTP {resp.status}: {_TOPOLOGY_HINT}",
-                                     permanent=True)
+                raise DirectoryError(url, f"answered HTTP {resp.status}: {_TOPOLOGY_HINT}", permanent=True)
             if resp.status != 200:
-                raise DirectoryError(f"directory {url} answered HTTP {resp.status}")
+                raise DirectoryError(url, f"answered HTTP {resp.status}")
             kind = resp.content_type
             body = await resp.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
-        raise DirectoryError(f"directory {url} unreachable: {_connect_error(e)}") from None
+        raise DirectoryError(url, f"unreachable: {_connect_error(e)}") from None
     if "html" in kind or body.lstrip()[:1] == b"<":
-        raise DirectoryError(f"directory {url} answered with a web page, not a topology: {_TOPOLOGY_HINT}",
-                             permanent=True)
+        raise DirectoryError(url, f"answered with a web page, not a topology: {_TOPOLOGY_HINT}", permanent=True)
     try:
         return parse_topology(body)
     except TopologyError as e:
-        raise DirectoryError(f"directory {url} sent something that is not a usable topology ({e}): "
-                             f"{_TOPOLOGY_HINT}", permanent=True) from None
+        raise DirectoryError(url, f"sent something that is not a usable topology ({e}): {_TOPOLOGY_HINT}",
+                             permanent=True) from None
 
 
 def topology_update(topo: Topology) -> control.TopologyUpdate:
@@ -253,8 +251,9 @@ class Coordinator:
                     raise
                 if not announced and self.on_waiting is not None:
                     announced = True
+                    why = e.reason if isinstance(e, DirectoryError) else str(e)
                     self.on_waiting(f"waiting for directory {self.opts.directory_url} "
-                                    f"(up to {self.opts.start_timeout_s:g}s; Ctrl-C to stop): {e}")
+                                    f"(up to {self.opts.start_timeout_s:g}s; Ctrl-C to stop): {why}")
                 await asyncio.sleep(0.5)
 
     def _assign_providers(self) -> None:

@@ -13,6 +13,7 @@ SIGTERM if the launcher dies without cleaning up (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import json
@@ -174,6 +175,12 @@ class Testnet:
         self._temp = home is None
         self.home = Path(tempfile.mkdtemp(prefix="loopix-testnet-") if home is None else home)
         self.root = self.home / "testnet"
+        if self._temp:  # its keys and inboxes go even if a caller is interrupted before stop()
+            atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
 
     # --- addresses and views ---
 
@@ -434,6 +441,7 @@ class Testnet:
             left = self.alive_pids()
             if self._temp:
                 shutil.rmtree(self.home, ignore_errors=True)
+                atexit.unregister(self._stop_at_exit)
             else:
                 self._remove_state()
         if left:

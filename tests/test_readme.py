@@ -128,7 +128,7 @@ def test_readme_blocks_run_as_written(tmp_path):
     testnet: Running | None = None
     directory = "http://127.0.0.1:9000/"
     try:
-        for lang, block in blocks[:2]:
+        for _lang, block in blocks[:2]:
             for extra_env, argv in shell_commands(block):
                 argv = list(argv)
                 run_env = {**env, **extra_env}

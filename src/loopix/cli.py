@@ -419,9 +419,11 @@ STATUS_HELP = (
 )
 STATUS_LINE_HELP = (
     "Status line: packets sent per stream (payload, of which real; loop; drop), loops come back "
-    "and their median round trip, 'late p99': how far behind its Poisson schedule the sender "
-    "wrote the 99th-percentile packet (the sender's own lateness, not network delay), and "
-    "messages received."
+    "and their median round trip, 'lateness p99': how far behind its Poisson schedule the sender "
+    "wrote the 99th-percentile packet (as in loadtest's live view; loadtest's 'late' is something "
+    "else: loops back after its grace period), and messages received. Rates, hop delay and packet "
+    "size come from config.toml (init writes 50/5/5 packets/s and 50 ms); loadtest uses its own "
+    "per-identity defaults instead."
 )
 
 

@@ -282,7 +282,7 @@ class StatusReporter:
 
     def line(self, s: Stats) -> str:
         rtt = f"rtt p50 {statistics.median(self.rtt):.0f} ms" if self.rtt else "rtt -"
-        late = f"late p99 {quantile(self.late, 0.99) / 1000:.2f} ms" if self.late else "late -"
+        late = f"lateness p99 {quantile(self.late, 0.99) / 1000:.2f} ms" if self.late else "lateness -"
         self.rtt, self.late = [], []
         return (f"sent payload {s.sent[0]} (real {s.real_sent}) loop {s.sent[1]} drop {s.sent[2]} | "
                 f"loops back {s.loops_back} {rtt} | {late} | messages in {s.messages_received}")

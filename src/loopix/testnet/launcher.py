@@ -524,6 +524,9 @@ def run_testnet(
     except TestnetError as exc:
         print(f"loopix-client testnet: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. a LOOPIX_HOME we cannot write
+        print(f"loopix-client testnet: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)
@@ -588,7 +591,7 @@ def add_testnet_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def _check_ports_free(host: str, first: int, count: int) -> None:
     """TestnetError naming the first port of first..first+count-1 we cannot bind now."""
-    if first + count - 1 > 65535:
+    if first + count > 65535:  # as Testnet checks it
         raise TestnetError(f"--base-port {first} leaves no room for {count} ports")
     for port in range(first, first + count):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -92,7 +92,7 @@ def port_number(text: str) -> int:
 
 
 def worker_count(text: str) -> int:
-    """Packet workers: at least one (no upper limit beyond sanity)."""
+    """Packet workers: at least one; more than 1024 is surely a typo."""
     n = _int(text, "workers")
     if not 1 <= n <= 1024:
         raise ValueError(f"must be 1 to 1024, got {n}")

@@ -158,7 +158,7 @@ def test_init_and_testnet_share_one_default_port():
 
 @pytest.mark.parametrize("args", [
     ["--layers", "0"], ["--providers", "-1"], ["--mixnodes-per-layer", "x"], ["--base-port", "70000"],
-    ["--presence-interval", "0"], ["--mean-hop-delay-ms", "-3"], ["--expiry", "nan"],
+    ["--presence-interval", "0"], ["--presence-interval", "0ms"], ["--mean-hop-delay-ms", "-3"], ["--expiry", "nan"],
 ])
 def test_testnet_bad_options(tmp_path, args):
     assert_usage(run(tmp_path, "testnet", *args), args[0])

@@ -558,7 +558,17 @@ def _checked(convert: Any, test: Any, what: str) -> Any:
 
 _at_least_one = _checked(int, lambda n: 1 <= n <= 1000, "must be a whole number from 1 to 1000")
 _port = _checked(int, lambda n: 0 <= n <= 65535, "must be a port, 0 (any free ports) to 65535")
-_seconds = _checked(float, lambda x: 0 < x < 86400, "must be a number of seconds > 0")
+def _duration_s(text: str) -> float:
+    """A duration ("2s", "500ms") or, as these flags always took, a bare number of seconds."""
+    from loopix.units import parse_duration
+
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text)  # UnitError is a ValueError
+
+
+_seconds = _checked(_duration_s, lambda x: 0 < x < 86400, "must be a duration > 0 (e.g. 2s, 500ms; a bare number is seconds)")
 _milliseconds = _checked(float, lambda x: 0 <= x < 3_600_000, "must be a number of milliseconds >= 0")
 
 
@@ -571,18 +581,18 @@ def add_testnet_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "process; keys under $LOOPIX_HOME/testnet/. While it runs, `loopix-client init` (same "
         "LOOPIX_HOME) makes clients for it. Ctrl-C stops everything.",
     )
-    p.add_argument("--layers", type=_at_least_one, default=3, help="mix layers (default 3)")
-    p.add_argument("--mixnodes-per-layer", type=_at_least_one, default=2, help="mixnodes in each layer (default 2)")
-    p.add_argument("--providers", type=_at_least_one, default=2, help="providers (default 2)")
+    p.add_argument("--layers", metavar="N", type=_at_least_one, default=3, help="mix layers (default 3)")
+    p.add_argument("--mixnodes-per-layer", metavar="N", type=_at_least_one, default=2, help="mixnodes in each layer (default 2)")
+    p.add_argument("--providers", metavar="N", type=_at_least_one, default=2, help="providers (default 2)")
     p.add_argument("--base-port", metavar="PORT", type=_port, default=DEFAULT_BASE_PORT,
                    help=f"directory port; nodes take the ports after it (default {DEFAULT_BASE_PORT}, "
                    "where `init` looks; 0: any free ports)")  # fmt: skip
     p.add_argument("--mean-hop-delay-ms", metavar="MS", type=_milliseconds, default=DEFAULT_MEAN_HOP_DELAY_MS,
                    help=f"mean per-hop delay clients made for it use, milliseconds (default {DEFAULT_MEAN_HOP_DELAY_MS:g})")  # fmt: skip
-    p.add_argument("--presence-interval", metavar="SECONDS", type=_seconds, default=2.0,
-                   help="seconds between node announcements (default 2)")  # fmt: skip
-    p.add_argument("--expiry", metavar="SECONDS", type=_seconds, default=None,
-                   help="seconds before a silent node leaves the topology (default 2.5 x presence interval)")  # fmt: skip
+    p.add_argument("--presence-interval", metavar="DURATION", type=_seconds, default=2.0,
+                   help="time between node announcements, e.g. 2s, 500ms; a bare number is seconds (default 2s)")  # fmt: skip
+    p.add_argument("--expiry", metavar="DURATION", type=_seconds, default=None,
+                   help="time before a silent node leaves the topology, as above (default 2.5 x presence interval)")  # fmt: skip
     p.add_argument("--metrics-port", metavar="PORT", type=_port, default=None,
                    help="Prometheus: node i (mixnodes, then providers) serves /metrics on PORT+i (default: off)")  # fmt: skip
     p.set_defaults(handler=cmd_testnet)

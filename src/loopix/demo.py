@@ -7,24 +7,27 @@ prints the command, so the demo doubles as a tour.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-import urllib.request
+try:  # Ctrl-C while the modules load: quiet, status 130, as at any other moment
+    import argparse
+    import asyncio
+    import json
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+    import urllib.request
 
-import websockets
+    import websockets
 
-from loopix.topology import parse_topology
-from loopix.wire.b64 import b64url_encode
+    from loopix.topology import parse_topology
+    from loopix.wire.b64 import b64url_encode
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 CLI = [sys.executable, "-m", "loopix"]
 
@@ -147,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo() -> int:
-    home = tempfile.mkdtemp(prefix="loopix-demo-")
-    env = {**os.environ, "LOOPIX_HOME": home, "PYTHONUNBUFFERED": "1"}
     procs: list[Proc] = []
+    home = ""
     try:
+        home = tempfile.mkdtemp(prefix="loopix-demo-")
+        env = {**os.environ, "LOOPIX_HOME": home, "PYTHONUNBUFFERED": "1"}
         say("Starting a local mixnet: a directory, 3 layers x 2 mixnodes, 2 providers (127.0.0.1)")
         net = Proc("testnet", ["testnet", "--base-port", "0", "--mean-hop-delay-ms", "20"], env)
         procs.append(net)
@@ -200,7 +204,8 @@ def _demo() -> int:
                 code = p.stop()
                 print(f"    {p.name} stopped (exit {code})", flush=True)
         finally:
-            shutil.rmtree(home, ignore_errors=True)
+            if home:
+                shutil.rmtree(home, ignore_errors=True)
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

@@ -5,6 +5,7 @@ running once, socket mistakes logged as one line, messages held while no applica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import pytest
@@ -68,7 +70,10 @@ def shm_names() -> set[str]:
 
 
 class Cli:
-    """A `loopix-client` process whose output lines are collected by threads."""
+    """A `loopix-client` process whose output lines are collected by threads. Every one started is
+    also killed (with its process group's leftovers) when its test ends, passed or failed."""
+
+    started: ClassVar[list[Cli]] = []
 
     def __init__(self, args: list[str], home: Path, tmp: Path, module: str = "loopix"):
         env = {**os.environ, "LOOPIX_HOME": str(home), "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1",
@@ -76,6 +81,7 @@ class Cli:
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.home = home
+        Cli.started.append(self)
         self.out: list[str] = []
         self.err: list[str] = []
         self._threads = [threading.Thread(target=self._read, args=(s, d), daemon=True)
@@ -145,7 +151,17 @@ def dirs(tmp_path):
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()
     tmp.mkdir()
-    return home, tmp
+    yield home, tmp
+    while Cli.started:  # a test that failed half-way must not leave its processes running
+        cli = Cli.started.pop()
+        if cli.proc.poll() is None:
+            cli.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                cli.proc.wait(30)
+        cli.close()
+    for pid in processes_with_home(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --- Ctrl-C while starting ---------------------------------------------------------------------------

@@ -244,8 +244,9 @@ def test_socket_session(testnet, dirs):
     home, tmp = dirs
     make_client(home, "alice", testnet, hop_delay_ms=150.0)  # ~0.5 s through the mixnet
     shm = shm_names()
-    cli = Cli(["socket", "--id", "alice", "--port", "0", "--status-interval", "1h"], home, tmp)
+    cli = Cli(["socket", "--id", "alice", "--port", "0", "--status-interval", "500ms"], home, tmp)
     cli.wait_for("Listening on ws://localhost:")
+    cli.wait_for("| held 0 (dropped 0)")  # the status line counts what waits for an application
     port = int(next(line for line in cli.out if line.startswith("Listening")).rsplit(":", 1)[1].split("/")[0])
     nowhere = b64url_encode(bytes(32 * [7]))
 

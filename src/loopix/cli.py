@@ -421,7 +421,8 @@ STATUS_LINE_HELP = (
     "Status line: packets sent per stream (payload, of which real; loop; drop), loops come back "
     "and their median round trip, 'lateness p99': how far behind its Poisson schedule the sender "
     "wrote the 99th-percentile packet (as in loadtest's live view; loadtest's 'late' is something "
-    "else: loops back after its grace period), and messages received. Rates, hop delay and packet "
+    "else: loops back after its grace period), and messages received (socket: and messages held "
+    "for the next application, and dropped). Rates, hop delay and packet "
     "size come from config.toml (init writes 50/5/5 packets/s and 50 ms); loadtest uses its own "
     "per-identity defaults instead."
 )
@@ -567,6 +568,10 @@ class _ServerWithMailbox:
 
     def __init__(self, server, mailbox) -> None:
         self.server, self.mailbox = server, mailbox
+
+    def status(self) -> str:
+        """For the status line: messages waiting for an application, and those dropped."""
+        return f"held {len(self.mailbox.held)} (dropped {self.mailbox.dropped})"
 
     def close(self) -> None:
         self.server.close()

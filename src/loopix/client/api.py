@@ -260,7 +260,9 @@ class Client:
                 try:
                     await asyncio.wait_for(stop.wait(), status_interval_s)
                 except TimeoutError:
-                    print(reporter.line(self.stats), flush=True)
+                    extra = getattr(server, "status", None)  # e.g. the socket's held messages
+                    line = reporter.line(self.stats)
+                    print(f"{line} | {extra()}" if extra else line, flush=True)
                 if self._coord.fatal:
                     print(f"error: {self._coord.fatal}", file=sys.stderr)
                     break

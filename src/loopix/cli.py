@@ -12,26 +12,30 @@ moment, including while Python is still importing: quiet, nothing left behind).
 from __future__ import annotations
 
 try:  # Ctrl-C while the modules load is an interruption like any other: quiet, status 130
-    import argparse
-    import ctypes
-    import errno
-    import json
-    import logging
-    import os
-    import re
-    import secrets
-    import shutil
-    import socket
-    import string
-    import sys
-    import tempfile
-    from collections.abc import Callable, Sequence
-    from pathlib import Path
-    from typing import NoReturn
+    from loopix.interrupts import held_sigint
 
-    from loopix import __version__, keys
-    from loopix import config as cfg
-    from loopix.units import UnitError, parse_duration
+    with held_sigint(exit_code=130):
+        import argparse
+        import ctypes
+        import errno
+        import importlib
+        import json
+        import logging
+        import os
+        import re
+        import secrets
+        import shutil
+        import socket
+        import string
+        import sys
+        import tempfile
+        from collections.abc import Callable, Sequence
+        from pathlib import Path
+        from typing import NoReturn
+
+        from loopix import __version__, keys
+        from loopix import config as cfg
+        from loopix.units import UnitError, parse_duration
 except KeyboardInterrupt:
     raise SystemExit(130) from None
 
@@ -729,12 +733,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CliError, cfg.ConfigError, keys.KeyFileError, TestnetError)
 
 
+# What each command imports before it starts (loaded with Ctrl-C held: see loopix.interrupts).
+_PRELOAD = {
+    "run": ("uvloop", "loopix.client.api"),
+    "socket": ("uvloop", "loopix.client.api", "loopix.sockets", "loopix.mailbox"),
+    "loadtest": ("uvloop", "loopix.client.api"),
+}
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    with held_sigint():
+        parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    with held_sigint():
+        for module in _PRELOAD.get(args.command, ()):
+            importlib.import_module(module)
     errors = _user_errors()
     try:
         return args.handler(args)

@@ -8,24 +8,27 @@ prints the command, so the demo doubles as a tour.
 from __future__ import annotations
 
 try:  # Ctrl-C while the modules load: quiet, status 130, as at any other moment
-    import argparse
-    import asyncio
-    import json
-    import os
-    import re
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-    import threading
-    import time
-    import urllib.request
+    from loopix.interrupts import held_sigint
 
-    import websockets
+    with held_sigint(exit_code=130):
+        import argparse
+        import asyncio
+        import json
+        import os
+        import re
+        import shutil
+        import signal
+        import subprocess
+        import sys
+        import tempfile
+        import threading
+        import time
+        import urllib.request
 
-    from loopix.topology import parse_topology
-    from loopix.wire.b64 import b64url_encode
+        import websockets
+
+        from loopix.topology import parse_topology
+        from loopix.wire.b64 import b64url_encode
 except KeyboardInterrupt:
     raise SystemExit(130) from None
 

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from loopix.sphinx.constants import KEY_SIZE
 from loopix.wire.address import AddressError, encode_node_address, format_host, parse_host
 from loopix.wire.b64 import B64Error, b64url_decode, b64url_encode
 
 __all__ = [
-    "KEY_LENGTH",
     "MixNode",
     "Node",
     "Provider",
@@ -29,7 +29,6 @@ __all__ = [
     "parse_topology",
 ]
 
-KEY_LENGTH = 32
 
 
 class TopologyError(ValueError):
@@ -223,9 +222,9 @@ def decode_key(text: object, what: str) -> bytes:
         key = b64url_decode(text)
     except B64Error as exc:
         raise TopologyError(f"{what}: pubKey {text!r} is not base64url: {exc}") from None
-    if len(key) != KEY_LENGTH:
+    if len(key) != KEY_SIZE:
         raise TopologyError(
-            f"{what}: pubKey {text!r} decodes to {len(key)} bytes, expected {KEY_LENGTH}"
+            f"{what}: pubKey {text!r} decodes to {len(key)} bytes, expected {KEY_SIZE}"
         )
     return key
 

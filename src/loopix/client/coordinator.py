@@ -19,7 +19,6 @@ import itertools
 import logging
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -274,7 +273,7 @@ class Coordinator:
             start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
             provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
             topology=topology_update(self.topology),
-            wire_header=struct.pack(">IB", 1 + 32 + self.packet_size, pp.MsgType.SEND),
+            wire_header=pp.send_header(self.packet_size),
             paused=self._paused,
             first=first, step=step, share=1.0 if partitioned else 1.0 / self.n_workers,
         )

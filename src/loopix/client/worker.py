@@ -24,7 +24,6 @@ from .ring import Ring
 from .schedule import PoissonClock, Stream, StreamRates
 
 _PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
-ZERO_DESTINATION = bytes(32)  # providers discard final messages to this address: drop cover
 STATS_INTERVAL_S = 1.0
 
 
@@ -144,7 +143,7 @@ class Worker:
                 payload = self.loops.encode(identity, self.seq, self._event_ns, self.payload_size)
             else:
                 provider = self.rng.choice(routes.provider_list)
-                destination = ZERO_DESTINATION
+                destination = sphinx.DROP_COVER_DESTINATION
                 payload = self.drop
         mixes = routes.mixes()
         hop_bytes = routes.hop_bytes

@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 
 from loopix import keys
-from loopix.sphinx import PacketProcessor, ffi, lib
+from loopix.sphinx import Forward, PacketProcessor, Rejected
 from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.framing import FrameDecoder, FramingError, frame_header
@@ -48,14 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_DROP_REASONS = {
-    lib.LX_ERR_MAC: "bad_mac",
-    lib.LX_ERR_KEY: "bad_key",
-    lib.LX_ERR_HEADER: "bad_header",
-    lib.LX_ERR_PAYLOAD: "bad_payload",
-    lib.LX_ERR_SIZE: "bad_size",
-}
 
 
 class NodeConfig(msgspec.Struct, kw_only=True):
@@ -471,27 +463,21 @@ class Node:
         out = self._out.get(size)
         if out is None:
             out = self._out[size] = bytearray(self.config.batch * size)
-        self._processor.process(b"".join(packets), n, size, out)
-        results = self._processor.results
         seen = self.replay.seen
-        buffer = ffi.buffer
         drop = self.counters.drop
         finals = []
         now = None
-        for i in range(n):
-            r = results[i]
-            if r.status:
-                drop(_DROP_REASONS.get(r.status, "sphinx_error"))
+        for r in self._processor.unwrap(b"".join(packets), n, size, out):
+            if type(r) is Rejected:
+                drop(r.reason)
                 continue
-            if seen(buffer(r.replay_tag)[:]):
+            if seen(r.replay_tag):
                 drop("replay")
                 continue
-            start = i * size
-            if r.kind == lib.LX_FORWARD:
-                packet = bytes(out[start : start + size])
+            if type(r) is Forward:
                 delay = r.delay_ns
                 if delay == 0:
-                    self.forwarder.send(buffer(r.next_address)[:], packet)
+                    self.forwarder.send(r.next_address, r.packet)
                     continue
                 if len(self.queue) >= self.config.max_queue:
                     drop("queue_full")
@@ -501,10 +487,9 @@ class Node:
                     self.counters.bump("delay_capped")
                 if now is None:
                     now = asyncio.get_running_loop().time()
-                self.queue.push(now + delay * 1e-9, (buffer(r.next_address)[:], packet))
+                self.queue.push(now + delay * 1e-9, (r.next_address, r.packet))
             else:
-                m = start + r.message_offset
-                finals.append((buffer(r.destination)[:], bytes(out[m : m + r.message_len])))
+                finals.append((r.destination, r.message))
         if finals:
             self.on_finals(finals)
 

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from loopix.sphinx.constants import DROP_COVER_DESTINATION
 from loopix.testnet.inbox import Inbox
 from loopix.testnet.node import (
     Node,
@@ -59,7 +60,6 @@ __all__ = ["ClientSession", "Provider", "main"]
 
 log = logging.getLogger(__name__)
 
-DROP_COVER = bytes(32)
 _VALID_SIZES = frozenset(PACKET_SIZES.values())
 FLEET_SLICE: Final = 16 << 10
 """Bytes of a fleet connection handled per event-loop iteration: ~230 REGISTERs, each an X25519
@@ -500,7 +500,7 @@ class Provider(Node):
         keep = []
         counters = self.counters
         for destination, message in finals:
-            if destination == DROP_COVER:
+            if destination == DROP_COVER_DESTINATION:
                 counters.bump("drop_cover")
             elif destination not in self.registered:
                 counters.drop("unknown_recipient")

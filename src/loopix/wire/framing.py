@@ -16,7 +16,7 @@ from typing import Final, NoReturn
 
 import msgspec
 
-from loopix.sphinx._common import HEADER_SIZE, PAYLOAD_OVERHEAD
+from loopix.sphinx.constants import HEADER_SIZE, PAYLOAD_OVERHEAD
 
 __all__ = [
     "PACKET_OVERHEAD",

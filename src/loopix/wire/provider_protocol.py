@@ -54,6 +54,8 @@ from typing import Final
 import msgspec
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
+from loopix.sphinx.constants import KEY_SIZE, LARGEST_PACKET_SIZE, NODE_ADDRESS_SIZE
+
 __all__ = [
     "ADDRESS_SIZE",
     "DEFAULT_MAX_FLEET_KEYS",
@@ -92,13 +94,13 @@ __all__ = [
     "RegistrationAccepted",
     "encode_send",
     "registration_proof",
+    "send_header",
 ]
 
 MAGIC: Final = b"LPX1"
-KEY_SIZE: Final = 32
 NONCE_SIZE: Final = 32
 PROOF_SIZE: Final = 32
-ADDRESS_SIZE: Final = 32
+ADDRESS_SIZE: Final = NODE_ADDRESS_SIZE
 REGISTER_CONTEXT: Final = b"loopix-register"
 FLAG_NO_PUSH: Final = 0x01
 FLAG_FLEET: Final = 0x02
@@ -108,10 +110,9 @@ DEFAULT_PULL_SLOTS: Final = 16
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2048
 MAX_ACK_IDS: Final = 4096
 MAX_ERROR_TEXT: Final = 1024
-_LARGEST_PACKET: Final = 33133  # Nym's Extended32 packet
 SEND_OVERHEAD: Final = 4 + 1 + ADDRESS_SIZE
 """Bytes a SEND adds in front of a Sphinx packet."""
-PROVIDER_MAX_FRAME: Final = 1 + ADDRESS_SIZE + _LARGEST_PACKET
+PROVIDER_MAX_FRAME: Final = 1 + ADDRESS_SIZE + LARGEST_PACKET_SIZE
 """Largest client→provider message (a SEND of the largest packet); anything longer is refused."""
 CLIENT_MAX_FRAME: Final = 8 << 20
 """Largest provider→client message a client accepts by default (a PULLED of big slots)."""
@@ -308,6 +309,11 @@ def encode_send(first_hop: bytes, packet: bytes | bytearray | memoryview) -> byt
     if len(first_hop) != ADDRESS_SIZE:
         raise ValueError(f"first hop address must be {ADDRESS_SIZE} bytes, got {len(first_hop)}")
     return _HEAD.pack(1 + ADDRESS_SIZE + len(packet), MsgType.SEND) + first_hop + packet
+
+
+def send_header(packet_len: int) -> bytes:
+    """The `length || SEND` bytes before a SEND's first hop and packet (workers write the rest)."""
+    return _HEAD.pack(1 + ADDRESS_SIZE + packet_len, MsgType.SEND)
 
 
 class _Reader:

@@ -18,6 +18,7 @@ from typing import Final
 
 import msgspec
 
+from loopix.sphinx.constants import KEY_SIZE
 from loopix.wire.b64 import B64Error, b64url_decode, b64url_encode
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
     "max_frame_size",
 ]
 
-KEY_SIZE: Final = 32
-"""An X25519 public key."""
 ADDRESS_SIZE: Final = 2 * KEY_SIZE
 """A binary address: client key ‖ provider key, no separator."""
 LENGTH_PREFIX_SIZE: Final = 8

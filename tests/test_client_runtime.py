@@ -18,7 +18,7 @@ from loopix.client.schedule import Stream
 from loopix.client.trace import read_trace
 from loopix.keys import generate_keypair
 from loopix.testnet.sink import SinkNet
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 
 FRAME = pp.SEND_OVERHEAD + sphinx.packet_size(2048)
 

@@ -27,7 +27,7 @@ from loopix.testnet.node import NodeConfig
 from loopix.testnet.provider import ClientSession, Provider
 from loopix.topology import encode_topology, parse_topology
 from loopix.wire.framing import encode_frame
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     ChallengeReceived,
     Delivered,
     FleetClientSide,

@@ -21,7 +21,7 @@ from loopix.sphinx import Hop, build_packet, keypair
 from loopix.testnet.launcher import Testnet
 from loopix.wire.address import encode_node_address
 from loopix.wire.framing import encode_frame
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     ChallengeReceived,
     ClientSide,
     Delivered,

@@ -29,7 +29,7 @@ import msgspec
 from loopix import sphinx
 from loopix.keys import KeyPair
 from loopix.topology import Topology, TopologyError, parse_topology
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 from loopix.wire.b64 import b64url_encode
 
 from . import control

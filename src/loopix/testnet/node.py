@@ -30,7 +30,8 @@ from loopix import keys
 from loopix.sphinx import Forward, PacketProcessor, Rejected
 from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
 from loopix.wire.b64 import b64url_encode
-from loopix.wire.framing import FrameDecoder, FramingError, frame_header
+from loopix.wire.errors import ProtocolError
+from loopix.wire.framing import FrameDecoder, frame_header
 
 __all__ = [
     "Counters",
@@ -344,11 +345,10 @@ class NodeLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.decoder.feed(data)
-        except FramingError as exc:
+        frames = self.decoder.feed(data)
+        if frames and type(frames[-1]) is ProtocolError:
             self.node.counters.drop("corrupt_frame")
-            log.info("closing link: %s", exc)
+            log.info("closing link: %s", frames[-1].reason)
             if self.transport is not None:
                 self.transport.abort()
             return

@@ -40,7 +40,7 @@ from loopix.testnet.node import (
 )
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.framing import PACKET_SIZES
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     DEFAULT_MAX_FLEET_KEYS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PULL_SLOTS,

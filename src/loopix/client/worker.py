@@ -14,8 +14,10 @@ import random
 import socket
 import sys
 import time
+from operator import attrgetter
 
 from loopix import sphinx
+from loopix.topology import choose_mixes, route_layers
 
 from . import control
 from .messages import LoopCodec, drop_payload
@@ -24,18 +26,18 @@ from .ring import Ring
 from .schedule import PoissonClock, Stream, StreamRates
 
 _PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
+_layer_of = attrgetter("layer")
 STATS_INTERVAL_S = 1.0
 
 
 class Routes:
-    """Route choice over the current topology: one random mixnode per layer, then a provider."""
+    """The current topology as the builder needs it; routes come from topology.choose_mixes (one
+    random mixnode per layer), then a provider."""
 
     def __init__(self, topo: control.TopologyUpdate, rng: random.Random):
         self.rng = rng
-        layers: dict[int, list[control.MixNodeInfo]] = {}
-        for node in topo.mixnodes:
-            layers.setdefault(node.layer, []).append(node)
-        self.layers = [layers[k] for k in sorted(layers)]
+        layers = route_layers(topo.mixnodes, _layer_of)
+        self.layers = () if isinstance(layers, str) else layers  # no route through a broken topology
         # public key ‖ address of every node, in the layout of the C hop record
         self.hop_bytes = {n.public_key: n.public_key + n.address for n in topo.mixnodes}
         self.hop_bytes.update({p.public_key: p.public_key + p.address for p in topo.providers})
@@ -44,8 +46,7 @@ class Routes:
         self.usable = bool(self.layers) and bool(self.provider_list)
 
     def mixes(self) -> list[control.MixNodeInfo]:
-        choice = self.rng.choice
-        return [choice(layer) for layer in self.layers]
+        return choose_mixes(self.layers, self.rng)
 
 
 class Worker:

@@ -53,7 +53,9 @@ def test_function_declarations_match_the_header():
     names = sorted(set(re.findall(r"^\w[\w ]*?\b(lx_\w+)\(", HEADER_TEXT, re.M)))
     assert "lx_build_batch" in names and "lx_process_batch" in names
     for name in names:
-        assert ffi.typeof(getattr(lib, name)).cname == HEADER.typeof(getattr(HEADER_LIB, name)).cname, name
+        assert (
+            ffi.typeof(getattr(lib, name)).cname == HEADER.typeof(getattr(HEADER_LIB, name)).cname
+        ), name
 
 
 def test_header_defines_match_cffi_and_constants():
@@ -127,7 +129,9 @@ def test_unwrap_gives_typed_results_equal_to_process_packet():
     assert first[:2] == [sphinx.process_packet(s1, p) for p in packets[:2]]
     assert first[2] == sphinx.Rejected("bad_mac")
     assert [r.delay_ns for r in first[:2]] == [1000, 2000]
-    second = sphinx.PacketProcessor(s2, 4).unwrap(b"".join(r.packet for r in first[:2]), 2, size, out)
+    second = sphinx.PacketProcessor(s2, 4).unwrap(
+        b"".join(r.packet for r in first[:2]), 2, size, out
+    )
     assert all(isinstance(r, sphinx.Final) for r in second)
     assert [r.message for r in second] == [b"m0", b"m1"]
     assert second[0] == sphinx.process_packet(s2, first[0].packet)

@@ -86,7 +86,9 @@ def test_fleet_machines_walk_the_fleet_tables():
         provider.send_registered()
 
 
-@pytest.mark.parametrize("kind", [MsgType.CHALLENGE, MsgType.REGISTERED, MsgType.DELIVER, MsgType.ERROR])
+@pytest.mark.parametrize(
+    "kind", [MsgType.CHALLENGE, MsgType.REGISTERED, MsgType.DELIVER, MsgType.ERROR]
+)
 def test_a_provider_refuses_the_messages_only_a_provider_sends(kind):
     provider = ProviderSide(PROVIDER_SK)
     provider.receive_data(MAGIC)

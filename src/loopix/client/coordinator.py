@@ -168,6 +168,10 @@ class Coordinator:
         self.stats_listeners: list = []  # called with (Stats, SenderStats) once a second
         self.message_listeners: list = []  # called with (identity, message bytes)
         self.fatal: str | None = None
+        self.topology_version = 0
+        """How many new topologies the refresh has handed to the workers."""
+        self.topology_refresh_failures = 0
+        """How many refreshes kept the last good topology (directory unreachable or empty)."""
         self.running = False
         self._worker_stats: dict[int, control.WorkerStats] = {}
         self._sender_connected = asyncio.Event()
@@ -394,10 +398,12 @@ class Coordinator:
                 topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
             except ClientError as e:
                 log.warning("topology refresh failed, keeping the last good one: %s", e)
+                self.topology_refresh_failures += 1
                 continue
             if not topo.mix_nodes or not topo.providers:
                 log.warning("the directory lists no %s; keeping the last good topology",
                             "mixnodes" if not topo.mix_nodes else "providers")
+                self.topology_refresh_failures += 1
                 continue
             if topo != self.topology:
                 self.topology = topo
@@ -405,6 +411,7 @@ class Coordinator:
                 for child in self.workers:
                     if child is not None and child.chan is not None:
                         child.chan.send(update)
+                self.topology_version += 1
 
     # -- messages --
     def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes) -> int:

@@ -298,7 +298,9 @@ class FleetClientSide(_ClientBase):
             return "the provider answered a fleet REGISTER as a single one (no fleets)"
         return f"unexpected message type {kind} on a fleet connection"
 
-    def _handle_session(self, trigger: MsgType, body: bytes, after: ClientState) -> FleetClientEvent:
+    def _handle_session(
+        self, trigger: MsgType, body: bytes, after: ClientState
+    ) -> FleetClientEvent:
         key = body[:KEY_SIZE]
         match trigger:
             case MsgType.DELIVER_TO:

@@ -191,7 +191,11 @@ class ProviderSide:
         trigger: MsgType | Trigger | None = _FROM_CLIENT.get(kind)
         if trigger is None:
             return self._fail(_refusal(self.state, kind))
-        if trigger is MsgType.REGISTER and len(body) == KEY_SIZE + PROOF_SIZE + 1 and body[-1] & FLAG_FLEET:
+        if (
+            trigger is MsgType.REGISTER
+            and len(body) == KEY_SIZE + PROOF_SIZE + 1
+            and body[-1] & FLAG_FLEET
+        ):
             trigger = REGISTER_FLEET
         try:
             after = transition(PROVIDER_TRANSITIONS, self.state, trigger)
@@ -200,7 +204,9 @@ class ProviderSide:
         match trigger:
             case MsgType.SEND:
                 if after is _S.FLEET and not self._keys:
-                    return self._fail("not registered: no key of this fleet connection is registered")
+                    return self._fail(
+                        "not registered: no key of this fleet connection is registered"
+                    )
                 if len(body) <= ADDRESS_SIZE:
                     return self._fail("SEND without a packet")
                 return PacketSubmitted(body[:ADDRESS_SIZE], body[ADDRESS_SIZE:])

@@ -82,7 +82,9 @@ class TransitionError(ProtocolStateError):
 S = TypeVar("S", ProviderState, ClientState)
 
 
-def _with_error(table: dict[S, dict[MsgType | Trigger, S]], closed: S) -> dict[S, dict[MsgType | Trigger, S]]:
+def _with_error(
+    table: dict[S, dict[MsgType | Trigger, S]], closed: S
+) -> dict[S, dict[MsgType | Trigger, S]]:
     for allowed in table.values():
         allowed[MsgType.ERROR] = closed
     table[closed] = {MsgType.ERROR: closed}
@@ -90,33 +92,35 @@ def _with_error(table: dict[S, dict[MsgType | Trigger, S]], closed: S) -> dict[S
 
 
 _P = ProviderState
-PROVIDER_TRANSITIONS: Mapping[ProviderState, Mapping[MsgType | Trigger, ProviderState]] = _with_error(
-    {
-        _P.AWAIT_MAGIC: {MAGIC_SEEN: _P.HELLO},
-        _P.HELLO: {MsgType.CHALLENGE: _P.CHALLENGED},
-        _P.CHALLENGED: {MsgType.REGISTER: _P.REGISTERED, REGISTER_FLEET: _P.FLEET},
-        _P.REGISTERED: {
-            # from the client
-            MsgType.SEND: _P.REGISTERED,
-            MsgType.ACK: _P.REGISTERED,
-            MsgType.PULL: _P.REGISTERED,
-            # to the client
-            MsgType.REGISTERED: _P.REGISTERED,
-            MsgType.DELIVER: _P.REGISTERED,
-            MsgType.PULLED: _P.REGISTERED,
+PROVIDER_TRANSITIONS: Mapping[ProviderState, Mapping[MsgType | Trigger, ProviderState]] = (
+    _with_error(
+        {
+            _P.AWAIT_MAGIC: {MAGIC_SEEN: _P.HELLO},
+            _P.HELLO: {MsgType.CHALLENGE: _P.CHALLENGED},
+            _P.CHALLENGED: {MsgType.REGISTER: _P.REGISTERED, REGISTER_FLEET: _P.FLEET},
+            _P.REGISTERED: {
+                # from the client
+                MsgType.SEND: _P.REGISTERED,
+                MsgType.ACK: _P.REGISTERED,
+                MsgType.PULL: _P.REGISTERED,
+                # to the client
+                MsgType.REGISTERED: _P.REGISTERED,
+                MsgType.DELIVER: _P.REGISTERED,
+                MsgType.PULLED: _P.REGISTERED,
+            },
+            _P.FLEET: {
+                MsgType.SEND: _P.FLEET,
+                MsgType.ACK: _P.FLEET,
+                MsgType.PULL_FOR: _P.FLEET,
+                REGISTER_FLEET: _P.FLEET,
+                MsgType.REGISTERED_KEY: _P.FLEET,
+                MsgType.REFUSED_KEY: _P.FLEET,
+                MsgType.DELIVER_TO: _P.FLEET,
+                MsgType.PULLED_FOR: _P.FLEET,
+            },
         },
-        _P.FLEET: {
-            MsgType.SEND: _P.FLEET,
-            MsgType.ACK: _P.FLEET,
-            MsgType.PULL_FOR: _P.FLEET,
-            REGISTER_FLEET: _P.FLEET,
-            MsgType.REGISTERED_KEY: _P.FLEET,
-            MsgType.REFUSED_KEY: _P.FLEET,
-            MsgType.DELIVER_TO: _P.FLEET,
-            MsgType.PULLED_FOR: _P.FLEET,
-        },
-    },
-    _P.CLOSED,
+        _P.CLOSED,
+    )
 )
 
 _C = ClientState
@@ -145,26 +149,30 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[MsgType | Trigger, ClientState]
     },
     _C.CLOSED,
 )
-FLEET_CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[MsgType | Trigger, ClientState]] = _with_error(
-    {
-        **{state: dict(allowed) for state, allowed in _CLIENT_HELLO.items()},
-        _C.CHALLENGED: {REGISTER_FLEET: _C.FLEET},
-        _C.FLEET: {
-            REGISTER_FLEET: _C.FLEET,
-            MsgType.SEND: _C.FLEET,
-            MsgType.ACK: _C.FLEET,
-            MsgType.PULL_FOR: _C.FLEET,
-            MsgType.REGISTERED_KEY: _C.FLEET,
-            MsgType.REFUSED_KEY: _C.FLEET,
-            MsgType.DELIVER_TO: _C.FLEET,
-            MsgType.PULLED_FOR: _C.FLEET,
+FLEET_CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[MsgType | Trigger, ClientState]] = (
+    _with_error(
+        {
+            **{state: dict(allowed) for state, allowed in _CLIENT_HELLO.items()},
+            _C.CHALLENGED: {REGISTER_FLEET: _C.FLEET},
+            _C.FLEET: {
+                REGISTER_FLEET: _C.FLEET,
+                MsgType.SEND: _C.FLEET,
+                MsgType.ACK: _C.FLEET,
+                MsgType.PULL_FOR: _C.FLEET,
+                MsgType.REGISTERED_KEY: _C.FLEET,
+                MsgType.REFUSED_KEY: _C.FLEET,
+                MsgType.DELIVER_TO: _C.FLEET,
+                MsgType.PULLED_FOR: _C.FLEET,
+            },
         },
-    },
-    _C.CLOSED,
+        _C.CLOSED,
+    )
 )
 
 
-def transition(table: Mapping[S, Mapping[MsgType | Trigger, S]], state: S, trigger: MsgType | Trigger) -> S:
+def transition(
+    table: Mapping[S, Mapping[MsgType | Trigger, S]], state: S, trigger: MsgType | Trigger
+) -> S:
     """The state `trigger` leads to from `state`; `TransitionError` if the table does not allow it."""
     try:
         return table[state][trigger]

@@ -293,8 +293,8 @@ def test_presence_posts_are_coalesced(tmp_path):
         await wait_until_async(lambda: len(kicks) >= 2, "the announcement after the burst", 3)
         assert len(kicks) == 2  # and the burst once more after it settled
         assert kicks[1] - t0 >= 0.5
-        await asyncio.sleep(0.7)
-        assert len(kicks) == 2
+        # that no third announcement follows is PresenceDebounce's rule, tested on a fake clock
+        # in test_testnet_decisions.py
         provider.inbox.close()
 
     asyncio.run(main())

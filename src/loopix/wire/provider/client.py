@@ -7,8 +7,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
-from loopix.wire.errors import ProtocolError
-
 from .codec import (
     CLIENT_MAX_FRAME,
     FLAG_FLEET,
@@ -23,7 +21,6 @@ from .codec import (
     encode_ack,
     encode_send,
     frame,
-    message_reader,
     parse_deliver,
     parse_pulled,
     registration_proof,
@@ -39,6 +36,7 @@ from .events import (
     PullResult,
     RegistrationAccepted,
 )
+from .machine import Machine
 from .states import (
     CLIENT_TRANSITIONS,
     FLEET_CLIENT_TRANSITIONS,
@@ -70,25 +68,16 @@ _FROM_PROVIDER = {
 """The message types a provider sends: any other type from a provider closes the connection."""
 
 
-class _ClientBase:
+class _ClientBase(Machine):
     """What both client ends share: the hello and challenge, SEND and ACK, and event decoding."""
 
     _TABLE: Mapping[ClientState, Mapping[MsgType | Trigger, ClientState]]
 
     def __init__(self, provider_key: bytes, push: bool, max_frame: int) -> None:
+        super().__init__(self._TABLE, _S.NEW, _S.CLOSED, max_frame)
         self.provider_key = check_key(provider_key, "provider key")
         self.push = push
-        self._reader = message_reader(max_frame)
-        self.state = _S.NEW
         self._nonce = b""
-
-    @property
-    def closed(self) -> bool:
-        return self.state is _S.CLOSED
-
-    def _move(self, trigger: MsgType | Trigger) -> None:
-        """Apply a transition the local caller asked for (raises `TransitionError` if refused)."""
-        self.state = transition(self._TABLE, self.state, trigger)
 
     def send_hello(self) -> bytes:
         self._move(MAGIC_SEEN)
@@ -112,19 +101,7 @@ class _ClientBase:
         """Events for the bytes just read (empty once closed)."""
         if self.state is _S.CLOSED or not data:
             return []
-        messages, error = self._reader.feed(data)
-        events = []
-        for message in messages:
-            events.append(self._handle(message[0], message[1:]))
-            if self.state is _S.CLOSED:
-                return events
-        if error is not None:
-            events.append(self._fail(error))
-        return events
-
-    def _fail(self, reason: str) -> ProtocolError:
-        self.state = _S.CLOSED
-        return ProtocolError(reason)
+        return self._read(data, [])
 
     def _handle(self, kind: int, body: bytes):
         trigger = _FROM_PROVIDER.get(kind)

@@ -2,7 +2,7 @@
 
 Every message is `u32 BE length || u8 type || body` (length counts the type byte and the body),
 cut out of the stream by the shared `LengthPrefixedReader`. docs/provider-protocol.md is the
-specification; this module holds no state.
+specification; this module holds no state. The package's __init__ names what is public.
 """
 
 from __future__ import annotations
@@ -18,39 +18,6 @@ from loopix.sphinx.constants import KEY_SIZE, LARGEST_PACKET_SIZE, NODE_ADDRESS_
 from loopix.wire.frames import LengthPrefixedReader
 
 from .events import InboxMessage
-
-__all__ = [
-    "ADDRESS_SIZE",
-    "CLIENT_MAX_FRAME",
-    "DEFAULT_MAX_FLEET_KEYS",
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "DEFAULT_PULL_SLOTS",
-    "FLAG_FLEET",
-    "FLAG_NO_PUSH",
-    "KEY_SIZE",
-    "MAGIC",
-    "MAX_ACK_IDS",
-    "MAX_ERROR_TEXT",
-    "NONCE_SIZE",
-    "PROOF_SIZE",
-    "PROVIDER_MAX_FRAME",
-    "REGISTER_CONTEXT",
-    "SEND_OVERHEAD",
-    "MsgType",
-    "check_key",
-    "encode_ack",
-    "encode_deliver",
-    "encode_send",
-    "error_text",
-    "frame",
-    "message_reader",
-    "parse_ack",
-    "parse_deliver",
-    "parse_pulled",
-    "pulled_body",
-    "registration_proof",
-    "send_header",
-]
 
 MAGIC: Final = b"LPX1"
 NONCE_SIZE: Final = 32

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from nacl.bindings import crypto_scalarmult
 
-from loopix.wire.errors import ProtocolError, ProtocolStateError
+from loopix.wire.errors import ProtocolStateError
 
 from .codec import (
     ADDRESS_SIZE,
@@ -31,7 +31,6 @@ from .codec import (
     encode_deliver,
     error_text,
     frame,
-    message_reader,
     parse_ack,
     pulled_body,
     registration_proof,
@@ -46,6 +45,7 @@ from .events import (
     ProviderEvent,
     PullRequested,
 )
+from .machine import Machine
 from .states import (
     MAGIC_SEEN,
     PROVIDER_TRANSITIONS,
@@ -83,7 +83,7 @@ def _refusal(state: ProviderState, kind: int) -> str:
     return f"unexpected message type {kind} from a client"
 
 
-class ProviderSide:
+class ProviderSide(Machine):
     """The provider's view of one client connection (after it saw the first byte 0x4C).
 
     Flow: `receive_data` → `ClientHello` → `send_challenge()`; → `ClientRegistered` →
@@ -112,11 +112,10 @@ class ProviderSide:
         if max_fleet_keys < 1:
             raise ValueError("max_fleet_keys must be positive")
         self._secret = check_key(provider_secret, "provider secret")
+        super().__init__(PROVIDER_TRANSITIONS, _S.AWAIT_MAGIC, _S.CLOSED, max_frame)
         self.pull_slots = pull_slots
         self.max_message_size = max_message_size
         self.max_fleet_keys = max_fleet_keys
-        self._reader = message_reader(max_frame)
-        self.state = _S.AWAIT_MAGIC
         self._magic = b""
         self._nonce = b""
         self.client_key: bytes | None = None
@@ -145,14 +144,6 @@ class ProviderSide:
         """Keys registered on this connection (one on a single connection); do not modify."""
         return self._keys
 
-    @property
-    def closed(self) -> bool:
-        return self.state is _S.CLOSED
-
-    def _move(self, trigger: MsgType | Trigger) -> None:
-        """Apply a transition the local caller asked for (raises `TransitionError` if refused)."""
-        self.state = transition(PROVIDER_TRANSITIONS, self.state, trigger)
-
     # --- input ---
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[ProviderEvent]:
@@ -172,20 +163,7 @@ class ProviderSide:
             events.append(ClientHello())
             if not data:
                 return events
-        messages, error = self._reader.feed(data)
-        for message in messages:
-            event = self._handle(message[0], message[1:])
-            if event is not None:
-                events.append(event)
-            if self.state is _S.CLOSED:
-                return events
-        if error is not None:
-            events.append(self._fail(error))
-        return events
-
-    def _fail(self, reason: str) -> ProtocolError:
-        self.state = _S.CLOSED
-        return ProtocolError(reason)
+        return self._read(data, events)
 
     def _handle(self, kind: int, body: bytes) -> ProviderEvent | None:
         trigger: MsgType | Trigger | None = _FROM_CLIENT.get(kind)

@@ -148,3 +148,25 @@ def test_reader_holds_at_most_one_frame_in_progress():
             reader.feed(frame_bytes[k : k + 333])
             assert reader.buffered <= len(frame_bytes)
         assert reader.buffered == 0
+
+
+def test_delivery_and_pull_answers_take_the_connections_encoding():
+    """One identity is a fleet of one: the provider's I/O layer names the key either way."""
+    client = ClientSide(CLIENT_SK, PROVIDER_PK)
+    provider = ProviderSide(PROVIDER_SK)
+    provider.receive_data(client.send_hello())
+    client.receive_data(provider.send_challenge())
+    provider.receive_data(client.send_register())
+    client.receive_data(provider.send_registered())
+    key = client.client_key
+    assert provider.send_delivery(key, 7, b"m") == provider.send_deliver(7, b"m")
+    assert provider.send_pull_answer(key, [(7, b"m")]) == provider.send_pulled([(7, b"m")])
+    with pytest.raises(ProtocolStateError):
+        provider.send_delivery(bytes(32), 7, b"m")
+    fleet = FleetClientSide(PROVIDER_PK)
+    provider = ProviderSide(PROVIDER_SK)
+    provider.receive_data(fleet.send_hello())
+    fleet.receive_data(provider.send_challenge())
+    provider.receive_data(fleet.send_register_many([CLIENT_SK]))
+    assert provider.send_delivery(key, 7, b"m") == provider.send_deliver_to(key, 7, b"m")
+    assert provider.send_pull_answer(key, []) == provider.send_pulled_for(key, [])

@@ -22,7 +22,7 @@ from loopix.topology import choose_mixes, route_layers
 from . import control
 from .messages import LoopCodec, drop_payload
 from .profiling import run_profiled
-from .ring import Ring
+from .ring import SLOT_META_SIZE, Ring
 from .schedule import PoissonClock, Stream, StreamRates
 
 _PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
@@ -66,9 +66,9 @@ class Worker:
         self.payload_size = setup.payload_size
         self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
         self.wire_header = setup.wire_header
-        self.prefix_len = len(self.wire_header) + 32
+        self.prefix_len = len(self.wire_header) + sphinx.NODE_ADDRESS_SIZE  # SEND header, first hop
         self.wire_len = self.prefix_len + self.builder.packet_size
-        if ring.slot_size < self.wire_len + 32:
+        if ring.slot_size < self.wire_len + SLOT_META_SIZE:
             raise ValueError("ring slots too small for this packet size")
         # Either this worker owns some identities outright (a fleet: an identity's fragments then
         # wait for its own payload slots, 1/λP on average) or it runs 1/W of every identity's rates

@@ -110,22 +110,26 @@ def check_build_args(route, destination, message, delays_ns, identifier, payload
         raise ParameterError(f"need one delay per hop: {n} hops, {len(delays_ns)} delays")
     for i, hop in enumerate(route):
         if len(hop.public_key) != KEY_SIZE:
-            raise ParameterError(f"hop {i}: public key must be 32 bytes, got {len(hop.public_key)}")
+            raise ParameterError(
+                f"hop {i}: public key must be {KEY_SIZE} bytes, got {len(hop.public_key)}"
+            )
         if len(hop.address) != NODE_ADDRESS_SIZE:
-            raise ParameterError(f"hop {i}: address must be 32 bytes, got {len(hop.address)}")
+            raise ParameterError(
+                f"hop {i}: address must be {NODE_ADDRESS_SIZE} bytes, got {len(hop.address)}"
+            )
     for i, d in enumerate(delays_ns):
         if not 0 <= d < 1 << 64:
             raise ParameterError(f"delay {i} must fit an unsigned 64-bit count of ns, got {d}")
     if len(destination) != DESTINATION_SIZE:
-        raise ParameterError(f"destination must be 32 bytes, got {len(destination)}")
+        raise ParameterError(f"destination must be {DESTINATION_SIZE} bytes, got {len(destination)}")
     if len(identifier) != IDENTIFIER_SIZE:
-        raise ParameterError(f"identifier must be 16 bytes, got {len(identifier)}")
+        raise ParameterError(f"identifier must be {IDENTIFIER_SIZE} bytes, got {len(identifier)}")
     if len(message) > payload_size:
         raise ParameterError(
             f"message of {len(message)} bytes does not fit payload_size {payload_size}"
         )
     if ephemeral_secret is not None and len(ephemeral_secret) != KEY_SIZE:
-        raise ParameterError(f"ephemeral_secret must be 32 bytes, got {len(ephemeral_secret)}")
+        raise ParameterError(f"ephemeral_secret must be {KEY_SIZE} bytes, got {len(ephemeral_secret)}")
     return size
 
 

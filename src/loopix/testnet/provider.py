@@ -77,11 +77,11 @@ class ClientSession:
     """One client connection: I/O around a `ProviderSide` machine and a `DeliveryPolicy`.
 
     The policy decides what is pushed (windows, cursors, each key's turn); this class reads the
-    inbox for it and writes what the machine encodes. A single-identity connection is a fleet of
-    one key whose window is `push_window`; a fleet connection's keys share `fleet_push_window`
-    and get at most `push_window` each per round. Only the encoding differs (DELIVER or
-    DELIVER_TO, PULLED or PULLED_FOR), and who owns a key: a newer fleet connection takes keys
-    from an older one, while single connections of one key coexist.
+    inbox for it and writes what the machine encodes (`send_delivery`, `send_pull_answer`: DELIVER
+    or DELIVER_TO, PULLED or PULLED_FOR). A single-identity connection is a fleet of one key whose
+    window is `push_window`; a fleet connection's keys share `fleet_push_window` and get at most
+    `push_window` each per round. What still differs is who owns a key: a newer fleet connection
+    takes keys from an older one, while single connections of one key coexist.
 
     Input is handled `FLEET_SLICE` bytes per loop iteration (reading paused meanwhile) until a
     single registration is done, so that thousands of fleet registrations do not stall the
@@ -210,11 +210,6 @@ class ClientSession:
 
     # --- delivery ---
 
-    def _deliver(self, key: bytes, message_id: int, message: bytes) -> bytes:
-        if self.side.fleet:
-            return self.side.send_deliver_to(key, message_id, message)
-        return self.side.send_deliver(message_id, message)
-
     def mail_arrived(self, key: bytes) -> None:
         """New mail for `key` was stored; `push()` hands it out (if this connection takes pushes)."""
         if self.side.push:
@@ -230,13 +225,14 @@ class ClientSession:
         if self.transport.is_closing():
             return
         delivery, inbox, keys = self.delivery, self.provider.inbox, self.side.client_keys
+        deliver = self.side.send_delivery
         pushed = 0
         while (request := delivery.next_push()) is not None:
             if request.key not in keys:  # taken over or refused meanwhile
                 continue
             found = inbox.pending(request.key, request.limit, request.after)
             delivery.pushed(request, [m.id for m in found])
-            self._out.extend(self._deliver(request.key, m.id, m.message) for m in found)
+            self._out.extend(deliver(request.key, m.id, m.message) for m in found)
             pushed += len(found)
         if pushed:
             self.provider.counters.bump("pushed", pushed)
@@ -257,11 +253,7 @@ class ClientSession:
         found = self.provider.inbox.pending(key, self.side.pull_slots, delivery.pull_after(key))
         delivery.pulled(key, [m.id for m in found])
         self.provider.counters.bump("pulled", len(found))
-        messages = [(m.id, m.message) for m in found]
-        if self.side.fleet:
-            self._write(self.side.send_pulled_for(key, messages))
-        else:
-            self._write(self.side.send_pulled(messages))
+        self._write(self.side.send_pull_answer(key, [(m.id, m.message) for m in found]))
 
     def lose_keys(self, keys: list[bytes], reason: str = TAKEN_OVER) -> None:
         """Another connection registered `keys`: tell this one, forget their state here.

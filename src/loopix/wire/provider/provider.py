@@ -276,6 +276,28 @@ class ProviderSide(Machine):
         self._move(MsgType.PULLED)
         return frame(MsgType.PULLED, pulled_body(messages, self.pull_slots, self.max_message_size))
 
+    # --- either kind: one identity is a fleet of one ---
+
+    def _own_key(self, what: str, client_key: bytes) -> None:
+        if client_key != self.client_key:
+            raise ProtocolStateError(f"{what} for a key this single connection did not register")
+
+    def send_delivery(self, client_key: bytes, message_id: int, message: bytes) -> bytes:
+        """Push one stored message to `client_key`: DELIVER_TO on a fleet connection, DELIVER on a
+        single one (whose key `client_key` must be)."""
+        if self.state is _S.FLEET:
+            return self.send_deliver_to(client_key, message_id, message)
+        self._own_key("send_delivery()", client_key)
+        return self.send_deliver(message_id, message)
+
+    def send_pull_answer(self, client_key: bytes, messages: Sequence[tuple[int, bytes]]) -> bytes:
+        """Answer `PullRequested` for `client_key`: PULLED_FOR on a fleet connection, PULLED on a
+        single one (whose key `client_key` must be)."""
+        if self.state is _S.FLEET:
+            return self.send_pulled_for(client_key, messages)
+        self._own_key("send_pull_answer()", client_key)
+        return self.send_pulled(messages)
+
     # --- fleet connections ---
 
     def _need_key(self, trigger: MsgType, key: bytes) -> None:

@@ -8,7 +8,12 @@ holds more than one frame in progress plus what one read brought.
 
 from __future__ import annotations
 
+import struct
+
 __all__ = ["LengthPrefixedReader"]
+
+
+_PREFIX = {n: struct.Struct(f">{code}") for n, code in ((2, "H"), (4, "I"), (8, "Q"))}
 
 
 class LengthPrefixedReader:
@@ -18,11 +23,12 @@ class LengthPrefixedReader:
     the reason; after that the reader holds nothing and returns no more frames.
     """
 
-    __slots__ = ("_buf", "_pos", "failed", "max_frame", "min_frame", "prefix_size")
+    __slots__ = ("_buf", "_pos", "_prefix", "failed", "max_frame", "min_frame", "prefix_size")
 
     def __init__(self, prefix_size: int, max_frame: int, min_frame: int = 0) -> None:
-        if prefix_size not in (2, 4, 8):
+        if prefix_size not in _PREFIX:
             raise ValueError(f"prefix_size must be 2, 4 or 8 bytes, got {prefix_size}")
+        self._prefix = _PREFIX[prefix_size]
         if not 0 <= min_frame <= max_frame:
             raise ValueError("need 0 <= min_frame <= max_frame")
         self.prefix_size = prefix_size
@@ -45,8 +51,9 @@ class LengthPrefixedReader:
         buf += data
         frames: list[bytes] = []
         size, pos, end, error = self.prefix_size, self._pos, len(buf), None
+        unpack = self._prefix.unpack_from
         while end - pos >= size:
-            length = int.from_bytes(buf[pos : pos + size], "big")
+            (length,) = unpack(buf, pos)
             if length > self.max_frame:
                 error = f"frame of {length} bytes exceeds the maximum of {self.max_frame} bytes"
                 break

@@ -43,8 +43,8 @@ from .states import (
     MAGIC_SEEN,
     REGISTER_FLEET,
     ClientState,
-    TransitionError,
     Trigger,
+    allowed,
     transition,
 )
 
@@ -118,9 +118,8 @@ class _ClientBase(Machine):
             return ChallengeReceived(body)
         if trigger is None:
             return self._fail(self._refusal(kind))
-        try:
-            after = transition(self._TABLE, self.state, trigger)
-        except TransitionError:
+        after = allowed(self._TABLE, self.state, trigger)
+        if after is None:
             return self._fail(self._refusal(kind))
         return self._handle_session(trigger, body, after)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from nacl.bindings import crypto_scalarmult
 
@@ -51,14 +52,15 @@ from .states import (
     PROVIDER_TRANSITIONS,
     REGISTER_FLEET,
     ProviderState,
-    TransitionError,
     Trigger,
-    transition,
+    allowed,
 )
 
 __all__ = ["ProviderSide"]
 
 _S = ProviderState
+_FLEET = ProviderState.FLEET
+_REGISTER = MsgType.REGISTER
 _REQUESTS = (MsgType.SEND, MsgType.ACK, MsgType.PULL, MsgType.PULL_FOR)
 _FROM_CLIENT = {int(t): t for t in (MsgType.REGISTER, *_REQUESTS)}
 """The message types a client sends: any other type from a client closes the connection."""
@@ -170,43 +172,57 @@ class ProviderSide(Machine):
         if trigger is None:
             return self._fail(_refusal(self.state, kind))
         if (
-            trigger is MsgType.REGISTER
+            trigger is _REGISTER
             and len(body) == KEY_SIZE + PROOF_SIZE + 1
             and body[-1] & FLAG_FLEET
         ):
             trigger = REGISTER_FLEET
-        try:
-            after = transition(PROVIDER_TRANSITIONS, self.state, trigger)
-        except TransitionError:
+        after = allowed(PROVIDER_TRANSITIONS, self.state, trigger)
+        if after is None:
             return self._fail(_refusal(self.state, kind))
-        match trigger:
-            case MsgType.SEND:
-                if after is _S.FLEET and not self._keys:
-                    return self._fail(
-                        "not registered: no key of this fleet connection is registered"
-                    )
-                if len(body) <= ADDRESS_SIZE:
-                    return self._fail("SEND without a packet")
-                return PacketSubmitted(body[:ADDRESS_SIZE], body[ADDRESS_SIZE:])
-            case MsgType.ACK:
-                ids = parse_ack(body)
-                return self._fail(ids) if isinstance(ids, str) else AckReceived(ids)
-            case MsgType.PULL:
-                return PullRequested() if not body else self._fail("PULL carries no body")
-            case MsgType.PULL_FOR:
-                if len(body) != KEY_SIZE:
-                    return self._fail(f"PULL_FOR body must be {KEY_SIZE} bytes, got {len(body)}")
-                if body not in self._keys:
-                    return FleetClientRefused(body, "not registered on this connection")
-                return PullRequested(body)
-            case MsgType.REGISTER:
-                return self._register(body)
-            case _:  # REGISTER_FLEET
-                if self.state is _S.CHALLENGED:
-                    self.state = _S.FLEET
-                    self._fleet = True
-                    self.push = not body[-1] & FLAG_NO_PUSH
-                return self._register_fleet(body)
+        return self._ON_MESSAGE[trigger](self, body, after)
+
+    # one handler per client message the table allowed; `after` is the state it leads to
+
+    def _on_send(self, body: bytes, after: ProviderState) -> ProviderEvent:
+        if after is _FLEET and not self._keys:
+            return self._fail("not registered: no key of this fleet connection is registered")
+        if len(body) <= ADDRESS_SIZE:
+            return self._fail("SEND without a packet")
+        return PacketSubmitted(body[:ADDRESS_SIZE], body[ADDRESS_SIZE:])
+
+    def _on_ack(self, body: bytes, after: ProviderState) -> ProviderEvent:
+        ids = parse_ack(body)
+        return self._fail(ids) if isinstance(ids, str) else AckReceived(ids)
+
+    def _on_pull(self, body: bytes, after: ProviderState) -> ProviderEvent:
+        return PullRequested() if not body else self._fail("PULL carries no body")
+
+    def _on_pull_for(self, body: bytes, after: ProviderState) -> ProviderEvent:
+        if len(body) != KEY_SIZE:
+            return self._fail(f"PULL_FOR body must be {KEY_SIZE} bytes, got {len(body)}")
+        if body not in self._keys:
+            return FleetClientRefused(body, "not registered on this connection")
+        return PullRequested(body)
+
+    def _on_register(self, body: bytes, after: ProviderState) -> ProviderEvent:
+        return self._register(body)
+
+    def _on_register_fleet(self, body: bytes, after: ProviderState) -> ProviderEvent:
+        if self.state is not after:  # the first fleet REGISTER makes this a fleet connection
+            self.state = after
+            self._fleet = True
+            self.push = not body[-1] & FLAG_NO_PUSH
+        return self._register_fleet(body)
+
+    _ON_MESSAGE: ClassVar[dict[MsgType | Trigger, Callable[..., ProviderEvent]]] = {
+        MsgType.SEND: _on_send,
+        MsgType.ACK: _on_ack,
+        MsgType.PULL: _on_pull,
+        MsgType.PULL_FOR: _on_pull_for,
+        MsgType.REGISTER: _on_register,
+        REGISTER_FLEET: _on_register_fleet,
+    }
 
     def _register(self, body: bytes) -> ProviderEvent:
         if len(body) not in (KEY_SIZE + PROOF_SIZE, KEY_SIZE + PROOF_SIZE + 1):

@@ -2,10 +2,10 @@
 
 Each role's table maps a state to the triggers it allows and the state each leads to. A trigger is
 a message type, whichever direction it travels (every type has one sender), or one of the two
-triggers that are not a message: the magic, and a REGISTER carrying FLAG_FLEET. `transition` is the
-one lookup: a trigger the table does not list raises `TransitionError`. A machine lets that error
-out when its own caller asked for the send, and turns it into a `ProtocolError` event when the
-peer's message was the trigger.
+triggers that are not a message: the magic, and a REGISTER carrying FLAG_FLEET. `allowed` is the
+one lookup (None for a trigger the table does not list); `transition` raises `TransitionError`
+instead. A machine uses `transition` for the sends its own caller asks for (a refusal is a bug
+there) and `allowed` for the peer's messages (a refusal becomes a `ProtocolError` event).
 
     provider:   AWAIT_MAGIC -magic-> HELLO -CHALLENGE-> CHALLENGED -REGISTER-> REGISTERED
                                                                    -REGISTER(fleet)-> FLEET
@@ -35,6 +35,7 @@ __all__ = [
     "ClientState",
     "ProviderState",
     "TransitionError",
+    "allowed",
     "transition",
 ]
 
@@ -51,6 +52,8 @@ REGISTER_FLEET = Trigger.REGISTER_FLEET
 
 
 class ProviderState(Enum):
+    __hash__ = object.__hash__  # members are singletons; the tables are looked up per message
+
     AWAIT_MAGIC = "await magic"
     HELLO = "hello"
     CHALLENGED = "challenged"
@@ -60,6 +63,8 @@ class ProviderState(Enum):
 
 
 class ClientState(Enum):
+    __hash__ = object.__hash__  # members are singletons; the tables are looked up per message
+
     NEW = "new"
     HELLO_SENT = "hello sent"
     CHALLENGED = "challenged"
@@ -170,11 +175,18 @@ FLEET_CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[MsgType | Trigger, Client
 )
 
 
+def allowed(
+    table: Mapping[S, Mapping[MsgType | Trigger, S]], state: S, trigger: MsgType | Trigger
+) -> S | None:
+    """The one lookup: the state `trigger` leads to from `state`, or None if the table forbids it."""
+    return table[state].get(trigger)
+
+
 def transition(
     table: Mapping[S, Mapping[MsgType | Trigger, S]], state: S, trigger: MsgType | Trigger
 ) -> S:
     """The state `trigger` leads to from `state`; `TransitionError` if the table does not allow it."""
-    try:
-        return table[state][trigger]
-    except KeyError:
-        raise TransitionError(state, trigger) from None
+    after = allowed(table, state, trigger)
+    if after is None:
+        raise TransitionError(state, trigger)
+    return after

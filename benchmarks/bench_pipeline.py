@@ -21,7 +21,7 @@ from _pipeline import SinkNet, bare_all_core_rate
 from loopix import sphinx
 from loopix.client.coordinator import Coordinator, Identity, RuntimeOptions
 from loopix.keys import generate_keypair
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 
 
 async def pipeline_rate(seconds: float, identities: int, workers: int) -> tuple[float, dict]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from loopix.sphinx import keypair
 from loopix.testnet.launcher import Testnet
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     ChallengeReceived,
     FleetClientSide,
     KeyRefused,

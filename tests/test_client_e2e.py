@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import msgspec
@@ -17,18 +16,16 @@ import uvloop
 import websockets
 
 from _procs import alive, children_of
+from conftest import make_testnet_fixture, wait_until, wait_until_async
 from loopix import config as cfg
 from loopix.cli import init_client
 from loopix.client.api import Client
 from loopix.testnet.launcher import Testnet
 from loopix.wire.b64 import b64url_encode
 
-
-@pytest.fixture(scope="module")
-def testnet():
-    with Testnet(layers=3, mixnodes_per_layer=1, providers=2, mean_hop_delay_ms=5.0,
-                 presence_interval=1.0) as net:
-        yield net
+testnet = make_testnet_fixture(
+    "testnet", layers=3, mixnodes_per_layer=1, providers=2, mean_hop_delay_ms=5.0, presence_interval=1.0
+)
 
 
 def make_client(home: Path, name: str, net: Testnet, provider: bytes, payload_rate: float = 200.0,
@@ -62,10 +59,7 @@ def test_python_api_delivers_messages_intact(testnet, tmp_path):
             back = alice.subscribe()
             await bob.send_message("héllo alice".encode(), alice.address)
             assert await next_message(back, 30) == "héllo alice".encode()
-            deadline = time.monotonic() + 20
-            while alice.stats.loops_back == 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert alice.stats.loops_back > 0, "no loop came back"
+            await wait_until_async(lambda: alice.stats.loops_back > 0, "a loop to come back", 20)
             assert alice.stats.messages_received == 1 and bob.stats.messages_received == 2
             with pytest.raises(ValueError, match="recipient"):
                 await alice.send_message(b"x", "not-an-address")
@@ -120,8 +114,5 @@ def test_websocket_clients_as_processes(testnet, tmp_path):
                 if proc.poll() is None:
                     proc.kill()
                 proc.stdout.close()
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in kids):
-        assert time.monotonic() < deadline, "a worker or sender outlived its client"
-        time.sleep(0.05)
+    wait_until(lambda: not any(alive(pid) for pid in kids), "the workers and senders to exit with their client")
 

@@ -3,32 +3,23 @@ provider: schedules, trace, shutdown, a killed worker."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 
 import pytest
 import uvloop
 
 from _procs import children_of
+from conftest import wait_until_async
 from loopix import sphinx
 from loopix.client.coordinator import ClientError, Coordinator, Identity, RuntimeOptions
 from loopix.client.schedule import Stream
 from loopix.client.trace import read_trace
 from loopix.keys import generate_keypair
 from loopix.testnet.sink import SinkNet
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 
 FRAME = pp.SEND_OVERHEAD + sphinx.packet_size(2048)
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_streams_trace_and_clean_shutdown(tmp_path):
@@ -43,12 +34,12 @@ def test_streams_trace_and_clean_shutdown(tmp_path):
             await coord.start()
             kids = {c.proc.pid for c in [coord.sender, *coord.workers]}
             assert len(kids) == 3 and kids <= children_of(os.getpid())
-            await wait_for(lambda: sum(coord.stats.sent) >= 300, 30, "300 packets sent")
+            await wait_until_async(lambda: sum(coord.stats.sent) >= 300, "300 packets sent", 30)
             await coord.stop()
             assert not (kids & children_of(os.getpid()))
             records = read_trace(str(trace))  # complete: the sender closed it on exit
             # every traced packet reached the provider (its counter is reported once a second)
-            await wait_for(lambda: net.sink_bytes() >= len(records) * FRAME, 10, "the sink to count them")
+            await wait_until_async(lambda: net.sink_bytes() >= len(records) * FRAME, "the sink to count them", 10)
             assert net.sink_bytes() == len(records) * FRAME
             return coord.stats, records
 
@@ -73,10 +64,11 @@ def test_killed_worker_is_replaced_and_shutdown_stays_clean():
             await coord.start()
             victim = coord.workers[0].proc
             os.kill(victim.pid, signal.SIGKILL)
-            await wait_for(lambda: coord.stats.worker_restarts == 1 and coord.workers[0].proc is not victim,
-                           20, "the worker to be restarted")
+            await wait_until_async(
+                lambda: coord.stats.worker_restarts == 1 and coord.workers[0].proc is not victim,
+                "the worker to be restarted", 20)
             sent = sum(coord.stats.sent)
-            await wait_for(lambda: sum(coord.stats.sent) > sent + 50, 20, "traffic after the restart")
+            await wait_until_async(lambda: sum(coord.stats.sent) > sent + 50, "traffic after the restart", 20)
             kids = {c.proc.pid for c in [coord.sender, *coord.workers]}
             await coord.stop()
             assert not (kids & children_of(os.getpid()))

@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 
+from conftest import wait_until_async
 from loopix.testnet.directory import DirectoryServer
 from loopix.wire.b64 import b64url_encode
 
@@ -63,15 +63,6 @@ READ_ROWS = """JSON.stringify({
 })"""
 
 
-async def wait_until(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 class DevTools:
@@ -156,7 +147,7 @@ async def start_chromium(profile: Path) -> tuple[subprocess.Popen, int]:
         return int(text.split()[0]) if text.strip() else None
 
     try:
-        port = await wait_until(port_known, timeout=60)
+        port = await wait_until_async(port_known, "the browser's debugging port", timeout=60, interval=0.1)
     except BaseException:
         stop_chromium(proc)
         raise
@@ -193,7 +184,7 @@ async def page_socket(port: int) -> str:
             targets = await r.json()
         return next((t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page"), None)
 
-    return await wait_until(page, timeout=30)
+    return await wait_until_async(page, "the dashboard page", timeout=30, interval=0.1)
 
 
 def test_dashboard_shows_nodes_and_live_rates():
@@ -224,7 +215,7 @@ def test_dashboard_shows_nodes_and_live_rates():
                                 return rows
                             return None
 
-                        rows = await wait_until(rows_with_rates, timeout=30)
+                        rows = await wait_until_async(rows_with_rates, "rows with rates", timeout=30, interval=0.1)
                         for host, key, layer in MIXES:
                             assert rows[key]["kind"] == "mix", host
                             assert rows[key]["section"] == f"layer-{layer}", host
@@ -243,7 +234,7 @@ def test_dashboard_shows_nodes_and_live_rates():
                                 for k in ALL_KEYS
                             )
 
-                        await wait_until(rates_followed, timeout=30)
+                        await wait_until_async(rates_followed, "the rates to follow the traffic", timeout=30, interval=0.1)
 
                         # A screenshot right after load must already show the right rates: with
                         # the page's own polls blocked, only what came inside the page can show.
@@ -260,7 +251,7 @@ def test_dashboard_shows_nodes_and_live_rates():
                                 return None
                             return state if state["polls"] >= 1 else None  # its one poll has failed
 
-                        state = await wait_until(loaded_rows, timeout=30)
+                        state = await wait_until_async(loaded_rows, "the page loaded with its polls blocked", timeout=30, interval=0.1)
                         shown = {r["pubkey"]: r for r in state["rows"]}
                         assert set(shown) == ALL_KEYS
                         # Traffic posts node i's counters +50(i+1) sent, +25(i+1) received per tick
@@ -277,6 +268,6 @@ def test_dashboard_shows_nodes_and_live_rates():
         async def chromium_gone():
             return not group_alive(proc.pid)
 
-        await wait_until(chromium_gone, timeout=15)  # killed helpers may take a moment to be reaped
+        await wait_until_async(chromium_gone, "chromium to exit", timeout=15, interval=0.1)  # killed helpers may take a moment to be reaped
 
     asyncio.run(scenario())

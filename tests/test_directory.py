@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from conftest import wait_until_async
 from loopix.testnet.directory import DirectoryServer, MixPresence, Registry
 from loopix.topology import Topology, parse_topology
 from loopix.wire.b64 import b64url_encode
@@ -21,18 +22,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def k64(i: int) -> str:
     return b64url_encode(bytes([i]) * 32)
-
-
-async def wait_until(predicate, timeout=10.0, interval=0.02):
-    """Poll an async predicate until it returns truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 def run(coro_fn, **server_kwargs):
@@ -129,7 +118,7 @@ def test_entries_expire_when_not_refreshed():
             t = await get_topology(http)
             return [n.host for n in t.mix_nodes] == ["127.0.0.1:9001"] and not t.providers
 
-        await wait_until(only_kept_left, timeout=10)
+        await wait_until_async(only_kept_left, "only the live node left", timeout=10, interval=0.02)
         # And a node that comes back reappears.
         await post(http, "/api/presence/mixnodes", gone)
         assert len((await get_topology(http)).mix_nodes) == 2

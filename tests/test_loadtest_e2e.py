@@ -13,17 +13,14 @@ import threading
 import pytest
 import uvloop
 
+from conftest import make_testnet_fixture
 from loopix.cli import init_client
 from loopix.loadtest.run import LoadTestOptions, run_loadtest
 from loopix.loadtest.thresholds import EXIT_THRESHOLD_VIOLATED
-from loopix.testnet.launcher import Testnet
 
-
-@pytest.fixture(scope="module")
-def testnet():
-    with Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0,
-                 presence_interval=1.0) as net:
-        yield net
+testnet = make_testnet_fixture(
+    "testnet", layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0, presence_interval=1.0
+)
 
 
 def options(**kw) -> LoadTestOptions:

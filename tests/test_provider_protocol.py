@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loopix.sphinx import keypair
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     FLAG_FLEET,
     FLAG_NO_PUSH,
     MAGIC,

@@ -12,16 +12,16 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from conftest import DEADLINE, make_testnet_fixture, wait_until
 from loopix.sphinx import Hop, build_packet, keypair
 from loopix.testnet.launcher import Testnet
 from loopix.wire.address import encode_node_address
 from loopix.wire.framing import encode_frame
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     ChallengeReceived,
     ClientSide,
     Delivered,
@@ -31,31 +31,17 @@ from loopix.wire.provider_protocol import (
 
 PRESENCE = 0.5
 EXPIRY = 1.5
-DEADLINE = 10.0
 
 
-@pytest.fixture(scope="module")
-def net():
-    with Testnet(
-        layers=3,
-        mixnodes_per_layer=1,
-        providers=2,
-        presence_interval=PRESENCE,
-        expiry=EXPIRY,
-        metrics_interval=0.2,
-    ) as testnet:
-        yield testnet
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+net = make_testnet_fixture(
+    "net",
+    layers=3,
+    mixnodes_per_layer=1,
+    providers=2,
+    presence_interval=PRESENCE,
+    expiry=EXPIRY,
+    metrics_interval=0.2,
+)
 
 
 def counter(net: Testnet, name: str, key: str, sub: str | None = None) -> int:
@@ -179,7 +165,7 @@ def test_packet_through_three_mixnodes_pushed_and_pulled(net):
             await c.close()
 
     asyncio.run(main())
-    assert wait_for(lambda: counter(net, "provider-1", "stored") >= 2, "stored counter")
+    assert wait_until(lambda: counter(net, "provider-1", "stored") >= 2, "stored counter")
 
 
 def test_replayed_packet_is_dropped(net):
@@ -192,7 +178,7 @@ def test_replayed_packet_is_dropped(net):
         send_raw(net, "mix-1-1", packet)
         send_raw(net, "mix-1-1", packet)
         assert (await client.expect(Delivered)).message == b"once"
-        wait_for(
+        wait_until(
             lambda: counter(net, "mix-1-1", "dropped", "replay") > before, "replay drop counted"
         )
         with pytest.raises(TimeoutError):
@@ -215,7 +201,7 @@ def test_corrupt_frame_closes_only_that_connection(net):
             assert bad.recv(10) == b""  # the node closed it
             good.sendall(encode_frame(packet_for(net, "provider-2", pk, b"still flowing")))
             assert (await client.expect(Delivered)).message == b"still flowing"
-        wait_for(
+        wait_until(
             lambda: counter(net, "mix-1-1", "dropped", "corrupt_frame") > before, "corrupt count"
         )
         await client.close()
@@ -249,7 +235,7 @@ def test_dead_next_hop_does_not_stall(net):
     def dead_drops() -> int:
         return sum(counter(net, "mix-1-1", "dropped", r) for r in ("connect_failed", "peer_down"))
 
-    assert wait_for(lambda: dead_drops() >= len(doomed), "drops for the dead hop")
+    assert wait_until(lambda: dead_drops() >= len(doomed), "drops for the dead hop")
 
 
 def test_provider_restart_keeps_undelivered_messages(net):
@@ -262,7 +248,7 @@ def test_provider_restart_keeps_undelivered_messages(net):
     asyncio.run(register_and_leave())
     stored = counter(net, "provider-2", "stored")
     send_raw(net, "mix-1-1", packet_for(net, "provider-2", pk, b"survives a restart"))
-    wait_for(lambda: counter(net, "provider-2", "stored") > stored, "message stored")
+    wait_until(lambda: counter(net, "provider-2", "stored") > stored, "message stored")
     net.restart("provider-2")
 
     async def come_back():
@@ -328,7 +314,7 @@ def test_foreground_launcher_stops_every_process(tmp_path, sig):
         assert (tmp_path / "testnet" / "testnet.json").exists()
         proc.send_signal(sig)
         assert proc.wait(15) == (130 if sig == signal.SIGINT else 0)  # Ctrl-C: 130, as a shell reports it
-        wait_for(lambda: not any(_alive(c) for c in children), "children gone", 5)
+        wait_until(lambda: not any(_alive(c) for c in children), "children gone", 5)
         assert not (tmp_path / "testnet" / "testnet.json").exists()  # init must not aim at a stopped testnet
     finally:
         if proc.poll() is None:

@@ -303,3 +303,19 @@ def test_invalid_utf8_inside_a_string_is_a_topology_error():
     """Found by the fuzzer: msgspec raises UnicodeDecodeError there, not a DecodeError."""
     with pytest.raises(TopologyError):
         parse_topology(b'{"mixNodes": [{"host": "\xff\xfe", "pubKey": "x", "layer": 1}]}')
+
+
+def test_worker_routes_are_topology_routes():
+    """One implementation of route choice: the worker's routes and `choose_route` draw the same
+    mixnodes from the same random stream."""
+    from loopix.client.coordinator import topology_update
+    from loopix.client.worker import Routes
+
+    topo = parse_topology(orjson.dumps(V004))
+    routes = Routes(topology_update(topo), random.Random(11))
+    rng = random.Random(11)
+    for _ in range(50):
+        expected = [n.pub_key for n in topo.choose_route(rng, key(9))[:-1]]
+        assert [m.public_key for m in routes.mixes()] == expected
+    gap = Topology([MixNode("1.2.3.4:1", key(1), 1), MixNode("1.2.3.4:3", key(3), 3)], topo.providers)
+    assert not Routes(topology_update(gap), random.Random()).usable

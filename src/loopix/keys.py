@@ -19,6 +19,7 @@ from pathlib import Path
 from nacl.bindings import crypto_scalarmult_base
 
 from loopix.fileio import write_private_file
+from loopix.sphinx.constants import KEY_SIZE
 
 __all__ = [
     "KEY_SIZE",
@@ -42,7 +43,6 @@ __all__ = [
     "write_public_key",
 ]
 
-KEY_SIZE = 32
 PEM_PRIVATE = "SPHINX CURVE25519 PRIVATE KEY"
 PEM_PUBLIC = "SPHINX CURVE25519 PUBLIC KEY"
 PRIVATE_KEY_FILE = "private_key.pem"

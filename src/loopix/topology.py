@@ -8,28 +8,30 @@ hosts are "ip:port" IP literals (they must fit a Sphinx node address), layers ar
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from loopix.sphinx.constants import KEY_SIZE
 from loopix.wire.address import AddressError, encode_node_address, format_host, parse_host
 from loopix.wire.b64 import B64Error, b64url_decode, b64url_encode
 
 __all__ = [
-    "KEY_LENGTH",
     "MixNode",
     "Node",
     "Provider",
     "Topology",
     "TopologyError",
+    "choose_mixes",
     "decode_key",
     "encode_topology",
     "parse_host",
     "parse_topology",
+    "route_layers",
 ]
 
-KEY_LENGTH = 32
 
 
 class TopologyError(ValueError):
@@ -38,6 +40,35 @@ class TopologyError(ValueError):
 
 class _Choice(Protocol):
     def choice(self, seq: Sequence[Any], /) -> Any: ...
+
+
+N = TypeVar("N")
+
+
+def route_layers(nodes: Iterable[N], layer_of: Callable[[N], int]) -> tuple[tuple[N, ...], ...] | str:
+    """Mixnodes grouped into layers 1..L, in layer order, for route choice; or, as text, why they
+    cannot carry a route (no mixnodes, or a layer missing between 1 and the highest)."""
+    layers: dict[int, list[N]] = {}
+    for node in nodes:
+        layers.setdefault(layer_of(node), []).append(node)
+    if not layers:
+        return "the topology has no mixnodes"
+    top = max(layers)
+    missing = [n for n in range(1, top + 1) if n not in layers]
+    if missing:
+        names = ", ".join(str(n) for n in missing)
+        return f"mix layers must be contiguous from 1 to {top}; layer(s) {names} are empty"
+    return tuple(tuple(layers[n]) for n in range(1, top + 1))
+
+
+def choose_mixes(layers: Sequence[Sequence[N]], rng: _Choice) -> list[N]:
+    """Route choice, the one implementation: one mixnode drawn from each layer, in layer order.
+    The caller appends the last hop (the recipient's provider, or any provider for drop cover).
+
+    Routes are what an observer links messages by: outside tests `rng` must be a cryptographic
+    RNG. `rng` needs only `.choice`."""
+    choice = rng.choice
+    return [choice(layer) for layer in layers]
 
 
 class _Node(msgspec.Struct, dict=True):
@@ -83,6 +114,7 @@ class Provider(_Node):
 
 
 Node = MixNode | Provider
+_layer_of = attrgetter("layer")
 
 
 class Topology(msgspec.Struct, frozen=True, dict=True):
@@ -100,15 +132,7 @@ class Topology(msgspec.Struct, frozen=True, dict=True):
 
     @functools.cached_property
     def _route_layers(self) -> tuple[tuple[MixNode, ...], ...] | str:
-        layers = self.layers()
-        if not layers:
-            return "the topology has no mixnodes"
-        top = max(layers)
-        missing = [n for n in range(1, top + 1) if n not in layers]
-        if missing:
-            names = ", ".join(str(n) for n in missing)
-            return f"mix layers must be contiguous from 1 to {top}; layer(s) {names} are empty"
-        return tuple(tuple(layers[n]) for n in range(1, top + 1))
+        return route_layers(self.mix_nodes, _layer_of)
 
     @property
     def num_layers(self) -> int:
@@ -157,8 +181,7 @@ class Topology(msgspec.Struct, frozen=True, dict=True):
                 )
                 raise TopologyError(f"provider {shown} is not in the topology")
             recipient_provider = found
-        route: list[Node] = [rng.choice(layer) for layer in self._checked_layers()]
-        route.append(recipient_provider)
+        route: list[Node] = [*choose_mixes(self._checked_layers(), rng), recipient_provider]
         return route
 
 
@@ -223,9 +246,9 @@ def decode_key(text: object, what: str) -> bytes:
         key = b64url_decode(text)
     except B64Error as exc:
         raise TopologyError(f"{what}: pubKey {text!r} is not base64url: {exc}") from None
-    if len(key) != KEY_LENGTH:
+    if len(key) != KEY_SIZE:
         raise TopologyError(
-            f"{what}: pubKey {text!r} decodes to {len(key)} bytes, expected {KEY_LENGTH}"
+            f"{what}: pubKey {text!r} decodes to {len(key)} bytes, expected {KEY_SIZE}"
         )
     return key
 

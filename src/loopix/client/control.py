@@ -13,6 +13,8 @@ import struct
 
 import msgspec
 
+from loopix.wire.frames import LengthPrefixedReader
+
 _LEN = struct.Struct(">I")
 MAX_CONTROL_MESSAGE = 64 * 2**20
 
@@ -174,23 +176,18 @@ def encode(msg) -> bytes:
 
 
 class ControlDecoder:
-    """Incremental decoder for a stream of control frames."""
+    """Incremental decoder for a stream of control frames (the shared length-prefixed reader).
+
+    Both ends are our own processes, so a bad frame is a bug: it raises instead of being handled."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._reader = LengthPrefixedReader(_LEN.size, MAX_CONTROL_MESSAGE)
 
     def feed(self, data: bytes) -> list:
-        self._buf += data
-        out = []
-        while len(self._buf) >= 4:
-            (n,) = _LEN.unpack_from(self._buf)
-            if n > MAX_CONTROL_MESSAGE:
-                raise ValueError(f"control message of {n} bytes is too large")
-            if len(self._buf) < 4 + n:
-                break
-            out.append(_decoder.decode(bytes(self._buf[4 : 4 + n])))
-            del self._buf[: 4 + n]
-        return out
+        frames, error = self._reader.feed(data)
+        if error is not None:
+            raise ValueError(f"control channel: {error}")
+        return [_decoder.decode(frame) for frame in frames]
 
 
 class ControlChannel:

@@ -19,7 +19,6 @@ import itertools
 import logging
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ import msgspec
 from loopix import sphinx
 from loopix.keys import KeyPair
 from loopix.topology import Topology, TopologyError, parse_topology
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 from loopix.wire.b64 import b64url_encode
 
 from . import control
@@ -201,6 +200,10 @@ class Coordinator:
         self.stats_listeners: list = []  # called with (Stats, SenderStats) once a second
         self.message_listeners: list = []  # called with (identity, message bytes)
         self.fatal: str | None = None
+        self.topology_version = 0
+        """How many new topologies the refresh has handed to the workers."""
+        self.topology_refresh_failures = 0
+        """How many refreshes kept the last good topology (directory unreachable or empty)."""
         self.running = False
         self.on_waiting = None  # called once with a line for the user while the directory is not there
         self._worker_stats: dict[int, control.WorkerStats] = {}
@@ -315,7 +318,7 @@ class Coordinator:
             start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
             provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
             topology=topology_update(self.topology),
-            wire_header=struct.pack(">IB", 1 + 32 + self.packet_size, pp.MsgType.SEND),
+            wire_header=pp.send_header(self.packet_size),
             paused=self._paused,
             first=first, step=step, share=1.0 if partitioned else 1.0 / self.n_workers,
         )
@@ -436,10 +439,12 @@ class Coordinator:
                 topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
             except ClientError as e:
                 log.warning("topology refresh failed, keeping the last good one: %s", e)
+                self.topology_refresh_failures += 1
                 continue
             if not topo.mix_nodes or not topo.providers:
                 log.warning("the directory lists no %s; keeping the last good topology",
                             "mixnodes" if not topo.mix_nodes else "providers")
+                self.topology_refresh_failures += 1
                 continue
             if topo != self.topology:
                 self.topology = topo
@@ -447,6 +452,7 @@ class Coordinator:
                 for child in self.workers:
                     if child is not None and child.chan is not None:
                         child.chan.send(update)
+                self.topology_version += 1
 
     # -- messages --
     def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes) -> int:

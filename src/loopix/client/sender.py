@@ -27,7 +27,7 @@ import time
 
 import uvloop
 
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 
 from . import control
 from .messages import LoopCodec
@@ -53,19 +53,18 @@ STATS_INTERVAL_S = 1.0
 class ProviderLink(asyncio.Protocol):
     """The persistent, registered connection to one provider (reconnects on loss).
 
-    One identity: the plain protocol, as any Loopix client speaks it. Several: a fleet connection
-    that registers them all and demultiplexes what the provider pushes by recipient key, so a
-    fleet of thousands costs one socket per provider, not one per identity.
+    It is always a fleet connection, whatever the number of identities (one is a fleet of one):
+    it registers them all and demultiplexes what the provider pushes by recipient key, so a fleet
+    of thousands costs one socket per provider, not one per identity.
     """
 
-    def __init__(self, sender: Sender, members: list[int], endpoint: control.ProviderEndpoint, fleet: bool):
+    def __init__(self, sender: Sender, members: list[int], endpoint: control.ProviderEndpoint):
         self.sender = sender
         self.members = members
         self.endpoint = endpoint
-        self.fleet = fleet
-        self.index_of = {sender.identities[i].public_key: i for i in members} if fleet else {}
+        self.index_of = {sender.identities[i].public_key: i for i in members}
         self.transport: asyncio.Transport | None = None
-        self.proto = None
+        self.proto: pp.FleetClientSide | None = None
         self.backoff = 0.2
         self.closing = False
         self.refusals_logged = 0
@@ -87,12 +86,7 @@ class ProviderLink(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        push = self.sender.setup.push
-        if self.fleet:
-            self.proto = pp.FleetClientSide(self.endpoint.key, push=push)
-        else:
-            me = self.sender.identities[self.members[0]]
-            self.proto = pp.ClientSide(me.secret_key, self.endpoint.key, push=push)
+        self.proto = pp.FleetClientSide(self.endpoint.key, push=self.sender.setup.push)
         transport.write(self.proto.send_hello())
 
     def _set_ready(self, identity: int, ready: bool) -> None:
@@ -104,46 +98,40 @@ class ProviderLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         proto, sender = self.proto, self.sender
         acks: list[int] = []
-        single = None if self.fleet else self.members[0]
         for ev in proto.receive_data(data):
-            if isinstance(ev, pp.Delivered):
-                identity = single if single is not None else self.index_of.get(ev.client_key)
-                if identity is not None:
-                    sender.on_message(identity, ev.message)
-                acks.append(ev.id)
-            elif isinstance(ev, pp.PullResult):
-                identity = single if single is not None else self.index_of.get(ev.client_key)
-                for m in ev.messages:
+            match ev:
+                case pp.Delivered(id=message_id, message=message, client_key=key):
+                    identity = self.index_of.get(key)
                     if identity is not None:
-                        sender.on_message(identity, m.message)
-                    acks.append(m.id)
-            elif isinstance(ev, pp.ChallengeReceived):
-                if self.fleet:
+                        sender.on_message(identity, message)
+                    acks.append(message_id)
+                case pp.PullResult(messages=messages, client_key=key):
+                    identity = self.index_of.get(key)
+                    for m in messages:
+                        if identity is not None:
+                            sender.on_message(identity, m.message)
+                        acks.append(m.id)
+                case pp.ChallengeReceived():
                     ids = sender.identities
                     self.transport.write(proto.send_register_many(
                         (ids[i].secret_key, ids[i].public_key) for i in self.members))
-                else:
-                    self.transport.write(proto.send_register())
-            elif isinstance(ev, pp.RegistrationAccepted):
-                self._set_ready(single, True)
-                self.backoff = 0.2
-            elif isinstance(ev, pp.KeyRegistered):
-                identity = self.index_of.get(ev.client_key)
-                if identity is not None:
-                    self._set_ready(identity, True)
-                self.backoff = 0.2
-            elif isinstance(ev, pp.KeyRefused):
-                identity = self.index_of.get(ev.client_key)
-                if identity is not None:
-                    self._set_ready(identity, False)
-                if self.refusals_logged < 5:
-                    self.refusals_logged += 1
-                    log.warning("provider refused identity %s: %s", identity, ev.reason)
-            elif isinstance(ev, pp.ProviderError | pp.ProtocolError):
-                text = getattr(ev, "message", None) or getattr(ev, "reason", "")
-                log.warning("provider %s:%d closed the session: %s", self.endpoint.host, self.endpoint.port, text)
-                self.transport.close()
-                return
+                case pp.KeyRegistered(client_key=key):
+                    identity = self.index_of.get(key)
+                    if identity is not None:
+                        self._set_ready(identity, True)
+                    self.backoff = 0.2
+                case pp.KeyRefused(client_key=key, reason=reason):
+                    identity = self.index_of.get(key)
+                    if identity is not None:
+                        self._set_ready(identity, False)
+                    if self.refusals_logged < 5:
+                        self.refusals_logged += 1
+                        log.warning("provider refused identity %s: %s", identity, reason)
+                case pp.ProviderError(reason=reason) | pp.ProtocolError(reason=reason):
+                    log.warning("provider %s:%d closed the session: %s",
+                                self.endpoint.host, self.endpoint.port, reason)
+                    self.transport.close()
+                    return
         if acks and not proto.closed:
             # the fragments reach the coordinator (one local socket, in order) before the provider
             # may delete them
@@ -153,10 +141,7 @@ class ProviderLink(asyncio.Protocol):
     def pull(self, identity: int) -> None:
         if self.transport is None or self.proto is None or not self.sender.ready[identity]:
             return
-        if self.fleet:
-            self.transport.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
-        else:
-            self.transport.write(self.proto.send_pull())
+        self.transport.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
 
     def connection_lost(self, exc) -> None:
         for i in self.members:
@@ -183,11 +168,10 @@ class Sender:
         self.rings = [Ring.attach(fd) for fd in setup.ring_fds]
         self.identities = setup.identities
         self.ready = bytearray(len(self.identities))  # registered and connected, per identity
-        fleet = len(self.identities) > 1
         members: dict[int, list[int]] = {}
         for i, ident in enumerate(self.identities):
             members.setdefault(ident.provider, []).append(i)
-        self.links = [ProviderLink(self, m, setup.providers[p], fleet) for p, m in members.items()]
+        self.links = [ProviderLink(self, m, setup.providers[p]) for p, m in members.items()]
         self.link_of: list[ProviderLink] = [None] * len(self.identities)  # type: ignore[list-item]
         for link in self.links:
             for i in link.members:

@@ -14,29 +14,30 @@ import random
 import socket
 import sys
 import time
+from operator import attrgetter
 
 from loopix import sphinx
+from loopix.topology import choose_mixes, route_layers
 
 from . import control
 from .messages import LoopCodec, drop_payload
 from .profiling import run_profiled
-from .ring import Ring
+from .ring import SLOT_META_SIZE, Ring
 from .schedule import PoissonClock, Stream, StreamRates
 
 _PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
-ZERO_DESTINATION = bytes(32)  # providers discard final messages to this address: drop cover
+_layer_of = attrgetter("layer")
 STATS_INTERVAL_S = 1.0
 
 
 class Routes:
-    """Route choice over the current topology: one random mixnode per layer, then a provider."""
+    """The current topology as the builder needs it; routes come from topology.choose_mixes (one
+    random mixnode per layer), then a provider."""
 
     def __init__(self, topo: control.TopologyUpdate, rng: random.Random):
         self.rng = rng
-        layers: dict[int, list[control.MixNodeInfo]] = {}
-        for node in topo.mixnodes:
-            layers.setdefault(node.layer, []).append(node)
-        self.layers = [layers[k] for k in sorted(layers)]
+        layers = route_layers(topo.mixnodes, _layer_of)
+        self.layers = () if isinstance(layers, str) else layers  # no route through a broken topology
         # public key ‖ address of every node, in the layout of the C hop record
         self.hop_bytes = {n.public_key: n.public_key + n.address for n in topo.mixnodes}
         self.hop_bytes.update({p.public_key: p.public_key + p.address for p in topo.providers})
@@ -45,8 +46,7 @@ class Routes:
         self.usable = bool(self.layers) and bool(self.provider_list)
 
     def mixes(self) -> list[control.MixNodeInfo]:
-        choice = self.rng.choice
-        return [choice(layer) for layer in self.layers]
+        return choose_mixes(self.layers, self.rng)
 
 
 class Worker:
@@ -66,9 +66,9 @@ class Worker:
         self.payload_size = setup.payload_size
         self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
         self.wire_header = setup.wire_header
-        self.prefix_len = len(self.wire_header) + 32
+        self.prefix_len = len(self.wire_header) + sphinx.NODE_ADDRESS_SIZE  # SEND header, first hop
         self.wire_len = self.prefix_len + self.builder.packet_size
-        if ring.slot_size < self.wire_len + 32:
+        if ring.slot_size < self.wire_len + SLOT_META_SIZE:
             raise ValueError("ring slots too small for this packet size")
         # Either this worker owns some identities outright (a fleet: an identity's fragments then
         # wait for its own payload slots, 1/λP on average) or it runs 1/W of every identity's rates
@@ -144,7 +144,7 @@ class Worker:
                 payload = self.loops.encode(identity, self.seq, self._event_ns, self.payload_size)
             else:
                 provider = self.rng.choice(routes.provider_list)
-                destination = ZERO_DESTINATION
+                destination = sphinx.DROP_COVER_DESTINATION
                 payload = self.drop
         mixes = routes.mixes()
         hop_bytes = routes.hop_bytes

@@ -18,12 +18,6 @@ import functools
 import struct
 
 from ._common import (
-    HEADER_SIZE,
-    MAX_PATH_LENGTH,
-    PACKET_SIZES,
-    PAYLOAD_OVERHEAD,
-    PAYLOAD_SIZE_FOR_PACKET,
-    PAYLOAD_SIZES,
     Final,
     Forward,
     HeaderError,
@@ -33,16 +27,32 @@ from ._common import (
     PacketSizeError,
     ParameterError,
     PayloadError,
+    Rejected,
     SphinxError,
     check_build_args,
     check_packet_length,
     packet_size,
 )
 from ._sphinx_c import ffi, lib
+from .constants import (
+    DROP_COVER_DESTINATION,
+    HEADER_SIZE,
+    IDENTIFIER_SIZE,
+    KEY_SIZE,
+    MAX_PATH_LENGTH,
+    NODE_ADDRESS_SIZE,
+    PACKET_SIZES,
+    PAYLOAD_OVERHEAD,
+    PAYLOAD_SIZE_FOR_PACKET,
+    PAYLOAD_SIZES,
+)
 
 __all__ = [
+    "DROP_COVER_DESTINATION",
     "HEADER_SIZE",
+    "KEY_SIZE",
     "MAX_PATH_LENGTH",
+    "NODE_ADDRESS_SIZE",
     "PACKET_SIZES",
     "PAYLOAD_OVERHEAD",
     "PAYLOAD_SIZES",
@@ -59,6 +69,7 @@ __all__ = [
     "ParameterError",
     "PayloadError",
     "PublicKeyError",
+    "Rejected",
     "SphinxError",
     "build_packet",
     "check_public_key",
@@ -68,46 +79,73 @@ __all__ = [
     "validate_node_key",
 ]
 
-_SPEC_HEAD = struct.Struct("=IIQ")
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
-_HOP_SIZE = ffi.sizeof("lx_hop")
-_ZERO16 = bytes(16)
+_ZERO_IDENTIFIER = bytes(IDENTIFIER_SIZE)
+
+
+class _SpecLayout:
+    """Byte offsets inside `lx_packet_spec`, from cffi (the compiler's layout, not restated)."""
+
+    size = ffi.sizeof("lx_packet_spec")
+    n_hops = ffi.offsetof("lx_packet_spec", "n_hops")
+    message_len = ffi.offsetof("lx_packet_spec", "message_len")
+    message_offset = ffi.offsetof("lx_packet_spec", "message_offset")
+    hops = ffi.offsetof("lx_packet_spec", "hops")
+    destination = ffi.offsetof("lx_packet_spec", "destination")
+    identifier = ffi.offsetof("lx_packet_spec", "identifier")
+    use_ephemeral_secret = ffi.offsetof("lx_packet_spec", "use_ephemeral_secret")
+    hop_size = ffi.sizeof("lx_hop")
+    hop_key = ffi.offsetof("lx_hop", "public_key")
+    hop_address = ffi.offsetof("lx_hop", "address")
+    hop_delay = ffi.offsetof("lx_hop", "delay_ns")
+    # set_packet_fast writes a hop's key and address as one precomputed run of bytes
+    hop_key_and_address = 2 * KEY_SIZE
+    assert hop_key == 0 and hop_address == KEY_SIZE and ffi.sizeof("uint32_t") == _U32.size
+
+
+HOP_BYTES = _SpecLayout.hop_key_and_address
+"""Length of the `public key ‖ address` run `set_packet_fast` takes per hop."""
 
 if lib.lx_init() != 0:  # pragma: no cover - libsodium refuses only on a broken system
     raise ImportError("libsodium failed to initialise")
 
+# C status code -> (exception, message, the reason a node counts the drop under)
 _ERRORS = {
-    lib.LX_ERR_PARAM: (ParameterError, "bad parameters"),
-    lib.LX_ERR_SIZE: (PacketSizeError, "packet length is none of the Nym sizes"),
-    lib.LX_ERR_KEY: (InvalidKeyError, "X25519 gave the all-zero point (low-order key or alpha)"),
-    lib.LX_ERR_MAC: (MacError, "header MAC mismatch (wrong key or tampered header)"),
-    lib.LX_ERR_HEADER: (HeaderError, "unknown routing flag or unsupported header version"),
-    lib.LX_ERR_PAYLOAD: (PayloadError, "payload integrity check failed (tampered body or wrong route)"),
-    lib.LX_ERR_CRYPTO: (SphinxError, "the crypto library failed"),
+    lib.LX_ERR_PARAM: (ParameterError, "bad parameters", "sphinx_error"),
+    lib.LX_ERR_SIZE: (PacketSizeError, "packet length is none of the Nym sizes", "bad_size"),
+    lib.LX_ERR_KEY: (InvalidKeyError, "X25519 gave the all-zero point (low-order key or alpha)", "bad_key"),
+    lib.LX_ERR_MAC: (MacError, "header MAC mismatch (wrong key or tampered header)", "bad_mac"),
+    lib.LX_ERR_HEADER: (HeaderError, "unknown routing flag or unsupported header version", "bad_header"),
+    lib.LX_ERR_PAYLOAD: (
+        PayloadError, "payload integrity check failed (tampered body or wrong route)", "bad_payload"
+    ),
+    lib.LX_ERR_CRYPTO: (SphinxError, "the crypto library failed", "sphinx_error"),
 }
+_REJECTED = {code: Rejected(reason) for code, (_, _, reason) in _ERRORS.items()}
+_REJECTED_OTHER = Rejected("sphinx_error")
 
 
 def error_for(code: int) -> SphinxError:
     """The exception for a C status code."""
-    cls, text = _ERRORS.get(code, (SphinxError, f"unknown error {code}"))
+    cls, text, _ = _ERRORS.get(code, (SphinxError, f"unknown error {code}", ""))
     return cls(text)
 
 
 def keypair() -> tuple[bytes, bytes]:
     """A fresh X25519 (secret, public) pair from the OS CSPRNG."""
-    secret = ffi.new("unsigned char[32]")
-    public = ffi.new("unsigned char[32]")
-    lib.randombytes_buf(secret, 32)
+    secret = ffi.new("unsigned char[]", KEY_SIZE)
+    public = ffi.new("unsigned char[]", KEY_SIZE)
+    lib.randombytes_buf(secret, KEY_SIZE)
     lib.crypto_scalarmult_base(public, secret)
     return bytes(secret), bytes(public)
 
 
 def public_key(secret: bytes) -> bytes:
     """The X25519 public key of a (clamped) secret."""
-    if len(secret) != 32:
-        raise InvalidKeyError(f"secret key must be 32 bytes, got {len(secret)}")
-    out = ffi.new("unsigned char[32]")
+    if len(secret) != KEY_SIZE:
+        raise InvalidKeyError(f"secret key must be {KEY_SIZE} bytes, got {len(secret)}")
+    out = ffi.new("unsigned char[]", KEY_SIZE)
     lib.crypto_scalarmult_base(out, secret)
     return bytes(out)
 
@@ -130,7 +168,7 @@ def check_public_key(pk: bytes) -> bool:
     identity), as every key made by `keypair` is. The build derives each hop's secret with one
     multiplication by a product of scalars mod l, which equals the crate's fold only for such keys."""
     pk = bytes(pk)
-    return len(pk) == 32 and lib.lx_check_public_key(pk) == 1
+    return len(pk) == KEY_SIZE and lib.lx_check_public_key(pk) == 1
 
 
 @functools.lru_cache(maxsize=4096)
@@ -142,7 +180,7 @@ def validate_node_key(name: str, pk: bytes) -> bytes:
     """`pk` as bytes if it is a usable node key; otherwise `PublicKeyError` naming the node. Call it
     once per node when a topology is loaded."""
     pk = bytes(pk)
-    if len(pk) != 32 or not _key_ok(pk):
+    if len(pk) != KEY_SIZE or not _key_ok(pk):
         raise PublicKeyError(name, pk)
     return pk
 
@@ -160,15 +198,15 @@ def fill_spec(spec, route, destination, identifier, delays_ns, message_len, ephe
     spec.message_len = message_len
     for i, hop in enumerate(route):
         h = spec.hops[i]
-        ffi.memmove(h.public_key, hop.public_key, 32)
-        ffi.memmove(h.address, hop.address, 32)
+        ffi.memmove(h.public_key, hop.public_key, len(h.public_key))
+        ffi.memmove(h.address, hop.address, len(h.address))
         h.delay_ns = delays_ns[i]
-    ffi.memmove(spec.destination, destination, 32)
-    ffi.memmove(spec.identifier, identifier, 16)
+    ffi.memmove(spec.destination, destination, len(spec.destination))
+    ffi.memmove(spec.identifier, identifier, len(spec.identifier))
     if ephemeral_secret is None:
         spec.use_ephemeral_secret = 0
     else:
-        ffi.memmove(spec.ephemeral_secret, ephemeral_secret, 32)
+        ffi.memmove(spec.ephemeral_secret, ephemeral_secret, len(spec.ephemeral_secret))
         spec.use_ephemeral_secret = 1
 
 
@@ -177,7 +215,7 @@ def build_packet(
     destination: bytes,
     message: bytes,
     delays_ns,
-    identifier: bytes = bytes(16),
+    identifier: bytes = _ZERO_IDENTIFIER,
     payload_size: int = 2048,
     ephemeral_secret: bytes | None = None,
 ) -> bytes:
@@ -200,8 +238,8 @@ def build_packet(
 def process_packet(secret: bytes, packet: bytes) -> Forward | Final:
     """Unwrap one layer with a node's secret key: `Forward` to the next hop or `Final` for the last."""
     n = check_packet_length(packet)
-    if len(secret) != 32:
-        raise InvalidKeyError(f"secret key must be 32 bytes, got {len(secret)}")
+    if len(secret) != KEY_SIZE:
+        raise InvalidKeyError(f"secret key must be {KEY_SIZE} bytes, got {len(secret)}")
     out = bytearray(n)
     res = ffi.new("lx_processed *")
     rc = lib.lx_process_packet(secret, ffi.from_buffer(packet), n, ffi.from_buffer(out), n, res)
@@ -235,13 +273,8 @@ class PacketBuilder:
         self.messages = bytearray(message_arena or capacity * payload_size)
         self._messages_c = ffi.from_buffer(self.messages)
         self._spec_view = memoryview(ffi.buffer(self.specs))
-        self._spec_size = ffi.sizeof("lx_packet_spec")
-        self._hops_at = ffi.offsetof("lx_packet_spec", "hops")
-        self._dest_at = ffi.offsetof("lx_packet_spec", "destination")
-        self._ident_at = ffi.offsetof("lx_packet_spec", "identifier")
-        self._use_eph_at = ffi.offsetof("lx_packet_spec", "use_ephemeral_secret")
 
-    def set_packet(self, i, route, destination, message, delays_ns, identifier=bytes(16),
+    def set_packet(self, i, route, destination, message, delays_ns, identifier=_ZERO_IDENTIFIER,
                    ephemeral_secret=None, message_offset: int | None = None) -> None:
         """Convenience for one slot: validates, copies the message into the arena at slot i."""
         check_build_args(route, destination, message, delays_ns, identifier, self.payload_size, ephemeral_secret)
@@ -256,19 +289,25 @@ class PacketBuilder:
 
     def set_packet_fast(self, i: int, hops: list[bytes], delays_ns: list[int], destination: bytes,
                         message_len: int, message_offset: int) -> None:
-        """The workers' path: no validation, no cffi attribute access. `hops[k]` is the 64 bytes
+        """The workers' path: no validation, no cffi attribute access. `hops[k]` is the `HOP_BYTES`
         public key ‖ address of hop k (precomputed per node), the message is already in the arena
-        at message_offset, and the identifier is zero. A bad spec fails in C with a status code."""
-        view, base = self._spec_view, i * self._spec_size
-        _SPEC_HEAD.pack_into(view, base, len(hops), message_len, message_offset)
-        at = base + self._hops_at
+        at message_offset, and the identifier is zero. A bad spec fails in C with a status code.
+        Writes the same bytes as `set_packet` (tests/test_sphinx_layout.py checks it)."""
+        lay, view = _SpecLayout, self._spec_view
+        base = i * lay.size
+        _U32.pack_into(view, base + lay.n_hops, len(hops))
+        _U32.pack_into(view, base + lay.message_len, message_len)
+        _U64.pack_into(view, base + lay.message_offset, message_offset)
+        at = base + lay.hops
         for hop, delay in zip(hops, delays_ns, strict=True):
-            view[at : at + 64] = hop
-            _U64.pack_into(view, at + 64, delay)
-            at += _HOP_SIZE
-        view[base + self._dest_at : base + self._dest_at + 32] = destination
-        view[base + self._ident_at : base + self._ident_at + 16] = _ZERO16
-        _U32.pack_into(view, base + self._use_eph_at, 0)
+            view[at : at + lay.hop_key_and_address] = hop
+            _U64.pack_into(view, at + lay.hop_delay, delay)
+            at += lay.hop_size
+        dest = base + lay.destination
+        view[dest : dest + len(destination)] = destination
+        ident = base + lay.identifier
+        view[ident : ident + IDENTIFIER_SIZE] = _ZERO_IDENTIFIER
+        _U32.pack_into(view, base + lay.use_ephemeral_secret, 0)
 
     def build(self, count: int, out, stride: int | None = None) -> int:
         """Build specs[0:count] into `out` (packet i at i*stride). Returns how many succeeded; the
@@ -285,12 +324,15 @@ class PacketBuilder:
 
 
 class PacketProcessor:
-    """Unwraps a run of same-size packets with one C call (a mixnode's hot path)."""
+    """Unwraps a run of same-size packets with one C call (a mixnode's hot path).
+
+    `unwrap` gives a typed result per packet (`Forward`, `Final` or `Rejected`), so callers never
+    read the C structs; `process` leaves the raw results in `results` for benchmarks and tests."""
 
     def __init__(self, secret: bytes, capacity: int):
-        if len(secret) != 32:
-            raise InvalidKeyError("secret key must be 32 bytes")
-        self._secret = ffi.new("uint8_t[32]", secret)
+        if len(secret) != KEY_SIZE:
+            raise InvalidKeyError(f"secret key must be {KEY_SIZE} bytes")
+        self._secret = ffi.new("uint8_t[]", secret)
         self.capacity = capacity
         self.results = ffi.new("lx_processed[]", capacity)
 
@@ -305,3 +347,25 @@ class PacketProcessor:
         if n < 0:
             raise error_for(n)
         return n
+
+    def unwrap(self, packets, count: int, packet_len: int, out) -> list[Forward | Final | Rejected]:
+        """Unwrap `count` packets of `packet_len` bytes (back to back in `packets`) with one C call;
+        `out` is scratch space for count * packet_len bytes. One typed result per packet, in order."""
+        self.process(packets, count, packet_len, out)
+        results, buffer, forward = self.results, ffi.buffer, lib.LX_FORWARD
+        typed: list[Forward | Final | Rejected] = []
+        append = typed.append
+        for i in range(count):
+            r = results[i]
+            if r.status:
+                append(_REJECTED.get(r.status, _REJECTED_OTHER))
+                continue
+            start = i * packet_len
+            if r.kind == forward:
+                append(Forward(buffer(r.next_address)[:], r.delay_ns,
+                               bytes(out[start : start + packet_len]), buffer(r.replay_tag)[:]))
+            else:
+                m = start + r.message_offset
+                append(Final(buffer(r.destination)[:], buffer(r.identifier)[:],
+                             bytes(out[m : m + r.message_len]), buffer(r.replay_tag)[:]))
+        return typed

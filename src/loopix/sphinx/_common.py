@@ -1,34 +1,23 @@
-"""Constants, types and errors shared by the C-backed API and the pure-Python reference.
+"""Types, errors and argument checks shared by the C-backed API and the pure-Python reference.
 
-Everything here is fixed by Nym's `sphinx-packet` crate 0.6.0 (header version 259); the values and the
-files they come from are listed in docs/sphinx.md.
+The sizes live in constants.py; the HKDF strings below are fixed by Nym's `sphinx-packet` crate 0.6.0
+(header version 259), see docs/sphinx.md.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-SECURITY_PARAMETER = 16
-MAX_PATH_LENGTH = 5
-NODE_ADDRESS_SIZE = 32
-DESTINATION_SIZE = 32
-IDENTIFIER_SIZE = 16
-DELAY_SIZE = 8
-MAC_SIZE = 16
-HOP_SLOT_SIZE = 60  # flag 1 + version 3 + address 32 + delay 8 + MAC 16
-ROUTING_INFO_SIZE = HOP_SLOT_SIZE * MAX_PATH_LENGTH  # beta, 300
-KEYSTREAM_SIZE = ROUTING_INFO_SIZE + HOP_SLOT_SIZE  # 360
-FINAL_META_SIZE = 1 + 3 + DESTINATION_SIZE + IDENTIFIER_SIZE  # 52
-HEADER_SIZE = 32 + MAC_SIZE + ROUTING_INFO_SIZE  # alpha || gamma || beta = 348
-PAYLOAD_OVERHEAD = SECURITY_PARAMETER + 1  # 16 zero bytes + the 0x01 end marker
-EXPANDED_SECRET_SIZE = 288
-PAYLOAD_KEY_SIZE = 192
-
-FORWARD_HOP = 1
-FINAL_HOP = 2
-VERSION = 259
-VERSION_LEGACY_EXPLICIT_KEYS = 258
-VERSION_BYTES = bytes([0, VERSION >> 8, VERSION & 0xFF])
+from .constants import (
+    DESTINATION_SIZE,
+    IDENTIFIER_SIZE,
+    KEY_SIZE,
+    MAX_PATH_LENGTH,
+    NODE_ADDRESS_SIZE,
+    PACKET_SIZES,
+    PAYLOAD_SIZE_FOR_PACKET,
+    PAYLOAD_SIZES,
+)
 
 EXPANDED_SECRET_HKDF_INFO = (
     b"Dwste mou enan moxlo arketa makru kai ena upomoxlio gia na ton topothetisw kai tha kinisw thn gh."
@@ -39,12 +28,6 @@ PAYLOAD_KEY_HKDF_INFO = b"sphinx-payload-key-V01-CS01-HKDF:SHA256-INFO"
 # the ephemeral secret so that a packet is a pure function of its inputs (and still random when the
 # ephemeral secret is).
 FINAL_PAD_PERSONAL = b"loopix sphinx final-hop padding"
-
-# payload_size (largest message) -> whole packet length, as Nym's PacketSize tags.
-PAYLOAD_SIZES = (21, 2048, 8192, 16384, 32768)
-PACKET_SIZES = {p: HEADER_SIZE + PAYLOAD_OVERHEAD + p for p in PAYLOAD_SIZES}
-PAYLOAD_SIZE_FOR_PACKET = {v: k for k, v in PACKET_SIZES.items()}
-assert sorted(PACKET_SIZES.values()) == [386, 2413, 8557, 16749, 33133]
 
 
 class SphinxError(Exception):
@@ -100,6 +83,13 @@ class Final(msgspec.Struct, frozen=True):
     replay_tag: bytes
 
 
+class Rejected(msgspec.Struct, frozen=True):
+    """A packet a batch unwrap refused; `reason` names why in snake_case (bad_mac, bad_key,
+    bad_header, bad_payload, bad_size, sphinx_error), as the nodes count their drops."""
+
+    reason: str
+
+
 def packet_size(payload_size: int) -> int:
     """Length of a whole packet that carries messages of up to `payload_size` bytes."""
     try:
@@ -119,23 +109,27 @@ def check_build_args(route, destination, message, delays_ns, identifier, payload
     if len(delays_ns) != n:
         raise ParameterError(f"need one delay per hop: {n} hops, {len(delays_ns)} delays")
     for i, hop in enumerate(route):
-        if len(hop.public_key) != 32:
-            raise ParameterError(f"hop {i}: public key must be 32 bytes, got {len(hop.public_key)}")
+        if len(hop.public_key) != KEY_SIZE:
+            raise ParameterError(
+                f"hop {i}: public key must be {KEY_SIZE} bytes, got {len(hop.public_key)}"
+            )
         if len(hop.address) != NODE_ADDRESS_SIZE:
-            raise ParameterError(f"hop {i}: address must be 32 bytes, got {len(hop.address)}")
+            raise ParameterError(
+                f"hop {i}: address must be {NODE_ADDRESS_SIZE} bytes, got {len(hop.address)}"
+            )
     for i, d in enumerate(delays_ns):
         if not 0 <= d < 1 << 64:
             raise ParameterError(f"delay {i} must fit an unsigned 64-bit count of ns, got {d}")
     if len(destination) != DESTINATION_SIZE:
-        raise ParameterError(f"destination must be 32 bytes, got {len(destination)}")
+        raise ParameterError(f"destination must be {DESTINATION_SIZE} bytes, got {len(destination)}")
     if len(identifier) != IDENTIFIER_SIZE:
-        raise ParameterError(f"identifier must be 16 bytes, got {len(identifier)}")
+        raise ParameterError(f"identifier must be {IDENTIFIER_SIZE} bytes, got {len(identifier)}")
     if len(message) > payload_size:
         raise ParameterError(
             f"message of {len(message)} bytes does not fit payload_size {payload_size}"
         )
-    if ephemeral_secret is not None and len(ephemeral_secret) != 32:
-        raise ParameterError(f"ephemeral_secret must be 32 bytes, got {len(ephemeral_secret)}")
+    if ephemeral_secret is not None and len(ephemeral_secret) != KEY_SIZE:
+        raise ParameterError(f"ephemeral_secret must be {KEY_SIZE} bytes, got {len(ephemeral_secret)}")
     return size
 
 

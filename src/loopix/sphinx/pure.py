@@ -18,26 +18,10 @@ from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 
 from ._common import (
-    DELAY_SIZE,
     EXPANDED_SECRET_HKDF_INFO,
-    EXPANDED_SECRET_SIZE,
-    FINAL_HOP,
-    FINAL_META_SIZE,
     FINAL_PAD_PERSONAL,
-    FORWARD_HOP,
-    HEADER_SIZE,
-    HOP_SLOT_SIZE,
-    KEYSTREAM_SIZE,
-    MAC_SIZE,
     PAYLOAD_KEY_HKDF_INFO,
     PAYLOAD_KEY_HKDF_SALT,
-    PAYLOAD_KEY_SIZE,
-    PAYLOAD_OVERHEAD,
-    ROUTING_INFO_SIZE,
-    SECURITY_PARAMETER,
-    VERSION,
-    VERSION_BYTES,
-    VERSION_LEGACY_EXPLICIT_KEYS,
     Final,
     Forward,
     HeaderError,
@@ -48,6 +32,24 @@ from ._common import (
     SphinxError,
     check_build_args,
     check_packet_length,
+)
+from .constants import (
+    DELAY_SIZE,
+    EXPANDED_SECRET_SIZE,
+    FINAL_HOP,
+    FINAL_META_SIZE,
+    FORWARD_HOP,
+    HEADER_SIZE,
+    HOP_SLOT_SIZE,
+    KEYSTREAM_SIZE,
+    MAC_SIZE,
+    PAYLOAD_KEY_SIZE,
+    PAYLOAD_OVERHEAD,
+    ROUTING_INFO_SIZE,
+    SECURITY_PARAMETER,
+    VERSION,
+    VERSION_BYTES,
+    VERSION_LEGACY_EXPLICIT_KEYS,
 )
 
 __all__ = ["Final", "Forward", "Hop", "SphinxError", "build_packet", "keypair", "process_packet"]

@@ -27,10 +27,12 @@ import aiohttp
 import msgspec
 
 from loopix import keys
-from loopix.sphinx import PacketProcessor, ffi, lib
+from loopix.sphinx import PacketProcessor
+from loopix.testnet.decisions import Deliver, Drop, ForwardNow, Hold, HopPolicy
 from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
 from loopix.wire.b64 import b64url_encode
-from loopix.wire.framing import FrameDecoder, FramingError, frame_header
+from loopix.wire.errors import ProtocolError
+from loopix.wire.framing import FrameDecoder, frame_header
 
 __all__ = [
     "Counters",
@@ -48,14 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_DROP_REASONS = {
-    lib.LX_ERR_MAC: "bad_mac",
-    lib.LX_ERR_KEY: "bad_key",
-    lib.LX_ERR_HEADER: "bad_header",
-    lib.LX_ERR_PAYLOAD: "bad_payload",
-    lib.LX_ERR_SIZE: "bad_size",
-}
 
 
 class NodeConfig(msgspec.Struct, kw_only=True):
@@ -352,11 +346,10 @@ class NodeLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.decoder.feed(data)
-        except FramingError as exc:
+        frames = self.decoder.feed(data)
+        if frames and type(frames[-1]) is ProtocolError:
             self.node.counters.drop("corrupt_frame")
-            log.info("closing link: %s", exc)
+            log.info("closing link: %s", frames[-1].reason)
             if self.transport is not None:
                 self.transport.abort()
             return
@@ -390,7 +383,7 @@ class Node:
         self._out: dict[int, bytearray] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
-        self._max_delay_ns = int(config.max_delay * 1e9)
+        self.policy = HopPolicy(self.replay.seen, config.max_delay, config.max_queue)
         self._announce_now = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
@@ -467,44 +460,25 @@ class Node:
             self._process_batch(packets[start : start + batch], size)
 
     def _process_batch(self, packets: list[bytes], size: int) -> None:
-        n = len(packets)
         out = self._out.get(size)
         if out is None:
             out = self._out[size] = bytearray(self.config.batch * size)
-        self._processor.process(b"".join(packets), n, size, out)
-        results = self._processor.results
-        seen = self.replay.seen
-        buffer = ffi.buffer
-        drop = self.counters.drop
+        results = self._processor.unwrap(b"".join(packets), len(packets), size, out)
+        now = asyncio.get_running_loop().time()
+        decide, queue, counters = self.policy.decide, self.queue, self.counters
         finals = []
-        now = None
-        for i in range(n):
-            r = results[i]
-            if r.status:
-                drop(_DROP_REASONS.get(r.status, "sphinx_error"))
-                continue
-            if seen(buffer(r.replay_tag)[:]):
-                drop("replay")
-                continue
-            start = i * size
-            if r.kind == lib.LX_FORWARD:
-                packet = bytes(out[start : start + size])
-                delay = r.delay_ns
-                if delay == 0:
-                    self.forwarder.send(buffer(r.next_address)[:], packet)
-                    continue
-                if len(self.queue) >= self.config.max_queue:
-                    drop("queue_full")
-                    continue
-                if delay > self._max_delay_ns:
-                    delay = self._max_delay_ns
-                    self.counters.bump("delay_capped")
-                if now is None:
-                    now = asyncio.get_running_loop().time()
-                self.queue.push(now + delay * 1e-9, (buffer(r.next_address)[:], packet))
-            else:
-                m = start + r.message_offset
-                finals.append((buffer(r.destination)[:], bytes(out[m : m + r.message_len])))
+        for result in results:
+            match decide(result, now, len(queue)):
+                case ForwardNow(address=address, packet=packet):
+                    self.forwarder.send(address, packet)
+                case Hold(due=due, address=address, packet=packet, capped=capped):
+                    if capped:
+                        counters.bump("delay_capped")
+                    queue.push(due, (address, packet))
+                case Deliver(destination=destination, message=message):
+                    finals.append((destination, message))
+                case Drop(reason=reason):
+                    counters.drop(reason)
         if finals:
             self.on_finals(finals)
 
@@ -645,32 +619,40 @@ def load_or_create_secret(path: str | os.PathLike[str]) -> bytes:
     return keys.read_private_key(path)
 
 
+_CONFIG_DEFAULTS: dict[str, Any] = {f.name: f.default for f in msgspec.structs.fields(NodeConfig)}
+
+
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="IP address to bind and announce")
+    """The flags every node takes. Their defaults are NodeConfig's, read from it, not restated."""
+
+    def default(name: str) -> Any:
+        return _CONFIG_DEFAULTS[name]
+
+    parser.add_argument("--host", default=default("host"), help="IP address to bind and announce")
     parser.add_argument("--port", type=int, required=True, help="TCP port")
     parser.add_argument("--key-file", required=True, help="PEM private key (created if missing)")
-    parser.add_argument("--directory", default=None, help="directory URL for presence and metrics")
-    parser.add_argument("--presence-interval", type=float, default=2.0, help="seconds (default 2)")
-    parser.add_argument("--metrics-interval", type=float, default=1.0, help="seconds (default 1)")
-    parser.add_argument("--replay-capacity", type=int, default=100_000, help="see ReplayFilter")
-    parser.add_argument("--max-delay", type=float, default=10.0, help="cap on a hop delay, s")
-    parser.add_argument("--max-queue", type=int, default=200_000, help="delayed packets at most")
+    parser.add_argument("--directory", default=default("directory"), help="directory URL for presence and metrics")
+    parser.add_argument("--presence-interval", type=float, default=default("presence_interval"),
+                        help="seconds (default %(default)s)")
+    parser.add_argument("--metrics-interval", type=float, default=default("metrics_interval"),
+                        help="seconds (default %(default)s)")
+    parser.add_argument("--replay-capacity", type=int, default=default("replay_capacity"),
+                        help="see ReplayFilter (default %(default)s)")
+    parser.add_argument("--max-delay", type=float, default=default("max_delay"),
+                        help="cap on a hop delay, s (default %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=default("max_queue"),
+                        help="delayed packets at most (default %(default)s)")
     parser.add_argument("--log-level", default="WARNING")
-    parser.add_argument("--prometheus-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT")
+    parser.add_argument("--prometheus-port", type=int, default=default("prometheus_port"),
+                        help="serve /metrics on 127.0.0.1:PORT")
+
+
+_FLAGS_TO_CONFIG = ("host", "port", "directory", "presence_interval", "metrics_interval",
+                    "replay_capacity", "max_delay", "max_queue", "prometheus_port")
 
 
 def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
-    return NodeConfig(
-        host=args.host,
-        port=args.port,
-        directory=args.directory,
-        presence_interval=args.presence_interval,
-        metrics_interval=args.metrics_interval,
-        replay_capacity=args.replay_capacity,
-        max_delay=args.max_delay,
-        max_queue=args.max_queue,
-        prometheus_port=args.prometheus_port,
-    )
+    return NodeConfig(**{name: getattr(args, name) for name in _FLAGS_TO_CONFIG})
 
 
 def run_node(make: Callable[[], Node], log_level: str = "WARNING") -> int:

@@ -27,6 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from loopix.sphinx.constants import DROP_COVER_DESTINATION
+from loopix.testnet.decisions import PresenceDebounce
+from loopix.testnet.delivery import DeliveryPolicy
 from loopix.testnet.inbox import Inbox
 from loopix.testnet.node import (
     Node,
@@ -39,7 +42,7 @@ from loopix.testnet.node import (
 )
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.framing import PACKET_SIZES
-from loopix.wire.provider_protocol import (
+from loopix.wire.provider import (
     DEFAULT_MAX_FLEET_KEYS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PULL_SLOTS,
@@ -59,7 +62,6 @@ __all__ = ["ClientSession", "Provider", "main"]
 
 log = logging.getLogger(__name__)
 
-DROP_COVER = bytes(32)
 _VALID_SIZES = frozenset(PACKET_SIZES.values())
 FLEET_SLICE: Final = 16 << 10
 """Bytes of a fleet connection handled per event-loop iteration: ~230 REGISTERs, each an X25519
@@ -72,17 +74,18 @@ TAKEN_OVER: Final = "registered on a newer connection"
 
 
 class ClientSession:
-    """One client connection: I/O around a `ProviderSide` machine.
+    """One client connection: I/O around a `ProviderSide` machine and a `DeliveryPolicy`.
 
-    `cursor` is the highest message id handed to this connection; unacknowledged messages below
-    it are not handed out again on this connection (a new connection starts from zero, so they
-    are redelivered after a reconnect). At most `window` pushed messages are unacknowledged.
+    The policy decides what is pushed (windows, cursors, each key's turn); this class reads the
+    inbox for it and writes what the machine encodes (`send_delivery`, `send_pull_answer`: DELIVER
+    or DELIVER_TO, PULLED or PULLED_FOR). A single-identity connection is a fleet of one key whose
+    window is `push_window`; a fleet connection's keys share `fleet_push_window` and get at most
+    `push_window` each per round. What still differs is who owns a key: a newer fleet connection
+    takes keys from an older one, while single connections of one key coexist.
 
-    A fleet connection keeps the same per key (`cursors`), and one window of `fleet_window` for
-    all its keys (`fleet_in_flight`, id → key). A push round gives one key at most `window`
-    messages; keys with more wait in `waiting` (FIFO) until the others had their turn or ACKs
-    make room. Its input is handled `FLEET_SLICE` bytes per loop iteration (reading
-    paused meanwhile) so that thousands of registrations do not stall the provider's other work.
+    Input is handled `FLEET_SLICE` bytes per loop iteration (reading paused meanwhile) until a
+    single registration is done, so that thousands of fleet registrations do not stall the
+    provider's other work. Everything a slice of input causes leaves in one write.
     """
 
     def __init__(self, provider: Provider, transport: asyncio.Transport) -> None:
@@ -95,14 +98,8 @@ class ClientSession:
             max_fleet_keys=provider.max_fleet_keys,
         )
         self.key: bytes | None = None
-        self.cursor = 0
-        self.in_flight: set[int] = set()
-        self.window = provider.push_window
-        # fleet connections only
-        self.fleet_window = provider.fleet_push_window
-        self.cursors: dict[bytes, int] = {}
-        self.fleet_in_flight: dict[int, bytes] = {}
-        self.waiting: dict[bytes, None] = {}  # an ordered set
+        """The key of a single-identity connection, once registered."""
+        self.delivery = DeliveryPolicy(provider.push_window, provider.push_window)
         self._out: list[bytes] = []
         self._rest: memoryview | None = None
         self._paused = False
@@ -139,162 +136,124 @@ class ClientSession:
     def _handle(self, data: memoryview) -> None:
         provider = self.provider
         try:
-            events = self.side.receive_data(data)
             joined: list[bytes] = []  # consecutive fleet registrations: one batch
-            for event in events:
+            for event in self.side.receive_data(data):
                 if isinstance(event, FleetClientRegistered):
                     joined.append(event.client_key)
                     continue
                 if joined:
                     self._fleet_registered(joined)
                     joined = []
-                if isinstance(event, PacketSubmitted):
-                    provider.submit(event.first_hop, event.packet)
-                elif isinstance(event, AckReceived):
-                    self._ack(event.ids)
-                elif isinstance(event, PullRequested):
-                    self._pull(event.client_key)
-                elif isinstance(event, FleetClientRefused):
-                    provider.counters.bump("fleet_refused")
-                    self._write(self.side.send_refused_key(event.client_key, event.reason))
-                    provider.drop_fleet_route(event.client_key, self)
-                elif isinstance(event, ClientHello):
-                    self.transport.write(self.side.send_challenge())
-                elif isinstance(event, ClientRegistered):
-                    self._registered(event.client_key)
-                elif isinstance(event, ProtocolError):
-                    provider.counters.bump("client_errors")
-                    log.info("client protocol error: %s", event.reason)
-                    self._flush()
-                    self.transport.write(self.side.send_error(event.reason))
-                    self.transport.close()
-                    break
+                match event:
+                    case PacketSubmitted(first_hop=first_hop, packet=packet):
+                        provider.submit(first_hop, packet)
+                    case AckReceived(ids=ids):
+                        self._ack(ids)
+                    case PullRequested(client_key=key):
+                        self._pull(self.key if key is None else key)
+                    case FleetClientRefused(client_key=key, reason=reason):
+                        provider.counters.bump("fleet_refused")
+                        self._write(self.side.send_refused_key(key, reason))
+                        provider.drop_fleet_route(key, self)
+                    case ClientHello():
+                        self._write(self.side.send_challenge())
+                    case ClientRegistered(client_key=key):
+                        self._registered(key)
+                    case ProtocolError(reason=reason):
+                        provider.counters.bump("client_errors")
+                        log.info("client protocol error: %s", reason)
+                        self._write(self.side.send_error(reason))
+                        self.flush()
+                        self.transport.close()
+                        break
             if joined:
                 self._fleet_registered(joined)
-            self._flush()
+            self.flush()
         except Exception:  # a bug: lose this connection, keep the provider
             log.exception("provider: error in a client session")
             self.transport.abort()
         provider.forwarder.flush()
 
     def _write(self, data: bytes) -> None:
-        """Queue for `_flush`: a fleet's many small answers leave in one write."""
+        """Queue for `flush`: all a slice of input causes leaves in one write."""
         self._out.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._out:
             out, self._out = self._out, []
             if not self.transport.is_closing():
                 self.transport.write(b"".join(out))
 
-    # --- single-identity connections ---
+    # --- registration ---
 
     def _registered(self, key: bytes) -> None:
+        """A single registration: a fleet of one key with the connection's window."""
         self.key = key
         self.provider.register(key, self)
-        self.transport.write(self.side.send_registered())
+        self._write(self.side.send_registered())
         if self.side.push:
-            self.push_more()
-
-    def _ack(self, ids: tuple[int, ...]) -> None:
-        if self.side.fleet:
-            self._fleet_ack(ids)
-            return
-        assert self.key is not None
-        deleted = self.provider.inbox.delete(self.key, ids)
-        self.provider.counters.bump("acked", deleted)
-        self.in_flight.difference_update(ids)
-        if self.side.push:
-            self.push_more()
-
-    def _pull(self, key: bytes | None) -> None:
-        if key is not None:
-            self._pull_for(key)
-            return
-        assert self.key is not None
-        found = self.provider.inbox.pending(self.key, self.side.pull_slots, self.cursor)
-        if found:
-            self.cursor = found[-1].id
-        self.provider.counters.bump("pulled", len(found))
-        self.transport.write(self.side.send_pulled([(m.id, m.message) for m in found]))
-
-    def push_more(self) -> None:
-        """Push stored messages, keeping at most `window` unacknowledged."""
-        if self.key is None or self.transport.is_closing():
-            return
-        room = self.window - len(self.in_flight)
-        if room <= 0:
-            return
-        found = self.provider.inbox.pending(self.key, room, self.cursor)
-        if not found:
-            return
-        self.cursor = found[-1].id
-        self.in_flight.update(m.id for m in found)
-        self.provider.counters.bump("pushed", len(found))
-        self.transport.write(b"".join(self.side.send_deliver(m.id, m.message) for m in found))
-
-    # --- fleet connections ---
+            self.delivery.has_mail(key)
+            self._push_round()
 
     def _fleet_registered(self, keys: list[bytes]) -> None:
         """A batch of proven keys: one SQLite transaction, answers in one write, then pushes."""
         provider = self.provider
+        self.delivery.connection_window = provider.fleet_push_window  # the fleet's shared window
         provider.register_fleet(keys, self)
         send_registered_key = self.side.send_registered_key
         self._out.extend(send_registered_key(k) for k in keys)
         provider.counters.bump("fleet_registered", len(keys))
         if self.side.push:
             for key in provider.inbox.recipients_with_mail(keys):
-                self.waiting[key] = None
-            self.push_waiting()
+                self.delivery.has_mail(key)
+            self._push_round()
 
-    def _push_key(self, key: bytes, room: int) -> None:
-        """Queue up to `room` DELIVER_TOs of `key`'s stored messages (`_flush` sends them)."""
-        if key not in self.side.client_keys:  # taken over or refused meanwhile
-            return
-        found = self.provider.inbox.pending(key, room, self.cursors.get(key, 0))
-        if not found:
-            return
-        self.cursors[key] = found[-1].id
-        in_flight = self.fleet_in_flight
-        deliver = self.side.send_deliver_to
-        for m in found:
-            in_flight[m.id] = key
-            self._out.append(deliver(key, m.id, m.message))
-        if len(found) == room:  # there may be more: back of the queue
-            self.waiting[key] = None
-        self.provider.counters.bump("pushed", len(found))
+    # --- delivery ---
 
-    def push_waiting(self) -> None:
-        """Serve waiting keys in turn, `window` messages each, while the fleet window has room."""
+    def mail_arrived(self, key: bytes) -> None:
+        """New mail for `key` was stored; `push()` hands it out (if this connection takes pushes)."""
+        if self.side.push:
+            self.delivery.has_mail(key)
+
+    def push(self) -> None:
+        """Push what the policy allows now, and write it."""
+        self._push_round()
+        self.flush()
+
+    def _push_round(self) -> None:
+        """Queue the DELIVERs the policy allows now (`flush` writes them)."""
         if self.transport.is_closing():
             return
-        waiting, in_flight = self.waiting, self.fleet_in_flight
-        while waiting:
-            room = min(self.window, self.fleet_window - len(in_flight))
-            if room <= 0:
-                return
-            key = next(iter(waiting))
-            del waiting[key]
-            self._push_key(key, room)
+        delivery, inbox, keys = self.delivery, self.provider.inbox, self.side.client_keys
+        deliver = self.side.send_delivery
+        pushed = 0
+        while (request := delivery.next_push()) is not None:
+            if request.key not in keys:  # taken over or refused meanwhile
+                continue
+            found = inbox.pending(request.key, request.limit, request.after)
+            delivery.pushed(request, [m.id for m in found])
+            self._out.extend(deliver(request.key, m.id, m.message) for m in found)
+            pushed += len(found)
+        if pushed:
+            self.provider.counters.bump("pushed", pushed)
 
-    def _fleet_ack(self, ids: tuple[int, ...]) -> None:
+    def _ack(self, ids: tuple[int, ...]) -> None:
         provider = self.provider
         deleted = provider.inbox.delete_owned(ids, self.side.client_keys)
         provider.counters.bump("acked", deleted)
         if deleted < len(ids):
             provider.counters.bump("acks_ignored", len(ids) - deleted)
-        in_flight = self.fleet_in_flight
-        for i in ids:
-            in_flight.pop(i, None)
+        self.delivery.acked(ids)
         if self.side.push:
-            self.push_waiting()
+            self._push_round()
 
-    def _pull_for(self, key: bytes) -> None:
-        found = self.provider.inbox.pending(key, self.side.pull_slots, self.cursors.get(key, 0))
-        if found:
-            self.cursors[key] = found[-1].id
+    def _pull(self, key: bytes | None) -> None:
+        assert key is not None  # the machine emits PullRequested only once registered
+        delivery = self.delivery
+        found = self.provider.inbox.pending(key, self.side.pull_slots, delivery.pull_after(key))
+        delivery.pulled(key, [m.id for m in found])
         self.provider.counters.bump("pulled", len(found))
-        self._write(self.side.send_pulled_for(key, [(m.id, m.message) for m in found]))
+        self._write(self.side.send_pull_answer(key, [(m.id, m.message) for m in found]))
 
     def lose_keys(self, keys: list[bytes], reason: str = TAKEN_OVER) -> None:
         """Another connection registered `keys`: tell this one, forget their state here.
@@ -307,15 +266,9 @@ class ClientSession:
             return
         for key in lost:
             self._write(self.side.send_refused_key(key, reason))
-            self.cursors.pop(key, None)
-            self.waiting.pop(key, None)
-        in_flight = self.fleet_in_flight
-        stale = [i for i, k in in_flight.items() if k in lost]
-        for i in stale:
-            del in_flight[i]
-        if stale and self.side.push:
-            self.push_waiting()
-        self._flush()
+        if self.delivery.forget(lost) and self.side.push:
+            self._push_round()
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._rest = None
@@ -403,7 +356,7 @@ class Provider(Node):
         self.fleet_sessions: set[ClientSession] = set()
         self._client_list: list[dict[str, str]] | None = None  # presence cache
         self._announce_timer: asyncio.TimerHandle | None = None
-        self._last_announce = float("-inf")
+        self.debounce = PresenceDebounce(PRESENCE_DEBOUNCE)
 
     def __repr__(self) -> str:
         return f"Provider({self.host}, {self.public_b64})"
@@ -461,23 +414,28 @@ class Provider(Node):
         self.fleet_sessions.discard(session)
 
     def _clients_changed(self) -> None:
-        """Announce new clients: a lone registration at once (as before fleets), a burst once
-        more `PRESENCE_DEBOUNCE` after it settles; the regular presence interval goes on.
-
-        Without this, each of 10,000 registrations would post the whole client list: O(n²)."""
+        """Announce new clients as `PresenceDebounce` says: a lone registration at once, a burst
+        once more after it settles; the regular presence interval goes on."""
         self._client_list = None
-        loop = asyncio.get_running_loop()
+        if self.debounce.changed(asyncio.get_running_loop().time()):
+            self.announce_soon()
+        else:
+            self._arm_announce_timer()
+
+    def _arm_announce_timer(self) -> None:
         if self._announce_timer is not None:
             self._announce_timer.cancel()
-        elif loop.time() - self._last_announce >= PRESENCE_DEBOUNCE:
-            self._announce_debounced()
-            return
-        self._announce_timer = loop.call_later(PRESENCE_DEBOUNCE, self._announce_debounced)
+            self._announce_timer = None
+        if self.debounce.due is not None:
+            loop = asyncio.get_running_loop()
+            self._announce_timer = loop.call_at(self.debounce.due, self._announce_timer_fired)
 
-    def _announce_debounced(self) -> None:
+    def _announce_timer_fired(self) -> None:
         self._announce_timer = None
-        self._last_announce = asyncio.get_running_loop().time()
-        self.announce_soon()
+        if self.debounce.fire(asyncio.get_running_loop().time()):
+            self.announce_soon()
+        else:  # the loop may run a timer a hair early: wait for the rest
+            self._arm_announce_timer()
 
     def unregister_session(self, key: bytes, session: ClientSession) -> None:
         sessions = self.sessions.get(key)
@@ -500,7 +458,7 @@ class Provider(Node):
         keep = []
         counters = self.counters
         for destination, message in finals:
-            if destination == DROP_COVER:
+            if destination == DROP_COVER_DESTINATION:
                 counters.bump("drop_cover")
             elif destination not in self.registered:
                 counters.drop("unknown_recipient")
@@ -512,19 +470,18 @@ class Provider(Node):
             return
         self.inbox.store_many(keep)
         counters.bump("stored", len(keep))
-        fleets: set[ClientSession] = set()
+        touched: dict[ClientSession, None] = {}
         routes = self.fleet_routes
         for destination in dict.fromkeys(d for d, _ in keep):  # in arrival order
             for session in self.sessions.get(destination, ()):
-                if session.side.push:
-                    session.push_more()
+                session.mail_arrived(destination)
+                touched[session] = None
             fleet = routes.get(destination)
-            if fleet is not None and fleet.side.push:
-                fleet.waiting[destination] = None
-                fleets.add(fleet)
-        for fleet in fleets:  # one write per fleet connection
-            fleet.push_waiting()
-            fleet._flush()
+            if fleet is not None:
+                fleet.mail_arrived(destination)
+                touched[fleet] = None
+        for session in touched:  # one write per connection
+            session.push()
 
     # --- directory ---
 

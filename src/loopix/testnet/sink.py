@@ -21,8 +21,9 @@ import orjson
 import uvloop
 
 from loopix import sphinx
-from loopix.wire import provider_protocol as pp
+from loopix.wire import provider as pp
 from loopix.wire.b64 import b64url_encode
+from loopix.wire.provider.codec import message_reader
 
 from .directory import DirectoryServer
 
@@ -40,14 +41,15 @@ class SinkCounters:
 
 
 class SinkProtocol(asyncio.Protocol):
-    """Walks the frames itself: SEND frames are only counted (no object per packet), every other
-    frame goes through the real protocol machine, so single and fleet registrations both work."""
+    """Cuts the frames itself (the shared reader, bounded as the provider's): SEND frames are only
+    counted, every other frame goes through the real protocol machine, so single and fleet
+    registrations both work."""
 
     def __init__(self, secret: bytes, counters: SinkCounters):
         self.side = pp.ProviderSide(secret)
         self.counters = counters
         self.transport = None
-        self.buf = bytearray()
+        self.reader = message_reader(pp.PROVIDER_MAX_FRAME)
         self.magic_left = len(pp.MAGIC)
 
     def connection_made(self, transport) -> None:
@@ -60,20 +62,15 @@ class SinkProtocol(asyncio.Protocol):
             self.magic_left -= len(head)
             if not self._handle(head):
                 return
-        buf = self.buf
-        buf += data
-        pos, n = 0, len(buf)
-        while n - pos >= 5:
-            (length,) = _LEN.unpack_from(buf, pos)
-            end = pos + 4 + length
-            if end > n:
-                break
-            if buf[pos + 4] == pp.MsgType.SEND:
-                self.counters.bytes += end - pos
-            elif not self._handle(bytes(buf[pos:end])):
+        frames, error = self.reader.feed(data)
+        for frame in frames:
+            if frame[0] == pp.MsgType.SEND:
+                self.counters.bytes += _LEN.size + len(frame)
+            elif not self._handle(_LEN.pack(len(frame)) + frame):
                 return
-            pos = end
-        del buf[:pos]
+        if error is not None:
+            self.transport.write(self.side.send_error(error))
+            self.transport.close()
 
     def _handle(self, data: bytes) -> bool:
         for ev in self.side.receive_data(data):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from loopix.sphinx.constants import NODE_ADDRESS_SIZE
+
 __all__ = [
     "MAX_UNPADDED_LEN",
     "NODE_ADDRESS_LENGTH",
@@ -22,8 +24,8 @@ __all__ = [
     "zero_pad",
 ]
 
-NODE_ADDRESS_LENGTH = 32
-"""Size of the Sphinx node-address field."""
+NODE_ADDRESS_LENGTH = NODE_ADDRESS_SIZE
+"""Size of the Sphinx node-address field (the packet format's NODE_ADDRESS_SIZE)."""
 MAX_UNPADDED_LEN = 19
 """1 + 2 + 16: the unpadded form of an IPv6 address (IPv4 takes 7)."""
 

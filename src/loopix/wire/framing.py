@@ -16,7 +16,8 @@ from typing import Final, NoReturn
 
 import msgspec
 
-from loopix.sphinx._common import HEADER_SIZE, PAYLOAD_OVERHEAD
+from loopix.sphinx.constants import HEADER_SIZE, PAYLOAD_OVERHEAD
+from loopix.wire.errors import ProtocolError
 
 __all__ = [
     "PACKET_OVERHEAD",
@@ -89,15 +90,12 @@ _OUTFOX_TAGS: Final = frozenset((6, 7))
 
 
 class FramingError(ValueError):
-    """A frame that cannot be encoded, or a byte stream that is not valid framing.
+    """Arguments that cannot be encoded as a frame (the local caller's mistake). A corrupt byte
+    stream from the peer is not an exception: `FrameDecoder` returns a `ProtocolError` for it."""
 
-    When `FrameDecoder.feed` raises it, `frames` holds the valid frames that came before the
-    corruption in the same chunk; they were sent by the peer and may still be processed.
-    """
 
-    def __init__(self, message: str, frames: list[Frame] | None = None) -> None:
-        super().__init__(message)
-        self.frames: list[Frame] = frames or []
+class _Corrupt(Exception):
+    """Unwinds the decoder's parse loop at the first bad header byte (never leaves this module)."""
 
 
 class Frame(msgspec.Struct, frozen=True, gc=False):
@@ -185,7 +183,8 @@ class FrameDecoder:
     never holds more than one partial frame. Each byte is copied once into its packet (and at
     most once more, if its frame straddled a chunk boundary), whatever the chunking.
 
-    After a `FramingError` the decoder is dead: every later `feed` raises again.
+    Corrupt input ends the list `feed` returns with a `ProtocolError` (after the good frames that
+    came before it); the decoder is then dead and returns nothing more. Close the connection.
     """
 
     __slots__ = ("_buf", "_error", "_offset")
@@ -205,24 +204,24 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Add received bytes; return the frames they complete (possibly none)."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | ProtocolError]:
+        """Add received bytes; return the frames they complete (possibly none), then a
+        `ProtocolError` if the stream turned out corrupt."""
         if self._error is not None:
-            raise FramingError(f"decoder is dead after an earlier error: {self._error}")
-        frames: list[Frame] = []
+            return []
+        frames: list[Frame | ProtocolError] = []
         try:
             with memoryview(data) as view:
                 flat = view if view.format == "B" and view.ndim == 1 else view.cast("B")
                 self._feed(flat, frames)
-        except FramingError as exc:
-            exc.frames = frames
-            raise
+        except _Corrupt:
+            frames.append(ProtocolError(self._error or "corrupt stream"))
         return frames
 
-    def __call__(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+    def __call__(self, data: bytes | bytearray | memoryview) -> list[Frame | ProtocolError]:
         return self.feed(data)
 
-    def _feed(self, view: memoryview, frames: list[Frame]) -> None:
+    def _feed(self, view: memoryview, frames: list[Frame | ProtocolError]) -> None:
         used = 0
         buf = self._buf
         # First finish the frame left over from earlier chunks, taking no more than it needs.
@@ -245,19 +244,23 @@ class FrameDecoder:
         self._offset += done - used
         buf += view[done:]
 
-    def eof(self) -> None:
-        """Call when the peer closed: raises `FramingError` if it stopped in the middle of a frame."""
+    def eof(self) -> ProtocolError | None:
+        """Call when the peer closed: a `ProtocolError` if it stopped in the middle of a frame."""
         if self._error is None and self._buf:
-            self._fail(
-                f"connection closed in the middle of a frame ({len(self._buf)} bytes pending)"
-            )
+            try:
+                self._fail(
+                    f"connection closed in the middle of a frame ({len(self._buf)} bytes pending)"
+                )
+            except _Corrupt:
+                return ProtocolError(self._error or "")
+        return None
 
     def _fail(self, message: str, at: int = 0) -> NoReturn:
         self._error = f"{message} at stream offset {self._offset + at}"
         self._buf = bytearray()
-        raise FramingError(self._error)
+        raise _Corrupt
 
-    def _parse(self, buf: memoryview, pos: int, frames: list[Frame]) -> int:
+    def _parse(self, buf: memoryview, pos: int, frames: list[Frame | ProtocolError]) -> int:
         end = len(buf)
         start = pos
         append = frames.append

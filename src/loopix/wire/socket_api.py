@@ -18,7 +18,9 @@ from typing import Final
 
 import msgspec
 
+from loopix.sphinx.constants import KEY_SIZE
 from loopix.wire.b64 import B64Error, b64url_decode, b64url_encode
+from loopix.wire.frames import LengthPrefixedReader
 
 __all__ = [
     "ADDRESS_SIZE",
@@ -59,8 +61,6 @@ __all__ = [
     "max_frame_size",
 ]
 
-KEY_SIZE: Final = 32
-"""An X25519 public key."""
 ADDRESS_SIZE: Final = 2 * KEY_SIZE
 """A binary address: client key ‖ provider key, no separator."""
 LENGTH_PREFIX_SIZE: Final = 8
@@ -501,39 +501,23 @@ class TcpFrameDecoder:
 
     def __init__(self, max_frame_size: int = max_frame_size()) -> None:
         self.max_frame_size = max_frame_size
-        self._buffer = bytearray()
-        self._need: int | None = None  # length of the frame being read, once its prefix is in
-        self.failed = False
+        self._reader = LengthPrefixedReader(LENGTH_PREFIX_SIZE, max_frame_size)
+
+    @property
+    def failed(self) -> bool:
+        return self._reader.failed
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | FramingError]:
         """Add bytes; return the frames now complete (then possibly one `FramingError`)."""
-        if self.failed:
-            return []
-        self._buffer += data
-        out: list[bytes | FramingError] = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < LENGTH_PREFIX_SIZE:
-                    break
-                length = _u64(self._buffer, 0)
-                if length > self.max_frame_size:
-                    self.failed = True
-                    self._buffer.clear()
-                    out.append(FramingError(
-                        f"frame of {length} bytes exceeds the maximum of {self.max_frame_size} "
-                        "bytes; closing the connection (the stream cannot be resynchronised)"
-                    ))
-                    break
-                del self._buffer[:LENGTH_PREFIX_SIZE]
-                self._need = length
-            if len(self._buffer) < self._need:
-                break
-            out.append(bytes(self._buffer[: self._need]))
-            del self._buffer[: self._need]
-            self._need = None
+        frames, error = self._reader.feed(data)
+        out: list[bytes | FramingError] = list(frames)
+        if error is not None:
+            out.append(FramingError(
+                f"{error}; closing the connection (the stream cannot be resynchronised)"
+            ))
         return out
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame (a non-zero value at EOF means a cut-off frame)."""
-        return len(self._buffer) + (LENGTH_PREFIX_SIZE if self._need is not None else 0)
+        return self._reader.buffered

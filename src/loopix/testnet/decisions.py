@@ -1,0 +1,117 @@
+"""What the testnet nodes decide, apart from the I/O that carries it out.
+
+Each decision is a pure object: it takes the time as `now` (the event loop's clock, in seconds)
+and returns an action; node.py and provider.py only perform the actions. Tests drive these
+objects with a fake clock, without sockets or sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from loopix.sphinx import Final, Forward, Rejected
+
+__all__ = ["Deliver", "Drop", "ForwardNow", "Hold", "HopPolicy", "PresenceDebounce"]
+
+
+class ForwardNow(msgspec.Struct, frozen=True, gc=False):
+    """Send `packet` to the next hop at `address` at once (its header asks for no delay)."""
+
+    address: bytes
+    packet: bytes
+
+
+class Hold(msgspec.Struct, frozen=True, gc=False):
+    """Keep `packet` until `due`, then send it to `address`; `capped` if its delay was cut to the
+    node's maximum."""
+
+    due: float
+    address: bytes
+    packet: bytes
+    capped: bool = False
+
+
+class Drop(msgspec.Struct, frozen=True, gc=False):
+    """Count the packet as dropped under `reason` and forget it."""
+
+    reason: str
+
+
+class Deliver(msgspec.Struct, frozen=True, gc=False):
+    """The packet ended here: `message` for `destination` (a provider stores it)."""
+
+    destination: bytes
+    message: bytes
+
+
+HopAction = ForwardNow | Hold | Drop | Deliver
+
+
+class HopPolicy:
+    """What a node does with one unwrapped packet.
+
+    A packet the C core refused is dropped under its reason, a replay as "replay"; a packet asking
+    for no delay goes on at once; any other is held until `now + delay` (the delay capped at
+    `max_delay`), unless `max_queue` packets are held already ("queue_full"). A final packet is
+    delivered. `seen` is the replay filter's check-and-remember.
+    """
+
+    __slots__ = ("_max_delay_ns", "max_queue", "seen")
+
+    def __init__(self, seen: Callable[[bytes], bool], max_delay: float, max_queue: int) -> None:
+        self.seen = seen
+        self._max_delay_ns = int(max_delay * 1e9)
+        self.max_queue = max_queue
+
+    def decide(self, result: Forward | Final | Rejected, now: float, held: int) -> HopAction:
+        """The action for `result` at time `now`, with `held` packets already waiting."""
+        if type(result) is Rejected:
+            return Drop(result.reason)
+        if self.seen(result.replay_tag):
+            return Drop("replay")
+        if type(result) is Final:
+            return Deliver(result.destination, result.message)
+        delay = result.delay_ns
+        if delay == 0:
+            return ForwardNow(result.next_address, result.packet)
+        if held >= self.max_queue:
+            return Drop("queue_full")
+        capped = delay > self._max_delay_ns
+        if capped:
+            delay = self._max_delay_ns
+        return Hold(now + delay * 1e-9, result.next_address, result.packet, capped)
+
+
+class PresenceDebounce:
+    """When a provider announces that its clients changed.
+
+    A lone change is announced at once; changes that follow within `settle` seconds of the last
+    announcement are gathered and announced once, `settle` after the last of them. So a burst of
+    10,000 registrations posts the client list twice, not 10,000 times (O(n²) bytes).
+
+    `changed(now)` returns True to announce now; otherwise `due` is when to call `fire(now)`
+    (re-arm the one timer for it). `fire` returns True when the gathered change is to be announced.
+    """
+
+    __slots__ = ("_last", "due", "settle")
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self._last = float("-inf")
+        self.due: float | None = None
+
+    def changed(self, now: float) -> bool:
+        if self.due is None and now - self._last >= self.settle:
+            self._last = now
+            return True
+        self.due = now + self.settle
+        return False
+
+    def fire(self, now: float) -> bool:
+        if self.due is None or now < self.due:
+            return False
+        self.due = None
+        self._last = now
+        return True

@@ -171,6 +171,9 @@ class Testnet:
             self.nodes[name] = NodeInfo(name=name, kind="provider", port=next(it))
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stopped: set[str] = set()  # nodes stopped on purpose
+        # Set (e.g. from a signal handler) to make start() give up at its next wait, undoing what it
+        # did: safer than raising from the handler, which can land where it is swallowed.
+        self.cancelled = threading.Event()
         # Last, so nothing can fail between making a temporary home and owning its removal.
         self._temp = home is None
         self.home = Path(tempfile.mkdtemp(prefix="loopix-testnet-") if home is None else home)
@@ -376,6 +379,8 @@ class Testnet:
               check_children: bool = True) -> None:  # fmt: skip
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
         while not ready():
+            if self.cancelled.is_set():
+                raise KeyboardInterrupt
             if check_children:
                 self._check_children()
             if time.monotonic() > deadline:
@@ -482,15 +487,11 @@ def run_testnet(
     stop = threading.Event()
     got: list[int] = []
 
-    def during_start(sig: int, frame: object) -> None:
-        got.append(sig)
-        raise KeyboardInterrupt
-
-    def once_ready(sig: int, frame: object) -> None:
+    def on_signal(sig: int, frame: object) -> None:
         got.append(sig)
         stop.set()
 
-    previous = {sig: signal.signal(sig, during_start) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     net = None
     try:
         net = Testnet(
@@ -505,10 +506,13 @@ def run_testnet(
             expiry=expiry,
             prometheus_base_port=prometheus_base_port,
         )
+        net.cancelled = stop  # a signal while the nodes start stops them at once
         print(f"starting {len(net.nodes)} nodes under {net.root} ...", flush=True)
+        if stop.is_set():
+            raise KeyboardInterrupt
         net.start()
-        for sig in previous:
-            signal.signal(sig, once_ready)
+        if stop.is_set():
+            raise KeyboardInterrupt
         print(f"testnet ready: directory {net.directory_url}/", flush=True)
         print(f"topology {net.topology_url}  (mean hop delay {mean_hop_delay_ms:g} ms; "
               f"logs in {net.root / 'logs'}; Ctrl-C stops)", flush=True)  # fmt: skip

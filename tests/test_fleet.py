@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from _procs import alive, children_of
-from conftest import make_testnet_fixture, wait_until
+from conftest import make_testnet_fixture, wait_until, wait_until_async
 from loopix import config as cfg
 from loopix.cli import init_client, main
 from loopix.fleet.store import STORE_FILE, FleetError, FleetStore, create_fleet, load_identities
@@ -300,3 +300,40 @@ def test_a_thousand_identities_message_each_other_through_the_fleet_socket(testn
     assert "Traceback" not in rest
     wait_until(lambda: not any(alive(k) for k in kids), "the fleet's worker and sender to exit")
 
+
+
+def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path):
+    """`fleet add|remove` from the CLI (another connection to the keystore) and `Fleet.add` while
+    running: the new identities send and receive, the removed one is gone, the rest go on."""
+    import loopix
+    from loopix.fleet.api import UnknownIdentityError
+
+    root = tmp_path / "fleet"
+    create_fleet(root, 10, fleet_config(testnet.topology_url))
+
+    async def exchange(fleet, inbox, pairs: list[tuple[str, str]]) -> None:
+        for a, b in pairs:
+            await fleet.send_message(a, f"{a}>{b}".encode(), fleet.address(b))
+        want = sorted((b, f"{a}>{b}".encode()) for a, b in pairs)
+        got = []
+        async with asyncio.timeout(30):
+            while len(got) < len(want):
+                got.append(await anext(inbox))
+        assert sorted(got) == want
+
+    async def scenario() -> None:
+        async with loopix.Fleet.load(root) as fleet:
+            inbox = fleet.messages()
+            assert main(["fleet", "add", str(root), "--count", "3"]) == 0  # names 10, 11, 12
+            await wait_until_async(lambda: len(fleet) == 13, "the running fleet to see 3 more identities")
+            await exchange(fleet, inbox, [("10", "0"), ("0", "12"), ("11", "11")])
+            assert await fleet.add(2) == ["13", "14"]
+            assert main(["fleet", "remove", str(root), "1", "13"]) == 0
+            await wait_until_async(lambda: "1" not in fleet.names and "13" not in fleet.names,
+                                   "the running fleet to drop identities 1 and 13")
+            with pytest.raises(UnknownIdentityError):
+                await fleet.send_message("1", b"x", fleet.address("0"))
+            await exchange(fleet, inbox, [("14", "2"), ("2", "14"), ("9", "10")])
+            assert fleet._coord.stats.connected == 13  # 10 + 3 + 2 joined, 2 left
+
+    uvloop.run(scenario())

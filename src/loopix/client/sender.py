@@ -138,6 +138,28 @@ class ProviderLink(asyncio.Protocol):
             sender.flush_received()
             self.transport.write(proto.send_ack(acks))
 
+    def join(self, identities: list[int]) -> None:
+        """Identities joining a running link: registered now if the session is up, else with the
+        rest at the next challenge."""
+        ids = self.sender.identities
+        self.members.extend(identities)
+        self.index_of.update((ids[i].public_key, i) for i in identities)
+        if self.transport is None or self.proto is None or self.proto.closed:
+            return
+        try:
+            frames = self.proto.send_register_many((ids[i].secret_key, ids[i].public_key) for i in identities)
+        except pp.ProtocolStateError:  # not challenged yet: ChallengeReceived registers every member
+            return
+        self.transport.write(frames)
+
+    def leave(self, identities: set[int]) -> None:
+        """Identities leaving: not ready any more, and what arrives for them is acked and dropped."""
+        ids = self.sender.identities
+        for i in identities:
+            self._set_ready(i, False)
+            self.index_of.pop(ids[i].public_key, None)
+        self.members = [i for i in self.members if i not in identities]
+
     def pull(self, identity: int) -> None:
         if self.transport is None or self.proto is None or not self.sender.ready[identity]:
             return
@@ -313,6 +335,35 @@ class Sender:
             if msg is None or isinstance(msg, control.Stop):
                 self.running = False
                 return
+            if isinstance(msg, control.AddSenderIdentities):
+                self.add_identities(msg)
+            elif isinstance(msg, control.RemoveIdentities):
+                gone = set(msg.identities)
+                for link in {self.link_of[i] for i in gone if i < len(self.link_of)}:
+                    link.leave(gone)
+
+    def add_identities(self, msg: control.AddSenderIdentities) -> None:
+        """Append identities (global indexes go on from ours) and register them at their providers,
+        on the existing link to each, or a new one."""
+        first = len(self.identities)
+        self.identities = [*self.identities, *msg.identities]
+        self.ready.extend(bytes(len(msg.identities)))
+        self.setup.providers = msg.providers
+        by_key = {link.endpoint.key: link for link in self.links}
+        joining: dict[int, list[int]] = {}
+        for k, ident in enumerate(msg.identities):
+            joining.setdefault(ident.provider, []).append(first + k)
+        for p, members in joining.items():
+            endpoint = msg.providers[p]
+            link = by_key.get(endpoint.key)
+            if link is None:
+                link = ProviderLink(self, [], endpoint)
+                self.links.append(link)
+                asyncio.get_running_loop().create_task(link.connect_forever())
+            self.link_of.extend([None] * (first + len(msg.identities) - len(self.link_of)))
+            for i in members:
+                self.link_of[i] = link
+            link.join(members)
 
     async def run(self) -> None:
         for link in self.links:

@@ -16,6 +16,7 @@ directory names for the per-identity layout); an int is taken as its decimal nam
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,11 +25,14 @@ from loopix.client.api import Client, IdentityLock, MessageStream, Subscription,
 from loopix.client.coordinator import ClientError, Coordinator, Identity, Stats
 from loopix.wire.socket_api import ClientAddress
 
-from .store import FleetContents, load_identities
+from .store import FleetContents, FleetIdentity, FleetStore, load_identities
 
 __all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "UnknownIdentityError"]
 
+log = logging.getLogger("loopix.fleet")
+
 LOCK_FILE = "fleet.lock"
+WATCH_INTERVAL_S = 0.5  # how often a running fleet looks for identities added or removed by `fleet add|remove`
 DEFAULT_QUEUE_MESSAGES = 100_000
 DEFAULT_QUEUE_BYTES = 256 * 2**20
 
@@ -103,11 +107,12 @@ class Fleet:
         self.root = Path(contents.root)
         self.layout = contents.layout
         self.config = contents.config
-        t = contents.config.traffic
-        self._names = [m.name for m in contents.members]
-        self._index = {name: i for i, name in enumerate(self._names)}
-        self._identities = [Identity(m.keys, m.provider, t.payload_rate, t.loop_rate, t.drop_rate)
-                            for m in contents.members]
+        self._names = [m.name for m in contents.members]  # by coordinator index; a name that left stays
+        self._index = {name: i for i, name in enumerate(self._names)}  # the members now
+        self._identities = [self._identity(m) for m in contents.members]
+        self._seen_seq = contents.max_seq
+        self._store: FleetStore | None = None
+        self._watch: asyncio.Task | None = None
         self._options = runtime_options(contents.config, trace_path=trace_path, workers=workers,
                                          directory_url=directory_url)
         self._coord: Coordinator | None = None
@@ -128,6 +133,11 @@ class Fleet:
             self._coord = Coordinator(self._identities, self._options)
             self._coord.on_waiting = self.on_waiting
             await self._coord.start()
+            if self.layout == "keystore":
+                self._store = FleetStore(self.root)
+                version = self._store.data_version()
+                self._sync()  # what changed since the load
+                self._watch = asyncio.create_task(self._watch_store(version))
         except BaseException:
             if self._lock is not None:
                 self._lock.release()
@@ -139,6 +149,11 @@ class Fleet:
 
     async def close(self) -> None:
         try:
+            if self._watch is not None:
+                self._watch.cancel()
+                await asyncio.gather(self._watch, return_exceptions=True)
+            if self._store is not None:
+                self._store.close()
             if self._coord is not None:
                 await self._coord.stop()
         finally:
@@ -154,10 +169,58 @@ class Fleet:
     @property
     def names(self) -> list[str]:
         """Every identity's name, in the fleet's order."""
-        return list(self._names)
+        return list(self._index)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._index)
+
+    def _identity(self, member: FleetIdentity) -> Identity:
+        t = self.config.traffic
+        return Identity(member.keys, member.provider, t.payload_rate, t.loop_rate, t.drop_rate)
+
+    # -- joining and leaving while running --
+    async def add(self, count: int) -> list[str]:
+        """`count` new identities: written to the keystore, then running (no restart)."""
+        if self._store is None:
+            raise ClientError("identities join a running keystore fleet (init --fleet DIR --count N)")
+        names = self._store.add(count)
+        self._sync()
+        return names
+
+    async def remove(self, names: list[IdentityName]) -> None:
+        """Delete identities from the keystore and stop them (their keys are gone)."""
+        if self._store is None:
+            raise ClientError("identities leave a running keystore fleet (init --fleet DIR --count N)")
+        names = [str(n) for n in names]
+        for name in names:
+            self._resolve(name)
+        self._store.remove(names)
+        self._sync()
+
+    def _sync(self) -> None:
+        """Bring the running identities in line with the keystore."""
+        added, now, self._seen_seq = self._store.changes_since(self._seen_seq)
+        joining = [m for m in added if m.name not in self._index]
+        if joining:
+            indexes = self._coord.add_identities([self._identity(m) for m in joining])
+            for i, m in zip(indexes, joining, strict=True):
+                self._names.append(m.name)
+                self._index[m.name] = i
+        leaving = [name for name in self._index if name not in now]
+        if leaving:
+            self._coord.remove_identities([self._index.pop(name) for name in leaving])
+
+    async def _watch_store(self, version: int) -> None:
+        """`loopix-client fleet add|remove DIR` from another process: seen here within a poll."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = self._store.data_version()
+            if now != version:
+                version = now
+                try:
+                    self._sync()
+                except ClientError as exc:  # e.g. a pinned provider not in the topology: say, go on
+                    log.error("fleet %s: could not apply the keystore's change: %s", self.root, exc)
 
     def _resolve(self, identity: IdentityName) -> int:
         name = str(identity)

@@ -188,6 +188,33 @@ class FleetStore:
                              + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
         return [found[n] for n in names]
 
+    def snapshot(self) -> tuple[list[FleetIdentity], int]:
+        """Every member and the highest sequence number, read in one transaction."""
+        self._db.execute("BEGIN")
+        try:
+            members = self.identities()
+            top = self._db.execute("SELECT max(seq) FROM identities").fetchone()[0]
+        finally:
+            self._db.execute("COMMIT")
+        return members, -1 if top is None else top
+
+    def changes_since(self, seq: int) -> tuple[list[FleetIdentity], set[str], int]:
+        """(members added after `seq`, every name now, the highest sequence number), in one read."""
+        self._db.execute("BEGIN")
+        try:
+            rows = self._db.execute("SELECT name, secret, public, provider FROM identities WHERE seq > ? "
+                                    "ORDER BY seq", (seq,))
+            added = [FleetIdentity(n, KeyPair(s, p), pr) for n, s, p, pr in rows]
+            names = {n for (n,) in self._db.execute("SELECT name FROM identities")}
+            top = self._db.execute("SELECT max(seq) FROM identities").fetchone()[0]
+        finally:
+            self._db.execute("COMMIT")
+        return added, names, max(seq, -1 if top is None else top)
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (SQLite's PRAGMA data_version): cheap to poll."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def names(self) -> list[str]:
         return [n for (n,) in self._db.execute("SELECT name FROM identities ORDER BY seq")]
 
@@ -238,6 +265,7 @@ class FleetContents(msgspec.Struct):
     members: list[FleetIdentity]
     config: cfg.ClientConfig
     layout: str  # "keystore" or "directories"
+    max_seq: int = -1  # keystore: the highest sequence number read (identities added later are newer)
 
 
 def load_identities(root: str | Path) -> FleetContents:
@@ -245,10 +273,10 @@ def load_identities(root: str | Path) -> FleetContents:
     root = Path(root)
     if (root / STORE_FILE).exists():
         with FleetStore(root) as store:
-            members = store.identities()
+            members, top = store.snapshot()
             if not members:
                 raise FleetError(f"fleet {root} has no identities (add some: loopix-client fleet add {root} --count N)")
-            return FleetContents(str(root), members, store.config, "keystore")
+            return FleetContents(str(root), members, store.config, "keystore", top)
     base = root / "clients"
     if not root.is_dir():
         raise FleetError(f"no fleet directory {root}")

@@ -302,7 +302,7 @@ def test_a_thousand_identities_message_each_other_through_the_fleet_socket(testn
 
 
 
-def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path):
+def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path, capsys):
     """`fleet add|remove` from the CLI (another connection to the keystore) and `Fleet.add` while
     running: the new identities send and receive, the removed one is gone, the rest go on."""
     import loopix
@@ -335,5 +335,63 @@ def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path):
                 await fleet.send_message("1", b"x", fleet.address("0"))
             await exchange(fleet, inbox, [("14", "2"), ("2", "14"), ("9", "10")])
             assert fleet._coord.stats.connected == 13  # 10 + 3 + 2 joined, 2 left
+            # per-identity counters, through the API and through `fleet stats` (its socket)
+            s10, s14 = await fleet.identity_stats("10", 14)
+            assert (s10.identity, s10.messages_sent, s10.messages_received) == ("10", 1, 1)
+            assert (s14.messages_sent, s14.messages_received) == (1, 1)
+            assert s10.real_sent >= 1 and s10.sent_payload >= s10.real_sent and s10.packets_received >= 1
+            top = await fleet.top_identities(3)
+            assert len(top) == 3 and top[0].sent_payload + top[0].sent_loop + top[0].sent_drop + \
+                top[0].packets_received >= s10.sent_payload + s10.sent_loop + s10.sent_drop + s10.packets_received
+            capsys.readouterr()
+            assert await asyncio.to_thread(main, ["fleet", "stats", str(root), "10", "--top", "2"]) == 0
+            out = capsys.readouterr().out
+            assert "13 identities running" in out and re.search(r"^\s+10\s+\d+", out, re.M) and "top 2" in out
+            assert await asyncio.to_thread(main, ["fleet", "stats", str(root), "1"]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "no identity '1'" in err
 
     uvloop.run(scenario())
+
+
+def test_run_fleet_process_serves_stats_and_bounded_metrics(testnet, tmp_path):
+    """`run --fleet DIR --metrics-port 0` on a keystore: addresses, status line, `fleet stats` from
+    another process, Prometheus totals with no per-identity label, `fleet add` picked up."""
+    import urllib.request
+
+    root = tmp_path / "fleet"
+    create_fleet(root, 5, fleet_config(testnet.topology_url))
+    env = {**os.environ, "LOOPIX_HOME": str(tmp_path / "unused")}
+    proc = subprocess.Popen([sys.executable, "-m", "loopix", "run", "--fleet", str(root), "--metrics-port", "0",
+                             "--status-interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    lines: list[str] = []
+
+    def read_until(pattern: str) -> re.Match:
+        for line in proc.stdout:  # bounded: status lines come every 0.5 s until the client exits
+            lines.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError("".join(lines))
+
+    try:
+        port = int(read_until(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics")[1])
+        assert sum(ln.startswith(("0:", "1:", "2:", "3:", "4:")) for ln in lines) == 5
+        read_until(r"identities 5 \(connected 5\)")
+        stats = subprocess.run([sys.executable, "-m", "loopix", "fleet", "stats", str(root)], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert stats.returncode == 0 and "5 identities running, 5 connected" in stats.stdout, stats.stderr
+        assert "top 5 by packets" in stats.stdout
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "loopix_fleet_identities 5.0" in text and 'loopix_fleet_sent_packets_total{stream="payload"}' in text
+        labels = set(re.findall(r"^loopix_\w+\{(\w+)=", text, re.M))
+        assert labels == {"stream"}, labels  # bounded: never an identity
+        assert main(["fleet", "add", str(root), "--count", "2"]) == 0
+        read_until(r"identities 7 \(connected 7\)")
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+        rest = proc.stdout.read()
+        proc.stdout.close()
+    assert code == 0 and "Traceback" not in rest, "".join(lines) + rest
+    assert not (root / "fleet.sock").exists()

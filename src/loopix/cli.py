@@ -455,6 +455,9 @@ def _add_client_options(p: argparse.ArgumentParser, id_required: bool = True) ->
                    help="write one binary record per packet sent to FILE, replacing it (default: none; docs/trace.md)")
     p.add_argument("--status-interval", metavar="DURATION", type=_arg(status_interval), default=5.0,
                    help=STATUS_HELP)
+    p.add_argument("--metrics-port", metavar="PORT", type=_arg(port_number), default=None,
+                   help="with --fleet: the fleet's totals for Prometheus at http://127.0.0.1:PORT/metrics "
+                   "(default: none)")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -535,6 +538,10 @@ def _start(client, serve=None, interval: float = 5.0) -> int:
 def _check_client_options(args: argparse.Namespace) -> None:
     if args.trace:
         check_writable_file(args.trace)
+    if args.metrics_port is not None:
+        if not args.fleet:
+            raise UsageError("--metrics-port goes with --fleet DIR")
+        check_port_free(args.metrics_port)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -163,6 +163,31 @@ class AddSenderIdentities(msgspec.Struct, tag=True):
     providers: list[ProviderEndpoint]
 
 
+class IdentityCounters(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One identity's totals since it started, as its sender counts them."""
+
+    identity: int
+    sent: list[int]  # per stream
+    real_sent: int
+    received: int  # packets from its provider (loops included)
+    loops_back: int
+    rtt_sum_ns: int  # of its loops back
+
+
+class IdentityStatsRequest(msgspec.Struct, tag=True):
+    """Counters of these identities, and of the `top` identities by packets sent."""
+
+    ref: int
+    identities: list[int]
+    top: int = 0
+
+
+class IdentityStatsReply(msgspec.Struct, tag=True):
+    ref: int
+    identities: list[IdentityCounters]
+    top: list[IdentityCounters]
+
+
 class RemoveIdentities(msgspec.Struct, tag=True):
     """Identities leaving (global indexes): no more packets or messages for them. Indexes are
     never reused, so nothing else moves."""
@@ -188,7 +213,7 @@ class Resume(msgspec.Struct, tag=True):
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsFailed | WorkerStats
     | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal
-    | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities
+    | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities | IdentityStatsRequest | IdentityStatsReply
 )
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

@@ -212,6 +212,7 @@ class Coordinator:
         # decided once: identities that join later keep the split (see add_identities)
         self.partitioned = len(identities) >= self.n_workers
         self.removed: set[int] = set()
+        self._stats_waiters: dict[int, asyncio.Future] = {}
         self._paused = options.start_paused  # what a restarted worker starts as
 
     # -- start/stop --
@@ -388,8 +389,27 @@ class Coordinator:
                 self._on_received(msg)
             elif isinstance(msg, control.SenderStats):
                 self._on_sender_stats(msg)
+            elif isinstance(msg, control.IdentityStatsReply):
+                waiter = self._stats_waiters.pop(msg.ref, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg)
             elif isinstance(msg, control.Fatal):
                 self.fatal = msg.message
+
+    async def identity_stats(self, indexes: list[int], top: int = 0,
+                             timeout_s: float = 5.0) -> control.IdentityStatsReply:
+        """Per-identity counters from the sender (they live there: no copy per identity here)."""
+        if not self.running or self.sender is None or self.sender.chan is None:
+            raise ClientError("the client is not running")
+        ref = next(self.refs)
+        waiter = self._stats_waiters[ref] = asyncio.get_running_loop().create_future()
+        self.sender.chan.send(control.IdentityStatsRequest(ref, list(indexes), top))
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise ClientError(f"the sender did not answer within {timeout_s:g}s") from None
+        finally:
+            self._stats_waiters.pop(ref, None)
 
     async def _read_worker(self, w: int) -> None:
         while True:

@@ -16,8 +16,10 @@ measured and reported.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import random
@@ -183,6 +185,36 @@ class ProviderLink(asyncio.Protocol):
             self.transport.close()
 
 
+class IdentityCounts:
+    """Per-identity totals in flat arrays (6 x 8 bytes an identity), read on request."""
+
+    def __init__(self, n: int):
+        zeros = bytes(8 * n)
+        self.sent = [array.array("Q", zeros) for _ in range(3)]
+        self.real_sent = array.array("Q", zeros)
+        self.received = array.array("Q", zeros)
+        self.loops_back = array.array("Q", zeros)
+        self.rtt_sum_ns = array.array("Q", zeros)
+
+    def grow(self, k: int) -> None:
+        zeros = bytes(8 * k)
+        for a in (*self.sent, self.real_sent, self.received, self.loops_back, self.rtt_sum_ns):
+            a.frombytes(zeros)
+
+    def row(self, i: int) -> control.IdentityCounters:
+        return control.IdentityCounters(i, [s[i] for s in self.sent], self.real_sent[i], self.received[i],
+                                        self.loops_back[i], self.rtt_sum_ns[i])
+
+    def reply(self, req: control.IdentityStatsRequest, n: int) -> control.IdentityStatsReply:
+        rows = [self.row(i) for i in req.identities if 0 <= i < n]
+        top = []
+        if req.top > 0:
+            p, lo, d = self.sent
+            r = self.received  # traffic: packets sent and received
+            top = [self.row(i) for i in heapq.nlargest(req.top, range(n), key=lambda i: p[i] + lo[i] + d[i] + r[i])]
+        return control.IdentityStatsReply(req.ref, rows, top)
+
+
 class Sender:
     def __init__(self, setup: control.SenderSetup, ctl: control.ControlChannel):
         self.setup = setup
@@ -214,16 +246,23 @@ class Sender:
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
         self.rng = random.Random()
+        # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
+        self.per_identity = IdentityCounts(len(self.identities))
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:
         self.received += 1
+        counts = self.per_identity
+        counts.received[identity] += 1
         info = self.loops.decode(payload)
         if info is not None:
             self.loops_back += 1
+            rtt = time.monotonic_ns() - info.sent_ns
+            counts.loops_back[identity] += 1
+            counts.rtt_sum_ns[identity] += max(0, rtt)
             if len(self.loop_back_sent_ns) < MAX_LOOP_SAMPLES:
                 self.loop_back_sent_ns.append(info.sent_ns)
-                self.loop_back_rtt_ns.append(time.monotonic_ns() - info.sent_ns)
+                self.loop_back_rtt_ns.append(rtt)
             return
         self._received.setdefault(identity, []).append(payload)
 
@@ -286,14 +325,17 @@ class Sender:
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
         by_second = self.loops_sent_by_second
+        per_sent, per_real = self.per_identity.sent, self.per_identity.real_sent
         for t, identity, stream, flags in due:
             sent[stream] += 1
+            per_sent[stream][identity] += 1
             if stream == LOOP:
                 sec = t // 1_000_000_000
                 by_second[sec] = by_second.get(sec, 0) + 1
             real = flags & 1
             if real:
                 self.real_sent += 1
+                per_real[identity] += 1
             self._late_seen += 1
             if len(samples) < LATENESS_SAMPLES:
                 samples.append((actual - t) / 1e3)
@@ -337,6 +379,8 @@ class Sender:
                 return
             if isinstance(msg, control.AddSenderIdentities):
                 self.add_identities(msg)
+            elif isinstance(msg, control.IdentityStatsRequest):
+                self.ctl.send(self.per_identity.reply(msg, len(self.identities)))
             elif isinstance(msg, control.RemoveIdentities):
                 gone = set(msg.identities)
                 for link in {self.link_of[i] for i in gone if i < len(self.link_of)}:
@@ -348,6 +392,7 @@ class Sender:
         first = len(self.identities)
         self.identities = [*self.identities, *msg.identities]
         self.ready.extend(bytes(len(msg.identities)))
+        self.per_identity.grow(len(msg.identities))
         self.setup.providers = msg.providers
         by_key = {link.endpoint.key: link for link in self.links}
         joining: dict[int, list[int]] = {}

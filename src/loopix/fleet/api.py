@@ -15,19 +15,23 @@ directory names for the per-identity layout); an int is taken as its decimal nam
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
+
+from loopix.client import control
 from loopix.client.api import Client, IdentityLock, MessageStream, Subscription, runtime_options
 from loopix.client.coordinator import ClientError, Coordinator, Identity, Stats
 from loopix.wire.socket_api import ClientAddress
 
 from .store import FleetContents, FleetIdentity, FleetStore, load_identities
 
-__all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "UnknownIdentityError"]
+__all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "IdentityStats", "UnknownIdentityError"]
 
 log = logging.getLogger("loopix.fleet")
 
@@ -42,6 +46,23 @@ class UnknownIdentityError(ClientError, ValueError):
 
 
 IdentityName = str | int
+
+
+class IdentityStats(msgspec.Struct, frozen=True):
+    """One identity's traffic since the fleet started: packets sent per stream (payload includes
+    the real ones), packets received from its provider, loops back and their mean round trip,
+    and whole messages sent and received."""
+
+    identity: str
+    sent_payload: int
+    sent_loop: int
+    sent_drop: int
+    real_sent: int
+    packets_received: int
+    loops_back: int
+    rtt_mean_ms: float | None
+    messages_sent: int
+    messages_received: int
 
 
 class FleetMessages:
@@ -113,6 +134,10 @@ class Fleet:
         self._seen_seq = contents.max_seq
         self._store: FleetStore | None = None
         self._watch: asyncio.Task | None = None
+        self._queries = None
+        n = len(self._names)
+        self._messages_out = array.array("Q", bytes(8 * n))  # per coordinator index
+        self._messages_in = array.array("Q", bytes(8 * n))
         self._options = runtime_options(contents.config, trace_path=trace_path, workers=workers,
                                          directory_url=directory_url)
         self._coord: Coordinator | None = None
@@ -133,11 +158,13 @@ class Fleet:
             self._coord = Coordinator(self._identities, self._options)
             self._coord.on_waiting = self.on_waiting
             await self._coord.start()
+            self._coord.message_listeners.append(self._count_message)
             if self.layout == "keystore":
                 self._store = FleetStore(self.root)
                 version = self._store.data_version()
                 self._sync()  # what changed since the load
                 self._watch = asyncio.create_task(self._watch_store(version))
+            await self._serve_queries()
         except BaseException:
             if self._lock is not None:
                 self._lock.release()
@@ -147,8 +174,21 @@ class Fleet:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
+    async def _serve_queries(self) -> None:
+        """`loopix-client fleet stats DIR` asks through DIR/fleet.sock (see query.py)."""
+        from .query import QueryServer
+
+        try:
+            self._queries = await QueryServer(self, self.root).start()
+        except OSError as exc:  # e.g. a path too long for a Unix socket: stats from the API only
+            log.warning("fleet %s: no stats socket (%s); `fleet stats` will not reach this fleet",
+                        self.root, exc.strerror or exc)
+
     async def close(self) -> None:
         try:
+            if self._queries is not None:
+                await self._queries.close()
+                self._queries = None
             if self._watch is not None:
                 self._watch.cancel()
                 await asyncio.gather(self._watch, return_exceptions=True)
@@ -203,6 +243,8 @@ class Fleet:
         joining = [m for m in added if m.name not in self._index]
         if joining:
             indexes = self._coord.add_identities([self._identity(m) for m in joining])
+            self._messages_out.frombytes(bytes(8 * len(joining)))
+            self._messages_in.frombytes(bytes(8 * len(joining)))
             for i, m in zip(indexes, joining, strict=True):
                 self._names.append(m.name)
                 self._index[m.name] = i
@@ -253,6 +295,36 @@ class Fleet:
             except ValueError as e:
                 raise ValueError(f"bad recipient address: {e}") from None
         self._coord.send_message(index, bytes(message), recipient.client_key, recipient.provider_key)
+        self._messages_out[index] += 1
+
+    @property
+    def messages_sent_total(self) -> int:
+        return sum(self._messages_out)
+
+    def _count_message(self, index: int, data: bytes) -> None:
+        self._messages_in[index] += 1
+
+    # -- per-identity counters (on request: they live in flat arrays, mostly in the sender) --
+    def _stats_of(self, row: control.IdentityCounters) -> IdentityStats:
+        i = row.identity
+        rtt = row.rtt_sum_ns / row.loops_back / 1e6 if row.loops_back else None
+        return IdentityStats(self._names[i], *row.sent, row.real_sent, row.received, row.loops_back, rtt,
+                             self._messages_out[i], self._messages_in[i])
+
+    async def identity_stats(self, *identities: IdentityName) -> list[IdentityStats]:
+        """Counters of the named identities (UnknownIdentityError for a name not in the fleet)."""
+        indexes = [self._resolve(i) for i in identities]
+        if self._coord is None:
+            raise ClientError("the fleet is not running")
+        reply = await self._coord.identity_stats(indexes)
+        return [self._stats_of(row) for row in reply.identities]
+
+    async def top_identities(self, k: int = 10) -> list[IdentityStats]:
+        """The `k` identities with the most packets sent and received."""
+        if self._coord is None:
+            raise ClientError("the fleet is not running")
+        reply = await self._coord.identity_stats([], top=k)
+        return [self._stats_of(row) for row in reply.top]
 
     def messages(self, max_messages: int = DEFAULT_QUEUE_MESSAGES,
                  max_bytes: int = DEFAULT_QUEUE_BYTES) -> FleetMessages:

@@ -58,17 +58,57 @@ def _announce(fleet) -> None:
     print(f"running {len(fleet)} identities; Ctrl-C stops", flush=True)
 
 
-def _start(fleet, interval: float, serve=None) -> int:
+class _FleetExtras:
+    """What runs beside the fleet (a socket server, the metrics exporter) and the end of its status
+    line: identities running and connected (their counters: `fleet stats`)."""
+
+    def __init__(self, fleet, server=None, metrics=None) -> None:
+        self.fleet, self.server, self.metrics = fleet, server, metrics
+
+    def status(self) -> str:
+        line = f"identities {len(self.fleet)} (connected {self.fleet.stats.connected})"
+        inner = getattr(self.server, "status", None)
+        return f"{line} | {inner()}" if inner else line
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.metrics is not None:
+            self.metrics[0].shutdown()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+def _start(fleet, args: argparse.Namespace, serve=None) -> int:
     from loopix.client.coordinator import ClientError
 
+    async def extras(fleet):
+        server = await serve(fleet) if serve is not None else None
+        metrics = None
+        if args.metrics_port is not None:
+            from .metrics import serve_fleet_metrics
+
+            try:
+                metrics = serve_fleet_metrics(fleet, args.metrics_port)
+            except OSError as exc:
+                if server is not None:
+                    server.close()
+                    await server.wait_closed()
+                raise CliError(f"cannot serve metrics on 127.0.0.1:{args.metrics_port}: "
+                               f"{exc.strerror or exc}") from None
+            print(f"Metrics on http://127.0.0.1:{metrics[0].server_port}/metrics", flush=True)
+        return _FleetExtras(fleet, server, metrics)
+
     try:
-        return fleet.start(status_interval_s=interval, on_ready=_announce, serve=serve)
+        return fleet.start(status_interval_s=args.status_interval, on_ready=_announce, serve=extras)
     except ClientError as exc:
         raise CliError(str(exc)) from None
 
 
 def run_fleet(args: argparse.Namespace) -> int:
-    return _start(_load(args), args.status_interval)
+    return _start(_load(args), args)
 
 
 def socket_fleet(args: argparse.Namespace) -> int:
@@ -91,7 +131,7 @@ def socket_fleet(args: argparse.Namespace) -> int:
             raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
         return _ServerWithMailbox(server, mailbox)
 
-    return _start(fleet, args.status_interval, serve)
+    return _start(fleet, args, serve)
 
 
 # --- `loopix-client fleet ...` -----------------------------------------------------------------------
@@ -109,6 +149,12 @@ def add_fleet_parser(sub: argparse._SubParsersAction, epilog: str) -> None:
     add.add_argument("dir", metavar="DIR")
     add.add_argument("--count", metavar="N", required=True, type=_arg(positive_count),
                      help="how many identities to add (at least 1)")
+    st = actions.add_parser("stats", help="a running fleet's counters, per identity and top by traffic")
+    st.add_argument("dir", metavar="DIR")
+    st.add_argument("ids", metavar="ID", nargs="*", help="identities to show")
+    st.add_argument("--top", metavar="K", type=_arg(positive_count), default=None,
+                    help="also the K identities with the most packets sent and received "
+                    "(default: 10 when no ID is given)")
     rm = actions.add_parser("remove", help="delete identities (their keys are lost)")
     rm.add_argument("dir", metavar="DIR")
     rm.add_argument("ids", metavar="ID", nargs="+")
@@ -126,9 +172,49 @@ def _store(root: str) -> FleetStore:
         raise CliError(str(exc)) from None
 
 
+def _stats_line(s) -> str:
+    rtt = f"{s.rtt_mean_ms:.0f}" if s.rtt_mean_ms is not None else "-"
+    return (f"{s.identity:>10} {s.sent_payload:>9} {s.real_sent:>6} {s.sent_loop:>8} {s.sent_drop:>8} "
+            f"{s.packets_received:>9} {s.loops_back:>10} {rtt:>8} {s.messages_sent:>8} {s.messages_received:>8}")
+
+
+_STATS_HEADER = (f"{'identity':>10} {'payload':>9} {'real':>6} {'loop':>8} {'drop':>8} {'received':>9} "
+                 f"{'loops back':>10} {'rtt ms':>8} {'msgs out':>8} {'msgs in':>8}")
+
+
+def fleet_stats(args: argparse.Namespace) -> int:
+    from .query import SOCKET_FILE, StatsQuery, ask
+
+    top = args.top if args.top is not None else (0 if args.ids else 10)
+    try:
+        answer = ask(args.dir, StatsQuery(args.ids, top))
+    except FileNotFoundError:
+        raise CliError(f"no running fleet in {args.dir} (no {SOCKET_FILE}; start it with "
+                       f"`loopix-client run --fleet {args.dir}`)") from None
+    except ConnectionRefusedError:
+        raise CliError(f"no running fleet in {args.dir} (nothing listens on its {SOCKET_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"could not ask the fleet in {args.dir}: {exc}") from None
+    if answer.error:
+        raise CliError(answer.error)
+    print(f"fleet {args.dir}: {answer.running} identities running, {answer.connected} connected")
+    if answer.identities:
+        print(_STATS_HEADER)
+        for s in answer.identities:
+            print(_stats_line(s))
+    if answer.top:
+        print(f"top {len(answer.top)} by packets sent and received:")
+        print(_STATS_HEADER)
+        for s in answer.top:
+            print(_stats_line(s))
+    return 0
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from loopix.keys import key_to_b64url
 
+    if args.action == "stats":
+        return fleet_stats(args)
     with _store(args.dir) as store:
         try:
             if args.action == "list":

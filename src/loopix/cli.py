@@ -232,6 +232,9 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
                    help="create a fleet instead: --count identities in one keystore, DIR/fleet.db")
     p.add_argument("--count", metavar="N", type=_arg(positive_count), default=None,
                    help="with --fleet: how many identities (at least 1)")
+    from loopix.fleet.cli import add_fleet_rate_options
+
+    add_fleet_rate_options(p)
     p.set_defaults(handler=_cmd_init)
 
 
@@ -407,9 +410,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
             print(f"Using the testnet running under {cfg.loopix_home()}: {directory}")
         else:
             directory = cfg.DEFAULT_DIRECTORY
-    if args.fleet or args.count is not None:
+    rates = (args.payload_rate, args.loop_rate, args.drop_rate)
+    if args.fleet or args.count is not None or rates != (None, None, None):
         if not args.fleet:
-            raise UsageError("--count goes with --fleet DIR")
+            raise UsageError("--count and the rates go with --fleet DIR (a single client's rates are in its config.toml)")
         from loopix.fleet.cli import init_fleet
 
         return init_fleet(args, directory)

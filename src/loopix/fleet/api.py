@@ -140,6 +140,8 @@ class Fleet:
         self._messages_in = array.array("Q", bytes(8 * n))
         self._options = runtime_options(contents.config, trace_path=trace_path, workers=workers,
                                          directory_url=directory_url)
+        # registering costs X25519 on both ends: ~2-5k identities/s on a loaded 2-core box
+        self._options.start_timeout_s = max(self._options.start_timeout_s, 20.0 + len(self._names) / 1000)
         self._coord: Coordinator | None = None
         self._streams: list[FleetMessages] = []
         self._lock = IdentityLock(self.root / LOCK_FILE, f"fleet {self.root}") if lock else None

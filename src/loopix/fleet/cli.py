@@ -15,6 +15,26 @@ from .store import FleetError, FleetStore, check_count, create_fleet
 SHOWN_ADDRESSES = 20
 
 
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f"a rate is a number of packets per second, got {text!r}") from None
+    if not 0 <= rate < float("inf"):
+        raise ValueError(f"a rate must be 0 or more packets per second, got {text!r}")
+    return rate
+
+
+_RATES = (("payload", 50.0), ("loop", 5.0), ("drop", 5.0))
+
+
+def add_fleet_rate_options(p: argparse.ArgumentParser) -> None:
+    for stream, default in _RATES:
+        p.add_argument(f"--{stream}-rate", metavar="PER_S", type=_arg(_rate), default=None,
+                       help=f"with --fleet: each identity's {stream} stream, packets/s (default {default:g}; "
+                       "0 turns it off)")
+
+
 def init_fleet(args: argparse.Namespace, directory: str) -> int:
     """`init --fleet DIR --count N`: N identities in one keystore, in one process."""
     from loopix.cli import _testnet_traffic
@@ -23,9 +43,14 @@ def init_fleet(args: argparse.Namespace, directory: str) -> int:
         raise UsageError("give --id or --fleet, not both (fleet identities are named 0, 1, ...)")
     if args.count is None:
         raise UsageError("--fleet needs --count N")
+    traffic = _testnet_traffic(directory, None)
+    for stream, _ in _RATES:
+        rate = getattr(args, f"{stream}_rate")
+        if rate is not None:
+            setattr(traffic, f"{stream}_rate", rate)
     conf = cfg.ClientConfig(
         client=cfg.ClientSection(id="fleet", directory_server_topology=directory, provider_id=args.provider or ""),
-        traffic=_testnet_traffic(directory, None),
+        traffic=traffic,
     )
     try:
         store = create_fleet(args.fleet, check_count(args.count), conf, force=args.force)

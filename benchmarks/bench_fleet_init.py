@@ -93,12 +93,16 @@ async def running_fleet(root: Path, add: int) -> dict:
     before = rss_kib(os.getpid())
     async with loopix.Fleet.load(root, lock=False) as fleet:
         inbox = fleet.messages()  # real-message capable: a listener subscribed, as an application has
+        def measure() -> dict[str, int]:
+            gc.collect()
+            parts = {"coordinator": rss_kib(os.getpid()) - before, "sender": rss_kib(fleet._coord.sender.proc.pid)}
+            for i, w in enumerate(fleet._coord.workers):
+                parts[f"worker{i}"] = rss_kib(w.proc.pid)
+            return parts
+
         await asyncio.sleep(3.0)  # steady state: stats rounds, rings in use
-        gc.collect()
-        parts = {"coordinator": rss_kib(os.getpid()) - before, "sender": rss_kib(fleet._coord.sender.proc.pid)}
-        for i, w in enumerate(fleet._coord.workers):
-            parts[f"worker{i}"] = rss_kib(w.proc.pid)
-        added_s = None
+        parts = measure()
+        added_s = after = None
         if add:
             target = len(fleet) + add
             t0 = time.monotonic()
@@ -108,8 +112,11 @@ async def running_fleet(root: Path, add: int) -> dict:
                     raise RuntimeError(f"only {fleet.stats.connected}/{target} connected after 120 s")
                 await asyncio.sleep(0.02)
             added_s = time.monotonic() - t0
+            await asyncio.sleep(3.0)
+            after = measure()
         inbox.close()
-    return {"n": len(fleet), "rss_kib": parts, "total_kib": sum(parts.values()), "add_s": added_s}
+    return {"n": len(fleet), "rss_kib": parts, "total_kib": sum(parts.values()), "add_s": added_s,
+            "after_kib": after}
 
 
 def bench_running(n: int, add: int, work: Path) -> None:
@@ -128,6 +135,10 @@ def bench_running(n: int, add: int, work: Path) -> None:
           f"{per:.0f} bytes/identity above the fleet of 1 {base['rss_kib']} (target <= 1024)")
     if add:
         print(f"  Fleet.add({add}) to the running {n}: all {add} registered in {r['add_s']:.2f} s (target <= 5 s)")
+        total = sum(r["after_kib"].values())
+        per = (total - base["total_kib"]) * 1024 / (n + add - 1)
+        print(f"  the fleet of {n + add} after it: private RSS {total} KiB {r['after_kib']}; {per:.0f} bytes/identity "
+              f"above the fleet of 1 (target <= 1024)")
 
 
 def main() -> None:
@@ -135,7 +146,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dirs", type=int, default=200, help="per-identity directories measured for the floor")
-    ap.add_argument("--running", type=int, default=10_000, help="identities of the running fleet (0: skip)")
+    ap.add_argument("--running", type=int, default=90_000, help="identities of the running fleet (0: skip; "
+                    "with --add at most 100,000 in all: the sink provider's limit per connection)")
     ap.add_argument("--add", type=int, default=10_000, help="identities added to it while running")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))

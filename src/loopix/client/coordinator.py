@@ -374,9 +374,11 @@ class Coordinator:
     # -- children --
     async def _read_sender(self) -> None:
         ours, setup = self._pending_sender
+        self._pending_sender = None  # a fleet's setup holds every key once more: not kept once sent
         chan = await control.ControlChannel.open(ours)
         self.sender.chan = chan
         chan.send(setup)
+        del setup
         while True:
             msg = await chan.recv()
             if msg is None:

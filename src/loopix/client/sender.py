@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -47,6 +48,7 @@ TIMER_EARLY_NS = 2_000_000  # ...and wake this much before it (uvloop timers hav
 NAP_MIN_NS = 60_000  # below this, yield to the loop instead of sleeping
 NAP_EARLY_NS = 40_000  # wake this much early from a nap (the kernel adds its timer slack)
 MAX_PER_ROUND = 1024
+REGISTER_CHUNK = 1024  # REGISTERs in flight per link: a fleet registers in chunks, not one 10 MB burst
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
@@ -70,6 +72,7 @@ class ProviderLink(asyncio.Protocol):
         self.backoff = 0.2
         self.closing = False
         self.refusals_logged = 0
+        self.to_register: collections.deque[int] = collections.deque()
 
     async def connect_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,18 +117,21 @@ class ProviderLink(asyncio.Protocol):
                             sender.on_message(identity, m.message)
                         acks.append(m.id)
                 case pp.ChallengeReceived():
-                    ids = sender.identities
-                    self.transport.write(proto.send_register_many(
-                        (ids[i].secret_key, ids[i].public_key) for i in self.members))
+                    self.to_register = collections.deque(self.members)
+                    self._register_more()
                 case pp.KeyRegistered(client_key=key):
                     identity = self.index_of.get(key)
                     if identity is not None:
                         self._set_ready(identity, True)
                     self.backoff = 0.2
+                    if self.to_register:
+                        self._register_more()
                 case pp.KeyRefused(client_key=key, reason=reason):
                     identity = self.index_of.get(key)
                     if identity is not None:
                         self._set_ready(identity, False)
+                    if self.to_register:
+                        self._register_more()
                     if self.refusals_logged < 5:
                         self.refusals_logged += 1
                         log.warning("provider refused identity %s: %s", identity, reason)
@@ -140,19 +146,28 @@ class ProviderLink(asyncio.Protocol):
             sender.flush_received()
             self.transport.write(proto.send_ack(acks))
 
+    def _register_more(self) -> None:
+        """Keep up to REGISTER_CHUNK registrations in flight until every member is registered."""
+        proto, queue, ids = self.proto, self.to_register, self.sender.identities
+        if self.transport is None or proto is None or proto.closed:
+            return
+        while queue and len(proto.pending) <= REGISTER_CHUNK // 2:
+            take = [queue.popleft() for _ in range(min(REGISTER_CHUNK, len(queue)))]
+            try:
+                frames = proto.send_register_many((ids[i].secret_key, ids[i].public_key) for i in take)
+            except pp.ProtocolStateError:  # not challenged yet: ChallengeReceived starts over with every member
+                queue.extendleft(reversed(take))
+                return
+            self.transport.write(frames)
+
     def join(self, identities: list[int]) -> None:
         """Identities joining a running link: registered now if the session is up, else with the
         rest at the next challenge."""
         ids = self.sender.identities
         self.members.extend(identities)
         self.index_of.update((ids[i].public_key, i) for i in identities)
-        if self.transport is None or self.proto is None or self.proto.closed:
-            return
-        try:
-            frames = self.proto.send_register_many((ids[i].secret_key, ids[i].public_key) for i in identities)
-        except pp.ProtocolStateError:  # not challenged yet: ChallengeReceived registers every member
-            return
-        self.transport.write(frames)
+        self.to_register.extend(identities)
+        self._register_more()
 
     def leave(self, identities: set[int]) -> None:
         """Identities leaving: not ready any more, and what arrives for them is acked and dropped."""
@@ -161,6 +176,8 @@ class ProviderLink(asyncio.Protocol):
             self._set_ready(i, False)
             self.index_of.pop(ids[i].public_key, None)
         self.members = [i for i in self.members if i not in identities]
+        if self.to_register:
+            self.to_register = collections.deque(i for i in self.to_register if i not in identities)
 
     def pull(self, identity: int) -> None:
         if self.transport is None or self.proto is None or not self.sender.ready[identity]:

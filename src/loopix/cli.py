@@ -562,14 +562,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_socket(args: argparse.Namespace) -> int:
     _check_client_options(args)
+    if not args.id and not args.fleet:
+        raise UsageError("socket needs --id ID (see init) or --fleet DIR")
     check_port_free(args.port)  # before any key is announced or process started
     _log_to_stderr("socket")
     if args.fleet:
         from loopix.fleet.cli import socket_fleet
 
         return socket_fleet(args)
-    if not args.id:
-        raise UsageError("socket needs --id ID (see init) or --fleet DIR")
     from loopix import sockets
     from loopix.mailbox import Mailbox
 

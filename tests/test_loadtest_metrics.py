@@ -18,9 +18,11 @@ from loopix.loadtest.metrics import (
     decode_histogram,
     erlang_cdf,
     erlang_quantile,
+    new_histogram,
     node_totals,
     predicted_rtt_quantiles,
 )
+from loopix.loadtest.model import RttModel, ks_distance
 from loopix.loadtest.thresholds import (
     EXIT_THRESHOLD_VIOLATED,
     METRICS,
@@ -56,7 +58,7 @@ def test_erlang_k1_is_exponential_and_k3_median():
 def test_erlang_without_delay_is_a_step():
     assert erlang_quantile(0.99, 3, 0.0) == 0.0
     assert erlang_cdf(0.1, 3, 0.0) == 1.0
-    assert predicted_rtt_quantiles(0.0, 3, (0.5,), offset_ms=7.0) == {0.5: 7.0}
+    assert predicted_rtt_quantiles(0.0, 3, (0.5,)) == {0.5: 0.0}
 
 
 @given(
@@ -69,10 +71,39 @@ def test_erlang_quantile_inverts_the_cdf(p, k, mean):
     assert erlang_cdf(x, k, mean) == pytest.approx(p, abs=1e-9)
 
 
-def test_predicted_quantiles_are_offset_erlang():
-    q = predicted_rtt_quantiles(50.0, 3, (0.5, 0.99), offset_ms=10.0)
-    assert q[0.5] == pytest.approx(10.0 + erlang_quantile(0.5, 3, 50.0))
+def test_predicted_quantiles_are_the_unshifted_erlang():
+    q = predicted_rtt_quantiles(50.0, 3, (0.5, 0.99))
+    assert q[0.5] == pytest.approx(erlang_quantile(0.5, 3, 50.0))
     assert q[0.99] > q[0.5]
+
+
+def test_hypoexponential_matches_closed_forms():
+    # two distinct rates: F(x) = 1 - (l2 e^{-l1 x} - l1 e^{-l2 x}) / (l2 - l1)
+    l1, l2 = 1 / 20.0, 1 / 70.0
+    model = RttModel((20.0, 70.0))
+    for x in (1.0, 30.0, 90.0, 400.0):
+        exact = 1 - (l2 * math.exp(-l1 * x) - l1 * math.exp(-l2 * x)) / (l2 - l1)
+        assert model.cdf(x) == pytest.approx(exact, abs=1e-9)
+    # repeated means mixed with another: the mean of the sum is the sum of the means
+    mixed = RttModel((30.0, 30.0, 10.0))
+    assert "hypoexponential" in mixed.name
+    xs = [i * 0.5 for i in range(4000)]
+    mean = sum((1 - mixed.cdf(x)) * 0.5 for x in xs)  # E[X] = integral of the survival function
+    assert mean == pytest.approx(70.0, rel=0.01)
+    assert RttModel((50.0,) * 3).name == "Erlang(k=3, mean 50 ms)"
+
+
+def test_ks_distance_of_a_model_sample_is_small_and_of_a_shifted_one_large():
+    rng = random.Random(5)
+    model = RttModel((50.0, 50.0, 50.0))
+    same, shifted = new_histogram(), new_histogram()
+    for _ in range(20_000):
+        us = int(sum(rng.expovariate(1 / 50.0) for _ in range(3)) * 1000)
+        same.record_value(us)
+        shifted.record_value(us + 40_000)  # 40 ms of queueing on top of the delays
+    assert ks_distance(same, model) < 0.015  # 1.36/sqrt(n) = 0.0096 at the 5 % level
+    assert ks_distance(shifted, model) > 0.15
+    assert ks_distance(new_histogram(), model) is None
 
 
 # --- RTT percentiles ------------------------------------------------------------------------------
@@ -105,11 +136,14 @@ def test_rtt_percentiles_within_hdr_precision_of_an_erlang_sample():
         # 3 significant digits: a reported value is within 1/1000 of the true one (+1 µs)
         assert got == pytest.approx(exact, rel=1e-3, abs=1e-3), p
     # and the sample agrees with the model it was drawn from (statistical tolerance)
-    pred = predicted_rtt_quantiles(mean_ms, 3, (0.5, 0.9, 0.99), offset_ms=offset_ms)
-    assert s.rtt.p50_ms == pytest.approx(pred[0.5], rel=0.03)
-    assert s.rtt.p90_ms == pytest.approx(pred[0.9], rel=0.03)
-    assert s.rtt.p99_ms == pytest.approx(pred[0.99], rel=0.06)
-    assert s.rtt_offset_ms == pytest.approx(offset_ms, abs=3.0)
+    pred = predicted_rtt_quantiles(mean_ms, 3, (0.5, 0.9, 0.99))
+    assert s.rtt.p50_ms == pytest.approx(pred[0.5] + offset_ms, rel=0.03)
+    assert s.rtt.p90_ms == pytest.approx(pred[0.9] + offset_ms, rel=0.03)
+    assert s.rtt.p99_ms == pytest.approx(pred[0.99] + offset_ms, rel=0.06)
+    # the model is not shifted: the constant 5 ms shows up as excess, and in the KS distance
+    assert s.rtt_excess_ms["p50"] == pytest.approx(offset_ms, abs=3.0)
+    assert s.rtt_model == "Erlang(k=3, mean 50 ms)" and s.hop_means_ms == [50.0] * 3
+    assert 0.01 < s.rtt_ks < 0.06
     assert s.predicted_rtt_ms["p50"] == pytest.approx(erlang_quantile(0.5, 3, mean_ms))
     assert set(s.predicted_rtt_ms) == {"p50", "p90", "p99", "p999"}
     # the per-second and cumulative columns

@@ -221,11 +221,12 @@ def summary_table(summary: Summary) -> Table:
                 f"p90 {_ms(p.p90_ms)}, p99.9 {_ms(p.p999_ms)}, max {_ms(p.max_ms)}, n={p.count:,}",
             )
     pred = s.predicted_rtt_ms
-    off = s.rtt_offset_ms or 0.0
+    ex = s.rtt_excess_ms
+    ks = "–" if s.rtt_ks is None else f"{s.rtt_ks:.3f}"
     t.add_row(
-        "predicted RTT p50/p99 ms",
-        f"{_ms(pred.get('p50', 0.0) + off)} / {_ms(pred.get('p99', 0.0) + off)}",
-        f"Erlang(k={s.mix_layers}, mean {s.mean_hop_delay_ms:g} ms) + offset {off:.1f} ms",
+        "model RTT p50/p99 ms",
+        f"{_ms(pred.get('p50', 0.0))} / {_ms(pred.get('p99', 0.0))}",
+        f"{s.rtt_model}, not fitted; excess p50 {_ms(ex.get('p50'))}, p99 {_ms(ex.get('p99'))} ms; KS {ks}",
     )
     m = s.messages
     if m.sent:

@@ -14,13 +14,14 @@ grace window has passed its end: lost = sent in judged seconds - returned with a
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 from hdrh.histogram import HdrHistogram
+
+from .model import RttModel, erlang_cdf, erlang_quantile, ks_distance, loop_hop_means
 
 __all__ = [
     "HIST_HIGHEST_US",
@@ -122,50 +123,15 @@ def _clamp_us(value_ns: int) -> tuple[int, bool]:
 # --- the predicted round trip ---------------------------------------------------------------------
 
 
-def erlang_cdf(x_ms: float, k: int, mean_ms: float) -> float:
-    """P(sum of k independent Exp(mean) delays <= x): 1 - sum_{n<k} e^{-λx}(λx)^n/n!."""
-    if k <= 0 or mean_ms <= 0:
-        return 1.0 if x_ms >= 0 else 0.0
-    if x_ms <= 0:
-        return 0.0
-    lx = x_ms / mean_ms
-    term = math.exp(-lx)
-    tail = term
-    for n in range(1, k):
-        term *= lx / n
-        tail += term
-    return min(1.0, max(0.0, 1.0 - tail))
-
-
-def erlang_quantile(p: float, k: int, mean_ms: float) -> float:
-    """The x with erlang_cdf(x) = p, by bisection (closed form CDF; no scipy needed)."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"quantile must be in [0, 1), got {p}")
-    if k <= 0 or mean_ms <= 0 or p == 0.0:
-        return 0.0
-    lo, hi = 0.0, mean_ms * k
-    while erlang_cdf(hi, k, mean_ms) < p:
-        lo, hi = hi, hi * 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if erlang_cdf(mid, k, mean_ms) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-9 * hi:
-            break
-    return (lo + hi) / 2
-
-
 def predicted_rtt_quantiles(
     mean_hop_delay_ms: float,
     mix_layers: int = 3,
     quantiles: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
-    offset_ms: float = 0.0,
 ) -> dict[float, float]:
-    """RTT quantiles (ms) a loop should show: `mix_layers` hops each holding it Exp(mean), i.e.
-    Erlang(k=mix_layers, rate=1/mean), plus a constant `offset_ms` for transport and processing."""
-    return {q: offset_ms + erlang_quantile(q, mix_layers, mean_hop_delay_ms) for q in quantiles}
+    """RTT quantiles (ms) of the delay model alone: `mix_layers` hops each holding the loop
+    Exp(mean). Never shifted by anything measured (see loadtest.model)."""
+    model = RttModel(loop_hop_means(mean_hop_delay_ms, mix_layers))
+    return {q: model.quantile(q) for q in quantiles}
 
 
 # --- rows, totals, summary ------------------------------------------------------------------------
@@ -290,7 +256,10 @@ class Summary(msgspec.Struct):
     loops: LoopStats
     rtt: Percentiles
     predicted_rtt_ms: dict[str, float]
-    rtt_offset_ms: float | None
+    rtt_model: str
+    hop_means_ms: list[float]
+    rtt_excess_ms: dict[str, float | None]
+    rtt_ks: float | None
     messages: MessageStats
     message_latency: Percentiles
     lateness: Percentiles
@@ -659,10 +628,12 @@ class LoadMetrics:
         rates["real"] = self._real / duration if duration > 0 else 0.0
         rates["loop_back"] = self._back / duration if duration > 0 else 0.0
         rtt = percentiles_of(self._rtt)
-        predicted = predicted_rtt_quantiles(self.mean_hop_delay_ms, self.mix_layers)
-        offset = None
-        if rtt.p50_ms is not None:
-            offset = max(0.0, rtt.p50_ms - predicted[0.5])
+        model = RttModel(loop_hop_means(self.mean_hop_delay_ms, self.mix_layers))
+        predicted = {q: model.quantile(q) for q in (0.5, 0.9, 0.99, 0.999)}
+        excess = {
+            "p50": None if rtt.p50_ms is None else rtt.p50_ms - predicted[0.5],
+            "p99": None if rtt.p99_ms is None else rtt.p99_ms - predicted[0.99],
+        }
         m = self._msg
         lost = len(self._expired)
         judged = m["delivered"] + lost  # delivered (on time or late) or given up on
@@ -695,7 +666,10 @@ class LoadMetrics:
             loops=self._loop_stats(now_ns),
             rtt=rtt,
             predicted_rtt_ms={_quantile_key(q): v for q, v in predicted.items()},
-            rtt_offset_ms=offset,
+            rtt_model=model.name,
+            hop_means_ms=list(model.hop_means_ms),
+            rtt_excess_ms=excess,
+            rtt_ks=ks_distance(self._rtt, model),
             messages=messages,
             message_latency=percentiles_of(self._msg_latency),
             lateness=percentiles_of(self._lateness),

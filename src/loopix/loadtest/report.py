@@ -30,9 +30,8 @@ from loopix.loadtest.metrics import (
     Percentiles,
     Summary,
     decode_histogram,
-    erlang_cdf,
-    erlang_quantile,
 )
+from loopix.loadtest.model import RttModel
 
 __all__ = [
     "HISTORY_FILE",
@@ -293,28 +292,20 @@ def _cdf_points(encoded: str) -> tuple[list[float], list[float]]:
 
 
 def fig_rtt_distribution(summary: Summary) -> Figure | None:
-    """Observed RTT CDF against Erlang(k = mix layers, mean = hop delay) shifted by the offset."""
+    """Observed RTT CDF against the delay model alone (never shifted to fit the data)."""
     xs, ps = _cdf_points(summary.histograms.get("rtt", ""))
     if not xs:
         return None
-    k, mean = summary.mix_layers, summary.mean_hop_delay_ms
-    offset = summary.rtt_offset_ms or 0.0
-    top = max(summary.rtt.p999_ms or 0.0, offset + erlang_quantile(0.999, k, mean)) * 1.15
+    model = RttModel(tuple(summary.hop_means_ms))
+    top = max(summary.rtt.p999_ms or 0.0, model.quantile(0.999)) * 1.15
     grid = [top * i / 400 for i in range(401)]
-    pred = [erlang_cdf(x - offset, k, mean) for x in grid]
-    pred0 = [erlang_cdf(x, k, mean) for x in grid]
+    pred = [model.cdf(x) for x in grid]
     fig, axes = _figure(1, 2, height=4.0)
     ax: Axes = axes[0][0]
     tail: Axes = axes[0][1]
     ax.step(xs, ps, where="post", color="#1f77b4", linewidth=1.8, label="observed")
-    ax.plot(
-        grid,
-        pred,
-        color="#d62728",
-        linewidth=1.4,
-        label=f"Erlang(k={k}, mean {mean:g} ms) + {offset:.1f} ms",
-    )
-    ax.plot(grid, pred0, ":", color="#d62728", alpha=0.7, label="Erlang alone (no transport)")
+    ks = "" if summary.rtt_ks is None else f", KS distance {summary.rtt_ks:.3f}"
+    ax.plot(grid, pred, color="#d62728", linewidth=1.4, label=f"model: {summary.rtt_model}{ks}")
     ax.set_xlim(0, top)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("loop RTT (ms)")
@@ -540,14 +531,13 @@ def _summary_html(s: Summary) -> str:
     m = s.messages
     dists = [_dist_row("loop RTT", s.rtt)]
     pred = s.predicted_rtt_ms
-    off = s.rtt_offset_ms or 0.0
     dists.append(
         [
-            "predicted RTT (+ offset)",
+            "model RTT (delays alone)",
             "",
-            *(_fmt(pred.get(k, math.nan) + off) for k in ("p50", "p90", "p99", "p999")),
+            *(_fmt(pred.get(k, math.nan)) for k in ("p50", "p90", "p99", "p999")),
             "",
-            _fmt(s.mix_layers * s.mean_hop_delay_ms + off),
+            _fmt(sum(s.hop_means_ms)),
         ]
     )
     if m.sent:
@@ -574,8 +564,10 @@ def _summary_html(s: Summary) -> str:
     parts.append(
         "<section><h2>Distributions (ms)</h2>"
         + _table(["", "count", "p50", "p90", "p99", "p99.9", "max", "mean"], dists, "num")
-        + f'<p class="note">Offset (transport and processing, observed median − predicted '
-        f"median): {_fmt(s.rtt_offset_ms)} ms.</p></section>"
+        + f'<p class="note">Model: {html.escape(s.rtt_model)}, the configured delays alone, not '
+        f"fitted to the data. Excess (observed − model): p50 {_fmt(s.rtt_excess_ms.get('p50'))} ms, "
+        f"p99 {_fmt(s.rtt_excess_ms.get('p99'))} ms; KS distance {_fmt(s.rtt_ks, digits=3)}."
+        "</p></section>"
     )
     if s.thresholds:
         rows = "".join(
@@ -632,9 +624,10 @@ _CAPTIONS = {
     "with loops coming back. Flat lines at the configured rates mean the scheduler kept up.",
     "rtt_time": "Loop RTT percentiles in each second (solid) and over the run so far (dashed); "
     "below, the fraction of judged loops (sent more than the grace period ago) that never came back.",
-    "rtt_dist": "Observed loop RTT against the sum of the mix layers' exponential delays, "
-    "Erlang(k, mean hop delay), shifted by the offset (transport and processing). Right: the tail "
-    "on a log scale; a gap there means queueing or losses the delay model does not explain.",
+    "rtt_dist": "Observed loop RTT against the model: the sum of the exponential delays the "
+    "loop's hops carry (Erlang(k, mean hop delay) for equal means), not fitted to the data. The gap "
+    "between the curves is what transport, processing and queueing added (the excess); the KS "
+    "distance is the largest vertical gap. Right: the tail on a log scale.",
     "lateness": "How late the sender put packets on the wire relative to their Poisson schedule. "
     "The schedule is open loop, so lateness is not hidden from the RTT (no coordinated omission).",
     "messages": "Latency from handing a real message to the client to its reassembly at the "

@@ -1,0 +1,40 @@
+"""Load-test reports that say what they measured, on a real idle mixnet: the unshifted delay
+model fits an idle network, and the report carries its evidence (one idle run, checked many ways)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import uvloop
+
+from loopix.loadtest.run import LoadTestOptions, run_loadtest
+from loopix.testnet.launcher import Testnet
+
+IDLE_HOP_DELAY_MS = 50.0
+
+
+@pytest.fixture(scope="module")
+def idle_run(tmp_path_factory):
+    """≥ 2,000 loops at 100 loops/s on an otherwise idle 3-layer testnet (mean hop delay 50 ms)."""
+    out = tmp_path_factory.mktemp("idle") / "report"
+    with Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=IDLE_HOP_DELAY_MS,
+                 presence_interval=1.0) as net:
+        opts = LoadTestOptions(identities=20, duration_s=22.0, payload_rate=0.0, loop_rate=5.0,
+                               drop_rate=0.0, mean_hop_delay_ms=IDLE_HOP_DELAY_MS, grace_s=3.0,
+                               workers=1, live=False, out_dir=str(out))
+        result = uvloop.run(run_loadtest(opts, directory_url=net.topology_url))
+    return result, out
+
+
+def test_idle_rtt_matches_the_unshifted_model(idle_run):
+    result, out = idle_run
+    s = result.summary
+    assert s.rtt.count >= 2000
+    assert s.rtt_model == "Erlang(k=3, mean 50 ms)"
+    assert s.rtt_ks is not None and s.rtt_ks <= 0.05, s.rtt_ks
+    # the model is the delays alone: what the network adds is positive excess, not hidden
+    assert s.predicted_rtt_ms["p50"] == pytest.approx(2.674060314 * IDLE_HOP_DELAY_MS, rel=1e-6)
+    assert s.rtt_excess_ms["p50"] == pytest.approx(s.rtt.p50_ms - s.predicted_rtt_ms["p50"])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["rtt_ks"] == s.rtt_ks and "rtt_offset_ms" not in saved

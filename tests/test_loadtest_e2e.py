@@ -131,3 +131,24 @@ def test_cli_reports_bad_usage(tmp_path):
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
 
 
+
+
+def test_killed_provider_counts_the_packets_never_sent(testnet):
+    victim = "provider-1"
+    timer = threading.Timer(3.0, lambda: testnet.kill(victim))
+    timer.start()
+    try:
+        result = uvloop.run(run_loadtest(options(identities=40, duration_s=8.0, messages_rate=0.0, loop_rate=4.0,
+                                                 thresholds=["loss<1%"]), directory_url=testnet.topology_url))
+    finally:
+        timer.cancel()
+        timer.join()
+        testnet.start_node(victim)
+    s = result.summary
+    # half the identities lost their provider for the last ~5 s of 8: their scheduled packets never
+    # went out, and loss counts them (before, loss read ~0 % and "loss<1%" passed)
+    unsent_loops = sum(s.loss.unsent[r]["loop"] for r in ("link_down", "no_route"))
+    assert s.loss.unsent["link_down"]["loop"] > 0, s.loss
+    assert s.loss.by_reason["link_down"] + s.loss.by_reason["no_route"] == unsent_loops
+    assert s.loss.loss is not None and s.loss.loss > 0.15, s.loss
+    assert result.exit_code == EXIT_THRESHOLD_VIOLATED

@@ -153,6 +153,30 @@ def test_rtt_percentiles_within_hdr_precision_of_an_erlang_sample():
     assert last.rtt_p50_ms is not None and last.loops_back_per_s == 2500
 
 
+def test_loss_counts_every_reason_and_thresholds_see_it():
+    m = LoadMetrics(0, 10.0, grace_s=1, start_wall_ns=0)
+    m.record_sent("loop", 100, 0)
+    for _ in range(95):
+        m.record_loop_back(0, 200 * MS)  # 5 sent loops never come back
+    m.record_unsent("link_down", "loop", 40, 500 * MS)  # the provider link was down
+    m.record_unsent("link_down", "payload", 80, 500 * MS)
+    m.record_unsent("no_route", 1, 10, 600 * MS)
+    m.record_unsent("build_error", "drop", 3, 600 * MS)
+    m.tick(3 * S)
+    s = m.summary()
+    assert s.loops.loss == pytest.approx(5 / 100)  # the network's own share
+    assert s.loss.scheduled == 150 and s.loss.lost == 55
+    assert s.loss.by_reason == {"not_back": 5, "link_down": 40, "no_route": 10, "build_error": 0}
+    assert s.loss.loss == pytest.approx(55 / 150)
+    assert s.loss.unsent["link_down"] == {"payload": 80, "loop": 40, "drop": 0}
+    assert s.loss.unsent_total == 133 and m.history[-1].unsent == 133
+    assert m.history[-1].loss == pytest.approx(55 / 150)
+    t = ThresholdSet(["loss<1%", "loss_link_down<=0.2", "loss_not_back<10%", "unsent_build_error==3"])
+    assert [r.passed for r in t.check(s)] == [False, False, True, True]
+    with pytest.raises(ValueError):
+        m.record_unsent("gremlins", "loop", 1, 0)
+
+
 def test_rtt_above_the_histogram_range_is_clamped_and_counted():
     m = LoadMetrics(0, 50.0, grace_s=100, start_wall_ns=0)
     m.record_sent("loop", 2, 0)

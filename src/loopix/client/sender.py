@@ -199,6 +199,7 @@ class Sender:
         self.sent = [0, 0, 0]
         self.real_sent = 0
         self.dropped_unconnected = 0
+        self.unsent_by_stream = [0, 0, 0]  # due while the identity's provider link was down
         self.received = 0
         self.loops_back = 0
         self.loops_sent_by_second: dict[int, int] = {}
@@ -251,6 +252,7 @@ class Sender:
                         due.append((t, identity, stream, flags))
                     else:
                         self.dropped_unconnected += 1
+                        self.unsent_by_stream[stream] += 1
                     r += 1
                 reads[k] = r
             if due:
@@ -317,6 +319,7 @@ class Sender:
                 loops_sent_by_second=self.loops_sent_by_second, loop_back_sent_ns=self.loop_back_sent_ns,
                 loop_back_rtt_ns=self.loop_back_rtt_ns, lateness_us=self.lateness_us, connected=self.connected,
                 dropped_unconnected=self.dropped_unconnected, received=self.received,
+                unsent_by_stream=list(self.unsent_by_stream),
             ))
             self.lateness_us, self._late_seen = [], 0
             self.loops_sent_by_second, self.loop_back_sent_ns, self.loop_back_rtt_ns = {}, [], []

@@ -46,7 +46,7 @@ def plain_line(row: HistoryRow, duration_s: float) -> str:
         f"loop {_rate(row.loop_per_s)}/s drop {_rate(row.drop_per_s)}/s",
         f"back {_rate(row.loops_back_per_s)}/s",
         f"rtt p50 {_ms(row.rtt_p50_ms)} p99 {_ms(row.rtt_p99_ms)} ms",
-        f"loss {_pct(row.loss)} ({row.loops_lost}/{row.loops_settled})",
+        f"loss {_pct(row.loss)} ({row.loops_lost} lost, {row.unsent} unsent)",
         f"lateness p99 {_ms(row.lateness_p99_ms)} ms",
     ]
     if row.messages_sent:
@@ -206,9 +206,18 @@ def summary_table(summary: Summary) -> Table:
     t.add_row("sent real", f"{s.real_sent:,}", f"{s.rates.get('real', 0.0):.1f}/s")
     lp = s.loops
     t.add_row("loops back", f"{lp.back:,}", f"{lp.late:,} after the grace period")
+    ls = s.loss
+    reasons = ", ".join(f"{r.replace('_', ' ')} {n:,}" for r, n in ls.by_reason.items() if n)
     t.add_row(
-        "loop loss", _pct(lp.loss), f"{lp.lost:,} of {lp.settled:,} judged, {lp.pending:,} not yet"
+        "loss (every reason)",
+        _pct(ls.loss),
+        f"{ls.lost:,} of {ls.scheduled:,} loops scheduled and judged ({reasons or 'none'}), "
+        f"{lp.pending:,} not yet judged",
     )
+    if ls.unsent_total:
+        t.add_row("never sent", f"{ls.unsent_total:,}", ", ".join(
+            f"{r.replace('_', ' ')}: " + "/".join(f"{v.get(st, 0):,}" for st in ("payload", "loop", "drop"))
+            for r, v in ls.unsent.items() if any(v.values())) + " (payload/loop/drop)")
     for label, p in (
         ("RTT", s.rtt),
         ("lateness", s.lateness),

@@ -27,10 +27,13 @@ __all__ = [
     "HIST_HIGHEST_US",
     "HIST_LOWEST_US",
     "HIST_SIGNIFICANT_DIGITS",
+    "LOSS_REASONS",
     "STREAMS",
+    "UNSENT_REASONS",
     "HistoryRow",
     "LoadMetrics",
     "LoopStats",
+    "LossStats",
     "MessageStats",
     "NodeSample",
     "NodeTotal",
@@ -46,6 +49,10 @@ __all__ = [
 ]
 
 STREAMS = ("payload", "loop", "drop")
+UNSENT_REASONS = ("link_down", "no_route", "build_error")
+"""Why a packet the schedule asked for never went out: its identity's provider link was down (the
+sender skipped it), no route (e.g. its provider left the topology), the C build failed."""
+LOSS_REASONS = ("not_back", *UNSENT_REASONS)
 """Stream names, indexed like `loopix.client.schedule.Stream` (an int is accepted too)."""
 
 HIST_LOWEST_US = 1
@@ -167,6 +174,7 @@ class HistoryRow(msgspec.Struct, frozen=True):
     messages_delivered: int
     messages_lost: int
     nodes: int
+    unsent: int = 0  # cumulative, every stream and reason
 
 
 class LoopStats(msgspec.Struct, frozen=True):
@@ -183,6 +191,20 @@ class LoopStats(msgspec.Struct, frozen=True):
     rtt_clamped: int
 
 
+class LossStats(msgspec.Struct, frozen=True):
+    """Every loop the schedule asked for in judged seconds and did not get back, by reason:
+    `not_back` were sent and never returned, the others never went out (UNSENT_REASONS).
+    `loss` = all of them / loops scheduled. `unsent` holds the unsent packets of every stream."""
+
+    scheduled: int
+    lost: int
+    loss: float | None
+    by_reason: dict[str, int]
+    ratio_by_reason: dict[str, float | None]
+    unsent: dict[str, dict[str, int]]
+    unsent_total: int
+
+
 class MessageStats(msgspec.Struct, frozen=True):
     """Real messages: `lost` were not delivered within the grace period (a later delivery moves one
     from lost to late); `unknown` deliveries matched no message sent in this run."""
@@ -194,6 +216,7 @@ class MessageStats(msgspec.Struct, frozen=True):
     pending: int = 0
     unknown: int = 0
     delivery: float | None = None
+    not_sent: int = 0  # the client refused them (no route, queue full ...): counted as not delivered
 
 
 class NodeSample(msgspec.Struct, frozen=True):
@@ -254,6 +277,7 @@ class Summary(msgspec.Struct):
     real_sent: int
     rates: dict[str, float]
     loops: LoopStats
+    loss: LossStats
     rtt: Percentiles
     predicted_rtt_ms: dict[str, float]
     rtt_model: str
@@ -423,7 +447,9 @@ class LoadMetrics:
         self._msg_latency = new_histogram()
         self._pending: dict[Hashable, int] = {}  # insertion (= send) order: oldest first
         self._expired: dict[Hashable, int] = {}
-        self._msg = {"sent": 0, "delivered": 0, "late": 0, "unknown": 0}
+        self._msg = {"sent": 0, "delivered": 0, "late": 0, "unknown": 0, "not_sent": 0}
+        self._unsent = {r: {s: 0 for s in STREAMS} for r in UNSENT_REASONS}
+        self._unsent_loops_by_second = {r: [] for r in UNSENT_REASONS}  # by second, like loops sent
         self._i_delivered = 0
         self._node_samples: list[NodeSample] = []
         self._node_seen: set[tuple[str, int]] = set()
@@ -447,6 +473,24 @@ class LoadMetrics:
             if sec >= len(buckets):
                 buckets.extend([0] * (sec + 1 - len(buckets)))
             buckets[sec] += n
+
+    def record_unsent(self, reason: str, stream: str | int, n: int, now_ns: int) -> None:
+        """`n` packets of `stream` the schedule asked for around `now_ns` never went out."""
+        if reason not in self._unsent:
+            raise ValueError(f"unknown unsent reason {reason!r}")
+        if not isinstance(stream, str):
+            stream = STREAMS[stream]
+        self._unsent[reason][stream] += n
+        if stream == "loop":
+            sec = max(0, (now_ns - self.start_ns) // _NS)
+            buckets = self._unsent_loops_by_second[reason]
+            if sec >= len(buckets):
+                buckets.extend([0] * (sec + 1 - len(buckets)))
+            buckets[sec] += n
+
+    def record_message_not_sent(self, n: int = 1) -> None:
+        """A real message the runtime refused: it will never be delivered."""
+        self._msg["not_sent"] += n
 
     def record_real_sent(self, n: int = 1) -> None:
         """`n` of the payload packets just recorded carried real traffic (the rest were cover)."""
@@ -552,6 +596,7 @@ class LoadMetrics:
         self._back += self._i_back
         self._expire_messages(now_ns)
         loops = self._loop_stats(now_ns)
+        loss = self._loss_stats(now_ns, loops)
         row = HistoryRow(
             elapsed_s=(now_ns - self.start_ns) / _NS,
             interval_s=dt,
@@ -573,12 +618,13 @@ class LoadMetrics:
             drop_sent=self._sent["drop"],
             loops_back=self._back,
             loops_settled=loops.settled,
-            loops_lost=loops.lost,
-            loss=loops.loss,
+            loops_lost=loss.lost,
+            loss=loss.loss,
             messages_sent=self._msg["sent"],
             messages_delivered=self._msg["delivered"],
             messages_lost=len(self._expired),
             nodes=self._nodes_now,
+            unsent=loss.unsent_total,
         )
         for s in STREAMS:
             i_sent[s] = 0
@@ -616,6 +662,24 @@ class LoadMetrics:
             rtt_clamped=self._clamped,
         )
 
+    def _loss_stats(self, now_ns: int, loops: LoopStats) -> LossStats:
+        judged = max(0, (now_ns - self._grace_ns - self.start_ns) // _NS)
+        by_reason = {"not_back": loops.lost}
+        for reason, buckets in self._unsent_loops_by_second.items():
+            by_reason[reason] = sum(buckets[:judged])
+        lost = sum(by_reason.values())
+        scheduled = loops.settled + lost - loops.lost
+        unsent = {r: dict(v) for r, v in self._unsent.items()}
+        return LossStats(
+            scheduled=scheduled,
+            lost=lost,
+            loss=lost / scheduled if scheduled else None,
+            by_reason=by_reason,
+            ratio_by_reason={r: (n / scheduled if scheduled else None) for r, n in by_reason.items()},
+            unsent=unsent,
+            unsent_total=sum(n for v in unsent.values() for n in v.values()),
+        )
+
     # --- the whole run ----------------------------------------------------------------------------
 
     def summary(self, *, histograms: bool = True) -> Summary:
@@ -636,7 +700,8 @@ class LoadMetrics:
         }
         m = self._msg
         lost = len(self._expired)
-        judged = m["delivered"] + lost  # delivered (on time or late) or given up on
+        loops = self._loop_stats(now_ns)
+        judged = m["delivered"] + lost + m["not_sent"]  # delivered, given up on, or never sent
         messages = MessageStats(
             sent=m["sent"],
             delivered=m["delivered"],
@@ -645,6 +710,7 @@ class LoadMetrics:
             pending=len(self._pending),
             unknown=m["unknown"],
             delivery=m["delivered"] / judged if judged else None,
+            not_sent=m["not_sent"],
         )
         hists = {}
         if histograms:
@@ -663,7 +729,8 @@ class LoadMetrics:
             sent=dict(self._sent),
             real_sent=self._real,
             rates=rates,
-            loops=self._loop_stats(now_ns),
+            loops=loops,
+            loss=self._loss_stats(now_ns, loops),
             rtt=rtt,
             predicted_rtt_ms={_quantile_key(q): v for q, v in predicted.items()},
             rtt_model=model.name,

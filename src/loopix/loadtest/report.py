@@ -521,10 +521,22 @@ def _summary_html(s: Summary) -> str:
     traffic.insert(1, ["  of which real", _fmt(s.real_sent), _fmt(s.rates.get("real"), "/s")])
     traffic.append(["loops back", _fmt(s.loops.back), _fmt(s.rates.get("loop_back"), "/s")])
     lp = s.loops
+    ls = s.loss
     loops = [
         ("loops sent", _fmt(lp.sent)),
         ("judged (sent ≥ grace ago)", _fmt(lp.settled)),
-        ("lost", f"{_fmt(lp.lost)} ({_pct(lp.loss)})"),
+        ("loss, every reason", f"{_fmt(ls.lost)} of {_fmt(ls.scheduled)} scheduled ({_pct(ls.loss)})"),
+        *(
+            (f"  {reason.replace('_', ' ')}", f"{_fmt(n)} ({_pct(ls.ratio_by_reason.get(reason))})")
+            for reason, n in ls.by_reason.items()
+        ),
+        (
+            "never sent (payload/loop/drop)",
+            "; ".join(
+                f"{r.replace('_', ' ')} " + "/".join(_fmt(v.get(st, 0)) for st in ("payload", "loop", "drop"))
+                for r, v in ls.unsent.items()
+            ),
+        ),
         ("back after the grace period", _fmt(lp.late)),
         ("not yet judged", _fmt(lp.pending)),
     ]

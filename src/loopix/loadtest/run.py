@@ -75,10 +75,15 @@ async def fetch_node_counters(http: aiohttp.ClientSession, base_url: str) -> lis
 class MetricsFeed:
     """Turns the runtime's once-a-second reports into LoadMetrics calls."""
 
-    def __init__(self, metrics: LoadMetrics):
+    def __init__(self, metrics: LoadMetrics, stats=None):
         self.metrics = metrics
         self.last_sent = [0, 0, 0]  # the runtime starts paused: nothing was sent before the load
         self.last_real = 0
+        self.last_unsent = {r: [0, 0, 0] for r in ("link_down", "no_route", "build_error")}
+        if stats is not None:  # whatever happened before the load is not the load's
+            self.last_unsent = {"link_down": list(stats.unsent_link_down),
+                                "no_route": list(stats.not_built_no_route),
+                                "build_error": list(stats.not_built_error)}
 
     def on_stats(self, stats, msg) -> None:
         m = self.metrics
@@ -98,6 +103,14 @@ class MetricsFeed:
                 m.record_loop_back(sent_ns, sent_ns + rtt_ns)
         for us in msg.lateness_us:
             m.record_lateness(int(us * 1000))
+        counts = {"link_down": stats.unsent_link_down, "no_route": stats.not_built_no_route,
+                  "build_error": stats.not_built_error}
+        for reason, now_counts in counts.items():
+            last = self.last_unsent[reason]
+            for stream, n in enumerate(now_counts[:3]):
+                if n > last[stream]:
+                    m.record_unsent(reason, stream, n - last[stream], now)
+            self.last_unsent[reason] = list(now_counts[:3])
 
     def on_message(self, identity: int, data: bytes) -> None:
         if len(data) >= _MESSAGE_HEAD.size:
@@ -130,6 +143,7 @@ async def send_messages(coord: Coordinator, metrics: LoadMetrics, rate: float, s
             coord.send_message(src, data, *coord.address_of(dst))
         except ClientError as e:
             print(f"loadtest: message not sent: {e}", file=sys.stderr)
+            metrics.record_message_not_sent()
             continue
         metrics.record_message_sent(next_id, now)
         next_id += 1
@@ -174,7 +188,7 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     start_ns = -(-time.monotonic_ns() // 1_000_000_000) * 1_000_000_000
     metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
-    feed = MetricsFeed(metrics)
+    feed = MetricsFeed(metrics, coord.stats)
     prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
     stop_messages = asyncio.Event()
     sender = None

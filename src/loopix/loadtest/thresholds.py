@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from loopix.loadtest.metrics import Summary, ThresholdResult
+from loopix.loadtest.metrics import LOSS_REASONS, UNSENT_REASONS, Summary, ThresholdResult
 
 __all__ = [
     "EXIT_THRESHOLD_VIOLATED",
@@ -53,6 +53,14 @@ def _pct(field: str, what: str) -> Callable[[Summary], float | None]:
     return lambda s: getattr(getattr(s, what), field)
 
 
+def _loss_ratio(reason: str) -> Callable[[Summary], float | None]:
+    return lambda s: s.loss.ratio_by_reason.get(reason)
+
+
+def _unsent(reason: str) -> Callable[[Summary], int]:
+    return lambda s: sum(s.loss.unsent.get(reason, {}).values())
+
+
 def _durations(prefix: str, what: str, noun: str) -> dict[str, Metric]:
     fields = {
         "p50": "p50_ms",
@@ -73,8 +81,18 @@ METRICS: dict[str, Metric] = {
     **_durations("rtt", "rtt", "loop round-trip time"),
     **_durations("latency", "message_latency", "real-message delivery latency"),
     **_durations("lateness", "lateness", "scheduler lateness"),
-    "loss": Metric("ratio", lambda s: s.loops.loss, "fraction of settled loops lost"),
-    "loss_count": Metric("count", lambda s: s.loops.lost, "loops lost"),
+    "loss": Metric("ratio", lambda s: s.loss.loss,
+                   "fraction of the loops scheduled in judged seconds that did not come back, every reason"),
+    "loss_count": Metric("count", lambda s: s.loss.lost, "loops lost, every reason"),
+    **{
+        f"loss_{reason}": Metric("ratio", _loss_ratio(reason), f"loss: {reason.replace('_', ' ')}")
+        for reason in LOSS_REASONS
+    },
+    "unsent": Metric("count", lambda s: s.loss.unsent_total, "packets never sent, every stream"),
+    **{
+        f"unsent_{reason}": Metric("count", _unsent(reason), f"packets never sent: {reason.replace('_', ' ')}")
+        for reason in UNSENT_REASONS
+    },
     "delivery": Metric("ratio", lambda s: s.messages.delivery, "fraction of messages delivered"),
     "messages_lost": Metric("count", lambda s: s.messages.lost, "messages not delivered"),
     "rate_payload": Metric("rate", lambda s: s.rates.get("payload"), "payload packets/s"),

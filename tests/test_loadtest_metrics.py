@@ -386,6 +386,52 @@ def test_node_counters_dedup_baseline_and_restart():
     assert samples[-1].extra == {"stored": 5}
 
 
+def test_node_forwarding_lateness_drops_by_reason_and_topology():
+    from loopix.testnet.node_metrics import ForwardingMetrics
+
+    fm = ForwardingMetrics()
+    for ms in (1, 2, 3):  # before the run: the baseline
+        fm.forwarded_late(ms / 1000)
+
+    def node(key, t_s, received, drops, fm):
+        fm.queue_seen(received // 10)
+        return {**report(key, t_s, received), "dropped": drops, **fm.report()}
+
+    m = LoadMetrics(0, 50.0, start_wall_ns=0)
+    m.topology = {"A", "B"}
+    m.record_node_counters(node("A", -1, 100, {"queue_full": 1, "backpressure": 0}, fm))
+    fm.forwarded_late_many(10.0, [10.0 - 0.5, 10.0 - 0.25])  # 500 ms and 250 ms late
+    m.record_node_counters(node("A", 1, 300, {"queue_full": 4, "backpressure": 7}, fm))
+    fm_b = ForwardingMetrics()
+    m.record_node_counters(node("B", 0, 0, {}, fm_b))
+    fm_b.forwarded_late(0.010)
+    m.record_node_counters(node("B", 1, 10, {"peer_down": 2}, fm_b))
+    stranger = ForwardingMetrics()
+    stranger.forwarded_late(9.0)
+    m.record_node_counters(node("X", 0, 0, {}, stranger))
+    m.record_node_counters(node("X", 1, 50, {"peer_down": 50}, stranger))
+    m.tick(2 * S)
+    s = m.summary()
+    nodes = {n.pub_key: n for n in s.nodes}
+    assert nodes["A"].dropped_by_reason == {"backpressure": 7, "queue_full": 3}
+    assert nodes["A"].forward_lateness.count == 2  # the 3 baseline packets are not the run's
+    assert nodes["A"].forward_lateness.max_ms == pytest.approx(500, rel=1e-3)
+    assert nodes["A"].queue_max == 30
+    # merged histograms (never averaged percentiles) over the topology's nodes only
+    assert s.node_forward_lateness.count == 3
+    assert s.node_forward_lateness.min_ms == pytest.approx(10, rel=1e-3)
+    assert s.nodes_dropped_by_reason == {"backpressure": 7, "queue_full": 3, "peer_down": 2}
+    assert not nodes["X"].in_topology and s.unattributed_nodes == ["10.0.0.1:9000"]
+    assert METRICS["node_dropped"].get(s) == 12
+    assert METRICS["node_lateness_max"].get(s) == pytest.approx(500, rel=1e-3)
+    # a restart: the new process's histogram counts whole
+    fm2 = ForwardingMetrics()
+    fm2.forwarded_late(0.001)
+    m.record_node_counters(node("A", 1.5, 5, {}, fm2))
+    m.tick(3 * S)
+    assert {n.pub_key: n for n in m.summary().nodes}["A"].forward_lateness.count == 3
+
+
 def test_node_totals_of_nothing():
     assert node_totals([]) == []
 

@@ -38,3 +38,18 @@ def test_idle_rtt_matches_the_unshifted_model(idle_run):
     assert s.rtt_excess_ms["p50"] == pytest.approx(s.rtt.p50_ms - s.predicted_rtt_ms["p50"])
     saved = json.loads((out / "summary.json").read_text())
     assert saved["rtt_ks"] == s.rtt_ks and "rtt_offset_ms" not in saved
+
+
+def test_nodes_report_forwarding_lateness_and_drop_reasons(idle_run):
+    result, out = idle_run
+    s = result.summary
+    assert len(s.nodes) == 8 and all(n.in_topology for n in s.nodes) and not s.unattributed_nodes
+    # every packet a mixnode forwarded during the run is in its lateness histogram
+    for n in s.nodes:
+        if n.kind == "mixnode":
+            assert n.forward_lateness.count == n.forwarded > 0, n
+    assert s.node_forward_lateness.count == sum(n.forward_lateness.count for n in s.nodes)
+    assert s.node_forward_lateness.p50_ms < 5  # an idle node forwards on time
+    assert s.nodes_dropped_by_reason == {}
+    header = (out / "nodes.csv").read_text().splitlines()[0].split(",")
+    assert {"dropped_by_reason", "queue_peak", "forward_lateness_hdrh"} <= set(header)

@@ -241,11 +241,22 @@ def summary_table(summary: Summary) -> Table:
     if m.sent:
         t.add_row("delivery", _pct(m.delivery), f"{m.delivered:,} of {m.sent:,}, {m.lost:,} lost")
     if s.nodes:
+        ours = [n for n in s.nodes if n.in_topology]
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(s.nodes_dropped_by_reason.items()) if n)
         t.add_row(
             "nodes",
-            str(len(s.nodes)),
-            f"received {sum(n.received for n in s.nodes):,}, dropped {sum(n.dropped for n in s.nodes):,}",
+            str(len(ours)),
+            f"received {sum(n.received for n in ours):,}, dropped {sum(n.dropped for n in ours):,}"
+            + (f" ({reasons})" if reasons else ""),
         )
+        fl = s.node_forward_lateness
+        t.add_row("node forwarding lateness p50/p99 ms", f"{_ms(fl.p50_ms)} / {_ms(fl.p99_ms)}",
+                  f"late vs arrival + header delay; max {_ms(fl.max_ms)}, n={fl.count:,}; "
+                  f"largest queue {max((n.queue_max for n in ours), default=0):,}")
+        if s.unattributed_nodes:
+            t.add_row("[yellow]not in topology[/]", str(len(s.unattributed_nodes)),
+                      "reported counters but not in the run's topology, not summed: "
+                      + ", ".join(s.unattributed_nodes[:5]))
     for r in s.thresholds:
         t.add_row("threshold", "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", r.message)
     return t

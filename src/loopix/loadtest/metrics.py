@@ -234,6 +234,9 @@ class NodeSample(msgspec.Struct, frozen=True):
     dropped: int
     queue: int
     extra: dict[str, int] = {}
+    dropped_by_reason: dict[str, int] = {}
+    queue_peak: int = 0  # the largest queue since the node's previous report
+    forward_lateness_hdrh: str | None = None  # cumulative µs HdrHistogram (testnet/node_metrics.py)
 
 
 class NodeTotal(msgspec.Struct, frozen=True):
@@ -250,6 +253,11 @@ class NodeTotal(msgspec.Struct, frozen=True):
     extra: dict[str, int]
     samples: int
     restarts: int
+    dropped_by_reason: dict[str, int] = {}
+    queue_max: int = 0
+    forward_lateness: Percentiles = Percentiles()
+    in_topology: bool = True  # False: not a node of the run's topology; never summed
+    forward_lateness_hdrh: str = ""
 
 
 class ThresholdResult(msgspec.Struct, frozen=True):
@@ -289,6 +297,9 @@ class Summary(msgspec.Struct):
     lateness: Percentiles
     nodes: list[NodeTotal]
     histograms: dict[str, str]
+    node_forward_lateness: Percentiles = Percentiles()  # merged over the topology's nodes
+    nodes_dropped_by_reason: dict[str, int] = {}  # summed over the topology's nodes
+    unattributed_nodes: list[str] = []  # reporting nodes outside the run's topology (flagged)
     labels: dict[str, str] = {}
     thresholds: list[ThresholdResult] = []
     version: int = 1
@@ -313,6 +324,9 @@ _KNOWN_NODE_FIELDS = frozenset(
         "forwarded",
         "dropped",
         "queue",
+        "queue_peak",
+        "forward_lateness_hdrh",
+        "forward_lateness_count",
     }
 )
 
@@ -334,6 +348,12 @@ def _node_sample(report: dict[str, Any], start_wall_ns: int) -> NodeSample | Non
     if not isinstance(kind, str):
         kind = "mixnode" if layer is not None else "node"
     host = report.get("host")
+    dropped = report.get("dropped")
+    by_reason = (
+        {k: v for k, v in dropped.items() if isinstance(k, str) and _total(v) == v}
+        if isinstance(dropped, dict) else {}
+    )
+    hdrh = report.get("forward_lateness_hdrh")
     extra = {
         k: v
         for k, v in report.items()
@@ -351,6 +371,9 @@ def _node_sample(report: dict[str, Any], start_wall_ns: int) -> NodeSample | Non
         dropped=_total(report.get("dropped")),
         queue=_total(report.get("queue")),
         extra=extra,
+        dropped_by_reason=by_reason,
+        queue_peak=_total(report.get("queue_peak")),
+        forward_lateness_hdrh=hdrh if isinstance(hdrh, str) and len(hdrh) < 1_000_000 else None,
     )
 
 
@@ -365,7 +388,43 @@ def _increments(values: Iterable[int]) -> int:
     return total
 
 
-def node_totals(samples: Sequence[NodeSample]) -> list[NodeTotal]:
+def _hist_increment(series: Sequence[NodeSample], restarted: Sequence[bool]) -> HdrHistogram:
+    """What a node's cumulative lateness histogram gained over `series`: the last one minus the
+    baseline (the first sample), plus, after each restart, all the new process accumulated."""
+    out = new_histogram()
+    segments: list[list[int]] = []
+    for i, restart in enumerate(restarted):
+        if restart or not segments:
+            segments.append([])
+        segments[-1].append(i)
+    for number, segment in enumerate(segments):
+        hists = [_decoded(series[i].forward_lateness_hdrh) for i in segment]
+        later = next((h for h in reversed(hists) if h is not None), None)
+        if later is not None:
+            _add_difference(out, later, hists[0] if number == 0 else None)
+    return out
+
+
+def _decoded(encoded: str | None) -> HdrHistogram | None:
+    if not encoded:
+        return None
+    try:
+        return decode_histogram(encoded)
+    except Exception:  # a report we cannot decode adds nothing
+        return None
+
+
+def _add_difference(out: HdrHistogram, later: HdrHistogram, earlier: HdrHistogram | None) -> None:
+    for item in later.get_recorded_iterator():
+        value = item.value_iterated_to
+        n = item.count_at_value_iterated_to
+        if earlier is not None:
+            n -= earlier.get_count_at_value(value)
+        if n > 0:
+            out.record_value(value, n)
+
+
+def node_totals(samples: Sequence[NodeSample], topology: set[str] | None = None) -> list[NodeTotal]:
     """Per node, counter increments over the run. The baseline is the last sample at or before the
     run start (t_s <= 0) if there is one, otherwise the node's first sample: traffic before the
     first report we saw cannot be attributed, so poll the directory once before the load starts."""
@@ -379,6 +438,9 @@ def node_totals(samples: Sequence[NodeSample]) -> list[NodeTotal]:
         series = series[before[-1] if before else 0 :]
         last = series[-1]
         extra_names = sorted({k for s in series for k in s.extra})
+        reasons = sorted({k for s in series for k in s.dropped_by_reason})
+        restarted = [False, *(b.received < a.received for a, b in itertools.pairwise(series))]
+        lateness = _hist_increment(series, restarted)
         out.append(
             NodeTotal(
                 pub_key=key,
@@ -391,7 +453,14 @@ def node_totals(samples: Sequence[NodeSample]) -> list[NodeTotal]:
                 dropped=_increments(s.dropped for s in series),
                 extra={k: _increments(s.extra.get(k, 0) for s in series) for k in extra_names},
                 samples=len(series),
-                restarts=sum(b.received < a.received for a, b in itertools.pairwise(series)),
+                restarts=sum(restarted),
+                dropped_by_reason={
+                    k: _increments(s.dropped_by_reason.get(k, 0) for s in series) for k in reasons
+                },
+                queue_max=max(max(s.queue_peak, s.queue) for s in series),
+                forward_lateness=percentiles_of(lateness),
+                forward_lateness_hdrh=_encode(lateness) if lateness.get_total_count() else "",
+                in_topology=topology is None or key in topology,
             )
         )
     out.sort(key=lambda n: (n.kind != "mixnode", n.layer or 0, n.host or "", n.pub_key))
@@ -454,6 +523,7 @@ class LoadMetrics:
         self._node_samples: list[NodeSample] = []
         self._node_seen: set[tuple[str, int]] = set()
         self._nodes_now = 0
+        self.topology: set[str] | None = None  # the run's nodes (base64url keys); None: any
         self._last_tick_ns = start_ns
         self._end_ns: int | None = None
         self.history: list[HistoryRow] = []
@@ -701,6 +771,16 @@ class LoadMetrics:
         m = self._msg
         lost = len(self._expired)
         loops = self._loop_stats(now_ns)
+        nodes = node_totals(self._node_samples, self.topology)
+        node_lateness = new_histogram()
+        dropped: dict[str, int] = {}
+        for n in nodes:
+            if not n.in_topology:
+                continue
+            if n.forward_lateness_hdrh:
+                node_lateness.add(decode_histogram(n.forward_lateness_hdrh))
+            for reason, count in n.dropped_by_reason.items():
+                dropped[reason] = dropped.get(reason, 0) + count
         judged = m["delivered"] + lost + m["not_sent"]  # delivered, given up on, or never sent
         messages = MessageStats(
             sent=m["sent"],
@@ -718,6 +798,7 @@ class LoadMetrics:
                 "rtt": _encode(self._rtt),
                 "lateness": _encode(self._lateness),
                 "message_latency": _encode(self._msg_latency),
+                "node_forward_lateness": _encode(node_lateness),
             }
         return Summary(
             duration_s=duration,
@@ -740,7 +821,10 @@ class LoadMetrics:
             messages=messages,
             message_latency=percentiles_of(self._msg_latency),
             lateness=percentiles_of(self._lateness),
-            nodes=node_totals(self._node_samples),
+            nodes=nodes,
+            node_forward_lateness=percentiles_of(node_lateness),
+            nodes_dropped_by_reason=dropped,
+            unattributed_nodes=[n.host or n.pub_key for n in nodes if not n.in_topology],
             histograms=hists,
             labels=dict(self.labels),
         )

@@ -122,7 +122,7 @@ def read_history(path: Path) -> list[HistoryRow]:
 
 
 def read_nodes(path: Path) -> list[NodeSample]:
-    return _read_csv(path, NodeSample, ("extra",))
+    return _read_csv(path, NodeSample, ("extra", "dropped_by_reason"))
 
 
 def load_report_data(out_dir: str | Path) -> tuple[Summary, list[HistoryRow], list[NodeSample]]:
@@ -594,25 +594,41 @@ def _summary_html(s: Summary) -> str:
     if s.nodes:
         rows_n = [
             [
-                n.kind,
+                n.kind + ("" if n.in_topology else " (NOT IN TOPOLOGY, not summed)"),
                 "" if n.layer is None else str(n.layer),
                 n.host or n.pub_key[:12],
                 _fmt(n.received),
                 _fmt(n.sent),
                 _fmt(n.dropped),
+                ", ".join(f"{r} {c:,}" for r, c in sorted(n.dropped_by_reason.items()) if c) or "–",
+                f"{_fmt(n.forward_lateness.p50_ms)} / {_fmt(n.forward_lateness.p99_ms)} / "
+                f"{_fmt(n.forward_lateness.max_ms)}",
+                _fmt(n.queue_max),
                 str(n.samples),
                 str(n.restarts),
             ]
             for n in s.nodes
         ]
+        fl = s.node_forward_lateness
         parts.append(
             "<section><h2>Nodes (their own counters over the run)</h2>"
             + _table(
-                ["kind", "layer", "node", "received", "sent", "dropped", "reports", "restarts"],
+                ["kind", "layer", "node", "received", "sent", "dropped", "drops by reason",
+                 "fwd lateness p50/p99/max ms", "max queue", "reports", "restarts"],
                 rows_n,
                 "num",
             )
-            + "</section>"
+            + f'<p class="note">Forwarding lateness: how long after its arrival + header delay a node '
+            f"forwarded each packet (HdrHistograms merged over the topology's nodes): p50 "
+            f"{_fmt(fl.p50_ms)} ms, p99 {_fmt(fl.p99_ms)} ms, max {_fmt(fl.max_ms)} ms, "
+            f"{_fmt(fl.count)} packets. Drops by reason over the topology: "
+            f"{html.escape(', '.join(f'{r} {c:,}' for r, c in sorted(s.nodes_dropped_by_reason.items())) or 'none')}."
+            + (
+                f" Not in the run's topology (flagged, not summed): "
+                f"{html.escape(', '.join(s.unattributed_nodes))}."
+                if s.unattributed_nodes else ""
+            )
+            + "</p></section>"
         )
     return "\n".join(parts)
 

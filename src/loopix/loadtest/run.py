@@ -22,6 +22,7 @@ import msgspec
 
 from loopix.client.coordinator import ClientError, Coordinator, RuntimeOptions
 from loopix.client.schedule import Stream
+from loopix.wire.b64 import b64url_encode
 
 from .fleet import ephemeral_identities
 from .live import LiveView, serve_prometheus
@@ -188,6 +189,7 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     start_ns = -(-time.monotonic_ns() // 1_000_000_000) * 1_000_000_000
     metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
+    metrics.topology = {b64url_encode(n.pub_key) for n in (*coord.topology.mix_nodes, *coord.topology.providers)}
     feed = MetricsFeed(metrics, coord.stats)
     prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
     stop_messages = asyncio.Event()

@@ -100,7 +100,10 @@ METRICS: dict[str, Metric] = {
     "rate_loop": Metric("rate", lambda s: s.rates.get("loop"), "loop packets/s"),
     "rate_drop": Metric("rate", lambda s: s.rates.get("drop"), "drop packets/s"),
     "rate_loop_back": Metric("rate", lambda s: s.rates.get("loop_back"), "loops back/s"),
-    "node_dropped": Metric("count", lambda s: sum(n.dropped for n in s.nodes), "node drops"),
+    "node_dropped": Metric(
+        "count", lambda s: sum(n.dropped for n in s.nodes if n.in_topology), "node drops, the topology's nodes"
+    ),
+    **_durations("node_lateness", "node_forward_lateness", "nodes' forwarding lateness"),
 }
 _ALIASES = {f"{p}_p99.9": f"{p}_p999" for p in ("rtt", "latency", "lateness")}
 

@@ -32,6 +32,8 @@ from loopix.wire.address import AddressError, decode_node_address, encode_node_a
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.framing import FrameDecoder, FramingError, frame_header
 
+from .node_metrics import ForwardingMetrics
+
 __all__ = [
     "Counters",
     "DelayQueue",
@@ -132,6 +134,14 @@ class DelayQueue(Generic[T]):
 
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
+
+    def pop_due_timed(self, now: float) -> list[tuple[float, T]]:
+        """Like `pop_due`, with each item's due time."""
+        heap, out = self._heap, []
+        while heap and heap[0][0] <= now:
+            due, _, item = heapq.heappop(heap)
+            out.append((due, item))
+        return out
 
     def pop_due(self, now: float) -> list[T]:
         """Every item due at or before `now`, in due order."""
@@ -383,6 +393,7 @@ class Node:
         self.host = format_host(config.host, config.port)
         self.address = encode_node_address(config.host, config.port)
         self.counters = Counters()
+        self.forwarding = ForwardingMetrics()
         self.replay = ReplayFilter(config.replay_capacity)
         self.queue: DelayQueue[tuple[bytes, bytes]] = DelayQueue()
         self.forwarder = Forwarder(config, self.counters)
@@ -395,6 +406,7 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         self._backlog: deque[bytes] = deque()
+        self._arrivals: deque[list[Any]] = deque()  # [packets left, loop time] per read, oldest first
         self._drain_scheduled = False
         self._paused: set[NodeLink] = set()
         self._high_water = 4 * config.batch
@@ -413,6 +425,7 @@ class Node:
         """
         self.counters.received += len(packets)
         self._backlog.extend(packets)
+        self._arrivals.append([len(packets), asyncio.get_running_loop().time()])
         if not self._drain_scheduled:
             self._drain_scheduled = True
             asyncio.get_running_loop().call_soon(self._drain)
@@ -426,7 +439,7 @@ class Node:
     def _drain(self) -> None:
         backlog = self._backlog
         n = min(len(backlog), self.config.batch)
-        self._process([backlog.popleft() for _ in range(n)])
+        self._process([backlog.popleft() for _ in range(n)], self._pop_arrivals(n))
         if backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:
@@ -437,18 +450,32 @@ class Node:
                 if link.transport is not None:
                     link.transport.resume_reading()
 
+    def _pop_arrivals(self, n: int) -> list[float]:
+        """Arrival times of the next `n` backlog packets."""
+        out: list[float] = []
+        chunks = self._arrivals
+        while n > 0 and chunks:
+            chunk = chunks[0]
+            take = min(n, chunk[0])
+            out.extend([chunk[1]] * take)
+            n -= take
+            chunk[0] -= take
+            if chunk[0] == 0:
+                chunks.popleft()
+        return out
+
     def handle_packets(self, packets: list[bytes]) -> None:
         """Unwrap, filter and queue packets now (tests and in-process callers)."""
         self.counters.received += len(packets)
         self._process(packets)
 
-    def _process(self, packets: list[bytes]) -> None:
+    def _process(self, packets: list[bytes], arrived: list[float] | None = None) -> None:
         if not packets:
             return
         try:
             size = len(packets[0])
             if all(len(p) == size for p in packets):
-                self._process_run(packets, size)
+                self._process_run(packets, size, arrived)
             else:
                 runs: dict[int, list[bytes]] = {}
                 for p in packets:
@@ -461,12 +488,15 @@ class Node:
         self.forwarder.flush()
         self._arm_timer()
 
-    def _process_run(self, packets: list[bytes], size: int) -> None:
+    def _process_run(self, packets: list[bytes], size: int, arrived: list[float] | None = None) -> None:
         batch = self.config.batch
+        if arrived is not None and len(arrived) != len(packets):
+            arrived = None
         for start in range(0, len(packets), batch):
-            self._process_batch(packets[start : start + batch], size)
+            self._process_batch(packets[start : start + batch], size,
+                                None if arrived is None else arrived[start : start + batch])
 
-    def _process_batch(self, packets: list[bytes], size: int) -> None:
+    def _process_batch(self, packets: list[bytes], size: int, arrived: list[float] | None = None) -> None:
         n = len(packets)
         out = self._out.get(size)
         if out is None:
@@ -477,7 +507,10 @@ class Node:
         buffer = ffi.buffer
         drop = self.counters.drop
         finals = []
-        now = None
+        now = asyncio.get_running_loop().time()
+        if arrived is None:
+            arrived = [now] * n
+        forwarding = self.forwarding
         for i in range(n):
             r = results[i]
             if r.status:
@@ -491,6 +524,7 @@ class Node:
                 packet = bytes(out[start : start + size])
                 delay = r.delay_ns
                 if delay == 0:
+                    forwarding.forwarded_late(now - arrived[i])
                     self.forwarder.send(buffer(r.next_address)[:], packet)
                     continue
                 if len(self.queue) >= self.config.max_queue:
@@ -499,12 +533,12 @@ class Node:
                 if delay > self._max_delay_ns:
                     delay = self._max_delay_ns
                     self.counters.bump("delay_capped")
-                if now is None:
-                    now = asyncio.get_running_loop().time()
-                self.queue.push(now + delay * 1e-9, (buffer(r.next_address)[:], packet))
+                # released at now + delay; late by the wait since arrival plus the timer's slip
+                self.queue.push(now + delay * 1e-9, (buffer(r.next_address)[:], packet, arrived[i] + delay * 1e-9))
             else:
                 m = start + r.message_offset
                 finals.append((buffer(r.destination)[:], bytes(out[m : m + r.message_len])))
+        forwarding.queue_seen(len(self.queue) + len(self._backlog))
         if finals:
             self.on_finals(finals)
 
@@ -528,9 +562,12 @@ class Node:
         self._timer = None
         loop = asyncio.get_running_loop()
         send = self.forwarder.send
-        for address, packet in self.queue.pop_due(loop.time() + 0.0005):
+        now = loop.time()
+        due = self.queue.pop_due(now + 0.0005)
+        for address, packet, _target in due:
             send(address, packet)
         self.forwarder.flush()
+        self.forwarding.forwarded_late_many(now, [target for _a, _p, target in due])
         self._arm_timer()
 
     # --- directory ---
@@ -551,6 +588,7 @@ class Node:
             "dropped": dict(c.dropped),
             "queue": len(self.queue) + self.forwarder.waiting + len(self._backlog),
             **c.extra,
+            **self.forwarding.report(),
         }
 
     def announce_soon(self) -> None:

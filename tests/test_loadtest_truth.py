@@ -9,7 +9,6 @@ import pytest
 import uvloop
 
 from loopix.loadtest.run import LoadTestOptions, run_loadtest
-from loopix.testnet.launcher import Testnet
 
 IDLE_HOP_DELAY_MS = 50.0
 
@@ -18,12 +17,11 @@ IDLE_HOP_DELAY_MS = 50.0
 def idle_run(tmp_path_factory):
     """≥ 2,000 loops at 100 loops/s on an otherwise idle 3-layer testnet (mean hop delay 50 ms)."""
     out = tmp_path_factory.mktemp("idle") / "report"
-    with Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=IDLE_HOP_DELAY_MS,
-                 presence_interval=1.0) as net:
-        opts = LoadTestOptions(identities=20, duration_s=22.0, payload_rate=0.0, loop_rate=5.0,
-                               drop_rate=0.0, mean_hop_delay_ms=IDLE_HOP_DELAY_MS, grace_s=3.0,
-                               workers=1, live=False, out_dir=str(out))
-        result = uvloop.run(run_loadtest(opts, directory_url=net.topology_url))
+    opts = LoadTestOptions(identities=20, duration_s=22.0, payload_rate=0.0, loop_rate=5.0,
+                           drop_rate=0.0, mean_hop_delay_ms=IDLE_HOP_DELAY_MS, grace_s=3.0,
+                           workers=1, live=False, out_dir=str(out), layers=3, mixnodes_per_layer=2,
+                           providers=2)
+    result = uvloop.run(run_loadtest(opts))  # the embedded testnet: its processes are the run's
     return result, out
 
 
@@ -53,3 +51,19 @@ def test_nodes_report_forwarding_lateness_and_drop_reasons(idle_run):
     assert s.nodes_dropped_by_reason == {}
     header = (out / "nodes.csv").read_text().splitlines()[0].split(",")
     assert {"dropped_by_reason", "queue_peak", "forward_lateness_hdrh"} <= set(header)
+
+
+def test_cpu_and_memory_of_every_process(idle_run):
+    result, out = idle_run
+    s = result.summary
+    roles = {u.role for u in s.resources}
+    assert {"coordinator", "worker", "sender", "mixnode", "provider", "directory"} <= roles
+    assert sum(u.role == "mixnode" for u in s.resources) == 6
+    for u in s.resources:
+        assert u.samples >= 20 and u.rss_max_mib > 5 and 0 <= u.cpu_mean_cores <= u.cpu_max_cores
+    sender = next(u for u in s.resources if u.role == "sender")
+    assert sender.cpu_mean_cores > 0.001  # it did send ~100 packets/s
+    rows = (out / "history.csv").read_text().splitlines()
+    assert "cpu_busiest_cores" in rows[0] and "client_rss_mib" in rows[0]
+    assert len((out / "resources.csv").read_text().splitlines()) > 20 * 10
+    assert 'id="resources"' in (out / "report.html").read_text()

@@ -257,6 +257,15 @@ def summary_table(summary: Summary) -> Table:
             t.add_row("[yellow]not in topology[/]", str(len(s.unattributed_nodes)),
                       "reported counters but not in the run's topology, not summed: "
                       + ", ".join(s.unattributed_nodes[:5]))
+    if s.resources:
+        busiest = max(s.resources, key=lambda u: u.cpu_max_cores)
+        client = [u for u in s.resources if u.role in ("coordinator", "worker", "sender")]
+        t.add_row(
+            "CPU busiest process",
+            f"{busiest.cpu_max_cores:.2f} cores",
+            f"{busiest.process} (mean {busiest.cpu_mean_cores:.2f}); client RSS max "
+            f"{sum(u.rss_max_mib for u in client):.0f} MiB over {len(client)} processes",
+        )
     for r in s.thresholds:
         t.add_row("threshold", "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", r.message)
     return t

@@ -22,6 +22,7 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from .model import RttModel, erlang_cdf, erlang_quantile, ks_distance, loop_hop_means
+from .resources import ProcessSample, ProcessUsage, usage_of
 
 __all__ = [
     "HIST_HIGHEST_US",
@@ -175,6 +176,12 @@ class HistoryRow(msgspec.Struct, frozen=True):
     messages_lost: int
     nodes: int
     unsent: int = 0  # cumulative, every stream and reason
+    cpu_busiest_cores: float | None = None  # the busiest process of the run this second...
+    cpu_busiest_process: str | None = None  # ...and its name
+    client_cpu_cores: float | None = None  # coordinator + workers + sender
+    client_rss_mib: float | None = None
+    nodes_cpu_cores: float | None = None  # the testnet's processes, when the run started them
+    nodes_rss_mib: float | None = None
 
 
 class LoopStats(msgspec.Struct, frozen=True):
@@ -300,6 +307,7 @@ class Summary(msgspec.Struct):
     node_forward_lateness: Percentiles = Percentiles()  # merged over the topology's nodes
     nodes_dropped_by_reason: dict[str, int] = {}  # summed over the topology's nodes
     unattributed_nodes: list[str] = []  # reporting nodes outside the run's topology (flagged)
+    resources: list[ProcessUsage] = []  # CPU and RSS of every process of the run
     labels: dict[str, str] = {}
     thresholds: list[ThresholdResult] = []
     version: int = 1
@@ -467,6 +475,29 @@ def node_totals(samples: Sequence[NodeSample], topology: set[str] | None = None)
     return out
 
 
+_CLIENT_ROLES = ("coordinator", "worker", "sender")
+
+
+def _resource_columns(samples: Sequence[ProcessSample]) -> dict[str, Any]:
+    """history.csv's resource columns for one second's readings (None when nothing was read)."""
+    if not samples:
+        return {}
+    busiest = max(samples, key=lambda s: s.cpu_cores)
+    client = [s for s in samples if s.role in _CLIENT_ROLES]
+    nodes = [s for s in samples if s.role not in _CLIENT_ROLES]
+    out: dict[str, Any] = {
+        "cpu_busiest_cores": busiest.cpu_cores,
+        "cpu_busiest_process": busiest.process,
+    }
+    if client:
+        out["client_cpu_cores"] = round(sum(s.cpu_cores for s in client), 4)
+        out["client_rss_mib"] = round(sum(s.rss_mib for s in client), 2)
+    if nodes:
+        out["nodes_cpu_cores"] = round(sum(s.cpu_cores for s in nodes), 4)
+        out["nodes_rss_mib"] = round(sum(s.rss_mib for s in nodes), 2)
+    return out
+
+
 # --- the aggregator -------------------------------------------------------------------------------
 
 
@@ -524,6 +555,8 @@ class LoadMetrics:
         self._node_seen: set[tuple[str, int]] = set()
         self._nodes_now = 0
         self.topology: set[str] | None = None  # the run's nodes (base64url keys); None: any
+        self.resource_samples: list[ProcessSample] = []
+        self._i_resources: list[ProcessSample] = []
         self._last_tick_ns = start_ns
         self._end_ns: int | None = None
         self.history: list[HistoryRow] = []
@@ -639,6 +672,12 @@ class LoadMetrics:
         """Every node report kept, in arrival order (the report's nodes.csv)."""
         return list(self._node_samples)
 
+    def record_resources(self, samples: Iterable[ProcessSample]) -> None:
+        """This second's CPU/RSS readings of the run's processes (loadtest.resources)."""
+        samples = list(samples)
+        self.resource_samples.extend(samples)
+        self._i_resources.extend(samples)
+
     def end_load(self, now_ns: int) -> None:
         """The load stopped (the runtime now only waits for stragglers): rates in the summary are
         over [start, now_ns], not over the drain that follows."""
@@ -695,7 +734,9 @@ class LoadMetrics:
             messages_lost=len(self._expired),
             nodes=self._nodes_now,
             unsent=loss.unsent_total,
+            **_resource_columns(self._i_resources),
         )
+        self._i_resources = []
         for s in STREAMS:
             i_sent[s] = 0
         self._i_real = self._i_back = self._i_delivered = 0
@@ -825,6 +866,7 @@ class LoadMetrics:
             node_forward_lateness=percentiles_of(node_lateness),
             nodes_dropped_by_reason=dropped,
             unattributed_nodes=[n.host or n.pub_key for n in nodes if not n.in_topology],
+            resources=usage_of(self.resource_samples),
             histograms=hists,
             labels=dict(self.labels),
         )

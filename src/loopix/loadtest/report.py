@@ -32,6 +32,7 @@ from loopix.loadtest.metrics import (
     decode_histogram,
 )
 from loopix.loadtest.model import RttModel
+from loopix.loadtest.resources import ProcessSample
 
 __all__ = [
     "HISTORY_FILE",
@@ -50,10 +51,12 @@ __all__ = [
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.csv"
 NODES_FILE = "nodes.csv"
+RESOURCES_FILE = "resources.csv"
 REPORT_FILE = "report.html"
 
 HISTORY_FIELDS = HistoryRow.__struct_fields__
 NODE_FIELDS = NodeSample.__struct_fields__
+RESOURCE_FIELDS = ProcessSample.__struct_fields__
 
 COLORS = {
     "payload": "#1f77b4",
@@ -125,6 +128,10 @@ def read_nodes(path: Path) -> list[NodeSample]:
     return _read_csv(path, NodeSample, ("extra", "dropped_by_reason"))
 
 
+def read_resources(path: Path) -> list[ProcessSample]:
+    return _read_csv(path, ProcessSample)
+
+
 def load_report_data(out_dir: str | Path) -> tuple[Summary, list[HistoryRow], list[NodeSample]]:
     """summary.json, history.csv and (if present) nodes.csv of a report directory."""
     out = Path(out_dir)
@@ -145,6 +152,7 @@ def write_report(
     summary: Summary,
     history: Sequence[HistoryRow],
     node_series: Sequence[NodeSample] = (),
+    resources: Sequence[ProcessSample] = (),
 ) -> Path:
     """Write the data files, then render report.html from what was written (so a later
     `render_report` gives the same page). Returns the path of report.html."""
@@ -153,13 +161,15 @@ def write_report(
     (out / SUMMARY_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=2))
     _write_csv(out / HISTORY_FILE, HISTORY_FIELDS, history)
     _write_csv(out / NODES_FILE, NODE_FIELDS, node_series)
+    _write_csv(out / RESOURCES_FILE, RESOURCE_FIELDS, resources)
     return render_report(out)
 
 
 def render_report(out_dir: str | Path) -> Path:
     """Re-render report.html from the directory's data files."""
     out = Path(out_dir)
-    page = render_html(*load_report_data(out))
+    resources = read_resources(out / RESOURCES_FILE) if (out / RESOURCES_FILE).exists() else []
+    page = render_html(*load_report_data(out), resources=resources)
     path = out / REPORT_FILE
     path.write_text(page, encoding="utf-8")
     return path
@@ -467,6 +477,37 @@ def fig_node_load(samples: Sequence[NodeSample], duration_s: float) -> Figure | 
     return fig
 
 
+def fig_resources(summary: Summary, samples: Sequence[ProcessSample]) -> Figure | None:
+    """Cores used and RSS per process over time: client processes solid, nodes thin."""
+    if not samples:
+        return None
+    by: dict[str, list[ProcessSample]] = {}
+    for s in samples:
+        by.setdefault(s.process, []).append(s)
+    fig, axes = _figure(1, 2, height=3.8)
+    cpu: Axes = axes[0][0]
+    rss: Axes = axes[0][1]
+    for name, series in by.items():
+        client = series[0].role in ("coordinator", "worker", "sender")
+        kw = {"linewidth": 1.6 if client else 0.8, "alpha": 1.0 if client else 0.6}
+        ts = [s.t_s for s in series]
+        cpu.plot(ts, [s.cpu_cores for s in series], label=name, **kw)
+        rss.plot(ts, [s.rss_mib for s in series], label=name, **kw)
+    cpu.axhline(1.0, color="#d62728", linewidth=0.9, linestyle="--")
+    cpu.set_ylim(0, max(1.2, max(s.cpu_cores for s in samples) * 1.1))
+    cpu.set_ylabel("cores used")
+    cpu.set_title("CPU per process (dashed: one full core)")
+    rss.set_ylim(bottom=0)
+    rss.set_ylabel("RSS (MiB)")
+    rss.set_title("Resident memory per process")
+    for ax in (cpu, rss):
+        ax.set_xlabel("elapsed (s)")
+        ax.axvline(summary.duration_s, color="#777777", linewidth=0.9, linestyle="--")
+    if len(by) <= 16:
+        rss.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return fig
+
+
 # --- the page -------------------------------------------------------------------------------------
 
 
@@ -581,6 +622,17 @@ def _summary_html(s: Summary) -> str:
         f"p99 {_fmt(s.rtt_excess_ms.get('p99'))} ms; KS distance {_fmt(s.rtt_ks, digits=3)}."
         "</p></section>"
     )
+    if s.resources:
+        rows_r = [
+            [u.process, u.role, str(u.pid), _fmt(u.cpu_mean_cores, digits=3), _fmt(u.cpu_max_cores, digits=3),
+             _fmt(u.rss_max_mib, digits=4), str(u.samples)]
+            for u in s.resources
+        ]
+        parts.append(
+            "<section><h2>Processes (CPU in cores, from /proc each second)</h2>"
+            + _table(["process", "role", "pid", "CPU mean", "CPU max", "RSS max MiB", "samples"], rows_r, "num")
+            + "</section>"
+        )
     if s.thresholds:
         rows = "".join(
             f'<tr class="{"pass" if t.passed else "fail"}"><td>{"pass" if t.passed else "FAIL"}</td>'
@@ -660,13 +712,19 @@ _CAPTIONS = {
     "The schedule is open loop, so lateness is not hidden from the RTT (no coordinated omission).",
     "messages": "Latency from handing a real message to the client to its reassembly at the "
     "recipient.",
+    "resources": "CPU (cores used, from /proc) and resident memory of every process of the run, "
+    "sampled each second. A process near 1 core is saturated: the figures then describe the machine "
+    "as much as the mixnet.",
     "nodes": "Packets each node received per second, from the directory's metrics reports "
     "(the nodes' own counters), grouped by mix layer.",
 }
 
 
 def render_html(
-    summary: Summary, history: Sequence[HistoryRow], nodes: Sequence[NodeSample] = ()
+    summary: Summary,
+    history: Sequence[HistoryRow],
+    nodes: Sequence[NodeSample] = (),
+    resources: Sequence[ProcessSample] = (),
 ) -> str:
     """The self-contained page (no external assets) for a run's data."""
     figs: list[tuple[str, str, Figure | None]] = []
@@ -685,6 +743,7 @@ def render_html(
         figs.append(("Scheduler lateness", "lateness", fig_lateness(summary, history)))
         figs.append(("Message latency", "messages", fig_message_latency(summary)))
         figs.append(("Per-node load", "nodes", fig_node_load(nodes, summary.duration_s)))
+        figs.append(("CPU and memory", "resources", fig_resources(summary, resources)))
         rendered = [(title, key, _png(fig)) for title, key, fig in figs if fig is not None]
     blocks = [
         f'<figure id="{key}"><h2>{html.escape(title)}</h2>'

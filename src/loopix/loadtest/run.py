@@ -27,6 +27,7 @@ from loopix.wire.b64 import b64url_encode
 from .fleet import ephemeral_identities
 from .live import LiveView, serve_prometheus
 from .metrics import LoadMetrics, Summary
+from .resources import ResourceSampler
 from .thresholds import ThresholdSet
 
 _MESSAGE_HEAD = struct.Struct(">QQ")  # message id, send time (monotonic ns)
@@ -150,6 +151,21 @@ async def send_messages(coord: Coordinator, metrics: LoadMetrics, rate: float, s
         next_id += 1
 
 
+def run_processes(coord: Coordinator, testnet=None) -> dict[str, tuple[str, int]]:
+    """{name: (role, pid)} of every process of the run, as of now (workers restart)."""
+    procs = {"coordinator": ("coordinator", os.getpid())}
+    if coord.sender is not None:
+        procs["sender"] = ("sender", coord.sender.proc.pid)
+    for i, w in enumerate(coord.workers):
+        if w is not None:
+            procs[f"worker-{i}"] = ("worker", w.proc.pid)
+    if testnet is not None:
+        for name, proc in testnet._procs.items():
+            info = testnet.nodes.get(name)
+            procs[name] = (info.kind if info is not None else "directory", proc.pid)
+    return procs
+
+
 async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None) -> LoadTestResult:
     """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet)."""
     thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
@@ -167,13 +183,14 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
         url = testnet.topology_url
     base_url = url.split("/api/", 1)[0]
     try:
-        return await _run(opts, url, base_url, thresholds)
+        return await _run(opts, url, base_url, thresholds, testnet)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
 
 
-async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet) -> LoadTestResult:
+async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
+               testnet=None) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
@@ -191,6 +208,9 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
     metrics.topology = {b64url_encode(n.pub_key) for n in (*coord.topology.mix_nodes, *coord.topology.providers)}
     feed = MetricsFeed(metrics, coord.stats)
+    sampler = ResourceSampler()
+    # baselines (CPU is a rate); before start_ns, hence a negative time
+    sampler.sample((time.monotonic_ns() - start_ns) / 1e9, run_processes(coord, testnet))
     prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
     stop_messages = asyncio.Event()
     sender = None
@@ -222,6 +242,8 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                         metrics.end_load(now)
                         paused = True
                     metrics.record_node_counters(await fetch_node_counters(http, base_url))
+                    metrics.record_resources(sampler.sample((now - metrics.start_ns) / 1e9,
+                                                            run_processes(coord, testnet)))
                     row = metrics.tick(now)
                     live.update(row)
                     if coord.fatal:
@@ -251,7 +273,8 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     if opts.out_dir:
         from .report import write_report  # matplotlib: only when a report is asked for
 
-        path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples())
+        path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples(),
+                            metrics.resource_samples)
         print(f"loadtest: report written to {path}")
     code = thresholds.exit_code(summary)
     for result in summary.thresholds:

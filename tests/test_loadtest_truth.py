@@ -67,3 +67,12 @@ def test_cpu_and_memory_of_every_process(idle_run):
     assert "cpu_busiest_cores" in rows[0] and "client_rss_mib" in rows[0]
     assert len((out / "resources.csv").read_text().splitlines()) > 20 * 10
     assert 'id="resources"' in (out / "report.html").read_text()
+
+
+def test_an_idle_run_is_judged_ok(idle_run):
+    result, out = idle_run
+    v = result.summary.verdict
+    assert v is not None and v.status == "ok" and v.reasons == [], v
+    saved = json.loads((out / "summary.json").read_text())
+    assert next(iter(saved)) == "verdict" and saved["verdict"]["status"] == "ok"
+    assert "Verdict: OK" in (out / "report.html").read_text()

@@ -201,6 +201,12 @@ def summary_table(summary: Summary) -> Table:
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("detail")
+    if s.verdict is not None:
+        style = {"ok": "bold green", "degraded": "bold yellow", "saturated": "bold red"}[s.verdict.status]
+        first = s.verdict.reasons[0].message if s.verdict.reasons else "no rule fired (docs/loadtest.md)"
+        t.add_row("VERDICT", f"[{style}]{s.verdict.status}[/]", first)
+        for r in s.verdict.reasons[1:]:
+            t.add_row("", f"[{style}]{r.level}[/]", r.message)
     for name in ("payload", "loop", "drop"):
         t.add_row(f"sent {name}", f"{s.sent.get(name, 0):,}", f"{s.rates.get(name, 0.0):.1f}/s")
     t.add_row("sent real", f"{s.real_sent:,}", f"{s.rates.get('real', 0.0):.1f}/s")

@@ -23,6 +23,7 @@ from hdrh.histogram import HdrHistogram
 
 from .model import RttModel, erlang_cdf, erlang_quantile, ks_distance, loop_hop_means
 from .resources import ProcessSample, ProcessUsage, usage_of
+from .verdict import Verdict, judge
 
 __all__ = [
     "HIST_HIGHEST_US",
@@ -277,11 +278,12 @@ class ThresholdResult(msgspec.Struct, frozen=True):
     message: str
 
 
-class Summary(msgspec.Struct):
+class Summary(msgspec.Struct, kw_only=True):
     """A whole run, enough to re-render the report: totals, rates, distributions (ms) and the
     encoded µs HdrHistograms (`hdrh` base64) under `histograms`. `duration_s` is the load (rates
-    are over it); `elapsed_s` adds the drain after it, until the last tick."""
+    are over it); `elapsed_s` adds the drain after it, until the last tick. `verdict` first."""
 
+    verdict: Verdict | None = None
     duration_s: float
     elapsed_s: float
     started_wall_ns: int
@@ -841,7 +843,7 @@ class LoadMetrics:
                 "message_latency": _encode(self._msg_latency),
                 "node_forward_lateness": _encode(node_lateness),
             }
-        return Summary(
+        summary = Summary(
             duration_s=duration,
             elapsed_s=(now_ns - self.start_ns) / _NS,
             started_wall_ns=self.start_wall_ns,
@@ -870,3 +872,5 @@ class LoadMetrics:
             histograms=hists,
             labels=dict(self.labels),
         )
+        summary.verdict = judge(summary, self.history)
+        return summary

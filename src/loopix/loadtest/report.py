@@ -547,6 +547,17 @@ def _dist_row(name: str, p: Percentiles) -> list[str]:
     ]
 
 
+def _verdict_html(s: Summary) -> str:
+    v = s.verdict
+    if v is None:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(r.level)}</b> ({html.escape(r.rule)}): {html.escape(r.message)}</li>"
+        for r in v.reasons
+    ) or "<li>no rule fired (rules: docs/loadtest.md)</li>"
+    return f'<section class="verdict {v.status}"><h2>Verdict: {v.status.upper()}</h2><ul>{items}</ul></section>'
+
+
 def _summary_html(s: Summary) -> str:
     drain = s.elapsed_s - s.duration_s
     run = [
@@ -696,6 +707,8 @@ table.num td+td,table.num th+th{text-align:right}
 table.kv th{font-weight:normal;color:#555;white-space:nowrap}
 tr.fail td{background:#fde8e8;color:#a00}tr.pass td:first-child{color:#080}
 figure{margin:18px 0 28px}figure img{max-width:100%;height:auto}
+.verdict{padding:4px 14px;border-left:6px solid #2ca02c;background:#eef8ee}
+.verdict.degraded{border-color:#e6a700;background:#fff7e0}.verdict.saturated{border-color:#d62728;background:#fde8e8}
 figcaption{color:#555;font-size:0.9em;max-width:900px}.note{color:#555;font-size:0.85em}
 """
 
@@ -757,6 +770,7 @@ def render_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_summary_html(summary)}{note}{''.join(blocks)}"
+        f"<h1>{html.escape(title)}</h1>{_verdict_html(summary)}{_summary_html(summary)}{note}"
+        f"{''.join(blocks)}"
         "</body></html>\n"
     )

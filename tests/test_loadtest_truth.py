@@ -76,3 +76,18 @@ def test_an_idle_run_is_judged_ok(idle_run):
     saved = json.loads((out / "summary.json").read_text())
     assert next(iter(saved)) == "verdict" and saved["verdict"]["status"] == "ok"
     assert "Verdict: OK" in (out / "report.html").read_text()
+
+
+def test_reproducibility_metadata(idle_run):
+    _result, out = idle_run
+    meta = json.loads((out / "summary.json").read_text())["meta"]
+    assert meta["started_utc"].endswith("+00:00") and meta["loopix_version"]
+    assert meta["command_line"]
+    host = meta["host"]
+    assert host["cores"] >= 1 and host["memory_mib"] > 0 and host["kernel"] and host["python"]
+    assert meta["identities"] == 20
+    assert meta["rates_per_identity"] == {"payload": 0.0, "loop": 5.0, "drop": 0.0}
+    assert meta["mean_hop_delay_ms"] == IDLE_HOP_DELAY_MS and meta["packet_payload_size"] == 2048
+    assert meta["topology"] == {"source": "embedded", "mixnodes_per_layer": [2, 2, 2], "providers": 2}
+    page = (out / "report.html").read_text()
+    assert "Run metadata" in page and meta["started_utc"] in page

@@ -197,7 +197,10 @@ class LiveView:
 def summary_table(summary: Summary) -> Table:
     """The end-of-run table (also what a CI log shows)."""
     s = summary
-    t = Table(title=f"loopix load test: {s.duration_s:.1f} s", title_justify="left")
+    title = f"loopix load test: {s.duration_s:.1f} s" + (" (INTERRUPTED)" if s.interrupted else "")
+    if s.meta is not None:
+        title += f", started {s.meta.started_utc}, loopix {s.meta.loopix_version}"
+    t = Table(title=title, title_justify="left")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("detail")

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from hdrh.histogram import HdrHistogram
 
+from .metadata import RunMetadata
 from .model import RttModel, erlang_cdf, erlang_quantile, ks_distance, loop_hop_means
 from .resources import ProcessSample, ProcessUsage, usage_of
 from .verdict import Verdict, judge
@@ -284,6 +285,8 @@ class Summary(msgspec.Struct, kw_only=True):
     are over it); `elapsed_s` adds the drain after it, until the last tick. `verdict` first."""
 
     verdict: Verdict | None = None
+    meta: RunMetadata | None = None  # reproducibility: when, what, where (loadtest.metadata)
+    interrupted: bool = False  # the run was stopped (Ctrl-C, SIGTERM) before its end
     duration_s: float
     elapsed_s: float
     started_wall_ns: int
@@ -557,6 +560,8 @@ class LoadMetrics:
         self._node_seen: set[tuple[str, int]] = set()
         self._nodes_now = 0
         self.topology: set[str] | None = None  # the run's nodes (base64url keys); None: any
+        self.metadata: RunMetadata | None = None
+        self.interrupted = False
         self.resource_samples: list[ProcessSample] = []
         self._i_resources: list[ProcessSample] = []
         self._last_tick_ns = start_ns
@@ -872,5 +877,7 @@ class LoadMetrics:
             histograms=hists,
             labels=dict(self.labels),
         )
+        summary.meta = self.metadata
+        summary.interrupted = self.interrupted
         summary.verdict = judge(summary, self.history)
         return summary

@@ -547,6 +547,37 @@ def _dist_row(name: str, p: Percentiles) -> list[str]:
     ]
 
 
+def _interrupted_html(s: Summary) -> str:
+    if not s.interrupted:
+        return ""
+    return ('<section class="verdict saturated"><h2>INTERRUPTED</h2><p>The run was stopped before its '
+            "end; these are the figures measured until then (loops still in flight are not judged)."
+            "</p></section>")
+
+
+def _meta_html(s: Summary) -> str:
+    m = s.meta
+    if m is None:
+        return ""
+    h = m.host
+    rates = ", ".join(f"{k} {v:g}/s" for k, v in m.rates_per_identity.items())
+    rows = [
+        ("started (UTC)", m.started_utc),
+        ("loopix", m.loopix_version + (f" (git {m.git_commit})" if m.git_commit else "")),
+        ("command", m.command_line),
+        ("host", f"{h.hostname}: {h.cpu_model or '?'}, {h.cores or '?'} cores, "
+                 f"{h.memory_mib or '?'} MiB, {h.kernel}, {h.python}"
+                 + (f"; load average at start {' / '.join(f'{x:g}' for x in h.load_average)}"
+                    if h.load_average else "")),
+        ("traffic", f"{m.identities:,} identities × ({rates}); real messages {m.messages_per_s:g}/s"),
+        ("packets", f"payload {m.packet_payload_size} bytes; mean hop delay {m.mean_hop_delay_ms:g} ms; "
+                    f"workers {m.workers or 'one per core'}"),
+        ("topology", f"{m.topology.source}: mixnodes per layer {m.topology.mixnodes_per_layer}, "
+                     f"{m.topology.providers} providers"),
+    ]
+    return f"<section><h2>Run metadata</h2>{_kv(rows)}</section>"
+
+
 def _verdict_html(s: Summary) -> str:
     v = s.verdict
     if v is None:
@@ -770,7 +801,8 @@ def render_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_verdict_html(summary)}{_summary_html(summary)}{note}"
+        f"<h1>{html.escape(title)}</h1>{_interrupted_html(summary)}{_verdict_html(summary)}"
+        f"{_meta_html(summary)}{_summary_html(summary)}{note}"
         f"{''.join(blocks)}"
         "</body></html>\n"
     )

@@ -24,6 +24,7 @@ from loopix.client.coordinator import ClientError, Coordinator, RuntimeOptions
 from loopix.client.schedule import Stream
 from loopix.wire.b64 import b64url_encode
 
+from . import metadata
 from .fleet import ephemeral_identities
 from .live import LiveView, serve_prometheus
 from .metrics import LoadMetrics, Summary
@@ -56,6 +57,7 @@ class LoadTestOptions(msgspec.Struct, kw_only=True):
     mixnodes_per_layer: int = 2
     providers: int = 2
     live: bool | None = None  # None: a live view on a terminal, plain lines otherwise
+    command_line: list[str] | None = None  # for the report (default: sys.argv)
 
 
 class LoadTestResult(msgspec.Struct):
@@ -206,6 +208,14 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     start_ns = -(-time.monotonic_ns() // 1_000_000_000) * 1_000_000_000
     metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
+    metrics.metadata = metadata.collect(
+        identities=opts.identities,
+        rates={"payload": opts.payload_rate, "loop": opts.loop_rate, "drop": opts.drop_rate},
+        messages_per_s=opts.messages_rate, mean_hop_delay_ms=opts.mean_hop_delay_ms,
+        packet_payload_size=opts.packet_payload_size, workers=opts.workers,
+        source="embedded" if testnet is not None else url,
+        mixnodes_per_layer=[len(nodes) for nodes in coord.topology.layers().values()],
+        providers=len(coord.topology.providers), argv=opts.command_line)
     metrics.topology = {b64url_encode(n.pub_key) for n in (*coord.topology.mix_nodes, *coord.topology.providers)}
     feed = MetricsFeed(metrics, coord.stats)
     sampler = ResourceSampler()

@@ -492,9 +492,10 @@ def test_wall_clock_mapping_of_node_reports():
         ("rate_loop>=100", "rate_loop", ">=", 100.0),
         ("rate_loop>=100/s", "rate_loop", ">=", 100.0),
         (" rtt_p99.9 < 3 s ", "rtt_p999", "<", 3000.0),
-        ("rtt_max!=0", "rtt_max", "!=", 0.0),
+        ("rtt_max!=0s", "rtt_max", "!=", 0.0),
         ("loss_count==0", "loss_count", "==", 0.0),
-        ("latency_p99<1.5e3", "latency_p99", "<", 1500.0),
+        ("latency_p99<1.5e3ms", "latency_p99", "<", 1500.0),
+        ("rtt_p99<2m", "rtt_p99", "<", 120_000.0),
     ],
 )
 def test_threshold_parsing(expr, metric, op, limit):
@@ -511,6 +512,8 @@ def test_threshold_parsing(expr, metric, op, limit):
         ("rtt_p99<", "expected METRIC OP VALUE"),
         ("rtt_p99<2 minutes", "expected METRIC OP VALUE"),
         ("rtt_p99<5%", "is a duration"),
+        ("rtt_p99<2", "needs a unit"),  # 2 ms or 2 s? never guessed
+        ("lateness_p50<=0.5", "0.5ms"),
         ("loss<2ms", "is a ratio"),
         ("loss<5", "did you mean 5%"),
         ("rate_loop>10%", "packets per second"),
@@ -537,7 +540,7 @@ def test_argparse_keeps_the_message(capsys):
 
 @given(
     value=st.floats(0, 1e6, allow_nan=False).map(lambda v: round(v, 3)),
-    unit=st.sampled_from([("s", 1000.0), ("ms", 1.0), ("us", 0.001), ("", 1.0)]),
+    unit=st.sampled_from([("s", 1000.0), ("ms", 1.0), ("us", 0.001), ("m", 60_000.0)]),
     op=st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
 )
 def test_duration_units_are_canonical_ms(value, unit, op):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import struct
 import sys
 import time
@@ -168,9 +169,43 @@ def run_processes(coord: Coordinator, testnet=None) -> dict[str, tuple[str, int]
     return procs
 
 
-async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None) -> LoadTestResult:
-    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet)."""
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM before the load started: there is nothing to report."""
+
+
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _signals_set(stop: asyncio.Event):
+    """SIGINT and SIGTERM set `stop` instead of killing the run (main thread only)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None,
+                       stop: asyncio.Event | None = None) -> LoadTestResult:
+    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet).
+    Setting `stop` (SIGINT and SIGTERM do) ends the run early with an interrupted report."""
     thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
+    stop = stop or asyncio.Event()
+    with _signals_set(stop):
+        return await _run_with_testnet(opts, directory_url, thresholds, stop)
+
+
+async def _run_with_testnet(opts: LoadTestOptions, directory_url: str | None, thresholds: ThresholdSet,
+                            stop: asyncio.Event) -> LoadTestResult:
     testnet = None
     url = directory_url or opts.directory_url
     if url is None:
@@ -181,24 +216,41 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
                           presence_interval=1.0)
         print(f"loadtest: starting a testnet ({opts.layers} layers x {opts.mixnodes_per_layer} mixnodes, "
               f"{opts.providers} providers)", flush=True)
-        await asyncio.to_thread(testnet.start)
+        try:
+            await asyncio.to_thread(testnet.start)
+        except BaseException:
+            await asyncio.to_thread(testnet.stop)
+            raise
         url = testnet.topology_url
     base_url = url.split("/api/", 1)[0]
     try:
-        return await _run(opts, url, base_url, thresholds, testnet)
+        if stop.is_set():
+            raise Interrupted("before the load started; no report")
+        return await _run(opts, url, base_url, thresholds, testnet, stop)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
 
 
 async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
-               testnet=None) -> LoadTestResult:
+               testnet, stop: asyncio.Event) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
         directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
         workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True))
     await coord.start()
+    try:
+        if stop.is_set():
+            raise Interrupted("before the load started; no report")
+        summary, metrics = await _measure(opts, coord, base_url, url, thresholds, testnet, stop, t0)
+    finally:
+        await coord.stop()
+    return _finish(opts, summary, metrics, thresholds)
+
+
+async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url: str, thresholds: ThresholdSet,
+                   testnet, stop: asyncio.Event, t0: float) -> tuple[Summary, LoadMetrics]:
     print(f"loadtest: {opts.identities} identities registered in {time.monotonic() - t0:.1f}s; "
           f"load for {opts.duration_s:g}s", flush=True)
     # The network is quiet (the runtime started paused); let every node report that, then start the
@@ -243,10 +295,12 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                 hard_stop = end_all + int(QUIESCE_LIMIT_S * 1e9)
                 next_tick = time.monotonic_ns() + 1_000_000_000
                 while True:
-                    await asyncio.sleep(max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
                     now = time.monotonic_ns()
                     next_tick += 1_000_000_000
-                    if not paused and now >= end_load:
+                    interrupted = stop.is_set()
+                    if not paused and (now >= end_load or interrupted):
                         coord.pause()
                         stop_messages.set()
                         metrics.end_load(now)
@@ -256,6 +310,11 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                                                             run_processes(coord, testnet)))
                     row = metrics.tick(now)
                     live.update(row)
+                    if interrupted:
+                        metrics.interrupted = True
+                        print("loadtest: interrupted; reporting what was measured so far", file=sys.stderr,
+                              flush=True)
+                        break
                     if coord.fatal:
                         print(f"loadtest: {coord.fatal}", file=sys.stderr)
                         break
@@ -277,17 +336,27 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
-        await coord.stop()
         if prometheus is not None:
             prometheus[0].shutdown()
+    return summary, metrics
+
+
+def _finish(opts: LoadTestOptions, summary: Summary, metrics: LoadMetrics, thresholds: ThresholdSet) -> LoadTestResult:
+    """Write the report (if asked) and choose the exit code."""
+    code = thresholds.exit_code(summary)
     if opts.out_dir:
         from .report import write_report  # matplotlib: only when a report is asked for
 
-        path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples(),
-                            metrics.resource_samples)
-        print(f"loadtest: report written to {path}")
-    code = thresholds.exit_code(summary)
+        try:
+            path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples(),
+                                metrics.resource_samples)
+            print(f"loadtest: report written to {path}")
+        except Exception as exc:  # never lose a long run to a traceback: say what is on disk
+            print(f"loadtest: error: the report could not be completed in {opts.out_dir}: {exc}", file=sys.stderr)
+            code = code or 1
     for result in summary.thresholds:
         if not result.passed:
             print(f"loadtest: threshold violated: {result.message}", file=sys.stderr)
+    if summary.interrupted:
+        code = EXIT_INTERRUPTED
     return LoadTestResult(summary, code)

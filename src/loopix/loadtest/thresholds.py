@@ -1,7 +1,8 @@
 """k6-style pass/fail criteria: `--threshold "rtt_p99<2s" --threshold "loss<0.1%"`.
 
-An expression is `METRIC OP VALUE[UNIT]`: OP one of < <= > >= == !=; durations take s, ms or us
-(a bare number is ms, as in k6), ratios take % or a fraction in [0, 1], rates are packets per
+An expression is `METRIC OP VALUE[UNIT]`: OP one of < <= > >= == !=; durations must name their
+unit (us, ms, s, m, h: loopix.units, the same parser as --duration; a bare number is an error, not
+silently ms as in k6), ratios take % or a fraction in [0, 1], rates are packets per
 second (an optional "/s"), counts are bare. A threshold whose metric has no data (no loop came back,
 no message was sent) fails: a criterion that cannot be checked must not pass silently. The CLI exits
 with EXIT_THRESHOLD_VIOLATED when any fails.
@@ -19,6 +20,7 @@ from typing import Literal
 import msgspec
 
 from loopix.loadtest.metrics import LOSS_REASONS, UNSENT_REASONS, Summary, ThresholdResult
+from loopix.units import DURATION_UNITS, UnitError, split_duration
 
 __all__ = [
     "EXIT_THRESHOLD_VIOLATED",
@@ -117,9 +119,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _EXPR = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_.]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
-    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>s|ms|us|µs|%|/s)?\s*$"
+    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>s|ms|us|µs|m|h|%|/s)?\s*$"
 )
-_DURATION_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001, None: 1.0}
+_DURATION_MS = {unit: seconds * 1000.0 for unit, seconds in DURATION_UNITS.items()}
 
 
 def _valid_names() -> str:
@@ -159,7 +161,7 @@ class Threshold(msgspec.Struct, frozen=True):
 
 def _show(value: float, unit: str | None, kind: Kind) -> str:
     if kind == "duration":
-        unit = unit if unit in ("s", "ms", "us", "µs") else "ms"
+        unit = unit if unit in _DURATION_MS else "ms"
         return f"{value / _DURATION_MS[unit]:.6g} {unit}"
     if kind == "ratio":
         return f"{value * 100:.4g}%"
@@ -188,11 +190,15 @@ def parse_threshold(expression: str) -> Threshold:
     if not math.isfinite(value):
         raise ThresholdError(f"bad threshold {expression!r}: the value must be finite")
     if metric.kind == "duration":
-        if unit not in _DURATION_MS:
+        if unit in ("%", "/s"):
             raise ThresholdError(
-                f"bad threshold {expression!r}: {name} is a duration; use s, ms or us"
+                f"bad threshold {expression!r}: {name} is a duration; use us, ms, s, m or h"
             )
-        value *= _DURATION_MS[unit]
+        try:
+            number, unit = split_duration(m["value"] + (unit or ""))
+        except UnitError as exc:
+            raise ThresholdError(f"bad threshold {expression!r}: {name} is a duration: {exc}") from None
+        value = number * _DURATION_MS[unit]
     elif metric.kind == "ratio":
         if unit == "%":
             value /= 100

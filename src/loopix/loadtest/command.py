@@ -110,6 +110,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_type(_count(1)), default=3, help="embedded testnet: mix layers")
     p.add_argument("--mixnodes-per-layer", type=_type(_count(1)), default=2)
     p.add_argument("--providers", type=_type(_count(1)), default=2)
+    from .capacity import add_capacity_arguments
+
+    add_capacity_arguments(p, _type)
     p.set_defaults(handler=run_command)
     return p
 
@@ -170,6 +173,10 @@ def run_command(args: argparse.Namespace) -> int:
         command_line=["loopix-client", *sys.argv[1:]] if os.path.basename(sys.argv[0]) != "pytest" else None,
     )
     try:
+        if args.find_capacity:
+            from .capacity import run_capacity_command
+
+            return run_capacity_command(args, opts)
         return uvloop.run(run_loadtest(opts)).exit_code
     except Interrupted as exc:
         print(f"{PROG}: interrupted: {exc}", file=sys.stderr)

@@ -59,6 +59,7 @@ class LoadTestOptions(msgspec.Struct, kw_only=True):
     providers: int = 2
     live: bool | None = None  # None: a live view on a terminal, plain lines otherwise
     command_line: list[str] | None = None  # for the report (default: sys.argv)
+    warmup_s: float = 0.0  # load before measuring starts (excluded from every figure)
 
 
 class LoadTestResult(msgspec.Struct):
@@ -195,12 +196,19 @@ def _signals_set(stop: asyncio.Event):
 
 
 async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None,
-                       stop: asyncio.Event | None = None) -> LoadTestResult:
+                       stop: asyncio.Event | None = None, testnet=None) -> LoadTestResult:
     """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet).
-    Setting `stop` (SIGINT and SIGTERM do) ends the run early with an interrupted report."""
+    Setting `stop` (SIGINT and SIGTERM do) ends the run early with an interrupted report.
+    `testnet`: a running embedded Testnet behind `directory_url`, whose processes the run samples."""
     thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
+    owner = stop is None  # a caller that passes `stop` handles the signals itself
     stop = stop or asyncio.Event()
-    with _signals_set(stop):
+    with _signals_set(stop) if owner else contextlib.nullcontext():
+        if testnet is not None:
+            url = directory_url or testnet.topology_url
+            if stop.is_set():
+                raise Interrupted("before the load started; no report")
+            return await _run(opts, url, url.split("/api/", 1)[0], thresholds, testnet, stop)
         return await _run_with_testnet(opts, directory_url, thresholds, stop)
 
 
@@ -257,6 +265,14 @@ async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url
     # load on a whole second: the sender buckets loops by scheduled second, so the first bucket must
     # not straddle the start. Client and node counts then cover exactly the same packets.
     await asyncio.sleep(NODE_REPORT_INTERVAL_S + 0.2)
+    if opts.warmup_s > 0:
+        # the load runs, unmeasured, until queues and RTT have settled; measuring starts after
+        coord.resume()
+        print(f"loadtest: warm-up {opts.warmup_s:g}s (not measured)", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), opts.warmup_s)
+        if stop.is_set():
+            raise Interrupted("during the warm-up; no report")
     start_ns = -(-time.monotonic_ns() // 1_000_000_000) * 1_000_000_000
     metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
@@ -281,6 +297,9 @@ async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             metrics.record_node_counters(await fetch_node_counters(http, base_url))
             await asyncio.sleep((start_ns - time.monotonic_ns()) / 1e9)
+            if opts.warmup_s > 0:  # count from here: what the warm-up sent is not the run's
+                feed.last_sent, feed.last_real = list(coord.stats.sent), coord.stats.real_sent
+                feed.last_unsent = MetricsFeed(metrics, coord.stats).last_unsent
             coord.stats_listeners.append(feed.on_stats)
             coord.message_listeners.append(feed.on_message)
             coord.resume()

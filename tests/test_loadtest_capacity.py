@@ -66,8 +66,7 @@ def test_a_pass_above_a_failure_is_not_the_capacity():
 
 @pytest.fixture(scope="module")
 def real_search(tmp_path_factory):
-    """A short search on the embedded testnet: 400 pkt/s passes, the steps above fail on the
-    threshold (rtt below the hop delays' own p50 is impossible past the first step's rate)."""
+    """A short real search on a small embedded testnet, failing on a threshold we know the answer to."""
     opts = LoadTestOptions(identities=20, payload_rate=1.0, loop_rate=1.0, drop_rate=1.0, mean_hop_delay_ms=5.0,
                            workers=1, live=False, layers=1, mixnodes_per_layer=1, providers=1,
                            thresholds=["rate_loop<200/s"])
@@ -81,14 +80,16 @@ def real_search(tmp_path_factory):
 def test_a_real_search_finds_where_a_threshold_breaks(real_search):
     result, out = real_search
     assert isinstance(result, CapacityResult) and not result.interrupted
-    rates = [s.rate for s in result.steps]
-    assert rates[:2] == [300, 600]
-    # rate_loop is a third of the aggregate: 600/s -> 200 loops/s breaks "rate_loop<200/s"
-    assert result.capacity is not None and 300 <= result.capacity < 600
+    # up 300 -> 600 (fails: rate_loop is a third of the aggregate, 200 loops/s breaks
+    # "rate_loop<200/s"), then bisect once: 450 passes, and 600/450 is within the precision
+    assert [s.rate for s in result.steps] == [300, 450, 600]
+    assert result.capacity == 450 and result.per_identity_at_capacity == {
+        "payload": 7.5, "loop": 7.5, "drop": 7.5}
     assert result.first_failure is not None and "rate_loop<200/s" in result.first_failure.failed[0]
     for s in result.steps:
         assert s.achieved == pytest.approx(s.rate, rel=0.2)  # open loop: the rate asked is sent
         assert s.rtt_p50_ms is not None and s.cpu_busiest is not None
+        assert s.passed == (s.rate < 600) and s.verdict in ("ok", "degraded", "saturated")
     text = "\n".join(describe(result))
     assert "capacity:" in text and "failed first above it" in text
     saved = json.loads((out / "capacity.json").read_text())

@@ -582,3 +582,17 @@ def test_every_metric_has_a_value_or_none():
     for name, metric in METRICS.items():
         v = metric.get(s)
         assert v is None or isinstance(v, int | float), name
+
+
+def test_node_histograms_kept_only_where_needed():
+    from loopix.testnet.node_metrics import ForwardingMetrics
+
+    fm = ForwardingMetrics()
+    m = LoadMetrics(0, 50.0, start_wall_ns=0)
+    for t in range(-1, 30):
+        fm.forwarded_late(0.001 * (t + 2))
+        m.record_node_counters({**report("A", t, 100 * (t + 2)), **fm.report()})
+    kept = [s.t_s for s in m.node_samples() if s.forward_lateness_hdrh]
+    assert kept == [-1.0, 0.0, 29.0]  # baseline candidates (t <= 0) and the latest: memory stays flat on long runs
+    m.tick(30 * S)
+    assert m.summary().nodes[0].forward_lateness.count == 30  # and the total is still exact

@@ -558,6 +558,8 @@ class LoadMetrics:
         self._i_delivered = 0
         self._node_samples: list[NodeSample] = []
         self._node_seen: set[tuple[str, int]] = set()
+        self._last_of_node: dict[str, int] = {}  # index of each node's latest sample
+        self._first_of_node: dict[str, int] = {}
         self._nodes_now = 0
         self.topology: set[str] | None = None  # the run's nodes (base64url keys); None: any
         self.metadata: RunMetadata | None = None
@@ -670,10 +672,27 @@ class LoadMetrics:
             if ident in self._node_seen:
                 continue
             self._node_seen.add(ident)
+            self._forget_histogram(sample)
+            self._first_of_node.setdefault(sample.pub_key, len(self._node_samples))
+            self._last_of_node[sample.pub_key] = len(self._node_samples)
             self._node_samples.append(sample)
             new += 1
         self._nodes_now = len(nodes)
         return new
+
+    def _forget_histogram(self, new: NodeSample) -> None:
+        """Bound memory on long runs: a node's lateness histogram (KBs each second) is needed only
+        at its baseline, before a restart and at its latest report, so the previous report's is
+        dropped when a newer one arrives, unless the previous is one of those."""
+        i = self._last_of_node.get(new.pub_key)
+        if i is None:
+            return
+        prev = self._node_samples[i]
+        if prev.forward_lateness_hdrh is None or prev.t_s <= 0 or new.received < prev.received:
+            return
+        if i == self._first_of_node.get(new.pub_key):
+            return
+        self._node_samples[i] = msgspec.structs.replace(prev, forward_lateness_hdrh=None)
 
     def node_samples(self) -> list[NodeSample]:
         """Every node report kept, in arrival order (the report's nodes.csv)."""

@@ -135,14 +135,6 @@ class DelayQueue(Generic[T]):
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 
-    def pop_due_timed(self, now: float) -> list[tuple[float, T]]:
-        """Like `pop_due`, with each item's due time."""
-        heap, out = self._heap, []
-        while heap and heap[0][0] <= now:
-            due, _, item = heapq.heappop(heap)
-            out.append((due, item))
-        return out
-
     def pop_due(self, now: float) -> list[T]:
         """Every item due at or before `now`, in due order."""
         heap, out = self._heap, []
@@ -395,7 +387,7 @@ class Node:
         self.counters = Counters()
         self.forwarding = ForwardingMetrics()
         self.replay = ReplayFilter(config.replay_capacity)
-        self.queue: DelayQueue[tuple[bytes, bytes]] = DelayQueue()
+        self.queue: DelayQueue[tuple[bytes, bytes, float]] = DelayQueue()  # (next hop, packet, arrival + delay)
         self.forwarder = Forwarder(config, self.counters)
         self._processor = PacketProcessor(secret, config.batch)
         self._out: dict[int, bytearray] = {}

@@ -91,6 +91,10 @@ def test_killed_mixnode_shows_up_as_loss(testnet):
     assert result.exit_code == 0
     assert s.loops.lost > 0, "packets routed through the dead mixnode must count as lost"
     assert s.loops.back > 0, "the rest of the network kept working"
+    # a real run that triggers verdict rules: the previous layer's nodes could not reach it
+    fired = {r.rule: r.level for r in s.verdict.reasons}
+    assert fired.get("node_drops") == "degraded" and fired.get("loss") == "degraded", s.verdict
+    assert {"peer_down", "connect_failed"} & s.nodes_dropped_by_reason.keys()
 
 
 def test_fleet_directory_runs_every_identity(testnet, tmp_path):
@@ -151,4 +155,5 @@ def test_killed_provider_counts_the_packets_never_sent(testnet):
     assert s.loss.unsent["link_down"]["loop"] > 0, s.loss
     assert s.loss.by_reason["link_down"] + s.loss.by_reason["no_route"] == unsent_loops
     assert s.loss.loss is not None and s.loss.loss > 0.15, s.loss
+    assert "loss" in {r.rule for r in s.verdict.reasons}
     assert result.exit_code == EXIT_THRESHOLD_VIOLATED

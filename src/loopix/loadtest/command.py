@@ -125,7 +125,7 @@ def check_out_dir(path: str, force: bool) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {path}: exists and is not a directory")
-    if (out / SUMMARY_FILE).exists() and not force:
+    if ((out / SUMMARY_FILE).exists() or (out / "capacity.json").exists()) and not force:
         raise CommandError(f"--out {path}: already holds a report (use --force to overwrite it)")
     try:
         out.mkdir(parents=True, exist_ok=True)

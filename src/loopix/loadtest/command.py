@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import socket
 import sys
 import tempfile
@@ -170,7 +169,7 @@ def run_command(args: argparse.Namespace) -> int:
         workers=args.workers, thresholds=[t.expression for t in args.threshold], out_dir=args.out,
         metrics_port=args.metrics_port, grace_s=args.grace, layers=args.layers,
         mixnodes_per_layer=args.mixnodes_per_layer, providers=args.providers,
-        command_line=["loopix-client", *sys.argv[1:]] if os.path.basename(sys.argv[0]) != "pytest" else None,
+        command_line=["loopix-client", *sys.argv[1:]],
     )
     try:
         if args.find_capacity:

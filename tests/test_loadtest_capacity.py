@@ -38,7 +38,7 @@ def search_against(true_capacity: float, settings: CapacitySettings) -> tuple[Ca
 
 
 def test_steps_up_then_bisects_to_the_precision():
-    search, tried = search_against(1234.0, CapacitySettings(start_rate=100, factor=2, precision=0.05))
+    search, tried = search_against(1234.0, CapacitySettings(start_rate=100, factor=2, precision=0.05, confirm=False))
     assert tried[:5] == [100, 200, 400, 800, 1600]
     cap = search.capacity()
     assert cap <= 1234.0 and (1234.0 - cap) / cap <= 0.05
@@ -47,21 +47,35 @@ def test_steps_up_then_bisects_to_the_precision():
 
 
 def test_first_step_failing_steps_down_and_a_network_that_never_fails_stops_at_max():
-    search, tried = search_against(30.0, CapacitySettings(start_rate=100, factor=2))
+    search, tried = search_against(30.0, CapacitySettings(start_rate=100, factor=2, confirm=False))
     assert tried[0] == 100 and tried[1] == 50 and search.capacity() is not None and search.capacity() <= 30
-    search, tried = search_against(1.0, CapacitySettings(start_rate=100, factor=2))
+    search, tried = search_against(1.0, CapacitySettings(start_rate=100, factor=2, confirm=False))
     assert search.capacity() is None  # three factors below the start, still failing: no answer
-    search, tried = search_against(1e9, CapacitySettings(start_rate=100, factor=10, max_rate=10_000))
+    search, tried = search_against(1e9, CapacitySettings(start_rate=100, factor=10, max_rate=10_000, confirm=False))
     assert tried == [100, 1000, 10_000] and search.capacity() == 10_000 and search.lowest_failure is None
 
 
 def test_a_pass_above_a_failure_is_not_the_capacity():
-    search = CapacitySearch(CapacitySettings(start_rate=100))
+    search = CapacitySearch(CapacitySettings(start_rate=100, confirm=False))
     for rate, ok in ((100, True), (200, True), (400, False), (300, True), (350, True)):
         search.record(step(rate, ok))
     assert search.capacity() == 350
     search.record(step(320, False))  # noise: 320 failed although 350 passed
     assert search.capacity() == 300 and search.next_rate() is None
+
+
+def test_a_failure_is_confirmed_by_a_second_run():
+    search = CapacitySearch(CapacitySettings(start_rate=100, factor=2, precision=0.34))
+    noisy = {200: [False, True]}  # one bad second at 200, then a clean run
+    outcomes = {100: [True], 400: [False, False], 300: [True]}
+    outcomes.update(noisy)
+    tried = []
+    while (rate := search.next_rate()) is not None:
+        tried.append(rate)
+        search.record(step(rate, outcomes[rate].pop(0)))
+    assert tried == [100, 200, 200, 400, 400, 300]
+    assert search.status(200) == "pass" and search.status(400) == "fail"
+    assert search.capacity() == 300 and search.lowest_failure.rate == 400
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +84,8 @@ def real_search(tmp_path_factory):
     opts = LoadTestOptions(identities=20, payload_rate=1.0, loop_rate=1.0, drop_rate=1.0, mean_hop_delay_ms=5.0,
                            workers=1, live=False, layers=1, mixnodes_per_layer=1, providers=1,
                            thresholds=["rate_loop<200/s"])
-    settings = CapacitySettings(start_rate=300, factor=2, step_s=3, warmup_s=1, precision=0.34, max_steps=4)
+    settings = CapacitySettings(start_rate=300, factor=2, step_s=3, warmup_s=1, precision=0.34, max_steps=4,
+                                confirm=False)
     result = uvloop.run(find_capacity(opts, settings))
     out = tmp_path_factory.mktemp("capacity")
     write_capacity(out, result)

@@ -142,6 +142,8 @@ class SenderStats(msgspec.Struct, tag=True):
     dropped_unconnected: int
     received: int
     unsent_by_stream: list[int] = []  # dropped_unconnected per stream: the provider link was down
+    # scheduled second (monotonic) -> [payload, loop, drop, of which real] sent, this interval
+    sent_by_second: dict[int, list[int]] = {}
 
 
 class Stop(msgspec.Struct, tag=True):

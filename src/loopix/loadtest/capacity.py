@@ -39,7 +39,8 @@ class CapacitySettings(msgspec.Struct, frozen=True, kw_only=True):
     warmup_s: float = 5.0  # load before it, not measured
     precision: float = 0.1  # bisect until (first fail - last pass) / last pass <= this
     accept: Literal["ok", "degraded"] = "degraded"  # the worst verdict a passing step may have
-    max_steps: int = 14
+    confirm: bool = True  # run a failing rate again: it fails only if both runs fail
+    max_steps: int = 16
 
 
 class StepResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,21 +103,33 @@ def step_result(rate: float, per_identity: dict[str, float], summary: Summary, a
 
 class CapacitySearch:
     """Which rate to try next, given the steps so far: multiply by `factor` while steps pass, then
-    bisect between the highest pass and the lowest failure. Pure: no I/O, no clock."""
+    bisect between the highest pass and the lowest failure. With `confirm`, a failing rate is run
+    again and fails only if that run fails too (one noisy second on a shared machine must not set
+    the answer); both runs stay in the curve. Pure: no I/O, no clock."""
 
     def __init__(self, settings: CapacitySettings) -> None:
         self.settings = settings
         self.steps: list[StepResult] = []
 
+    def status(self, rate: float) -> str:
+        """"pass", "fail" or "retry" (a first failure waiting for its confirmation)."""
+        runs = [s for s in self.steps if s.rate == rate]
+        if any(s.passed for s in runs):
+            return "pass"
+        return "fail" if len(runs) >= (2 if self.settings.confirm else 1) else "retry"
+
+    def _last(self, rate: float) -> StepResult:
+        return [s for s in self.steps if s.rate == rate][-1]
+
     @property
     def highest_pass(self) -> StepResult | None:
-        passes = [s for s in self.steps if s.passed]
-        return max(passes, key=lambda s: s.rate, default=None)
+        rates = [s.rate for s in self.steps if self.status(s.rate) == "pass"]
+        return self._last(max(rates)) if rates else None
 
     @property
     def lowest_failure(self) -> StepResult | None:
-        fails = [s for s in self.steps if not s.passed]
-        return min(fails, key=lambda s: s.rate, default=None)
+        rates = [s.rate for s in self.steps if self.status(s.rate) == "fail"]
+        return self._last(min(rates)) if rates else None
 
     def record(self, step: StepResult) -> None:
         self.steps.append(step)
@@ -128,6 +141,9 @@ class CapacitySearch:
             return None
         if not self.steps:
             return st.start_rate
+        last = self.steps[-1].rate
+        if self.status(last) == "retry":
+            return last
         lo, hi = self.highest_pass, self.lowest_failure
         if hi is None:  # every step passed so far: keep climbing
             rate = lo.rate * st.factor  # type: ignore[union-attr]
@@ -146,8 +162,8 @@ class CapacitySearch:
         if lo is None:
             return None
         if hi is not None and hi.rate < lo.rate:  # a pass above a failure: the failure bounds it
-            passes = [s for s in self.steps if s.passed and s.rate < hi.rate]
-            return max((s.rate for s in passes), default=None)
+            passes = [s.rate for s in self.steps if self.status(s.rate) == "pass" and s.rate < hi.rate]
+            return max(passes, default=None)
         return lo.rate
 
 
@@ -203,8 +219,8 @@ async def find_capacity(opts, settings: CapacitySettings, *, on_step: Callable[[
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
     capacity = search.capacity()
-    failures = sorted((s for s in search.steps if not s.passed and (capacity is None or s.rate > capacity)),
-                      key=lambda s: s.rate)
+    failures = sorted((s for s in search.steps if search.status(s.rate) == "fail"
+                       and (capacity is None or s.rate > capacity)), key=lambda s: s.rate)
     return CapacityResult(
         capacity=capacity,
         identities=opts.identities,

@@ -94,15 +94,25 @@ class MetricsFeed:
     def on_stats(self, stats, msg) -> None:
         m = self.metrics
         now = time.monotonic_ns()
-        for stream in (Stream.PAYLOAD, Stream.DROP):
-            delta = msg.sent[stream] - self.last_sent[stream]
-            if delta:
-                m.record_sent(int(stream), delta, now)
+        if msg.sent_by_second:
+            # by scheduled second: exactly the packets due from the start on (not the warm-up's)
+            for second, counts in msg.sent_by_second.items():
+                if second * 1_000_000_000 >= m.start_ns:
+                    for stream in (Stream.PAYLOAD, Stream.DROP):
+                        if counts[stream]:
+                            m.record_sent(int(stream), counts[stream], second * 1_000_000_000)
+                    if counts[3]:
+                        m.record_real_sent(counts[3])
+        else:  # a sender without per-second counts: deltas of its totals
+            for stream in (Stream.PAYLOAD, Stream.DROP):
+                delta = msg.sent[stream] - self.last_sent[stream]
+                if delta:
+                    m.record_sent(int(stream), delta, now)
+            if msg.real_sent > self.last_real:
+                m.record_real_sent(msg.real_sent - self.last_real)
         for second, n in msg.loops_sent_by_second.items():
             if second * 1_000_000_000 >= m.start_ns:
                 m.record_sent(int(Stream.LOOP), n, second * 1_000_000_000)
-        if msg.real_sent > self.last_real:
-            m.record_real_sent(msg.real_sent - self.last_real)
         self.last_sent, self.last_real = list(msg.sent), msg.real_sent
         for sent_ns, rtt_ns in zip(msg.loop_back_sent_ns, msg.loop_back_rtt_ns, strict=True):
             if sent_ns >= m.start_ns:

@@ -152,6 +152,7 @@ def run_command(args: argparse.Namespace) -> int:
     import uvloop
 
     from loopix.client.coordinator import ClientError
+    from loopix.testnet.launcher import TestnetError
 
     from .run import Interrupted, LoadTestOptions, run_loadtest
 
@@ -180,5 +181,5 @@ def run_command(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"{PROG}: interrupted: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ClientError, UnitError, OSError) as exc:
+    except (ClientError, TestnetError, UnitError, OSError) as exc:
         return _error(str(exc))

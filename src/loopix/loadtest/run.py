@@ -16,6 +16,7 @@ import random
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
@@ -135,8 +136,11 @@ async def send_messages(coord: Coordinator, metrics: LoadMetrics, rate: float, s
         next_id += 1
 
 
-async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None) -> LoadTestResult:
-    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet)."""
+async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None,
+                       on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
+    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet).
+    `on_metrics` sees the run's LoadMetrics as the load starts (a distributed worker's child
+    subscribes to its intervals there)."""
     thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
     testnet = None
     url = directory_url or opts.directory_url
@@ -152,13 +156,14 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
         url = testnet.topology_url
     base_url = url.split("/api/", 1)[0]
     try:
-        return await _run(opts, url, base_url, thresholds)
+        return await _run(opts, url, base_url, thresholds, on_metrics)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
 
 
-async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet) -> LoadTestResult:
+async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
+               on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
@@ -175,6 +180,8 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
     feed = MetricsFeed(metrics)
+    if on_metrics is not None:
+        on_metrics(metrics)
     prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
     stop_messages = asyncio.Event()
     sender = None

@@ -1,0 +1,361 @@
+"""The locustfile shipped with loopix: `locust -f $(python -m loopix.loadtest.distributed
+locustfile) --master ...` / `--worker ...`, or through `python -m loopix.loadtest.distributed`.
+
+Locust users are not the load: run with `-u 0`. The load is the identities of each worker's share,
+driven open loop by the loopix runtime in a child process. The master hands out the shares when
+the test starts, merges what the workers' children ship, writes the loopix report, applies the
+thresholds to the exit code and then stops Locust. Its web UI gains /loopix (merged figures and
+per-worker rates and lateness) and /loopix.json.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import sys
+import time
+import urllib.request
+
+import gevent
+import msgspec
+from locust import User, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
+
+from loopix.loadtest.distributed.bridge import ChildRun, EventFirer, FrameQueue
+from loopix.loadtest.distributed.merge import DistributedMerge, WorkerRecord
+from loopix.loadtest.distributed.protocol import (
+    MSG_FRAMES,
+    MSG_HELLO,
+    MSG_REFUSED,
+    MSG_SHARE,
+    PROTOCOL,
+    REPORT_KEY,
+    Done,
+    Failed,
+    Hello,
+    ProtocolError,
+    Share,
+    Started,
+    decode_frame,
+    split,
+    versions_differ,
+)
+from loopix.loadtest.distributed.runtime import local_hello
+from loopix.loadtest.thresholds import ThresholdError, ThresholdSet
+
+log = logging.getLogger("loopix")
+EXIT_NOT_STARTED = 2
+RESULT_SLACK_S = 120.0  # after the load and its drain, how long we wait for a worker's result
+
+
+class LoopixIdentities(User):
+    """A placeholder Locust requires; spawn none (-u 0): the identities are the load."""
+
+    wait_time = constant(3600)
+
+    @task
+    def idle(self) -> None:
+        """Nothing: a Locust user has no part in the load."""
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    g = parser.add_argument_group("loopix", "the distributed loopix load (master side)")
+    g.add_argument("--loopix-identities", type=int, default=100, help="identities over all workers")
+    g.add_argument("--loopix-duration", type=float, default=60.0, help="seconds of load")
+    g.add_argument("--loopix-directory", default="", help="the network's topology URL")
+    g.add_argument("--loopix-payload-rate", type=float, default=2.0)
+    g.add_argument("--loopix-loop-rate", type=float, default=1.0)
+    g.add_argument("--loopix-drop-rate", type=float, default=1.0)
+    g.add_argument("--loopix-mean-hop-delay-ms", type=float, default=20.0)
+    g.add_argument("--loopix-packet-workers", type=int, default=0, help="per machine (0: cores)")
+    g.add_argument("--loopix-grace", type=float, default=None)
+    g.add_argument("--loopix-threshold", action="append", default=[])
+    g.add_argument("--loopix-out", default="", help="write the loopix report here")
+    g.add_argument("--loopix-event-budget", type=float, default=100.0,
+                   help="Locust request events per second per worker, at most (sampled)")
+    g.add_argument("--loopix-expect-timeout", type=float, default=60.0,
+                   help="seconds to wait for --expect-workers workers")
+
+
+# --- worker ---------------------------------------------------------------------------------------
+
+
+class WorkerSide:
+    def __init__(self, env) -> None:
+        self.env = env
+        self.runner: WorkerRunner = env.runner
+        self.child: ChildRun | None = None
+        self.queue = FrameQueue()
+        self.firer = EventFirer(env.events.request.fire)
+        self.runner.register_message(MSG_SHARE, self.on_share)
+        self.runner.register_message(MSG_REFUSED, self.on_refused)
+        env.events.report_to_master.add_listener(self.on_report)
+        env.events.quitting.add_listener(lambda **_: self.stop())
+        env.events.test_stop.add_listener(lambda **_: self.stop())
+        self.runner.send_message(MSG_HELLO, msgspec.to_builtins(local_hello()))
+
+    def on_refused(self, environment, msg, **_) -> None:
+        print(f"loopix worker: refused by the master: {msg.data}", file=sys.stderr, flush=True)
+        environment.process_exit_code = EXIT_NOT_STARTED
+        gevent.spawn(self.runner.quit)
+
+    def on_share(self, environment, msg, **_) -> None:
+        try:
+            share = msgspec.json.decode(msg.data, type=Share)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+            print(f"loopix worker: bad share from the master: {exc}", file=sys.stderr, flush=True)
+            return
+        if self.child is not None:
+            return
+        log.info("loopix: share %d of %d: %d identities for %gs", share.rank + 1, share.workers,
+                 share.identities, share.duration_s)
+        self.child = ChildRun(share, self.on_frame)
+
+    def on_frame(self, frame) -> None:
+        from loopix.loadtest.distributed.protocol import Tick
+
+        if isinstance(frame, Tick):
+            self.firer.on_tick(frame)
+        self.queue.put(frame)
+        if isinstance(frame, Started | Done | Failed):  # not worth waiting for the next report
+            self.runner.send_message(MSG_FRAMES, self.queue.take())
+        if isinstance(frame, Failed):
+            print(f"loopix worker: {frame.reason}", file=sys.stderr, flush=True)
+
+    def on_report(self, client_id, data, **_) -> None:
+        frames = self.queue.take()
+        if frames:
+            data[REPORT_KEY] = frames
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+
+
+# --- master ---------------------------------------------------------------------------------------
+
+
+class MasterSide:
+    def __init__(self, env) -> None:
+        self.env = env
+        self.runner: MasterRunner = env.runner
+        self.opts = env.parsed_options
+        self.hello = local_hello()
+        self.accepted: set[str] = set()
+        self.refused: dict[str, str] = {}
+        self.merge: DistributedMerge | None = None
+        self.started = False
+        self.conductor = None
+        try:
+            self.thresholds = ThresholdSet(self.opts.loopix_threshold)
+        except ThresholdError as exc:
+            print(f"loopix: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_NOT_STARTED)
+        if not self.opts.loopix_directory:
+            print("loopix: error: --loopix-directory (the network's topology URL) is required",
+                  file=sys.stderr)
+            sys.exit(EXIT_NOT_STARTED)
+        self.base_url = self.opts.loopix_directory.split("/api/", 1)[0]
+        self.runner.register_message(MSG_HELLO, self.on_hello)
+        self.runner.register_message(MSG_FRAMES, self.on_frames)
+        env.events.worker_report.add_listener(self.on_worker_report)
+        env.events.test_start.add_listener(self.on_test_start)
+        gevent.spawn(self.watch_expected)
+        if env.web_ui is not None:
+            self.add_routes(env.web_ui.app)
+
+    # connect: versions
+    def on_hello(self, environment, msg, **_) -> None:
+        try:
+            theirs = msgspec.convert(msg.data, Hello)
+            reason = versions_differ(self.hello, theirs)
+        except (msgspec.ValidationError, TypeError) as exc:
+            reason = f"bad hello: {exc}"
+        if reason is None:
+            self.accepted.add(msg.node_id)
+            return
+        self.refused[msg.node_id] = reason
+        print(f"loopix: refused worker {msg.node_id}: {reason}", file=sys.stderr, flush=True)
+        self.runner.send_message(MSG_REFUSED, reason, client_id=msg.node_id)
+
+    def watch_expected(self) -> None:
+        """Fewer workers than --expect-workers after the timeout: one clear line (Locust gives up
+        right after us, with exit code 1)."""
+        want = self.opts.expect_workers
+        gevent.sleep(max(0.0, self.opts.loopix_expect_timeout - 0.5))
+        if not self.started:
+            have = len(self.accepted - set(self.refused))
+            print(f"loopix: error: {have} of {want} workers connected within "
+                  f"{self.opts.loopix_expect_timeout:g}s (--expect-workers {want}); not starting",
+                  file=sys.stderr, flush=True)
+            self.env.process_exit_code = EXIT_NOT_STARTED
+
+    def on_test_start(self, environment, **_) -> None:
+        if not self.started:
+            self.started = True
+            self.conductor = gevent.spawn(self.conduct)
+
+    # frames from workers
+    def on_frames(self, environment, msg, **_) -> None:
+        self.take(msg.node_id, msg.data)
+
+    def on_worker_report(self, client_id, data, **_) -> None:
+        if REPORT_KEY in data:
+            self.take(client_id, data[REPORT_KEY])
+
+    def take(self, worker: str, frames) -> None:
+        if self.merge is None:
+            return
+        try:
+            for raw in frames:
+                self.merge.on_frame(worker, decode_frame(raw))
+        except (ProtocolError, TypeError) as exc:
+            self.merge.on_frame(worker, Failed(f"bad data from the worker: {exc}"))
+
+    def fetch_nodes(self) -> list[dict]:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/api/metrics/mixes", timeout=5) as resp:
+                data = json.loads(resp.read())
+        except (OSError, ValueError):
+            return []
+        reports = data if isinstance(data, list) else data.get("reports", [])
+        return [r for r in reports if isinstance(r, dict)]
+
+    def conduct(self) -> None:
+        o = self.opts
+        runner = self.runner
+        deadline = time.monotonic() + 10  # hellos race Locust's own readiness by a few ms
+        while time.monotonic() < deadline:
+            ids = {c.id for c in runner.clients.values()}
+            if ids <= self.accepted | set(self.refused):
+                break
+            gevent.sleep(0.1)
+        active = {c.id for c in runner.clients.values() if c.state != "missing"}
+        accepted = sorted(active & self.accepted, key=runner.get_worker_index)
+        if len(accepted) < o.expect_workers:
+            print(f"loopix: error: {len(accepted)} of {o.expect_workers} workers accepted "
+                  f"(refused: {len(self.refused)}); not starting", file=sys.stderr, flush=True)
+            self.finish_locust(EXIT_NOT_STARTED)
+            return
+        counts = split(o.loopix_identities, len(accepted))
+        labels = {"identities": str(o.loopix_identities), "mode": f"distributed over {len(accepted)} Locust workers"}
+        self.merge = DistributedMerge(list(zip(accepted, counts, strict=True)), o.loopix_duration, labels)
+        self.merge.on_node_counters(self.fetch_nodes())  # the baseline, before any load
+        for rank, (cid, n) in enumerate(zip(accepted, counts, strict=True)):
+            share = Share(rank=rank, workers=len(accepted), identities=n, duration_s=o.loopix_duration,
+                          directory_url=o.loopix_directory, payload_rate=o.loopix_payload_rate,
+                          loop_rate=o.loopix_loop_rate, drop_rate=o.loopix_drop_rate,
+                          mean_hop_delay_ms=o.loopix_mean_hop_delay_ms,
+                          packet_workers=o.loopix_packet_workers, grace_s=o.loopix_grace,
+                          event_budget=o.loopix_event_budget)
+            runner.send_message(MSG_SHARE, msgspec.json.encode(share).decode(), client_id=cid)
+        print(f"loopix: {o.loopix_identities} identities shared out over {len(accepted)} workers "
+              f"({', '.join(map(str, counts))})", flush=True)
+        give_up = time.monotonic() + o.loopix_duration + (o.loopix_grace or 30.0) + RESULT_SLACK_S
+        while not self.merge.complete:
+            gevent.sleep(1.0)
+            for cid in accepted:
+                client = runner.clients.get(cid)
+                if client is None:
+                    self.merge.on_lost(cid, "the worker quit")
+                elif client.state == "missing":
+                    self.merge.on_lost(cid, "the worker went missing (no heartbeat)")
+            if time.monotonic() > give_up:
+                for cid in accepted:
+                    self.merge.on_lost(cid, "no result in time")
+            self.merge.on_node_counters(self.fetch_nodes())
+            self.merge.advance()
+        try:
+            code = self.report()
+        except Exception as exc:
+            log.exception("loopix: the report failed")
+            print(f"loopix: error: the report failed: {exc}", file=sys.stderr, flush=True)
+            code = 1
+        self.finish_locust(code)
+
+    def report(self) -> int:
+        assert self.merge is not None
+        o = self.opts
+        try:
+            summary = self.merge.finish(self.fetch_nodes())
+        except RuntimeError as exc:
+            print(f"loopix: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        summary.thresholds = self.thresholds.check(summary)
+        records = self.merge.records()
+        for r in records:
+            print(f"loopix: worker {r.rank}: {_line(r)}", flush=True)
+        s = summary
+        print(f"loopix: merged: sent payload {s.sent['payload']} loop {s.sent['loop']} drop {s.sent['drop']}; "
+              f"loops back {s.loops.back}, lost {s.loops.lost} of {s.loops.settled} judged; "
+              f"rtt p50 {s.rtt.p50_ms} ms p99 {s.rtt.p99_ms} ms", flush=True)
+        if o.loopix_out:
+            from pathlib import Path
+
+            from loopix.loadtest.report import write_report
+
+            assert self.merge.metrics is not None
+            path = write_report(o.loopix_out, summary, self.merge.metrics.history,
+                                self.merge.metrics.node_samples())
+            (Path(o.loopix_out) / "workers.json").write_bytes(
+                msgspec.json.format(msgspec.json.encode(records), indent=2))
+            print(f"loopix: report written to {path}", flush=True)
+        for t in summary.thresholds:
+            if not t.passed:
+                print(f"loopix: threshold violated: {t.message}", file=sys.stderr, flush=True)
+        return self.thresholds.exit_code(summary)
+
+    def finish_locust(self, code: int) -> None:
+        self.env.process_exit_code = code
+        self.runner.quit()
+
+    def add_routes(self, app) -> None:
+        @app.route("/loopix.json")
+        def loopix_json():
+            return self.merge.live() if self.merge is not None else {"workers": [], "merged": None}
+
+        @app.route("/loopix")
+        def loopix_page():
+            live = self.merge.live() if self.merge is not None else {"workers": [], "merged": None}
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                    w["rank"], w["worker"], w["identities"], w["state"], w["ticks"],
+                    *(_num((w["now"] or {}).get(k)) for k in
+                      ("payload_per_s", "loop_per_s", "loops_back_per_s", "rtt_p99_ms", "lateness_p99_ms"))))
+                + "</tr>" for w in live["workers"])
+            m = live["merged"] or {}
+            merged = " · ".join(f"{k} {_num(m.get(k))}" for k in (
+                "elapsed_s", "payload_per_s", "loops_back_per_s", "rtt_p50_cum_ms", "rtt_p99_cum_ms",
+                "loops_lost", "loss"))
+            return ('<!DOCTYPE html><html><head><meta charset="utf-8"><meta http-equiv="refresh" '
+                    'content="2"><title>loopix</title></head><body><h1>loopix: merged</h1>'
+                    f"<p>{html.escape(merged)}</p><h2>workers (this second)</h2><table border=1>"
+                    "<tr><th>rank</th><th>worker</th><th>identities</th><th>state</th><th>s</th>"
+                    "<th>payload/s</th><th>loops/s</th><th>loops back/s</th><th>rtt p99 ms</th>"
+                    f"<th>lateness p99 ms</th></tr>{rows}</table></body></html>")
+
+
+def _num(v) -> str:
+    return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def _line(r: WorkerRecord) -> str:
+    from loopix.loadtest.distributed.merge import describe
+
+    return describe(r)
+
+
+@events.init.add_listener
+def _on_init(environment, **_) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        environment.loopix = WorkerSide(environment)
+    elif isinstance(environment.runner, MasterRunner):
+        environment.loopix = MasterSide(environment)
+    else:
+        print("loopix: this locustfile runs distributed only (--master, or --worker)", file=sys.stderr)
+        sys.exit(EXIT_NOT_STARTED)
+
+
+__all__ = ["PROTOCOL", "LoopixIdentities"]

@@ -39,6 +39,7 @@ class WorkerRecord(msgspec.Struct, kw_only=True):
     state: State = "waiting"
     reason: str = ""
     ticks: int = 0
+    sent: dict[str, int] = {}  # packets per stream (when done)
     loops_sent: int = 0
     loops_back: int = 0
     loops_lost: int = 0
@@ -49,6 +50,7 @@ class WorkerRecord(msgspec.Struct, kw_only=True):
     rtt_p99_ms: float | None = None
     lateness_p99_ms: float | None = None
     exit_code: int | None = None
+    histograms: dict[str, str] = {}  # its own run's encoded µs HdrHistograms (when done)
 
 
 class _Worker:
@@ -101,6 +103,8 @@ class DistributedMerge:
             w.record.loop_per_s = s.rates.get("loop")
             w.record.rtt_p50_ms, w.record.rtt_p99_ms = s.rtt.p50_ms, s.rtt.p99_ms
             w.record.lateness_p99_ms = s.lateness.p99_ms
+            w.record.histograms = dict(s.histograms)
+            w.record.sent = dict(s.sent)
         elif isinstance(frame, Failed):
             self._write_off(w, "failed", frame.reason)
 
@@ -216,7 +220,8 @@ class DistributedMerge:
         workers = []
         for w in sorted(self.workers.values(), key=lambda w: w.record.rank):
             r = w.last_row
-            workers.append({**msgspec.to_builtins(w.record),
+            record = {k: v for k, v in msgspec.to_builtins(w.record).items() if k != "histograms"}
+            workers.append({**record,
                             "now": None if r is None else {
                                 "elapsed_s": r.elapsed_s, "payload_per_s": r.payload_per_s,
                                 "loop_per_s": r.loop_per_s, "loops_back_per_s": r.loops_back_per_s,

@@ -2,7 +2,7 @@
 here (one clear line on bad input), then Locust itself, in place of this process, with the shipped
 locustfile. Arguments we do not know go to Locust unchanged (--csv, --html, --web-port, ...).
 
-`add_arguments` / `run` are the hook for `loopix-client loadtest --master|--worker`.
+`main_from_loadtest` is the hook for `loopix-client loadtest --master|--worker`.
 """
 
 from __future__ import annotations
@@ -99,6 +99,17 @@ def locust_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     if args.out:
         argv += ["--loopix-out", args.out]
     return [*argv, *extra]
+
+
+def main_from_loadtest(argv: Sequence[str]) -> int:
+    """`loopix-client loadtest --master ...` / `--worker ...`: the loadtest subcommand's arguments
+    (after "loadtest") with --master or --worker among them."""
+    args = list(argv)
+    for flag, role in (("--master", "master"), ("--worker", "worker")):
+        if flag in args:
+            args.remove(flag)
+            return main([role, *args])
+    raise ValueError("neither --master nor --worker")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,7 @@ class WorkerSide:
         self.runner: WorkerRunner = env.runner
         self.child: ChildRun | None = None
         self.queue = FrameQueue()
+        self.last_tick = 0
         self.firer = EventFirer(env.events.request.fire)
         self.runner.register_message(MSG_SHARE, self.on_share)
         self.runner.register_message(MSG_REFUSED, self.on_refused)
@@ -118,6 +119,7 @@ class WorkerSide:
 
         if isinstance(frame, Tick):
             self.firer.on_tick(frame)
+            self.last_tick = frame.part.tick
         self.queue.put(frame)
         if isinstance(frame, Started | Done | Failed):  # not worth waiting for the next report
             self.runner.send_message(MSG_FRAMES, self.queue.take())
@@ -128,6 +130,8 @@ class WorkerSide:
         frames = self.queue.take()
         if frames:
             data[REPORT_KEY] = frames
+            if self.last_tick:
+                log.info("loopix: shipped %d s of the share to the master", self.last_tick)
 
     def stop(self) -> None:
         if self.child is not None:
@@ -187,8 +191,9 @@ class MasterSide:
         gevent.sleep(max(0.0, self.opts.loopix_expect_timeout - 0.5))
         if not self.started:
             have = len(self.accepted - set(self.refused))
+            refused = f", {len(self.refused)} refused" if self.refused else ""
             print(f"loopix: error: {have} of {want} workers connected within "
-                  f"{self.opts.loopix_expect_timeout:g}s (--expect-workers {want}); not starting",
+                  f"{self.opts.loopix_expect_timeout:g}s (--expect-workers {want}{refused}); not starting",
                   file=sys.stderr, flush=True)
             self.env.process_exit_code = EXIT_NOT_STARTED
 

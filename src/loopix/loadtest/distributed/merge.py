@@ -124,8 +124,9 @@ class DistributedMerge:
         w.record.state = state
         w.record.reason = reason
         if w.last_row is not None:
-            r = w.last_row
+            r = w.last_row  # its last reported second: cumulative counts and percentiles so far
             w.record.loops_sent, w.record.loops_back, w.record.loops_lost = r.loops_sent, r.loops_back, r.loops_lost
+            w.record.rtt_p50_ms, w.record.rtt_p99_ms = r.rtt_p50_cum_ms, r.rtt_p99_cum_ms
         w.record.unjudged_loops = sum(w.held_sent.values()) + sum(
             sum(p.loops_by_second.values()) for p in w.parts.values())
 

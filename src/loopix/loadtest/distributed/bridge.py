@@ -8,6 +8,8 @@ cooperative), and nothing of the loopix runtime is imported in the worker's own 
 from __future__ import annotations
 
 import collections
+import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +19,7 @@ import msgspec
 from .protocol import Done, Failed, Frame, FrameReader, ProtocolError, Share, Tick, encode_frame
 
 CHILD_MODULE = "loopix.loadtest.distributed.child"
+CHILD_ENV = "LOOPIX_DISTRIBUTED_CHILD"  # benchmarks: python arguments of another frame source
 MAX_QUEUED_FRAMES = 3600  # an hour of ticks that the master has not taken: something is wrong
 STOP_TIMEOUT_S = 30.0
 
@@ -45,6 +48,12 @@ class EventFirer:
         return len(tick.rtt_sample_ms) + tick.lost_sampled
 
 
+def child_command() -> list[str]:
+    """The child's command line: the loopix runtime, or (benchmarks) $LOOPIX_DISTRIBUTED_CHILD."""
+    override = os.environ.get(CHILD_ENV)
+    return [sys.executable, *(shlex.split(override) if override else ["-m", CHILD_MODULE])]
+
+
 class ChildRun:
     """One share's child process. `on_frame` sees every frame in order (from a reader greenlet);
     after the last one (Done/Failed, or the pipe closing without them) `finished` is set."""
@@ -58,7 +67,7 @@ class ChildRun:
         self.finished = Event()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
         assert self.proc.stdin is not None
         self.proc.stdin.write(msgspec.json.encode(share) + b"\n")

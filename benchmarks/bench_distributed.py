@@ -1,0 +1,189 @@
+"""Distributed load tests on Locust: what the Locust layer costs, and what two workers achieve.
+
+    .venv/bin/python benchmarks/bench_distributed.py [--loops 5000] [--seconds 20]
+        [--identities 300] [--agg-seconds 20]
+
+1. Locust layer: a real master and one real Locust worker on 127.0.0.1; the worker's child is
+   benchmarks/_replay_child.py, which writes the frames of a run at `--loops` loops/s (merged
+   histograms, rows, sampled RTTs) without building packets, so the figure is the worker's own
+   process (gevent, Locust events, shipping to the master) and not the network's. CPU from /proc
+   over the steady part of the run. Target: worker <= 5 % of one core at 5,000 loops/s.
+2. Aggregate: one plain `loopix-client loadtest` and then a master with two workers (each its own
+   child runtime, one packet worker each; the plain run gets two) with the same total identities
+   against the same embedded testnet; rates, RTT and lateness from each run's summary.json.
+
+The machine is shared: the load average is printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with log.open("w") as f:
+        return subprocess.Popen([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+
+
+def wait_for(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {text!r} in {path}:\n{path.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def locust_layer(tmp: Path, loops: int, seconds: int, event_budget: float) -> dict:
+    port = free_port()
+    identities = loops // 10
+    out = tmp / "replay"
+    master = spawn(["-m", "loopix.loadtest.distributed", "master", "--port", str(port), "--bind-host",
+                    "127.0.0.1", "--expect-workers", "1", "--directory", "http://127.0.0.1:9/api/presence/topology",
+                    "--identities", str(identities), "--loop-rate", "10", "--payload-rate", "2", "--drop-rate", "1",
+                    "--duration", f"{seconds}s", "--grace", "2s", "--out", str(out),
+                    "--event-budget", str(event_budget)], tmp / "replay-master.log")
+    worker = spawn(["-m", "loopix.loadtest.distributed", "worker", "--master-host", "127.0.0.1", "--port", str(port)],
+                   tmp / "replay-worker.log", env={"LOOPIX_DISTRIBUTED_CHILD": str(HERE / "_replay_child.py")})
+    try:
+        wait_for(tmp / "replay-worker.log", "share 1 of 1", 60)
+        # idle floor: a connected worker before its child's first frames would be too short a
+        # window; the steady part of the run starts a few seconds in and ends before the drain
+        time.sleep(3)
+        w0, m0, t0 = cpu_seconds(worker.pid), cpu_seconds(master.pid), time.monotonic()
+        time.sleep(max(1, seconds - 4))
+        w1, m1, t1 = cpu_seconds(worker.pid), cpu_seconds(master.pid), time.monotonic()
+        load = loadavg()
+        master.wait(seconds + 120)
+        worker.wait(60)
+    finally:
+        for p in (master, worker):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    summary = json.loads((out / "summary.json").read_text())
+    return {"worker_cpu": (w1 - w0) / (t1 - t0), "master_cpu": (m1 - m0) / (t1 - t0),
+            "window_s": t1 - t0, "loop_rate": summary["rates"]["loop"],
+            "loops_back": summary["loops"]["back"], "rtt_count": summary["rtt"]["count"], "load": load,
+            "events": _locust_requests(tmp / "replay-master.log")}
+
+
+def _locust_requests(log: Path) -> str:
+    """The last 'loop RTT' row of Locust's own final table: requests as Locust counted them."""
+    rows = [ln for ln in log.read_text().splitlines() if ln.startswith("loopix") and "loop RTT" in ln]
+    if not rows:
+        return "none"
+    left = rows[-1].split("|")[0].split()
+    return f"{' '.join(left[1:-2])}: {left[-2]} requests, {left[-1]} failures"
+
+
+def aggregate(tmp: Path, identities: int, seconds: int) -> dict:
+    from loopix.testnet.launcher import Testnet
+
+    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10",
+             "--grace", "2s"]
+    out: dict = {}
+    with Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0,
+                 presence_interval=1.0) as net:
+        url = net.topology_url
+        before = loadavg()
+        plain = spawn(["-m", "loopix", "loadtest", "--directory", url, "--identities", str(identities),
+                       "--duration", f"{seconds}s", "--workers", "2", "--out", str(tmp / "plain"), *rates],
+                      tmp / "plain.log")
+        plain.wait(seconds + 300)
+        out["plain_load"] = f"{before} -> {loadavg()}"
+        port = free_port()
+        before = loadavg()
+        master = spawn(["-m", "loopix.loadtest.distributed", "master", "--port", str(port), "--bind-host",
+                        "127.0.0.1", "--expect-workers", "2", "--directory", url, "--identities", str(identities),
+                        "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / "dist"), *rates],
+                       tmp / "dist-master.log")
+        workers = [spawn(["-m", "loopix.loadtest.distributed", "worker", "--master-host", "127.0.0.1",
+                          "--port", str(port)], tmp / f"dist-w{i}.log") for i in (1, 2)]
+        try:
+            master.wait(seconds + 300)
+            for w in workers:
+                w.wait(60)
+        finally:
+            for p in (master, *workers):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        out["dist_load"] = f"{before} -> {loadavg()}"
+    for name in ("plain", "dist"):
+        path = tmp / name / "summary.json"
+        if not path.exists():
+            raise SystemExit(f"{name} run wrote no summary; logs in {tmp}")
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def row(name: str, s: dict) -> str:
+    sent = sum(s["rates"][k] for k in ("payload", "loop", "drop"))
+    return (f"{name:<22} {sent:9.1f} {s['rates']['loop_back']:9.1f} {s['rtt']['p50_ms'] or 0:8.2f} "
+            f"{s['rtt']['p99_ms'] or 0:8.2f} {s['lateness']['p99_ms'] or 0:9.3f} "
+            f"{(s['loops']['loss'] or 0) * 100:7.3f}%")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--loops", type=int, default=5000, help="loops/s for the Locust-layer run")
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--identities", type=int, default=300, help="total identities, aggregate runs")
+    ap.add_argument("--agg-seconds", type=int, default=20)
+    ap.add_argument("--skip-aggregate", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-distributed-") as d:
+        tmp = Path(d)
+        print(f"cores {os.cpu_count()}, load average at start {loadavg()}")
+        print(f"\n1. Locust layer at {args.loops} loops/s offered (replayed frames), CPU in % of one core:")
+        for budget, what in ((100.0, "sampled, default budget 100 events/s"),
+                             (float(args.loops), "every loop an event (budget = loop rate)")):
+            r = locust_layer(tmp, args.loops, args.seconds, budget)
+            print(f"   {what}: worker {r['worker_cpu'] * 100:.2f} %, master {r['master_cpu'] * 100:.2f} % "
+                  f"(window {r['window_s']:.1f} s, load {r['load']}; merged loop rate {r['loop_rate']:.0f}/s, "
+                  f"{r['rtt_count']} RTT samples merged; Locust's table: {r['events']})")
+        print("   target: worker <= 5 % at 5,000 loops/s")
+        if args.skip_aggregate:
+            return
+        a = aggregate(tmp, args.identities, args.agg_seconds)
+        print(f"\n2. Aggregate, {args.identities} identities x (2 payload + 1 loop + 1 drop)/s = "
+              f"{args.identities * 4} packets/s offered, {args.agg_seconds} s, embedded testnet:")
+        print(f"{'':<22} {'sent/s':>9} {'back/s':>9} {'rtt p50':>8} {'rtt p99':>8} {'late p99':>9} {'loss':>8}")
+        print(row("plain loadtest", a["plain"]) + f"   load {a['plain_load']}")
+        print(row("2 Locust workers", a["dist"]) + f"   load {a['dist_load']}")
+        ps = sum(a["plain"]["rates"][k] for k in ("payload", "loop", "drop"))
+        ds = sum(a["dist"]["rates"][k] for k in ("payload", "loop", "drop"))
+        print(f"   ratio 2 workers / plain, packets sent per second: {ds / ps:.3f}")
+
+
+if __name__ == "__main__":
+    main()

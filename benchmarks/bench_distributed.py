@@ -98,25 +98,26 @@ def locust_layer(tmp: Path, loops: int, seconds: int, event_budget: float) -> di
 
 def _locust_requests(log: Path) -> str:
     """The last 'loop RTT' row of Locust's own final table: requests as Locust counted them."""
-    rows = [ln for ln in log.read_text().splitlines() if ln.startswith("loopix") and "loop RTT" in ln]
+    rows = [ln for ln in log.read_text().splitlines()
+            if ln.startswith("loopix") and "loop RTT" in ln and ln.split("|")[0].rstrip().endswith("%)")]
     if not rows:
         return "none"
     left = rows[-1].split("|")[0].split()
-    return f"{' '.join(left[1:-2])}: {left[-2]} requests, {left[-1]} failures"
+    return f"{' '.join(left[1:-2])}: {left[-2]} requests, {left[-1]} failed"
 
 
 def aggregate(tmp: Path, identities: int, seconds: int) -> dict:
     from loopix.testnet.launcher import Testnet
 
-    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10",
-             "--grace", "2s"]
+    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10"]
     out: dict = {}
     with Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0,
                  presence_interval=1.0) as net:
         url = net.topology_url
         before = loadavg()
         plain = spawn(["-m", "loopix", "loadtest", "--directory", url, "--identities", str(identities),
-                       "--duration", f"{seconds}s", "--workers", "2", "--out", str(tmp / "plain"), *rates],
+                       "--duration", f"{seconds}s", "--workers", "2", "--out", str(tmp / "plain"), "--grace", "2",
+                       *rates],
                       tmp / "plain.log")
         plain.wait(seconds + 300)
         out["plain_load"] = f"{before} -> {loadavg()}"
@@ -124,7 +125,8 @@ def aggregate(tmp: Path, identities: int, seconds: int) -> dict:
         before = loadavg()
         master = spawn(["-m", "loopix.loadtest.distributed", "master", "--port", str(port), "--bind-host",
                         "127.0.0.1", "--expect-workers", "2", "--directory", url, "--identities", str(identities),
-                        "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / "dist"), *rates],
+                        "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / "dist"), "--grace", "2s",
+                        *rates],
                        tmp / "dist-master.log")
         workers = [spawn(["-m", "loopix.loadtest.distributed", "worker", "--master-host", "127.0.0.1",
                           "--port", str(port)], tmp / f"dist-w{i}.log") for i in (1, 2)]
@@ -141,7 +143,8 @@ def aggregate(tmp: Path, identities: int, seconds: int) -> dict:
     for name in ("plain", "dist"):
         path = tmp / name / "summary.json"
         if not path.exists():
-            raise SystemExit(f"{name} run wrote no summary; logs in {tmp}")
+            logs = "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp.glob(f"{name}*.log")))
+            raise SystemExit(f"{name} run wrote no summary:\n{logs}")
         out[name] = json.loads(path.read_text())
     return out
 
@@ -150,7 +153,7 @@ def row(name: str, s: dict) -> str:
     sent = sum(s["rates"][k] for k in ("payload", "loop", "drop"))
     return (f"{name:<22} {sent:9.1f} {s['rates']['loop_back']:9.1f} {s['rtt']['p50_ms'] or 0:8.2f} "
             f"{s['rtt']['p99_ms'] or 0:8.2f} {s['lateness']['p99_ms'] or 0:9.3f} "
-            f"{(s['loops']['loss'] or 0) * 100:7.3f}%")
+            f"{(s['loops']['loss'] or 0) * 100:7.3f}% {s['duration_s']:7.1f}")
 
 
 def main() -> None:
@@ -160,29 +163,41 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=300, help="total identities, aggregate runs")
     ap.add_argument("--agg-seconds", type=int, default=20)
     ap.add_argument("--skip-aggregate", action="store_true")
+    ap.add_argument("--skip-locust-layer", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="keep the runs' logs and reports in DIR")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as d:
-        tmp = Path(d)
+        tmp = Path(args.keep or d)
+        tmp.mkdir(parents=True, exist_ok=True)
         print(f"cores {os.cpu_count()}, load average at start {loadavg()}")
-        print(f"\n1. Locust layer at {args.loops} loops/s offered (replayed frames), CPU in % of one core:")
-        for budget, what in ((100.0, "sampled, default budget 100 events/s"),
-                             (float(args.loops), "every loop an event (budget = loop rate)")):
-            r = locust_layer(tmp, args.loops, args.seconds, budget)
-            print(f"   {what}: worker {r['worker_cpu'] * 100:.2f} %, master {r['master_cpu'] * 100:.2f} % "
-                  f"(window {r['window_s']:.1f} s, load {r['load']}; merged loop rate {r['loop_rate']:.0f}/s, "
-                  f"{r['rtt_count']} RTT samples merged; Locust's table: {r['events']})")
-        print("   target: worker <= 5 % at 5,000 loops/s")
-        if args.skip_aggregate:
-            return
-        a = aggregate(tmp, args.identities, args.agg_seconds)
-        print(f"\n2. Aggregate, {args.identities} identities x (2 payload + 1 loop + 1 drop)/s = "
-              f"{args.identities * 4} packets/s offered, {args.agg_seconds} s, embedded testnet:")
-        print(f"{'':<22} {'sent/s':>9} {'back/s':>9} {'rtt p50':>8} {'rtt p99':>8} {'late p99':>9} {'loss':>8}")
-        print(row("plain loadtest", a["plain"]) + f"   load {a['plain_load']}")
-        print(row("2 Locust workers", a["dist"]) + f"   load {a['dist_load']}")
-        ps = sum(a["plain"]["rates"][k] for k in ("payload", "loop", "drop"))
-        ds = sum(a["dist"]["rates"][k] for k in ("payload", "loop", "drop"))
-        print(f"   ratio 2 workers / plain, packets sent per second: {ds / ps:.3f}")
+        if not args.skip_locust_layer:
+            print_locust_layer(tmp, args.loops, args.seconds)
+        if not args.skip_aggregate:
+            print_aggregate(tmp, args.identities, args.agg_seconds)
+
+
+def print_locust_layer(tmp: Path, loops: int, seconds: int) -> None:
+    print(f"\n1. Locust layer at {loops} loops/s offered (replayed frames), CPU in % of one core:")
+    for budget, what in ((100.0, "sampled, default budget 100 events/s"),
+                         (float(loops), "every loop an event (budget = loop rate)")):
+        r = locust_layer(tmp, loops, seconds, budget)
+        print(f"   {what}: worker {r['worker_cpu'] * 100:.2f} %, master {r['master_cpu'] * 100:.2f} % "
+              f"(window {r['window_s']:.1f} s, load {r['load']}; merged loop rate {r['loop_rate']:.0f}/s, "
+              f"{r['rtt_count']} RTT samples merged; Locust's table: {r['events']})")
+    print("   target: worker <= 5 % at 5,000 loops/s")
+
+
+def print_aggregate(tmp: Path, identities: int, seconds: int) -> None:
+    a = aggregate(tmp, identities, seconds)
+    print(f"\n2. Aggregate, {identities} identities x (2 payload + 1 loop + 1 drop)/s = "
+          f"{identities * 4} packets/s offered, {seconds} s, embedded testnet:")
+    print(f"{'':<22} {'sent/s':>9} {'back/s':>9} {'rtt p50':>8} {'rtt p99':>8} {'late p99':>9} "
+          f"{'loss':>8} {'load s':>7}")
+    print(row("plain loadtest", a["plain"]) + f"   load {a['plain_load']}")
+    print(row("2 Locust workers", a["dist"]) + f"   load {a['dist_load']}")
+    ps = sum(a["plain"]["rates"][k] for k in ("payload", "loop", "drop"))
+    ds = sum(a["dist"]["rates"][k] for k in ("payload", "loop", "drop"))
+    print(f"   ratio 2 workers / plain, packets sent per second: {ds / ps:.3f}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,40 @@ def test_frame_reader_reassembles_and_rejects():
         FrameReader().feed((3).to_bytes(4, "big") + b"\xc1\xc1\xc1")
 
 
+def test_rtt_sample_is_drawn_from_the_interval_histogram():
+    from loopix.loadtest.distributed.child import sample_values_ms
+    from loopix.loadtest.metrics import new_histogram
+
+    hist = new_histogram()
+    for us in (1_000,) * 90 + (50_000,) * 10:
+        hist.record_value(us)
+    rng = random.Random(3)
+    got = sample_values_ms(hist.encode().decode(), 2000, rng)
+    assert len(got) == 2000 and set(got) <= {1.0, 50.015}  # bucket tops at 3 significant digits
+    assert 0.05 < got.count(50.015) / len(got) < 0.15
+    assert sample_values_ms("", 5, rng) == [] and sample_values_ms(hist.encode().decode(), 0, rng) == []
+
+
+def test_events_are_one_per_sampled_loop():
+    from loopix.loadtest.distributed.bridge import EventFirer, LoopLost
+
+    fired = []
+    m = LoadMetrics(0, 10.0, 3, grace_s=2.0)
+    m.tick(NS)
+    tick = Tick(msgspec.structs.replace(_part(), tick=1), m.last_row, 50, [31.5, 40.25], 3)
+    assert EventFirer(lambda **kw: fired.append(kw)).on_tick(tick) == 5
+    assert [e["response_time"] for e in fired[:2]] == [31.5, 40.25]
+    assert all(e["exception"] is None for e in fired[:2])
+    assert all(isinstance(e["exception"], LoopLost) for e in fired[2:])
+    assert {e["name"] for e in fired} == {"loop RTT (1 in 50)"}
+
+
+def _part():
+    from loopix.loadtest.metrics import IntervalPart
+
+    return IntervalPart()
+
+
 def _synthetic_run(rng: random.Random, workers: int, seconds: int, die: dict[int, int] | None = None):
     """`workers` LoadMetrics fed random traffic, and one reference LoadMetrics fed all of it.
     Returns (reference, frames per worker). Worker w stops shipping after tick die[w]."""

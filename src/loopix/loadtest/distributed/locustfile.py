@@ -120,7 +120,14 @@ class WorkerSide:
         if isinstance(frame, Tick):
             self.firer.on_tick(frame)
             self.last_tick = frame.part.tick
-        self.queue.put(frame)
+        try:
+            self.queue.put(frame)
+        except OverflowError as exc:  # the master takes nothing: stop the load, say why
+            print(f"loopix worker: {exc}; stopping the share", file=sys.stderr, flush=True)
+            self.queue.take()
+            if self.child is not None:
+                gevent.spawn(self.child.stop)
+            return
         if isinstance(frame, Started | Done | Failed):  # not worth waiting for the next report
             self.runner.send_message(MSG_FRAMES, self.queue.take())
         if isinstance(frame, Failed):

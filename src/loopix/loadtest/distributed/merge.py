@@ -50,6 +50,7 @@ class WorkerRecord(msgspec.Struct, kw_only=True):
     rtt_p99_ms: float | None = None
     lateness_p99_ms: float | None = None
     exit_code: int | None = None
+    load_s: float | None = None  # how long its load actually ran (its summary's duration_s)
     histograms: dict[str, str] = {}  # its own run's encoded µs HdrHistograms (when done)
 
 
@@ -105,6 +106,7 @@ class DistributedMerge:
             w.record.lateness_p99_ms = s.lateness.p99_ms
             w.record.histograms = dict(s.histograms)
             w.record.sent = dict(s.sent)
+            w.record.load_s = s.duration_s
         elif isinstance(frame, Failed):
             self._write_off(w, "failed", frame.reason)
 
@@ -202,6 +204,11 @@ class DistributedMerge:
         if self.ticks == 0:
             m.tick(_NS)
             self.ticks = 1
+        # a worker's load stops at its first tick after the duration (later on a loaded machine):
+        # rates are over the longest load that actually ran, as a single machine's are over its own
+        loads = [w.record.load_s for w in self.workers.values() if w.record.load_s is not None]
+        if loads:
+            m.end_load(int(max(loads) * _NS))
         if node_reports:
             m.record_node_counters(node_reports)
         records = self.records()

@@ -320,8 +320,11 @@ class MasterSide:
         return self.thresholds.exit_code(summary)
 
     def finish_locust(self, code: int) -> None:
+        """The run is over (report written): Locust exits with `code`, web UI or not."""
         self.env.process_exit_code = code
         self.runner.quit()
+        if self.env.web_ui is not None:  # in web mode Locust's main waits on the UI
+            self.env.web_ui.stop()
 
     def add_routes(self, app) -> None:
         @app.route("/loopix.json")

@@ -4,13 +4,12 @@ locustfile) --master ...` / `--worker ...`, or through `python -m loopix.loadtes
 Locust users are not the load: run with `-u 0`. The load is the identities of each worker's share,
 driven open loop by the loopix runtime in a child process. The master hands out the shares when
 the test starts, merges what the workers' children ship, writes the loopix report, applies the
-thresholds to the exit code and then stops Locust. Its web UI gains /loopix (merged figures and
-per-worker rates and lateness) and /loopix.json.
+thresholds to the exit code and then stops Locust. Its web UI gains a "loopix" tab (merged exact
+percentiles, per-worker rates and lateness) and /loopix.json.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import sys
@@ -175,7 +174,7 @@ class MasterSide:
         env.events.test_start.add_listener(self.on_test_start)
         gevent.spawn(self.watch_expected)
         if env.web_ui is not None:
-            self.add_routes(env.web_ui.app)
+            self.add_routes(env.web_ui)
 
     # connect: versions
     def on_hello(self, environment, msg, **_) -> None:
@@ -326,30 +325,49 @@ class MasterSide:
         if self.env.web_ui is not None:  # in web mode Locust's main waits on the UI
             self.env.web_ui.stop()
 
-    def add_routes(self, app) -> None:
-        @app.route("/loopix.json")
+    def live_rows(self) -> list[dict]:
+        """The loopix tab: the merged run so far (exact percentiles), then each worker's latest
+        second (its rates and lateness) or its state."""
+        live = self.merge.live() if self.merge is not None else {"workers": [], "merged": None}
+        m = live["merged"] or {}
+        rows = [{"who": "merged", "state": f"{live['ticks']} s merged", "identities": self.opts.loopix_identities,
+                 **{k: _num(m.get(k)) for k in ("payload_per_s", "loop_per_s", "loops_back_per_s",
+                                                "rtt_p50_cum_ms", "rtt_p99_cum_ms", "lateness_p99_ms",
+                                                "loops_lost")}}]
+        for w in live["workers"]:
+            now = w["now"] or {}
+            rows.append({"who": f"worker {w['rank']}", "state": f"{w['state']}, {w['ticks']} s",
+                         "identities": w["identities"],
+                         **{k: _num(now.get(k)) for k in ("payload_per_s", "loop_per_s", "loops_back_per_s",
+                                                          "lateness_p99_ms", "rtt_p50_cum_ms", "rtt_p99_cum_ms")},
+                         "loops_lost": _num(w["loops_lost"])})
+        return rows
+
+    def add_routes(self, web_ui) -> None:
+        """A loopix tab in Locust's UI (its documented extension: extended_tabs/tables filled
+        through /stats/requests), and /loopix.json."""
+        from flask import request
+
+        web_ui.template_args["extended_tabs"] = [{"title": "loopix", "key": "loopix"}]
+        web_ui.template_args["extended_tables"] = [{"key": "loopix", "structure": [
+            {"key": k, "title": t} for k, t in _COLUMNS]}]
+
+        @web_ui.app.after_request
+        def add_loopix_rows(response):
+            if request.path != "/stats/requests" or response.json is None:
+                return response
+            data = {**response.json, "extended_stats": [{"key": "loopix", "data": self.live_rows()}]}
+            response.set_data(json.dumps(data))
+            return response
+
+        @web_ui.app.route("/loopix.json")
         def loopix_json():
             return self.merge.live() if self.merge is not None else {"workers": [], "merged": None}
 
-        @app.route("/loopix")
-        def loopix_page():
-            live = self.merge.live() if self.merge is not None else {"workers": [], "merged": None}
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                    w["rank"], w["worker"], w["identities"], w["state"], w["ticks"],
-                    *(_num((w["now"] or {}).get(k)) for k in
-                      ("payload_per_s", "loop_per_s", "loops_back_per_s", "rtt_p99_ms", "lateness_p99_ms"))))
-                + "</tr>" for w in live["workers"])
-            m = live["merged"] or {}
-            merged = " · ".join(f"{k} {_num(m.get(k))}" for k in (
-                "elapsed_s", "payload_per_s", "loops_back_per_s", "rtt_p50_cum_ms", "rtt_p99_cum_ms",
-                "loops_lost", "loss"))
-            return ('<!DOCTYPE html><html><head><meta charset="utf-8"><meta http-equiv="refresh" '
-                    'content="2"><title>loopix</title></head><body><h1>loopix: merged</h1>'
-                    f"<p>{html.escape(merged)}</p><h2>workers (this second)</h2><table border=1>"
-                    "<tr><th>rank</th><th>worker</th><th>identities</th><th>state</th><th>s</th>"
-                    "<th>payload/s</th><th>loops/s</th><th>loops back/s</th><th>rtt p99 ms</th>"
-                    f"<th>lateness p99 ms</th></tr>{rows}</table></body></html>")
+
+_COLUMNS = (("who", ""), ("state", "state"), ("identities", "identities"), ("payload_per_s", "payload/s"),
+            ("loop_per_s", "loops/s"), ("loops_back_per_s", "loops back/s"), ("rtt_p50_cum_ms", "RTT p50 ms"),
+            ("rtt_p99_cum_ms", "RTT p99 ms"), ("lateness_p99_ms", "lateness p99 ms"), ("loops_lost", "loops lost"))
 
 
 def _num(v) -> str:

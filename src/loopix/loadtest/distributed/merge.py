@@ -233,7 +233,8 @@ class DistributedMerge:
                             "now": None if r is None else {
                                 "elapsed_s": r.elapsed_s, "payload_per_s": r.payload_per_s,
                                 "loop_per_s": r.loop_per_s, "loops_back_per_s": r.loops_back_per_s,
-                                "rtt_p99_ms": r.rtt_p99_ms, "lateness_p99_ms": r.lateness_p99_ms}})
+                                "rtt_p99_ms": r.rtt_p99_ms, "lateness_p99_ms": r.lateness_p99_ms,
+                                "rtt_p50_cum_ms": r.rtt_p50_cum_ms, "rtt_p99_cum_ms": r.rtt_p99_cum_ms}})
         return {"merged": merged, "ticks": self.ticks, "workers": workers}
 
 

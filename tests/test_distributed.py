@@ -187,6 +187,34 @@ def test_dead_worker_is_missing_not_loss():
     assert got.loops.sent - got.loops.settled >= dead.unjudged_loops  # sent, never judged
 
 
+@pytest.mark.parametrize("args, says", [
+    (["master", "--expect-workers", "0", "--directory", "http://127.0.0.1:9/x"], "--expect-workers"),
+    (["master", "--expect-workers", "3", "--identities", "2", "--directory", "http://127.0.0.1:9/x"],
+     "every worker needs at least one identity"),
+    (["master", "--expect-workers", "1", "--directory", "http://127.0.0.1:9/x", "--threshold", "rtt<<1"],
+     "bad threshold"),
+    (["master", "--expect-workers", "1", "--directory", "http://127.0.0.1:9/x", "--duration", "forever"],
+     "--duration"),
+    (["worker", "--master-host", "127.0.0.1", "--port", "70000"], "--port"),
+])
+def test_bad_usage_is_one_line(args, says, capsys):
+    from loopix.loadtest.distributed.command import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+
+
+def test_bad_usage_prints_one_line():
+    done = subprocess.run([sys.executable, "-m", "loopix.loadtest.distributed", "master", "--expect-workers",
+                           "2", "--identities", "1", "--directory", "http://127.0.0.1:9/x"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "every worker needs at least one identity" in done.stderr
+
+
 # --- end to end: Locust master and workers as processes -------------------------------------------
 
 

@@ -250,6 +250,11 @@ class MasterSide:
                   f"(refused: {len(self.refused)}); not starting", file=sys.stderr, flush=True)
             self.finish_locust(EXIT_NOT_STARTED)
             return
+        if o.loopix_identities < len(accepted):
+            print(f"loopix: error: {o.loopix_identities} identities for {len(accepted)} workers: every "
+                  f"worker needs at least one; not starting", file=sys.stderr, flush=True)
+            self.finish_locust(EXIT_NOT_STARTED)
+            return
         counts = split(o.loopix_identities, len(accepted))
         labels = {"identities": str(o.loopix_identities), "mode": f"distributed over {len(accepted)} Locust workers"}
         self.merge = DistributedMerge(list(zip(accepted, counts, strict=True)), o.loopix_duration, labels)

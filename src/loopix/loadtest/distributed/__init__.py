@@ -4,6 +4,7 @@ core never run under gevent), and the master merges the workers' interval HdrHis
 into one LoadMetrics to write the same report as a single-machine run.
 
 `protocol` holds the messages and the share arithmetic, `child` the runtime's entry point,
-`bridge` the worker side (child process, Locust events), `merge` the master's exact merge,
-`locustfile` the Locust glue and `command` the CLI. See docs/distributed.md.
+`bridge` the worker's child process and Locust events, `merge` the master's exact merge,
+`worker_side` / `master_side` the Locust glue of each role, `locustfile` the file Locust loads,
+`command` the CLI. See docs/distributed.md.
 """

@@ -1,4 +1,4 @@
-"""This installation's identity for the connect-time version check."""
+"""This installation's identity for the connect-time version check, and shared exit codes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 
 from .protocol import PROTOCOL, Hello, loopix_version
 
+EXIT_NOT_STARTED = 2  # refused, too few workers, bad options: nothing was sent
 VERSION_OVERRIDE_ENV = "LOOPIX_DISTRIBUTED_VERSION"  # tests: pose as another loopix version
 
 

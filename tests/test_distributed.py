@@ -299,7 +299,7 @@ def _load_args(testnet, out, duration: str, *thresholds: str) -> list[str]:
 
 def test_two_workers_agree_with_their_own_and_the_nodes_counters(testnet, cluster, tmp_path):
     out = tmp_path / "report"
-    master = cluster.master(*_load_args(testnet, out, "5s", "loss<5%", "rtt_p99<10s"))
+    master = cluster.master(*_load_args(testnet, out, "5s", "loss<50%", "rtt_p99<30s"))
     workers = [cluster.worker("w1"), cluster.worker("w2")]
     assert master.wait(120) == 0, cluster.log("master")
     for w in workers:
@@ -355,7 +355,7 @@ def test_killed_worker_is_missing_and_thresholds_set_the_exit_code(testnet, clus
 
 
 def test_mismatched_version_is_refused_and_missing_workers_give_up(testnet, cluster):
-    master = cluster.master("--expect-workers", "2", "--expect-timeout", "4s",
+    master = cluster.master("--expect-workers", "2", "--expect-timeout", "10s",
                             "--directory", testnet.topology_url, "--duration", "5s")
     odd = cluster.worker("odd", env={"LOOPIX_DISTRIBUTED_VERSION": "0.0.0-other"})
     assert odd.wait(60) != 0
@@ -363,4 +363,4 @@ def test_mismatched_version_is_refused_and_missing_workers_give_up(testnet, clus
     assert master.wait(60) != 0
     log = cluster.log("master")
     assert "version mismatch" in log
-    assert "0 of 2 workers connected within 4s (--expect-workers 2, 1 refused)" in log, log
+    assert "0 of 2 workers connected within 10s (--expect-workers 2, 1 refused)" in log, log

@@ -34,6 +34,7 @@ from .protocol import (
 from .runtime import EXIT_NOT_STARTED, local_hello
 
 log = logging.getLogger("loopix")
+MAX_NODE_REPORTS_BYTES = 64 * 1024 * 1024
 RESULT_SLACK_S = 120.0  # after the load and its drain, how long we wait for a worker's result
 
 
@@ -116,13 +117,17 @@ class MasterSide:
             self.merge.on_frame(worker, Failed(f"bad data from the worker: {exc}"))
 
     def fetch_nodes(self) -> list[dict]:
+        """The directory's node reports (what `loadtest` polls); [] when it does not answer well."""
         try:
             with urllib.request.urlopen(f"{self.base_url}/api/metrics/mixes", timeout=5) as resp:
-                data = json.loads(resp.read())
+                body = resp.read(MAX_NODE_REPORTS_BYTES + 1)
+            if len(body) > MAX_NODE_REPORTS_BYTES:
+                return []
+            data = json.loads(body)
         except (OSError, ValueError):
             return []
-        reports = data if isinstance(data, list) else data.get("reports", [])
-        return [r for r in reports if isinstance(r, dict)]
+        reports = data if isinstance(data, list) else data.get("reports", []) if isinstance(data, dict) else []
+        return [r for r in reports if isinstance(r, dict)] if isinstance(reports, list) else []
 
     def conduct(self) -> None:
         o = self.opts

@@ -5,6 +5,7 @@ gives up clearly when workers are missing."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -205,6 +206,29 @@ def test_bad_usage_is_one_line(args, says, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1, err
+
+
+def test_locust_command_line_carries_the_load():
+    from loopix.loadtest.distributed.command import (
+        LOCUSTFILE,
+        build_parser,
+        locust_argv,
+        main_from_loadtest,
+    )
+
+    args, extra = build_parser().parse_known_args(
+        ["master", "--expect-workers", "3", "--directory", "http://127.0.0.1:9/api/presence/topology",
+         "--identities", "30", "--threshold", "loss<1%", "--out", "r", "--csv", "locust"])
+    argv = locust_argv(args, extra)
+    assert argv[argv.index("-f") + 1] == str(LOCUSTFILE) and LOCUSTFILE.exists()
+    pairs = dict(itertools.pairwise(argv))
+    assert pairs["-u"] == "0" and pairs["--expect-workers"] == "3" and pairs["--loopix-identities"] == "30"
+    assert pairs["--loopix-threshold"] == "loss<1%" and pairs["--loopix-out"] == "r"
+    assert "--headless" in argv and argv[-2:] == ["--csv", "locust"]
+    with pytest.raises(SystemExit):  # `loopix-client loadtest --worker ...` goes the same way
+        main_from_loadtest(["--worker", "--master-host", "h", "--port", "0"])
+    with pytest.raises(ValueError):
+        main_from_loadtest(["--identities", "3"])
 
 
 def test_bad_usage_prints_one_line():

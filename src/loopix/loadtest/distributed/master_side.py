@@ -35,7 +35,8 @@ from .runtime import EXIT_NOT_STARTED, local_hello
 
 log = logging.getLogger("loopix")
 MAX_NODE_REPORTS_BYTES = 64 * 1024 * 1024
-RESULT_SLACK_S = 120.0  # after the load and its drain, how long we wait for a worker's result
+RESULT_SLACK_S = 120.0
+LIVE_LINE_EVERY_S = 5  # a merged line on the master's output this often (in merged seconds)  # after the load and its drain, how long we wait for a worker's result
 
 
 class MasterSide:
@@ -177,7 +178,9 @@ class MasterSide:
                 for cid in accepted:
                     self.merge.on_lost(cid, "no result in time")
             self.merge.on_node_counters(self.fetch_nodes())
-            self.merge.advance()
+            for row in self.merge.advance():
+                if round(row.elapsed_s) % LIVE_LINE_EVERY_S == 0:
+                    print(f"loopix: {live_line(row, self.merge)}", flush=True)
         try:
             code = self.report()
         except Exception as exc:
@@ -272,3 +275,16 @@ _COLUMNS = (("who", ""), ("state", "state"), ("identities", "identities"), ("pay
 
 def _num(v) -> str:
     return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def live_line(row, merge: DistributedMerge) -> str:
+    """One line of the merged run so far, for a headless master's output."""
+    def ms(v) -> str:
+        return "–" if v is None else f"{v:.4g} ms"
+
+    states = [r.state for r in merge.records()]
+    running = sum(s in ("waiting", "running") for s in states)
+    return (f"{row.elapsed_s:.0f} s merged ({running} of {len(states)} workers running): "
+            f"payload {row.payload_per_s:.0f}/s, loops {row.loop_per_s:.0f}/s, back {row.loops_back_per_s:.0f}/s; "
+            f"rtt p50 {ms(row.rtt_p50_cum_ms)}, p99 {ms(row.rtt_p99_cum_ms)}; "
+            f"lateness p99 {ms(row.lateness_p99_ms)}; loops lost {row.loops_lost}")

@@ -10,7 +10,7 @@
    over the steady part of the run. Target: worker <= 5 % of one core at 5,000 loops/s.
 2. Aggregate: one plain `loopix-client loadtest` and then a master with two workers (each its own
    child runtime, one packet worker each; the plain run gets two) with the same total identities
-   against the same embedded testnet; rates, RTT and lateness from each run's summary.json.
+   against a fresh embedded testnet each; rates, RTT and lateness from each run's summary.json.
 
 The machine is shared: the load average is printed beside the figures.
 """
@@ -106,28 +106,35 @@ def _locust_requests(log: Path) -> str:
     return f"{' '.join(left[1:-2])}: {left[-2]} requests, {left[-1]} failed"
 
 
-def aggregate(tmp: Path, identities: int, seconds: int) -> dict:
+def _testnet():
     from loopix.testnet.launcher import Testnet
 
-    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10"]
-    out: dict = {}
-    with Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0,
-                 presence_interval=1.0) as net:
-        url = net.topology_url
+    return Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0, presence_interval=1.0)
+
+
+def run_plain(tmp: Path, identities: int, seconds: int, rates: list[str]) -> str:
+    with _testnet() as net:
         before = loadavg()
-        plain = spawn(["-m", "loopix", "loadtest", "--directory", url, "--identities", str(identities),
+        plain = spawn(["-m", "loopix", "loadtest", "--directory", net.topology_url, "--identities", str(identities),
                        "--duration", f"{seconds}s", "--workers", "2", "--out", str(tmp / "plain"), "--grace", "2",
-                       *rates],
-                      tmp / "plain.log")
-        plain.wait(seconds + 300)
-        out["plain_load"] = f"{before} -> {loadavg()}"
+                       *rates], tmp / "plain.log")
+        try:
+            plain.wait(seconds + 300)
+        finally:
+            if plain.poll() is None:
+                plain.kill()
+                plain.wait()
+        return f"{before} -> {loadavg()}"
+
+
+def run_distributed(tmp: Path, identities: int, seconds: int, rates: list[str]) -> str:
+    with _testnet() as net:
         port = free_port()
         before = loadavg()
         master = spawn(["-m", "loopix.loadtest.distributed", "master", "--port", str(port), "--bind-host",
-                        "127.0.0.1", "--expect-workers", "2", "--directory", url, "--identities", str(identities),
-                        "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / "dist"), "--grace", "2s",
-                        *rates],
-                       tmp / "dist-master.log")
+                        "127.0.0.1", "--expect-workers", "2", "--directory", net.topology_url, "--identities",
+                        str(identities), "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / "dist"),
+                        "--grace", "2s", *rates], tmp / "dist-master.log")
         workers = [spawn(["-m", "loopix.loadtest.distributed", "worker", "--master-host", "127.0.0.1",
                           "--port", str(port)], tmp / f"dist-w{i}.log") for i in (1, 2)]
         try:
@@ -139,7 +146,17 @@ def aggregate(tmp: Path, identities: int, seconds: int) -> dict:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-        out["dist_load"] = f"{before} -> {loadavg()}"
+        return f"{before} -> {loadavg()}"
+
+
+def aggregate(tmp: Path, identities: int, seconds: int, dist_first: bool) -> dict:
+    """Each run on a fresh testnet, so that neither inherits the other's queues or stored loops."""
+    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10"]
+    out: dict = {}
+    order = ("dist", "plain") if dist_first else ("plain", "dist")
+    for name in order:
+        run = run_distributed if name == "dist" else run_plain
+        out[f"{name}_load"] = run(tmp, identities, seconds, rates)
     for name in ("plain", "dist"):
         path = tmp / name / "summary.json"
         if not path.exists():
@@ -165,6 +182,7 @@ def main() -> None:
     ap.add_argument("--skip-aggregate", action="store_true")
     ap.add_argument("--skip-locust-layer", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="keep the runs' logs and reports in DIR")
+    ap.add_argument("--dist-first", action="store_true", help="aggregate: the distributed run first")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as d:
         tmp = Path(args.keep or d)
@@ -173,7 +191,7 @@ def main() -> None:
         if not args.skip_locust_layer:
             print_locust_layer(tmp, args.loops, args.seconds)
         if not args.skip_aggregate:
-            print_aggregate(tmp, args.identities, args.agg_seconds)
+            print_aggregate(tmp, args.identities, args.agg_seconds, args.dist_first)
 
 
 def print_locust_layer(tmp: Path, loops: int, seconds: int) -> None:
@@ -187,10 +205,11 @@ def print_locust_layer(tmp: Path, loops: int, seconds: int) -> None:
     print("   target: worker <= 5 % at 5,000 loops/s")
 
 
-def print_aggregate(tmp: Path, identities: int, seconds: int) -> None:
-    a = aggregate(tmp, identities, seconds)
+def print_aggregate(tmp: Path, identities: int, seconds: int, dist_first: bool) -> None:
+    a = aggregate(tmp, identities, seconds, dist_first)
     print(f"\n2. Aggregate, {identities} identities x (2 payload + 1 loop + 1 drop)/s = "
-          f"{identities * 4} packets/s offered, {seconds} s, embedded testnet:")
+          f"{identities * 4} packets/s offered, {seconds} s, a fresh embedded testnet for each run "
+          f"({'distributed' if dist_first else 'plain'} first):")
     print(f"{'':<22} {'sent/s':>9} {'back/s':>9} {'rtt p50':>8} {'rtt p99':>8} {'late p99':>9} "
           f"{'loss':>8} {'load s':>7}")
     print(row("plain loadtest", a["plain"]) + f"   load {a['plain_load']}")

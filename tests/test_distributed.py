@@ -98,10 +98,13 @@ def _part():
     return IntervalPart()
 
 
-def _synthetic_run(rng: random.Random, workers: int, seconds: int, die: dict[int, int] | None = None):
+def _synthetic_run(rng: random.Random, workers: int, seconds: int, die: dict[int, int] | None = None,
+                   tick_ns: list[int] | None = None):
     """`workers` LoadMetrics fed random traffic, and one reference LoadMetrics fed all of it.
-    Returns (reference, frames per worker). Worker w stops shipping after tick die[w]."""
+    Returns (reference, frames per worker). Worker w stops shipping after tick die[w]. Tick t
+    happens at tick_ns[t - 1] (default: t seconds), for every worker and the reference."""
     die = die or {}
+    ticks = tick_ns or [t * NS for t in range(1, seconds + 5)]
     grace = 2.0
     ref = LoadMetrics(0, 10.0, 3, grace_s=grace, start_wall_ns=0)
     ref.end_load(seconds * NS)
@@ -112,11 +115,12 @@ def _synthetic_run(rng: random.Random, workers: int, seconds: int, die: dict[int
         m.end_load(seconds * NS)
         m.interval_listeners.append(parts[w].append)
     in_flight: list[list[tuple[int, int]]] = [[] for _ in range(workers)]  # (back at, sent at)
-    for t in range(1, seconds + 5):
+    for t, now in enumerate(ticks, start=1):
+        before = ticks[t - 2] if t > 1 else 0
         for w, m in enumerate(ms):
             if t <= seconds:
                 for _ in range(rng.randrange(20, 60)):
-                    sent = (t - 1) * NS + rng.randrange(NS)
+                    sent = before + rng.randrange(now - before)
                     for x in (m, ref):
                         x.record_sent("loop", 1, sent)
                     if rng.random() < 0.95:  # the rest are lost
@@ -126,8 +130,7 @@ def _synthetic_run(rng: random.Random, workers: int, seconds: int, die: dict[int
                     for x in (m, ref):
                         x.record_lateness(lateness)
                 for x in (m, ref):
-                    x.record_sent("payload", 2 * t, t * NS)
-            now = t * NS
+                    x.record_sent("payload", 2 * t, now)
             due = [f for f in in_flight[w] if f[0] <= now]
             in_flight[w] = [f for f in in_flight[w] if f[0] > now]
             for back, sent in due:
@@ -136,7 +139,7 @@ def _synthetic_run(rng: random.Random, workers: int, seconds: int, die: dict[int
             m.tick(now)
             if t <= die.get(w, 10**9):
                 frames[w].append(Tick(parts[w][-1], m.last_row, 1, [], 0))
-        ref.tick(t * NS)
+        ref.tick(now)
     for w, m in enumerate(ms):
         if w not in die:
             frames[w].append(Done(m.summary(), 0))
@@ -169,6 +172,21 @@ def test_merge_equals_one_run_over_all_samples():
     assert [r.loops_settled for r in merge.metrics.history] == [r.loops_settled for r in ref.history]
     assert [r.rtt_p99_ms for r in merge.metrics.history] == [r.rtt_p99_ms for r in ref.history]
     assert got.labels["workers"] == "3 of 3 finished"
+
+
+def test_merge_follows_late_ticks():
+    """On a loaded machine a runtime's ticks come late and uneven: the merge keeps to their real
+    times (rates over real seconds, loss judged on them), still equal to one run over all samples."""
+    rng = random.Random(5)
+    gaps = [1.0, 1.0, 2.6, 0.2, 1.0, 3.1, 0.4, 1.0, 1.7, 1.0, 1.0, 1.0, 1.0, 1.0]
+    ticks = [round(sum(gaps[:i + 1]) * NS) for i in range(len(gaps))]
+    ref, _, frames = _synthetic_run(rng, workers=2, seconds=9, tick_ns=ticks)
+    merge = _merge(frames, rng)
+    got, want = merge.finish(), ref.summary()
+    assert got.duration_s == want.duration_s and got.rates == want.rates
+    assert got.loops == want.loops and got.rtt == want.rtt
+    assert [r.elapsed_s for r in merge.metrics.history] == [r.elapsed_s for r in ref.history]
+    assert [r.payload_per_s for r in merge.metrics.history] == [r.payload_per_s for r in ref.history]
 
 
 def test_dead_worker_is_missing_not_loss():

@@ -2,8 +2,9 @@
 the union of their intervals comes out, so the distributed summary, history and thresholds are
 those of a single-machine run over all the samples (histograms merge exactly, counts add).
 
-Time is the workers' own: tick t of every worker is second t after its load started, and the
-master closes its tick t once every worker still alive has shipped its tick t. Loops sent in a
+Time is the workers' own: each worker's seconds count from its own load start, and the master
+closes its tick t once every worker still alive has shipped its tick t, at the earliest elapsed time
+those ticks report (a runtime's tick comes late on a loaded machine). Loops sent in a
 second are merged together with the loops back from that second once the second is past the
 grace window, so a worker that dies takes its unjudged seconds with it: they stay "not yet judged"
 (and are counted against it in the breakdown) instead of showing up as network loss.
@@ -58,7 +59,7 @@ class _Worker:
     def __init__(self, record: WorkerRecord) -> None:
         self.record = record
         self.started: Started | None = None
-        self.parts: dict[int, IntervalPart] = {}  # received, not yet merged, by tick
+        self.parts: dict[int, tuple[IntervalPart, float]] = {}  # not yet merged: tick -> (part, elapsed s)
         self.held_sent: dict[int, int] = {}  # loop buckets waiting for their second to settle
         self.held_back: dict[int, int] = {}
         self.last_row: HistoryRow | None = None
@@ -80,6 +81,7 @@ class DistributedMerge:
                         for i, (cid, n) in enumerate(workers)}
         self.metrics: LoadMetrics | None = None
         self.ticks = 0  # master ticks closed
+        self._last_tick_ns = 0
         self._node_reports: list[dict] = []  # collected before the metrics exist
 
     # --- input ------------------------------------------------------------------------------------
@@ -92,7 +94,7 @@ class DistributedMerge:
             w.started = frame
             w.record.state = "running"
         elif isinstance(frame, Tick):
-            w.parts[frame.part.tick] = frame.part
+            w.parts[frame.part.tick] = (frame.part, frame.row.elapsed_s)
             w.last_row = frame.row
             w.record.ticks = max(w.record.ticks, frame.part.tick)
         elif isinstance(frame, Done):
@@ -130,7 +132,7 @@ class DistributedMerge:
             w.record.loops_sent, w.record.loops_back, w.record.loops_lost = r.loops_sent, r.loops_back, r.loops_lost
             w.record.rtt_p50_ms, w.record.rtt_p99_ms = r.rtt_p50_cum_ms, r.rtt_p99_cum_ms
         w.record.unjudged_loops = sum(w.held_sent.values()) + sum(
-            sum(p.loops_by_second.values()) for p in w.parts.values())
+            sum(p.loops_by_second.values()) for p, _ in w.parts.values())
 
     # --- merging ----------------------------------------------------------------------------------
 
@@ -167,14 +169,17 @@ class DistributedMerge:
             ws = [w for w in self.workers.values() if w.started is not None]
             if any(w.alive and t not in w.parts for w in ws):
                 break
-            if not any(t in w.parts for w in ws):
+            shipped = [(w, w.parts.pop(t)) for w in ws if t in w.parts]
+            if not shipped:
                 break  # nobody has this tick: the end
-            settled = math.floor(t - self.metrics.grace_s)
-            for w in ws:
-                part = w.parts.pop(t, None)
-                if part is not None:
-                    self._merge(w, part, settled)
-            rows.append(self.metrics.tick(t * _NS))
+            for w, (part, elapsed_s) in shipped:
+                # that worker has seen every loop back from the seconds past its own grace window
+                self._merge(w, part, math.floor(elapsed_s - self.metrics.grace_s))
+            # a tick closes when the runtime gets to it, late on a loaded machine: close the merged
+            # one at the earliest of the workers' (their seconds are all settled by then)
+            now_ns = max(self._last_tick_ns + 1, round(min(e for _, (_, e) in shipped) * _NS))
+            self._last_tick_ns = now_ns
+            rows.append(self.metrics.tick(now_ns))
             self.ticks = t
         return rows
 
@@ -203,7 +208,7 @@ class DistributedMerge:
                 w.record.unjudged_loops = sum(w.held_sent.values())
         if self.ticks == 0:
             m.tick(_NS)
-            self.ticks = 1
+            self.ticks, self._last_tick_ns = 1, _NS
         # a worker's load stops at its first tick after the duration (later on a loaded machine):
         # rates are over the longest load that actually ran, as a single machine's are over its own
         loads = [w.record.load_s for w in self.workers.values() if w.record.load_s is not None]

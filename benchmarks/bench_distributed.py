@@ -1,16 +1,19 @@
 """Distributed load tests on Locust: what the Locust layer costs, and what two workers achieve.
 
     .venv/bin/python benchmarks/bench_distributed.py [--loops 5000] [--seconds 20]
-        [--identities 300] [--agg-seconds 20]
+        [--identities 300] [--agg-seconds 20] [--capacity-identities 1000 --capacity-rate 12]
+        [--dist-first] [--skip-locust-layer] [--skip-aggregate] [--skip-capacity] [--keep DIR]
 
 1. Locust layer: a real master and one real Locust worker on 127.0.0.1; the worker's child is
    benchmarks/_replay_child.py, which writes the frames of a run at `--loops` loops/s (merged
    histograms, rows, sampled RTTs) without building packets, so the figure is the worker's own
    process (gevent, Locust events, shipping to the master) and not the network's. CPU from /proc
    over the steady part of the run. Target: worker <= 5 % of one core at 5,000 loops/s.
-2. Aggregate: one plain `loopix-client loadtest` and then a master with two workers (each its own
+2. Aggregate: one plain `loopix-client loadtest` and a master with two workers (each its own
    child runtime, one packet worker each; the plain run gets two) with the same total identities
    against a fresh embedded testnet each; rates, RTT and lateness from each run's summary.json.
+3. Client capacity: the same pair against a sink that discards every packet (SinkNet), at a rate
+   meant to saturate the clients rather than the network.
 
 The machine is shared: the load average is printed beside the figures.
 """
@@ -112,57 +115,72 @@ def _testnet():
     return Testnet(layers=3, mixnodes_per_layer=2, providers=2, mean_hop_delay_ms=10.0, presence_interval=1.0)
 
 
-def run_plain(tmp: Path, identities: int, seconds: int, rates: list[str]) -> str:
+def run_plain(tmp: Path, url: str, name: str, identities: int, seconds: int, rates: list[str]) -> str:
+    before = loadavg()
+    plain = spawn(["-m", "loopix", "loadtest", "--directory", url, "--identities", str(identities),
+                   "--duration", f"{seconds}s", "--workers", "2", "--out", str(tmp / name), "--grace", "2",
+                   *rates], tmp / f"{name}.log")
+    try:
+        plain.wait(seconds + 300)
+    finally:
+        if plain.poll() is None:
+            plain.kill()
+            plain.wait()
+    return f"{before} -> {loadavg()}"
+
+
+def run_distributed(tmp: Path, url: str, name: str, identities: int, seconds: int, rates: list[str]) -> str:
+    port = free_port()
+    before = loadavg()
+    master = spawn(["-m", "loopix.loadtest.distributed", "master", "--port", str(port), "--bind-host",
+                    "127.0.0.1", "--expect-workers", "2", "--directory", url, "--identities",
+                    str(identities), "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / name),
+                    "--grace", "2s", *rates], tmp / f"{name}-master.log")
+    workers = [spawn(["-m", "loopix.loadtest.distributed", "worker", "--master-host", "127.0.0.1",
+                      "--port", str(port)], tmp / f"{name}-w{i}.log") for i in (1, 2)]
+    try:
+        master.wait(seconds + 300)
+        for w in workers:
+            w.wait(60)
+    finally:
+        for p in (master, *workers):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return f"{before} -> {loadavg()}"
+
+
+def _on_testnet(run, *args) -> str:
     with _testnet() as net:
-        before = loadavg()
-        plain = spawn(["-m", "loopix", "loadtest", "--directory", net.topology_url, "--identities", str(identities),
-                       "--duration", f"{seconds}s", "--workers", "2", "--out", str(tmp / "plain"), "--grace", "2",
-                       *rates], tmp / "plain.log")
-        try:
-            plain.wait(seconds + 300)
-        finally:
-            if plain.poll() is None:
-                plain.kill()
-                plain.wait()
-        return f"{before} -> {loadavg()}"
+        return run(args[0], net.topology_url, *args[1:])
 
 
-def run_distributed(tmp: Path, identities: int, seconds: int, rates: list[str]) -> str:
-    with _testnet() as net:
-        port = free_port()
-        before = loadavg()
-        master = spawn(["-m", "loopix.loadtest.distributed", "master", "--port", str(port), "--bind-host",
-                        "127.0.0.1", "--expect-workers", "2", "--directory", net.topology_url, "--identities",
-                        str(identities), "--duration", f"{seconds}s", "--workers", "1", "--out", str(tmp / "dist"),
-                        "--grace", "2s", *rates], tmp / "dist-master.log")
-        workers = [spawn(["-m", "loopix.loadtest.distributed", "worker", "--master-host", "127.0.0.1",
-                          "--port", str(port)], tmp / f"dist-w{i}.log") for i in (1, 2)]
-        try:
-            master.wait(seconds + 300)
-            for w in workers:
-                w.wait(60)
-        finally:
-            for p in (master, *workers):
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        return f"{before} -> {loadavg()}"
+def _on_sink(run, *args) -> str:
+    import asyncio
+
+    from loopix.testnet.sink import SinkNet
+
+    async def go() -> str:
+        async with SinkNet() as net:  # its directory is served by this loop: run in a thread
+            return await asyncio.to_thread(run, args[0], net.topology_url, *args[1:])
+
+    return asyncio.run(go())
 
 
-def aggregate(tmp: Path, identities: int, seconds: int, dist_first: bool) -> dict:
-    """Each run on a fresh testnet, so that neither inherits the other's queues or stored loops."""
-    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10"]
+def compare(tmp: Path, where: str, identities: int, seconds: int, rates: list[str], dist_first: bool) -> dict:
+    """A plain run and a two-worker run, each on a fresh network (`where`: testnet or sink)."""
+    on = _on_testnet if where == "testnet" else _on_sink
     out: dict = {}
     order = ("dist", "plain") if dist_first else ("plain", "dist")
-    for name in order:
-        run = run_distributed if name == "dist" else run_plain
-        out[f"{name}_load"] = run(tmp, identities, seconds, rates)
-    for name in ("plain", "dist"):
+    for kind in order:
+        name = f"{where}-{kind}"
+        run = run_distributed if kind == "dist" else run_plain
+        out[f"{kind}_load"] = on(run, tmp, name, identities, seconds, rates)
         path = tmp / name / "summary.json"
         if not path.exists():
             logs = "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp.glob(f"{name}*.log")))
             raise SystemExit(f"{name} run wrote no summary:\n{logs}")
-        out[name] = json.loads(path.read_text())
+        out[kind] = json.loads(path.read_text())
     return out
 
 
@@ -183,6 +201,9 @@ def main() -> None:
     ap.add_argument("--skip-locust-layer", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="keep the runs' logs and reports in DIR")
     ap.add_argument("--dist-first", action="store_true", help="aggregate: the distributed run first")
+    ap.add_argument("--capacity-identities", type=int, default=1000)
+    ap.add_argument("--capacity-rate", type=float, default=12.0, help="packets/s per identity, sink runs")
+    ap.add_argument("--skip-capacity", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as d:
         tmp = Path(args.keep or d)
@@ -192,6 +213,8 @@ def main() -> None:
             print_locust_layer(tmp, args.loops, args.seconds)
         if not args.skip_aggregate:
             print_aggregate(tmp, args.identities, args.agg_seconds, args.dist_first)
+        if not args.skip_capacity:
+            print_capacity(tmp, args.capacity_identities, args.capacity_rate, args.agg_seconds, args.dist_first)
 
 
 def print_locust_layer(tmp: Path, loops: int, seconds: int) -> None:
@@ -205,11 +228,8 @@ def print_locust_layer(tmp: Path, loops: int, seconds: int) -> None:
     print("   target: worker <= 5 % at 5,000 loops/s")
 
 
-def print_aggregate(tmp: Path, identities: int, seconds: int, dist_first: bool) -> None:
-    a = aggregate(tmp, identities, seconds, dist_first)
-    print(f"\n2. Aggregate, {identities} identities x (2 payload + 1 loop + 1 drop)/s = "
-          f"{identities * 4} packets/s offered, {seconds} s, a fresh embedded testnet for each run "
-          f"({'distributed' if dist_first else 'plain'} first):")
+def print_comparison(title: str, a: dict) -> None:
+    print(title)
     print(f"{'':<22} {'sent/s':>9} {'back/s':>9} {'rtt p50':>8} {'rtt p99':>8} {'late p99':>9} "
           f"{'loss':>8} {'load s':>7}")
     print(row("plain loadtest", a["plain"]) + f"   load {a['plain_load']}")
@@ -217,6 +237,27 @@ def print_aggregate(tmp: Path, identities: int, seconds: int, dist_first: bool) 
     ps = sum(a["plain"]["rates"][k] for k in ("payload", "loop", "drop"))
     ds = sum(a["dist"]["rates"][k] for k in ("payload", "loop", "drop"))
     print(f"   ratio 2 workers / plain, packets sent per second: {ds / ps:.3f}")
+
+
+def print_aggregate(tmp: Path, identities: int, seconds: int, dist_first: bool) -> None:
+    first = "distributed" if dist_first else "plain"
+    rates = ["--payload-rate", "2", "--loop-rate", "1", "--drop-rate", "1", "--mean-hop-delay-ms", "10"]
+    print_comparison(
+        f"\n2. Aggregate, {identities} identities x (2 payload + 1 loop + 1 drop)/s = {identities * 4} "
+        f"packets/s offered, {seconds} s, a fresh embedded testnet for each run ({first} first):",
+        compare(tmp, "testnet", identities, seconds, rates, dist_first))
+
+
+def print_capacity(tmp: Path, identities: int, rate: float, seconds: int, dist_first: bool) -> None:
+    first = "distributed" if dist_first else "plain"
+    per = rate / 4
+    rates = ["--payload-rate", f"{2 * per:g}", "--loop-rate", f"{per:g}", "--drop-rate", f"{per:g}",
+             "--mean-hop-delay-ms", "10"]
+    print_comparison(
+        f"\n3. Client capacity: {identities} identities x {rate:g} packets/s = {identities * rate:g} packets/s "
+        f"offered, {seconds} s, against a sink that discards everything (no loop comes back: loss is "
+        f"100 % by design), {first} first:",
+        compare(tmp, "sink", identities, seconds, rates, dist_first))
 
 
 if __name__ == "__main__":

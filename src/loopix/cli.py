@@ -679,7 +679,17 @@ _PRELOAD = {
 }
 
 
+def _distributed_loadtest(argv: Sequence[str]) -> bool:
+    """`loadtest --master …` / `--worker …` hand the command line to Locust (docs/distributed.md)."""
+    return len(argv) > 1 and argv[0] == "loadtest" and ("--master" in argv or "--worker" in argv)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _distributed_loadtest(argv):
+        from loopix.loadtest.distributed.command import main_from_loadtest
+
+        return main_from_loadtest(argv[1:])
     with held_sigint():
         parser = build_parser()
     try:

@@ -84,7 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Run N ephemeral identities in one client for a fixed time, against an embedded "
         "testnet (default) or --directory URL; live figures, thresholds, a verdict, a report. "
         "Durations need a unit (30s, 2m, 500ms). Exit: 0 ok, 1 error, 2 usage, 99 threshold "
-        "violated, 130 interrupted (the report is still written).")
+        "violated, 130 interrupted (the report is still written). Across machines: `loadtest --master "
+        "--expect-workers N ...` and `loadtest --worker --master-host H` run it on Locust "
+        "(`loopix-client loadtest --master --help`, docs/distributed.md).")
     p.add_argument("--identities", type=_type(_count(1)), default=100, help="at least 1 (default 100)")
     p.add_argument("--duration", type=_type(duration), default=60.0, help="e.g. 60s, 2m (default 60s)")
     where = p.add_mutually_exclusive_group()

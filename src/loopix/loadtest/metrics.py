@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -34,6 +34,7 @@ __all__ = [
     "STREAMS",
     "UNSENT_REASONS",
     "HistoryRow",
+    "IntervalPart",
     "LoadMetrics",
     "LoopStats",
     "LossStats",
@@ -184,6 +185,23 @@ class HistoryRow(msgspec.Struct, frozen=True):
     client_rss_mib: float | None = None
     nodes_cpu_cores: float | None = None  # the testnet's processes, when the run started them
     nodes_rss_mib: float | None = None
+
+
+class IntervalPart(msgspec.Struct, frozen=True):
+    """What one tick closed, in a form another LoadMetrics merges exactly (a distributed run: each
+    worker's runtime ships these, the master folds them together). Seconds count from the run's
+    start; histograms are encoded µs HdrHistograms ("" when empty)."""
+
+    tick: int = 0
+    sent: dict[str, int] = {}
+    real: int = 0
+    back: int = 0
+    late: int = 0
+    clamped: int = 0
+    loops_by_second: dict[int, int] = {}  # loops sent, by the second they were sent in
+    back_by_second: dict[int, int] = {}  # loops back, by the second they were sent in
+    rtt: str = ""
+    lateness: str = ""
 
 
 class LoopStats(msgspec.Struct, frozen=True):
@@ -570,6 +588,8 @@ class LoadMetrics:
         self._end_ns: int | None = None
         self.history: list[HistoryRow] = []
         self.last_row: HistoryRow | None = None
+        self.interval_listeners: list[Callable[[IntervalPart], None]] = []
+        self._shipped: tuple[list[int], list[int], list[int]] = ([], [], [0, 0])  # buckets; late, clamped
 
     # --- hot path ---------------------------------------------------------------------------------
 
@@ -718,6 +738,10 @@ class LoadMetrics:
         self._last_tick_ns = now_ns
         rtt50, rtt99 = _two_quantiles(self._i_rtt)
         late50, late99 = _two_quantiles(self._i_lateness)
+        if self.interval_listeners:
+            part = self._interval_part()
+            for listener in self.interval_listeners:
+                listener(part)
         for total, interval in ((self._rtt, self._i_rtt), (self._lateness, self._i_lateness)):
             if interval.get_total_count():  # adding an empty one would set the minimum to 0
                 total.add(interval)
@@ -769,6 +793,48 @@ class LoadMetrics:
         self.history.append(row)
         self.last_row = row
         return row
+
+    # --- distributed runs: ship an interval, merge one -----------------------------------------------
+
+    def _interval_part(self) -> IntervalPart:
+        def delta(now: list[int], shipped: list[int]) -> dict[int, int]:
+            out = {i: n - (shipped[i] if i < len(shipped) else 0) for i, n in enumerate(now)}
+            shipped[:] = now
+            return {i: n for i, n in out.items() if n}
+
+        late, clamped = self._shipped[2]
+        self._shipped[2][:] = [self._late, self._clamped]
+        return IntervalPart(
+            tick=len(self.history) + 1,
+            sent=dict(self._i_sent),
+            real=self._i_real,
+            back=self._i_back,
+            late=self._late - late,
+            clamped=self._clamped - clamped,
+            loops_by_second=delta(self._loops_by_second, self._shipped[0]),
+            back_by_second=delta(self._back_by_second, self._shipped[1]),
+            rtt=_encode(self._i_rtt) if self._i_rtt.get_total_count() else "",
+            lateness=_encode(self._i_lateness) if self._i_lateness.get_total_count() else "",
+        )
+
+    def merge_interval(self, part: IntervalPart) -> None:
+        """Add another runtime's interval to the current one: counts add, histograms merge exactly."""
+        for stream, n in part.sent.items():
+            self._i_sent[stream] += n
+        self._i_real += part.real
+        self._i_back += part.back
+        self._late += part.late
+        self._clamped += part.clamped
+        for buckets, add in ((self._loops_by_second, part.loops_by_second),
+                             (self._back_by_second, part.back_by_second)):
+            for sec, n in add.items():
+                if sec >= len(buckets):
+                    buckets.extend([0] * (sec + 1 - len(buckets)))
+                buckets[sec] += n
+        if part.rtt:
+            self._i_rtt.add(decode_histogram(part.rtt))
+        if part.lateness:
+            self._i_lateness.add(decode_histogram(part.lateness))
 
     def _expire_messages(self, now_ns: int) -> None:
         cutoff = now_ns - self._grace_ns

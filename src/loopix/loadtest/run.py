@@ -17,6 +17,7 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
@@ -206,10 +207,13 @@ def _signals_set(stop: asyncio.Event):
 
 
 async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None,
-                       stop: asyncio.Event | None = None, testnet=None) -> LoadTestResult:
+                       stop: asyncio.Event | None = None, testnet=None,
+                       on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
     """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet).
     Setting `stop` (SIGINT and SIGTERM do) ends the run early with an interrupted report.
-    `testnet`: a running embedded Testnet behind `directory_url`, whose processes the run samples."""
+    `testnet`: a running embedded Testnet behind `directory_url`, whose processes the run samples.
+    `on_metrics` sees the run's LoadMetrics as the load starts (a distributed worker's child
+    subscribes to its intervals there)."""
     thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
     owner = stop is None  # a caller that passes `stop` handles the signals itself
     stop = stop or asyncio.Event()
@@ -218,12 +222,13 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
             url = directory_url or testnet.topology_url
             if stop.is_set():
                 raise Interrupted("before the load started; no report")
-            return await _run(opts, url, url.split("/api/", 1)[0], thresholds, testnet, stop)
-        return await _run_with_testnet(opts, directory_url, thresholds, stop)
+            return await _run(opts, url, url.split("/api/", 1)[0], thresholds, testnet, stop, on_metrics)
+        return await _run_with_testnet(opts, directory_url, thresholds, stop, on_metrics)
 
 
 async def _run_with_testnet(opts: LoadTestOptions, directory_url: str | None, thresholds: ThresholdSet,
-                            stop: asyncio.Event) -> LoadTestResult:
+                            stop: asyncio.Event,
+                            on_metrics: Callable[[LoadMetrics], None] | None) -> LoadTestResult:
     testnet = None
     url = directory_url or opts.directory_url
     if url is None:
@@ -244,14 +249,15 @@ async def _run_with_testnet(opts: LoadTestOptions, directory_url: str | None, th
     try:
         if stop.is_set():
             raise Interrupted("before the load started; no report")
-        return await _run(opts, url, base_url, thresholds, testnet, stop)
+        return await _run(opts, url, base_url, thresholds, testnet, stop, on_metrics)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
 
 
 async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
-               testnet, stop: asyncio.Event) -> LoadTestResult:
+               testnet, stop: asyncio.Event,
+               on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
@@ -261,14 +267,15 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     try:
         if stop.is_set():
             raise Interrupted("before the load started; no report")
-        summary, metrics = await _measure(opts, coord, base_url, url, thresholds, testnet, stop, t0)
+        summary, metrics = await _measure(opts, coord, base_url, url, thresholds, testnet, stop, t0, on_metrics)
     finally:
         await coord.stop()
     return _finish(opts, summary, metrics, thresholds)
 
 
 async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url: str, thresholds: ThresholdSet,
-                   testnet, stop: asyncio.Event, t0: float) -> tuple[Summary, LoadMetrics]:
+                   testnet, stop: asyncio.Event, t0: float,
+                   on_metrics: Callable[[LoadMetrics], None] | None) -> tuple[Summary, LoadMetrics]:
     print(f"loadtest: {opts.identities} identities registered in {time.monotonic() - t0:.1f}s; "
           f"load for {opts.duration_s:g}s", flush=True)
     # The network is quiet (the runtime started paused); let every node report that, then start the
@@ -299,6 +306,8 @@ async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url
     sampler = ResourceSampler()
     # baselines (CPU is a rate); before start_ns, hence a negative time
     sampler.sample((time.monotonic_ns() - start_ns) / 1e9, run_processes(coord, testnet))
+    if on_metrics is not None:
+        on_metrics(metrics)
     prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
     stop_messages = asyncio.Event()
     sender = None

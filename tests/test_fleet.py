@@ -336,7 +336,8 @@ def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path, capsys):
             with pytest.raises(UnknownIdentityError):
                 await fleet.send_message("1", b"x", fleet.address("0"))
             await exchange(fleet, inbox, [("14", "2"), ("2", "14"), ("9", "10")])
-            assert fleet._coord.stats.connected == 13  # 10 + 3 + 2 joined, 2 left
+            # 10 + 3 + 2 joined, 2 left (the sender's once-a-second stats catch up)
+            await wait_until_async(lambda: fleet._coord.stats.connected == 13, "13 identities connected")
             # per-identity counters, through the API and through `fleet stats` (its socket)
             s10, s14 = await fleet.identity_stats("10", 14)
             assert (s10.identity, s10.messages_sent, s10.messages_received) == ("10", 1, 1)

@@ -31,6 +31,7 @@ from loopix.sphinx.constants import DROP_COVER_DESTINATION
 from loopix.testnet.decisions import PresenceDebounce
 from loopix.testnet.delivery import DeliveryPolicy
 from loopix.testnet.inbox import Inbox
+from loopix.testnet.limits import RateLimitedLog
 from loopix.testnet.node import (
     Node,
     NodeConfig,
@@ -61,6 +62,7 @@ from loopix.wire.provider import (
 __all__ = ["ClientSession", "Provider", "main"]
 
 log = logging.getLogger(__name__)
+_remote_log = RateLimitedLog(log)
 
 _VALID_SIZES = frozenset(PACKET_SIZES.values())
 FLEET_SLICE: Final = 16 << 10
@@ -131,7 +133,8 @@ class ClientSession:
         self._consume(rest)
         if self._rest is None and self._paused and not self.transport.is_closing():
             self._paused = False
-            self.transport.resume_reading()
+            if self.transport.get_write_buffer_size() <= _PortProtocol.WRITE_HIGH_WATER:
+                self.transport.resume_reading()
 
     def _handle(self, data: memoryview) -> None:
         provider = self.provider
@@ -161,7 +164,7 @@ class ClientSession:
                         self._registered(key)
                     case ProtocolError(reason=reason):
                         provider.counters.bump("client_errors")
-                        log.info("client protocol error: %s", reason)
+                        _remote_log.info("client protocol error: %s", reason)
                         self._write(self.side.send_error(reason))
                         self.flush()
                         self.transport.close()
@@ -286,15 +289,22 @@ class _PortProtocol(asyncio.Protocol):
     """
 
     HANDSHAKE_TIMEOUT = 10.0
+    WRITE_HIGH_WATER = 1 << 20
+    """Bytes queued for a client that does not read before we stop reading its requests."""
+    reports_progress = True
+    """For the listener's gate: links count whole frames; registered clients are not timed out."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.transport: asyncio.Transport | None = None
         self.delegate: ClientSession | NodeLink | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.gate_connection: Any = None
+        self._writes_blocked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=self.WRITE_HIGH_WATER)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.HANDSHAKE_TIMEOUT, self._handshake_expired)
 
@@ -307,15 +317,35 @@ class _PortProtocol(asyncio.Protocol):
                 self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # garbage after a close we already decided on
         if self.delegate is None:
-            assert self.transport is not None
             if data[0] == MAGIC[0]:
                 self.delegate = ClientSession(self.provider, self.transport)
             else:
                 link = NodeLink(self.provider)
+                link.gate_connection = self.gate_connection
                 link.connection_made(self.transport)
                 self.delegate = link
+        if isinstance(self.delegate, ClientSession) and self.gate_connection is not None:
+            self.gate_connection.progress()
+            if self.delegate.side.registered:
+                self.gate_connection.exempt()
         self.delegate.data_received(data)
+
+    def pause_writing(self) -> None:
+        """The client does not read what we send: stop reading its requests (PULLs) until it
+        does, so its answers cannot pile up in memory."""
+        self._writes_blocked = True
+        if isinstance(self.delegate, ClientSession) and self.transport is not None:
+            self.provider.counters.bump("client_backpressure")
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writes_blocked = False
+        session = self.delegate
+        if isinstance(session, ClientSession) and self.transport is not None and not session._paused:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

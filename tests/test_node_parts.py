@@ -151,7 +151,7 @@ def test_forwarder_drops_for_a_hop_that_does_not_read():
         counters = Counters()
         fw = Forwarder(NodeConfig(port=0, peer_write_buffer=1000), counters)
         address = encode_node_address("127.0.0.1", 5555)
-        fw._peer(address).transport = Stuck()
+        fw._peer(address, 0.0).transport = Stuck()
         for _ in range(3):
             fw.send(address, bytes(2413))
         fw.flush()

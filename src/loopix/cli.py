@@ -174,6 +174,19 @@ def _testnet_traffic(directory: str, home: Path | None) -> cfg.TrafficSection:
     return cfg.TrafficSection()
 
 
+def _testnet_directory_key(directory: str, home: Path | None) -> str:
+    """The local testnet's directory key (from testnet.json) when `directory` is that testnet's:
+    clients made for it pin it."""
+    state = (home or cfg.loopix_home()) / "testnet" / "testnet.json"
+    try:
+        data = json.loads(state.read_text())
+        if data.get("topology") == directory:
+            return str(data.get("directoryKey") or "")
+    except (OSError, ValueError, TypeError):
+        pass
+    return ""
+
+
 def init_client(
     client_id: str,
     *,
@@ -205,7 +218,10 @@ def init_client(
     try:
         conf = cfg.ClientConfig(
             client=cfg.ClientSection(
-                id=client_id, directory_server_topology=directory, provider_id=provider
+                id=client_id,
+                directory_server_topology=directory,
+                provider_id=provider,
+                directory_key=_testnet_directory_key(directory, home),
             ),
             traffic=_testnet_traffic(directory, home),
         )

@@ -23,18 +23,18 @@ import subprocess
 import sys
 import time
 
-import aiohttp
 import msgspec
 
 from loopix import sphinx
 from loopix.keys import KeyPair
-from loopix.topology import Topology, TopologyError, parse_topology
+from loopix.topology import Topology
 from loopix.wire import provider as pp
 from loopix.wire.b64 import b64url_encode
 
 from . import control
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
 from .ring import Ring, slot_size_for
+from .topology_source import TopologyRefused, TopologySource
 
 log = logging.getLogger("loopix.coordinator")
 
@@ -69,6 +69,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     trace_path: str | None = None
     start_timeout_s: float = 20.0
     start_paused: bool = False  # no cover traffic until resume() (load tests start on a quiet net)
+    directory_key: bytes | None = None  # pinned Ed25519 key of the directory; None: unauthenticated
 
 
 class Stats(msgspec.Struct):
@@ -108,20 +109,16 @@ def usable_topology(topo: Topology, refused: set[bytes]) -> Topology:
     return Topology(mix_nodes=mixes, providers=providers)
 
 
-async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
-    """GET the directory's topology; ClientError with a clear message on any failure."""
+async def fetch_topology(
+    url: str, timeout_s: float = 5.0, source: TopologySource | None = None
+) -> Topology:
+    """GET, authenticate (when pinned) and validate the directory's topology; ClientError with a
+    clear message on any failure."""
+    source = source or TopologySource(url, timeout_s=timeout_s)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
-                http.get(url) as resp:
-            if resp.status != 200:
-                raise ClientError(f"directory {url} answered HTTP {resp.status}")
-            body = await resp.read()
-    except (TimeoutError, aiohttp.ClientError, OSError) as e:
-        raise ClientError(f"directory {url} unreachable: {e or type(e).__name__}") from None
-    try:
-        return parse_topology(body)
-    except TopologyError as e:
-        raise ClientError(f"directory {url} sent a bad topology: {e}") from None
+        return await source.fetch()
+    except TopologyRefused as e:
+        raise ClientError(str(e)) from None
 
 
 def topology_update(topo: Topology) -> control.TopologyUpdate:
@@ -153,6 +150,7 @@ class Coordinator:
         self.n_workers = options.workers or os.cpu_count() or 1
         self.loop_key = os.urandom(32)
         self.topology: Topology | None = None
+        self.topology_source = TopologySource(options.directory_url, options.directory_key)
         self.refused_keys: set[bytes] = set()  # node keys refused (and logged) so far
         self.provider_of: list[bytes] = []
         self.stats = Stats()
@@ -208,7 +206,10 @@ class Coordinator:
     async def _first_topology(self, deadline: float) -> Topology:
         while True:
             try:
-                topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
+                topo = usable_topology(
+                    await fetch_topology(self.opts.directory_url, source=self.topology_source),
+                    self.refused_keys,
+                )
                 if not topo.providers or not topo.mix_nodes:
                     raise ClientError(f"directory {self.opts.directory_url} lists no "
                                       f"{'providers' if not topo.providers else 'mixnodes'} yet")
@@ -395,7 +396,10 @@ class Coordinator:
         while self.running:
             await asyncio.sleep(self.opts.topology_refresh_s)
             try:
-                topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
+                topo = usable_topology(
+                    await fetch_topology(self.opts.directory_url, source=self.topology_source),
+                    self.refused_keys,
+                )
             except ClientError as e:
                 log.warning("topology refresh failed, keeping the last good one: %s", e)
                 self.topology_refresh_failures += 1

@@ -151,19 +151,22 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
         await asyncio.to_thread(testnet.start)
         url = testnet.topology_url
     base_url = url.split("/api/", 1)[0]
+    directory_key = testnet.directory_public_key if testnet is not None else None
     try:
-        return await _run(opts, url, base_url, thresholds)
+        return await _run(opts, url, base_url, thresholds, directory_key)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
 
 
-async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet) -> LoadTestResult:
+async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
+               directory_key: bytes | None = None) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
         directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
-        workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True))
+        workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True,
+        directory_key=directory_key))
     await coord.start()
     print(f"loadtest: {opts.identities} identities registered in {time.monotonic() - t0:.1f}s; "
           f"load for {opts.duration_s:g}s", flush=True)

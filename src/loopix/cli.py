@@ -287,6 +287,9 @@ def _add_socket(sub: argparse._SubParsersAction) -> None:
     _add_client_options(p)
     p.add_argument("--socket", choices=("websocket", "tcp"), default="websocket")
     p.add_argument("--port", type=int, default=1863)
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. http://localhost:3000) whose pages may use the websocket;"
+                        " repeatable. By default browser pages are refused")
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
     p.set_defaults(handler=_cmd_socket)
 
@@ -337,7 +340,8 @@ def _cmd_socket(args: argparse.Namespace) -> int:
 
     async def serve(client):
         if args.socket == "websocket":
-            server = await sockets.serve_websocket(client, "127.0.0.1", args.port)
+            server = await sockets.serve_websocket(client, "127.0.0.1", args.port,
+                                                   origins=args.allow_origin)
             print(f"Listening on ws://localhost:{server.port}/mix", flush=True)
         else:
             server = await sockets.serve_tcp(client, "127.0.0.1", args.port)

@@ -1,4 +1,4 @@
-"""Where a client's topology comes from: fetched, authenticated against the pinned directory key,
+"""What a client makes of a directory's answer: authenticated against the pinned directory key,
 parsed and validated, or refused with one clear reason (the caller keeps its last good one).
 
 `accept` is the pure part (bytes, headers and `now` in; a Topology or `TopologyRefused` out), so
@@ -11,8 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-import aiohttp
-
 from loopix import directory_auth
 from loopix.topology import Topology, TopologyError, parse_topology, validate_topology
 
@@ -22,7 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class TopologyRefused(Exception):
-    """The directory could not be reached, or what it sent cannot be used; the message says why."""
+    """What the directory sent cannot be used; the message says why. `permanent`: it is not a
+    topology at all (retrying will not help), as opposed to a bad signature or an unusable one."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class TopologySource:
@@ -33,13 +36,9 @@ class TopologySource:
         self,
         url: str,
         directory_key: bytes | None = None,
-        timeout_s: float = 5.0,
-        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.url = url
         self.directory_key = directory_key
-        self.timeout_s = timeout_s
-        self._wall_ns = wall_ns
         self._last_signed_ns = 0
         self._warned = False
         self.refused = 0
@@ -58,7 +57,7 @@ class TopologySource:
                 )
             except directory_auth.AuthError as exc:
                 self.refused += 1
-                raise TopologyRefused(f"directory {self.url}: {exc}") from None
+                raise TopologyRefused(str(exc)) from None
         elif not self._warned:
             self._warned = True
             log.warning(
@@ -67,26 +66,15 @@ class TopologySource:
                 self.url,
             )
         try:
-            topology = validate_topology(parse_topology(body))
+            parsed = parse_topology(body)
         except TopologyError as exc:
             self.refused += 1
-            raise TopologyRefused(f"directory {self.url} sent a bad topology: {exc}") from None
+            raise TopologyRefused(str(exc), permanent=True) from None
+        try:
+            topology = validate_topology(parsed)
+        except TopologyError as exc:
+            self.refused += 1
+            raise TopologyRefused(f"unusable topology: {exc}") from None
         if self.directory_key is not None:
             self._last_signed_ns = signed_ns
         return topology
-
-    async def fetch(self) -> Topology:
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as http,
-                http.get(self.url) as resp,
-            ):
-                if resp.status != 200:
-                    raise TopologyRefused(f"directory {self.url} answered HTTP {resp.status}")
-                body = await resp.read()
-                headers = dict(resp.headers)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-            raise TopologyRefused(
-                f"directory {self.url} unreachable: {e or type(e).__name__}"
-            ) from None
-        return self.accept(body, headers, self._wall_ns())

@@ -9,7 +9,7 @@ docs/directory-auth.md): every post must then be signed by an allowed identity, 
 possession of the Sphinx key it announces. The topology is always served signed by the directory's
 own key (headers beside the unchanged 2019 JSON); clients that pin that key check it.
 
-Run it on its own: `python -m loopix.testnet.directory --port 8080`. Once it accepts connections it
+Run it on its own: `python -m loopix.testnet.directory --port 9000`. Once it accepts connections it
 prints one line, `directory listening on http://HOST:PORT/`, which tells a launcher that used
 `--port 0` where it ended up.
 """
@@ -458,8 +458,12 @@ async def healthcheck(request: web.Request) -> web.Response:
 
 
 async def dashboard(request: web.Request) -> web.Response:
+    """The page with the current topology and reports inside, so it shows rates at load."""
+    registry = request.app[REGISTRY]
+    initial = b'{"topology":%s,"reports":%s}' % (
+        encode_topology(registry.topology()), _encoder.encode(registry.reports()))
     return web.Response(
-        body=request.app[DASHBOARD],
+        body=request.app[DASHBOARD].replace(b"__LOOPIX_INITIAL__", initial.replace(b"</", b"<\\/")),
         content_type="text/html",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},
@@ -585,7 +589,7 @@ class DirectoryServer:
 
 async def serve(
     host: str = "127.0.0.1",
-    port: int = 8080,
+    port: int = 9000,
     expiry_s: float = DEFAULT_EXPIRY_S,
     metrics_window_s: float = DEFAULT_METRICS_WINDOW_S,
     stop: asyncio.Event | None = None,
@@ -612,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m loopix.testnet.directory", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port, 0 for any (default 8080)")
+    parser.add_argument("--port", type=int, default=9000, help="TCP port, 0 for any (default 9000, as `loopix-client testnet`)")
     parser.add_argument(
         "--expiry",
         type=float,

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 import msgspec
 
 from loopix import sphinx

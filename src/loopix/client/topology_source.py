@@ -8,8 +8,7 @@ every spoofing case is tested without a network.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from loopix import directory_auth
 from loopix.topology import Topology, TopologyError, parse_topology, validate_topology

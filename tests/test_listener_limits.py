@@ -173,3 +173,82 @@ def test_tcp_socket_caps_connections_and_times_out_partial_frames(monkeypatch):
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+# --- the provider ---------------------------------------------------------------------------------
+
+
+def test_provider_stops_reading_pulls_from_a_client_that_never_reads(tmp_path):
+    """PULLs whose answers are not read: the provider's write buffer stays bounded, and once the
+    client reads, every PULL is answered."""
+    from loopix.testnet.inbox import Inbox
+    from loopix.testnet.provider import Provider, _PortProtocol
+    from loopix.wire.provider import ChallengeReceived, ClientSide, PullResult
+
+    async def main():
+        secret, public = keypair()
+        provider = Provider(NodeConfig(port=0), secret, Inbox(tmp_path / "inbox.sqlite"))
+        await provider.start()
+        port = provider._server.sockets[0].getsockname()[1]
+        client_secret, _ = keypair()
+        side = ClientSide(client_secret, public, push=False)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        import socket as _socket
+
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
+        writer.write(side.send_hello())
+        while not any(isinstance(e, ChallengeReceived) for e in side.receive_data(await reader.read(4096))):
+            pass
+        pulls = 300  # ~10 MB of answers (16 slots of 2 KiB each), 10x the high-water mark
+        writer.write(side.send_register() + b"".join(side.send_pull() for _ in range(pulls)))
+        await writer.drain()
+        session = None
+
+        def held():
+            nonlocal session
+            sessions = [c.inner.delegate for c in provider.gate.live]
+            session = next((s for s in sessions if getattr(s, "_held", None)), None)
+            return session is not None
+
+        await wait_until_async(held, "the provider holds PULLs back")
+        # bounded: what is queued for this client is about the high-water mark, not 20,000 answers
+        assert session.transport.get_write_buffer_size() <= 2 * _PortProtocol.WRITE_HIGH_WATER
+        assert provider.counters.extra["client_backpressure"] >= 1
+        # now read everything: every PULL is answered
+        answered = 0
+        while answered < pulls:
+            data = await asyncio.wait_for(reader.read(1 << 20), TIMEOUT)
+            assert data
+            answered += sum(isinstance(e, PullResult) for e in side.receive_data(data))
+        assert answered == pulls
+        writer.close()
+        await provider.close()
+
+    asyncio.run(main())
+
+
+def test_provider_garbage_after_magic_and_lone_version_byte(tmp_path, caplog):
+    from loopix.testnet.inbox import Inbox
+    from loopix.testnet.provider import Provider
+
+    async def main():
+        secret, _ = keypair()
+        provider = Provider(NodeConfig(port=0, idle_timeout=0.5), secret, Inbox(tmp_path / "i.sqlite"))
+        await provider.start()
+        port = provider._server.sockets[0].getsockname()[1]
+        for _ in range(20):  # garbage after the magic: one error answer, then closed
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"LPX1\xff\xff\xff\xff" + bytes(64))
+            await asyncio.wait_for(reader.read(), TIMEOUT)
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x07")  # a mixnode frame's version byte, then nothing
+        assert await _closed_by_peer(reader)
+        writer.close()
+        await provider.close()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+    assert len([r for r in caplog.records if "protocol error" in r.getMessage()]) <= 6  # rate-limited

@@ -62,11 +62,11 @@ with _instrumented_imports():
         from loopix import keys as _keys
     except ImportError:  # pragma: no cover
         _keys = None
+    from loopix.testnet import directory as _directory
     from loopix.wire import provider as _pp
     from loopix.wire import socket_api as _sapi
-    from loopix.wire.framing import FrameDecoder as _FrameDecoder
     from loopix.wire.errors import ProtocolError as _FramingError
-    from loopix.testnet import directory as _directory
+    from loopix.wire.framing import FrameDecoder as _FrameDecoder
 
 ffi, lib = _sphinx_c.ffi, _sphinx_c.lib
 

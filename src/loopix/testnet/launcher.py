@@ -250,6 +250,7 @@ class Testnet:
             "--metrics-interval", str(self.metrics_interval),
             "--identity-file", str(Path(info.key_dir) / IDENTITY_FILE),
             "--directory-key", keys.key_to_b64url(self.directory_public_key),
+            "--replay-file", str(Path(info.key_dir) / "replay-filter.bin"),
         ]  # fmt: skip
         if info.kind == "mixnode":
             cmd += ["--layer", str(info.layer)]

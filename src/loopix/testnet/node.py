@@ -28,6 +28,7 @@ import aiohttp
 import msgspec
 
 from loopix import directory_auth, keys
+from loopix.fileio import write_private_file
 from loopix.sphinx import PacketProcessor
 from loopix.testnet.decisions import Deliver, Drop, ForwardNow, Hold, HopPolicy
 from loopix.testnet.limits import ConnectionGate, RateLimitedLog
@@ -88,6 +89,10 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     """An inbound link that completes no frame for this long is closed."""
     peer_idle: float = 120.0
     """A next hop we have sent nothing to for this long loses its connection and table slot."""
+    replay_file: str | None = None
+    """Where the replay filter is kept across restarts (saved every `replay_save_interval` s and
+    at shutdown, 0600, bound to the node's key)."""
+    replay_save_interval: float = 10.0
 
 
 # --- small parts (tested alone) ------------------------------------------------------------------
@@ -123,6 +128,27 @@ class ReplayFilter:
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
+
+    def dump(self, key: bytes) -> bytes:
+        """The remembered tags, bound to the node's public key `key` (see `load`)."""
+        tags = [*self._previous, *self._current]
+        return REPLAY_MAGIC + key + b"".join(t for t in tags if len(t) == REPLAY_TAG_SIZE)
+
+    def load(self, data: bytes, key: bytes) -> int:
+        """Remember the tags of a `dump` made under the same key; how many. A dump made under
+        another key is ignored: after a key rotation old packets cannot be unwrapped anyway."""
+        head = REPLAY_MAGIC + key
+        if not data.startswith(head):
+            return 0
+        body = memoryview(data)[len(head) :]
+        n = len(body) // REPLAY_TAG_SIZE
+        for i in range(max(0, n - 2 * self.capacity), n):
+            self.seen(bytes(body[i * REPLAY_TAG_SIZE : (i + 1) * REPLAY_TAG_SIZE]))
+        return n
+
+
+REPLAY_MAGIC = b"LXRF1"
+REPLAY_TAG_SIZE = 32
 
 
 class DelayQueue(Generic[T]):
@@ -431,6 +457,9 @@ class Node:
         self.address = encode_node_address(config.host, config.port)
         self.counters = Counters()
         self.replay = ReplayFilter(config.replay_capacity)
+        if config.replay_file and os.path.exists(config.replay_file):
+            with open(config.replay_file, "rb") as f:
+                self.counters.bump("replay_tags_loaded", self.replay.load(f.read(), self.public_key))
         self.queue: DelayQueue[tuple[bytes, bytes]] = DelayQueue()
         self.forwarder = Forwarder(config, self.counters)
         self._processor = PacketProcessor(secret, config.batch)
@@ -657,6 +686,17 @@ class Node:
         if self.config.directory:
             self._tasks.append(loop.create_task(self._directory()))
         self._tasks.append(loop.create_task(self._evict_peers()))
+        if self.config.replay_file:
+            self._tasks.append(loop.create_task(self._save_replay_loop()))
+
+    def save_replay(self) -> None:
+        if self.config.replay_file:
+            write_private_file(self.config.replay_file, self.replay.dump(self.public_key))
+
+    async def _save_replay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.replay_save_interval)
+            await asyncio.to_thread(self.save_replay)
 
     async def _evict_peers(self) -> None:
         while True:
@@ -672,6 +712,10 @@ class Node:
         if self._server is not None:
             self._server.close()
         self.gate.close_all()
+        try:
+            self.save_replay()
+        except OSError as exc:
+            log.warning("could not save the replay filter: %s", exc)
         if self._timer is not None:
             self._timer.cancel()
         self.forwarder.close()
@@ -738,6 +782,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ed25519 identity key (created 0600 if missing); presence is signed with it")
     parser.add_argument("--directory-key", default=default("directory_key"),
                         help="the directory's Ed25519 key, base64url (for the Sphinx key proof)")
+    parser.add_argument("--replay-file", default=default("replay_file"),
+                        help="keep the replay filter in this file across restarts")
     parser.add_argument("--max-connections", type=int, default=default("max_connections"),
                         help="inbound connections at most (default: 3/4 of the fd limit)")
     parser.add_argument("--idle-timeout", type=float, default=default("idle_timeout"),
@@ -746,7 +792,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
 
 _FLAGS_TO_CONFIG = ("host", "port", "directory", "presence_interval", "metrics_interval",
                     "replay_capacity", "max_delay", "max_queue", "prometheus_port", "identity_file",
-                    "directory_key", "max_connections", "idle_timeout")
+                    "directory_key", "max_connections", "idle_timeout", "replay_file")
 
 
 def node_config_from_args(args: argparse.Namespace) -> NodeConfig:

@@ -2,7 +2,7 @@
 padding-variant next hops. Prints what was refused, how fast idle links were closed, how much
 valid traffic got through, and the node's RSS before and after (target: growth <= 50 MB).
 
-    .venv/bin/python benchmarks/bench_hostile_nodes.py [--idle 10000] [--cap 4096] [--timeout 5]
+    .venv/bin/python benchmarks/bench_hostile_nodes.py [--idle 10000] [--cap 4096] [--timeout 60]
         [--variants 20000]
 
 Everything on 127.0.0.1; the node is `python -m loopix.testnet.mixnode`, the next hop a sink in
@@ -163,7 +163,6 @@ async def run(args: argparse.Namespace) -> int:
             status = 1
         # --- phase 2: padding-variant next hops ---
         base = encode_node_address_unpadded("127.0.0.1", sink_port)
-        _, w = await asyncio.open_connection("127.0.0.1", port)
         rss2 = rss_mb(proc.pid)
         stop2 = asyncio.Event()
         sent2 = [0]
@@ -175,6 +174,7 @@ async def run(args: argparse.Namespace) -> int:
             hop = Hop(sink_pub, base + pad[: 32 - len(base)])
             pkt = build_packet([route_valid[0], hop], bytes(32), b"v", [0, 0])
             variants.append(frame_header(len(pkt)) + pkt)
+        _, w = await asyncio.open_connection("127.0.0.1", port)
         t0 = time.monotonic()
         for i, framed in enumerate(variants):
             w.write(framed)
@@ -215,7 +215,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--cap", type=int, default=4096)
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="the node's idle timeout: longer than opening --idle connections takes")
     parser.add_argument("--variants", type=int, default=20_000)
     return asyncio.run(run(parser.parse_args()))
 

@@ -57,13 +57,6 @@ class TopologySource:
             except directory_auth.AuthError as exc:
                 self.refused += 1
                 raise TopologyRefused(str(exc)) from None
-        elif not self._warned:
-            self._warned = True
-            log.warning(
-                "directory %s is not pinned (no directory_key in the config): its topology is"
-                " unauthenticated, anyone who can reach it can reroute this client",
-                self.url,
-            )
         try:
             parsed = parse_topology(body)
         except TopologyError as exc:
@@ -76,4 +69,11 @@ class TopologySource:
             raise TopologyRefused(f"unusable topology: {exc}") from None
         if self.directory_key is not None:
             self._last_signed_ns = signed_ns
+        elif not self._warned:  # once, and only for a topology we are about to use
+            self._warned = True
+            log.warning(
+                "directory %s is not pinned (no directory_key in the config): its topology is"
+                " unauthenticated, anyone who can reach it can reroute this client",
+                self.url,
+            )
         return topology

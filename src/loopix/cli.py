@@ -184,6 +184,13 @@ def _provider_key(text: str) -> str:
         raise ValueError(f"invalid provider key {text!r}: {exc}") from None
 
 
+def _directory_key(text: str) -> str:
+    try:
+        return keys.key_to_b64url(keys.key_from_b64url(text))
+    except ValueError as exc:
+        raise ValueError(f"invalid directory key {text!r}: {exc}") from None
+
+
 def _random_id() -> str:
     """An 8-character id, as the Go client made when none was given."""
     return "".join(secrets.choice(string.ascii_letters) for _ in range(8))
@@ -222,6 +229,15 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         type=_arg(_provider_key),
         default=None,
         help="provider public key, base64url (default: none; `run` picks one from the topology)",
+    )
+    p.add_argument(
+        "--directory-key",
+        metavar="KEY",
+        type=_arg(_directory_key),
+        default=None,
+        help="the directory's Ed25519 key, base64url, to check its topology signature against "
+        "(default: the local testnet's, when --directory is that testnet; otherwise unpinned, "
+        "which works but leaves the topology unauthenticated; see docs/directory-auth.md)",
     )
     p.add_argument(
         "--force",
@@ -357,6 +373,7 @@ def init_client(
     provider: str = "",
     force: bool = False,
     home: Path | None = None,
+    directory_key: str | None = None,
 ) -> tuple[Path, Path, Path]:
     """Create a client's keys and config; returns (private key, public key, config) paths.
 
@@ -384,7 +401,9 @@ def init_client(
                 id=client_id,
                 directory_server_topology=directory,
                 provider_id=provider,
-                directory_key=_testnet_directory_key(directory, home),
+                directory_key=(
+                    _testnet_directory_key(directory, home) if directory_key is None else directory_key
+                ),
             ),
             traffic=_testnet_traffic(directory, home),
         )
@@ -423,6 +442,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         directory=directory,
         provider=args.provider or "",
         force=args.force,
+        directory_key=args.directory_key,
     )
     print(f"Saved generated private key to {private_path}")
     print(f"Saved generated public key to {public_path}")

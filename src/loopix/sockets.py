@@ -182,6 +182,23 @@ class _Connection:
             return Encoding.JSON, encode_json_response(response)
         return Encoding.BINARY, encode_binary_response(response)
 
+    # The codec, one method per kind of frame, so a fleet connection can speak its own form.
+    def decode_text(self, frame: str) -> Request | ErrorResponse:
+        self.encoding = Encoding.JSON
+        return decode_json_request(frame, max_message_size=self.max_message_size)
+
+    def decode_binary(self, frame: bytes) -> Request | ErrorResponse:
+        self.encoding = Encoding.BINARY
+        return decode_binary_request(frame, max_message_size=self.max_message_size)
+
+    def decode_tcp(self, frame: bytes) -> Request | ErrorResponse:
+        self.encoding, request = decode_request(frame, max_message_size=self.max_message_size)
+        return request
+
+    def push(self, item: Any) -> tuple[Encoding, bytes]:
+        """A received message (from the subscription) as a frame for this connection."""
+        return encode_push(_payload(item), self.encoding)
+
 
 async def _subscribe(client: SocketClient) -> Any:
     sub = client.subscribe()
@@ -241,6 +258,7 @@ async def serve_websocket(
     max_message_size: int = MAX_MESSAGE_SIZE,
     origins: Sequence[str | None] | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    connection: type[_Connection] = _Connection,
 ) -> SocketServer:
     """Serve `ws://host:port/mix`. Text frames are JSON, binary frames the tagged encoding.
 
@@ -258,7 +276,7 @@ async def serve_websocket(
     async def handler(ws: ServerConnection) -> None:
         live.add(ws)
         try:
-            await _websocket_connection(ws, client, max_message_size)
+            await _websocket_connection(ws, client, max_message_size, connection)
         finally:
             live.discard(ws)
 
@@ -280,9 +298,10 @@ async def _ws_send(ws: ServerConnection, encoding: Encoding, data: bytes) -> Non
 
 
 async def _websocket_connection(
-    ws: ServerConnection, client: SocketClient, max_message_size: int
+    ws: ServerConnection, client: SocketClient, max_message_size: int,
+    connection: type[_Connection] = _Connection,
 ) -> None:
-    conn = _Connection(client, Encoding.JSON, max_message_size)
+    conn = connection(client, Encoding.JSON, max_message_size)
     try:
         sub = await _subscribe(client)
     except Exception as exc:
@@ -291,12 +310,7 @@ async def _websocket_connection(
     pusher = asyncio.create_task(_websocket_push(ws, sub, conn))
     try:
         async for frame in ws:
-            if isinstance(frame, str):
-                conn.encoding = Encoding.JSON
-                request = decode_json_request(frame, max_message_size=max_message_size)
-            else:
-                conn.encoding = Encoding.BINARY
-                request = decode_binary_request(frame, max_message_size=max_message_size)
+            request = conn.decode_text(frame) if isinstance(frame, str) else conn.decode_binary(frame)
             response = await conn.answer(request)
             if response is not None:
                 await _ws_send(ws, *conn.encode(response))
@@ -310,7 +324,7 @@ async def _websocket_connection(
 async def _websocket_push(ws: ServerConnection, sub: AsyncIterator[Any], conn: _Connection) -> None:
     try:
         async for item in sub:
-            await _ws_send(ws, *encode_push(_payload(item), conn.encoding))
+            await _ws_send(ws, *conn.push(item))
     except ConnectionClosed:
         return
     except Exception:
@@ -346,6 +360,7 @@ async def serve_tcp(
     *,
     max_message_size: int = MAX_MESSAGE_SIZE,
     max_connections: int = MAX_CONNECTIONS,
+    connection: type[_Connection] = _Connection,
 ) -> SocketServer:
     """Serve the socket API on TCP: every frame is `u64 BE length ‖ frame`.
 
@@ -364,7 +379,7 @@ async def serve_tcp(
         if len(server._tasks) >= max_connections:
             writer.transport.abort()  # beyond the cap: refused at once
             return
-        task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size))
+        task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size, connection))
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
 
@@ -382,9 +397,9 @@ async def _tcp_write(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 async def _tcp_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: SocketClient,
-    max_message_size: int,
+    max_message_size: int, connection: type[_Connection] = _Connection,
 ) -> None:
-    conn = _Connection(client, Encoding.BINARY, max_message_size)
+    conn = connection(client, Encoding.BINARY, max_message_size)
     decoder = TcpFrameDecoder(max_frame_size(max_message_size))
     sub = None
     pusher = None
@@ -410,7 +425,7 @@ async def _tcp_connection(
                 if isinstance(frame, FramingError):
                     await _tcp_write(writer, conn.encode(ErrorResponse(frame.message))[1])
                     return
-                conn.encoding, request = decode_request(frame, max_message_size=max_message_size)
+                request = conn.decode_tcp(frame)
                 response = await conn.answer(request)
                 if response is not None:
                     await _tcp_write(writer, conn.encode(response)[1])
@@ -429,7 +444,7 @@ async def _tcp_connection(
 async def _tcp_push(writer: asyncio.StreamWriter, sub: AsyncIterator[Any], conn: _Connection) -> None:
     try:
         async for item in sub:
-            await _tcp_write(writer, encode_push(_payload(item), conn.encoding)[1])
+            await _tcp_write(writer, conn.push(item)[1])
     except ConnectionError:
         return
     except Exception:

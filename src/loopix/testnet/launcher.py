@@ -249,7 +249,8 @@ class Testnet:
             "--presence-interval", str(self.presence_interval),
             "--metrics-interval", str(self.metrics_interval),
             "--identity-file", str(Path(info.key_dir) / IDENTITY_FILE),
-            "--directory-key", keys.key_to_b64url(self.directory_public_key),
+            # one argument: a base64url key may start with "-", which argparse takes for a flag
+            f"--directory-key={keys.key_to_b64url(self.directory_public_key)}",
             "--replay-file", str(Path(info.key_dir) / "replay-filter.bin"),
         ]  # fmt: skip
         if info.kind == "mixnode":

@@ -728,7 +728,10 @@ class Node:
     async def _save_replay_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.replay_save_interval)
-            await asyncio.to_thread(self.save_replay)
+            # the snapshot on the loop's thread (the filter changes under it), the write in another
+            data = self.replay.dump(self.public_key)
+            assert self.config.replay_file is not None
+            await asyncio.to_thread(write_private_file, self.config.replay_file, data)
 
     async def _evict_peers(self) -> None:
         while True:

@@ -251,7 +251,6 @@ class Testnet:
             "--identity-file", str(Path(info.key_dir) / IDENTITY_FILE),
             # one argument: a base64url key may start with "-", which argparse takes for a flag
             f"--directory-key={keys.key_to_b64url(self.directory_public_key)}",
-            "--replay-file", str(Path(info.key_dir) / "replay-filter.bin"),
         ]  # fmt: skip
         if info.kind == "mixnode":
             cmd += ["--layer", str(info.layer)]

@@ -138,7 +138,8 @@ def assert_quiet_and_clean(cli: Cli, code: int, kids: set[int], tmp: Path, shm_b
 
 def make_client(home: Path, name: str, net: Testnet | None, hop_delay_ms: float = 5.0) -> None:
     init_client(name, home=home, directory=net.topology_url if net else "http://127.0.0.1:9/",
-                provider=b64url_encode(net.nodes["provider-1"].public_key) if net else "")
+                provider=b64url_encode(net.nodes["provider-1"].public_key) if net else "",
+                directory_key=b64url_encode(net.directory_public_key) if net else None)
     path = cfg.config_path(name, home)
     conf = cfg.load(path)
     traffic = msgspec.structs.replace(conf.traffic, payload_rate=20.0, loop_rate=5.0, drop_rate=5.0,

@@ -151,12 +151,39 @@ def test_forwarder_drops_for_a_hop_that_does_not_read():
         counters = Counters()
         fw = Forwarder(NodeConfig(port=0, peer_write_buffer=1000), counters)
         address = encode_node_address("127.0.0.1", 5555)
-        fw._peer(address).transport = Stuck()
+        fw._peer(address, 0.0).transport = Stuck()
         for _ in range(3):
             fw.send(address, bytes(2413))
         fw.flush()
         assert counters.dropped == {"backpressure": 3} and Stuck.written == 0
         fw.send(bytes(32), bytes(2413))  # not an address at all
         assert counters.dropped["bad_address"] == 1
+
+    asyncio.run(main())
+
+
+def test_replay_filter_survives_a_restart_under_the_same_key_only(tmp_path):
+    """A captured packet replayed after the node restarts is still refused (issue 11)."""
+
+    async def main():
+        secret, public = keypair()
+        _, next_pub = keypair()
+        path = tmp_path / "replay.bin"
+        packet = build_packet(
+            [Hop(public, encode_node_address("127.0.0.1", 1)), Hop(next_pub, encode_node_address("127.0.0.1", 9))],
+            bytes(32), b"once", [0, 0],
+        )  # fmt: skip
+        node = MixNode(NodeConfig(port=0, replay_file=str(path)), secret, layer=1)
+        node.handle_packets([packet])
+        await node.close()  # saves the filter
+        assert path.stat().st_mode & 0o777 == 0o600
+        again = MixNode(NodeConfig(port=0, replay_file=str(path)), secret, layer=1)
+        again.handle_packets([packet])
+        assert again.counters.dropped.get("replay") == 1
+        await again.close()
+        other_secret, _ = keypair()  # a rotated key: the old tags are not loaded
+        rotated = MixNode(NodeConfig(port=0, replay_file=str(path)), other_secret, layer=1)
+        assert len(rotated.replay) == 0
+        await rotated.close()
 
     asyncio.run(main())

@@ -74,6 +74,9 @@ class FakeTransport:
     def resume_reading(self) -> None:
         self.reading = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is taken at once
+
 
 def make_provider(tmp_path, **kw: Any) -> Provider:
     secret, _ = keypair()

@@ -184,6 +184,13 @@ def _provider_key(text: str) -> str:
         raise ValueError(f"invalid provider key {text!r}: {exc}") from None
 
 
+def _directory_key(text: str) -> str:
+    try:
+        return keys.key_to_b64url(keys.key_from_b64url(text))
+    except ValueError as exc:
+        raise ValueError(f"invalid directory key {text!r}: {exc}") from None
+
+
 def _random_id() -> str:
     """An 8-character id, as the Go client made when none was given."""
     return "".join(secrets.choice(string.ascii_letters) for _ in range(8))
@@ -222,6 +229,15 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         type=_arg(_provider_key),
         default=None,
         help="provider public key, base64url (default: none; `run` picks one from the topology)",
+    )
+    p.add_argument(
+        "--directory-key",
+        metavar="KEY",
+        type=_arg(_directory_key),
+        default=None,
+        help="the directory's Ed25519 key, base64url, to check its topology signature against "
+        "(default: the local testnet's, when --directory is that testnet; otherwise unpinned, "
+        "which works but leaves the topology unauthenticated; see docs/directory-auth.md)",
     )
     p.add_argument(
         "--force",
@@ -345,6 +361,18 @@ def _testnet_traffic(directory: str, home: Path | None) -> cfg.TrafficSection:
     return cfg.TrafficSection()
 
 
+def _testnet_directory_key(directory: str, home: Path | None) -> str:
+    """The local testnet's directory key (from testnet.json) when `directory` is that testnet's:
+    clients made for it pin it."""
+    data = _testnet_state(home)
+    try:
+        if cfg.validate_directory_url(data.get("topology")) == cfg.validate_directory_url(directory):
+            return str(data.get("directoryKey") or "")
+    except (ValueError, TypeError):
+        pass
+    return ""
+
+
 def init_client(
     client_id: str,
     *,
@@ -352,6 +380,7 @@ def init_client(
     provider: str = "",
     force: bool = False,
     home: Path | None = None,
+    directory_key: str | None = None,
 ) -> tuple[Path, Path, Path]:
     """Create a client's keys and config; returns (private key, public key, config) paths.
 
@@ -376,7 +405,12 @@ def init_client(
     try:
         conf = cfg.ClientConfig(
             client=cfg.ClientSection(
-                id=client_id, directory_server_topology=directory, provider_id=provider
+                id=client_id,
+                directory_server_topology=directory,
+                provider_id=provider,
+                directory_key=(
+                    _testnet_directory_key(directory, home) if directory_key is None else directory_key
+                ),
             ),
             traffic=_testnet_traffic(directory, home),
         )
@@ -422,6 +456,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         directory=directory,
         provider=args.provider or "",
         force=args.force,
+        directory_key=args.directory_key,
     )
     print(f"Saved generated private key to {private_path}")
     print(f"Saved generated public key to {public_path}")
@@ -492,6 +527,9 @@ def _add_socket(sub: argparse._SubParsersAction) -> None:
                    help="kind of socket (default websocket)")
     p.add_argument("--port", type=_arg(port_number), default=DEFAULT_PORT,
                    help=f"loopback port, 0 for any free port (default {DEFAULT_PORT})")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. http://localhost:3000) whose pages may use the websocket;"
+                        " repeatable. By default browser pages are refused")
     p.add_argument("--hold-messages", metavar="N", type=_arg(positive_count), default=DEFAULT_HOLD_MESSAGES,
                    help="received messages kept while no application is connected; the oldest is "
                    f"dropped (and counted) beyond this (default {DEFAULT_HOLD_MESSAGES})")
@@ -577,7 +615,8 @@ def _cmd_socket(args: argparse.Namespace) -> int:
         mailbox = await Mailbox(client, args.hold_messages, args.hold_bytes).start()
         try:
             if args.socket == "websocket":
-                server = await sockets.serve_websocket(mailbox, "127.0.0.1", args.port)
+                server = await sockets.serve_websocket(mailbox, "127.0.0.1", args.port,
+                                                       origins=args.allow_origin)
                 print(f"Listening on ws://localhost:{server.port}/mix", flush=True)
             else:
                 server = await sockets.serve_tcp(mailbox, "127.0.0.1", args.port)

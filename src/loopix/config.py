@@ -114,6 +114,9 @@ class ClientSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     directory_server_topology: str = DEFAULT_DIRECTORY
     # Base64url provider key; "" = pick a provider at random on first run.
     provider_id: str = ""
+    # Base64url Ed25519 key of the directory: its topology signature is checked against it.
+    # "" = unpinned: the topology is taken on trust (the 2019 behaviour), with a warning.
+    directory_key: str = ""
     # Relative to the config directory (the one holding config.toml), or absolute.
     priv_key_file: str = PRIVATE_KEY_FILE
     pub_key_file: str = PUBLIC_KEY_FILE
@@ -132,6 +135,11 @@ class ClientSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 self.provider_id = key_to_b64url(key_from_b64url(self.provider_id))
             except ValueError as exc:
                 raise ValueError(f"provider_id: not a provider key ({exc})") from None
+        if self.directory_key:
+            try:
+                self.directory_key = key_to_b64url(key_from_b64url(self.directory_key))
+            except ValueError as exc:
+                raise ValueError(f"directory_key: not an Ed25519 public key ({exc})") from None
         for name in ("priv_key_file", "pub_key_file"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: must not be empty")

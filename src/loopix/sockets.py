@@ -66,6 +66,12 @@ DEFAULT_PORT: Final = 1863
 """The port `loopix-client socket` uses for either kind of socket unless told otherwise."""
 WEBSOCKET_PATH: Final = "/mix"
 _READ_CHUNK: Final = 256 * 1024
+MAX_CONNECTIONS: Final = 256
+"""Connections each socket API listener accepts at most (it serves local applications)."""
+PARTIAL_FRAME_TIMEOUT_S: Final = 30.0
+"""A TCP frame must be completed this long after its first bytes arrive."""
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+"""A websocket opening handshake must complete within this."""
 
 log = logging.getLogger("loopix.sockets")
 
@@ -251,23 +257,37 @@ async def serve_websocket(
     *,
     max_message_size: int = MAX_MESSAGE_SIZE,
     origins: Sequence[str | None] | None = None,
+    max_connections: int = MAX_CONNECTIONS,
     connection: type[_Connection] = _Connection,
 ) -> SocketServer:
     """Serve `ws://host:port/mix`. Text frames are JSON, binary frames the tagged encoding.
 
     A connection starts in JSON mode (what Nym's websocket clients speak) until it sends a binary
-    frame. `origins` is passed to websockets to refuse browser pages from other sites; the default
-    accepts any origin, like Nym's client (`[None]` admits only non-browser clients).
-    A frame beyond `max_frame_size(max_message_size)` closes the connection (code 1009).
+    frame. Browser pages are refused (403) unless their Origin is in `origins`: by default only
+    non-browser clients (no Origin header) get in, so a web page cannot use this client.
+    A frame beyond `max_frame_size(max_message_size)` closes the connection (code 1009); beyond
+    `max_connections` a new connection is answered 503. The websockets library stops reading a
+    connection while its frames wait (max_queue), so a flood is paced by how fast we queue sends.
     """
     bind = check_loopback(host)
+    allowed: list[str | None] = [None, *(o for o in origins or () if o is not None)]
+    live: set[ServerConnection] = set()
 
     async def handler(ws: ServerConnection) -> None:
-        await _websocket_connection(ws, client, max_message_size, connection)
+        live.add(ws)
+        try:
+            await _websocket_connection(ws, client, max_message_size, connection)
+        finally:
+            live.discard(ws)
+
+    def gate(connection: ServerConnection, request: _HttpRequest) -> _HttpResponse | None:
+        if len(live) >= max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        return _route(connection, request)
 
     server = await _ws_serve(
-        handler, bind, port, process_request=_route, origins=origins, compression=None,
-        max_size=max_frame_size(max_message_size),
+        handler, bind, port, process_request=gate, origins=allowed, compression=None,
+        max_size=max_frame_size(max_message_size), open_timeout=HANDSHAKE_TIMEOUT_S,
     )
     bound = server.sockets[0].getsockname()[1]
     return _WebsocketServer(server, bind, bound)
@@ -339,12 +359,16 @@ async def serve_tcp(
     port: int = DEFAULT_PORT,
     *,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    max_connections: int = MAX_CONNECTIONS,
     connection: type[_Connection] = _Connection,
 ) -> SocketServer:
     """Serve the socket API on TCP: every frame is `u64 BE length ‖ frame`.
 
     A frame starting with `{` is JSON, anything else the tagged binary encoding; replies use the
-    request's encoding, and a connection starts in binary mode for pushed messages.
+    request's encoding, and a connection starts in binary mode for pushed messages. Beyond
+    `max_connections` a connection is closed at accept; a frame left unfinished for
+    PARTIAL_FRAME_TIMEOUT_S closes its connection (an idle connection between frames is a
+    subscriber waiting for messages and stays).
     """
     bind = check_loopback(host)
     holder: list[_TcpServer] = []
@@ -352,6 +376,9 @@ async def serve_tcp(
     def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Our own task (not the one asyncio.streams would create) so close() can cancel it cleanly.
         server = holder[0]
+        if len(server._tasks) >= max_connections:
+            writer.transport.abort()  # beyond the cap: refused at once
+            return
         task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size, connection))
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
@@ -383,7 +410,17 @@ async def _tcp_connection(
             await _tcp_write(writer, conn.encode(ErrorResponse(f"client unavailable: {exc}"))[1])
             return
         pusher = asyncio.create_task(_tcp_push(writer, sub, conn))
-        while data := await reader.read(_READ_CHUNK):
+        while True:
+            try:
+                data = await asyncio.wait_for(
+                    reader.read(_READ_CHUNK),
+                    PARTIAL_FRAME_TIMEOUT_S if decoder.buffered else None,
+                )
+            except TimeoutError:
+                await _tcp_write(writer, conn.encode(ErrorResponse("frame not completed in time"))[1])
+                return
+            if not data:
+                break
             for frame in decoder.feed(data):
                 if isinstance(frame, FramingError):
                     await _tcp_write(writer, conn.encode(ErrorResponse(frame.message))[1])

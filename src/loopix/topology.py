@@ -8,13 +8,14 @@ hosts are "ip:port" IP literals (they must fit a Sphinx node address), layers ar
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from loopix.sphinx.constants import KEY_SIZE
+from loopix.sphinx.constants import KEY_SIZE, MAX_PATH_LENGTH
 from loopix.wire.address import AddressError, encode_node_address, format_host, parse_host
 from loopix.wire.b64 import B64Error, b64url_decode, b64url_encode
 
@@ -30,7 +31,11 @@ __all__ = [
     "parse_host",
     "parse_topology",
     "route_layers",
+    "validate_topology",
 ]
+
+MAX_MIX_LAYERS = MAX_PATH_LENGTH - 1
+"""Mix layers a route can cross: the header has room for MAX_PATH_LENGTH hops, one is the provider."""
 
 
 
@@ -366,3 +371,45 @@ def parse_topology(data: bytes | str) -> Topology:
         [_parse_mix(i, e) for i, e in enumerate(mixes)],
         [_parse_provider(i, e) for i, e in enumerate(providers)],
     )
+
+
+def _sane_host(host: str, what: str) -> None:
+    ip = ipaddress.ip_address(parse_host(host)[0])
+    if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
+        raise TopologyError(f"{what}: host {host!r} is not a unicast address")
+
+
+def validate_topology(topo: Topology) -> Topology:
+    """`topo` if a client can use it, else `TopologyError` saying why: mix layers contiguous from 1
+    and at most MAX_MIX_LAYERS of them (routes of at most MAX_PATH_LENGTH hops), at least one
+    mixnode and one provider, every key and every host listed once, unicast hosts only.
+
+    A topology that fails is never partly used: the caller keeps its last good one."""
+    if not topo.mix_nodes:
+        raise TopologyError("the topology has no mixnodes")
+    if not topo.providers:
+        raise TopologyError("the topology has no providers")
+    table = route_layers(topo.mix_nodes, _layer_of)
+    if isinstance(table, str):
+        raise TopologyError(table)
+    if len(table) > MAX_MIX_LAYERS:
+        raise TopologyError(
+            f"{len(table)} mix layers make routes longer than {MAX_PATH_LENGTH} hops"
+        )
+    keys: set[bytes] = set()
+    hosts: set[str] = set()
+    nodes: list[MixNode | Provider] = [*topo.mix_nodes, *topo.providers]
+    for node in nodes:
+        what = f"{'mix node' if isinstance(node, MixNode) else 'provider'} {node.host}"
+        if node.pub_key in keys:
+            raise TopologyError(f"{what}: key {node.key_b64} is listed twice")
+        keys.add(node.pub_key)
+        listeners = [node.host]
+        if isinstance(node, Provider) and node.client_listener not in (None, node.host):
+            listeners.append(node.client_listener)  # type: ignore[arg-type]
+        for host in listeners:
+            _sane_host(host, what)
+            if host in hosts:
+                raise TopologyError(f"{what}: host {host} is listed twice")
+            hosts.add(host)
+    return topo

@@ -17,6 +17,13 @@ Targets:
              product-of-scalars derivation
   topology   loopix.topology.parse_topology
   pem        loopix.keys.pem_decode and the base64url key decoder
+  provider   provider protocol frames in every state (fresh, after the magic, challenged, registered
+             single, registered fleet), cut at fuzzed points, answered as the provider does;
+             then the same bytes at the client side
+  framing    mixnode framing: the Nym frame decoder fed in fuzzed cuts
+  directory  directory request bodies (presence, metrics) decoded and handed to a registry that
+             authenticates presence: only BadRequest (and its 403/409 kinds) may come out
+  socketapi  socket API JSON and binary requests, and the TCP frame decoder in fuzzed cuts
 """
 
 from __future__ import annotations
@@ -55,6 +62,11 @@ with _instrumented_imports():
         from loopix import keys as _keys
     except ImportError:  # pragma: no cover
         _keys = None
+    from loopix.testnet import directory as _directory
+    from loopix.wire import provider as _pp
+    from loopix.wire import socket_api as _sapi
+    from loopix.wire.errors import ProtocolError as _FramingError
+    from loopix.wire.framing import FrameDecoder as _FrameDecoder
 
 ffi, lib = _sphinx_c.ffi, _sphinx_c.lib
 
@@ -233,6 +245,153 @@ def t_pem(data: bytes) -> None:
         _keys.key_from_b64url(text)
 
 
+# the provider protocol: fixed keys so that the kept corpus means the same thing from run to run
+PROVIDER_SK = SECRETS[3]
+PROVIDER_PK = PUBLICS[3]
+FLEET_SECRETS = SECRETS[:3]
+
+
+def _answer(provider, events) -> bytes:
+    """What the provider's session writes for the events that need an answer."""
+    out = b""
+    for e in events:
+        if isinstance(e, _pp.ClientHello):
+            out += provider.send_challenge()
+        elif isinstance(e, _pp.ClientRegistered):
+            out += provider.send_registered()
+        elif isinstance(e, _pp.FleetClientRegistered):
+            out += provider.send_registered_key(e.client_key)
+        elif isinstance(e, _pp.FleetClientRefused):
+            out += provider.send_refused_key(e.client_key, e.reason)
+        elif isinstance(e, _pp.PullRequested):
+            out += provider.send_pull_answer(e.client_key, [(1, b"m")])
+        elif isinstance(e, _pp.ProtocolError):
+            out += provider.send_error(e.reason)
+            break
+    return out
+
+
+_PROVIDER_EVENTS = (
+    _pp.ClientHello, _pp.ClientRegistered, _pp.FleetClientRegistered, _pp.FleetClientRefused,
+    _pp.PacketSubmitted, _pp.AckReceived, _pp.PullRequested, _pp.ProtocolError,
+)
+
+
+def _provider_in_state(state: int):
+    """(provider, client or None) driven by a real client to state 0..4."""
+    provider = _pp.ProviderSide(PROVIDER_SK, pull_slots=4, max_message_size=64, max_fleet_keys=8)
+    if state == 0:
+        return provider, None
+    if state == 1:
+        provider.receive_data(_pp.MAGIC)
+        return provider, None
+    fleet = state == 4
+    client = _pp.FleetClientSide(PROVIDER_PK) if fleet else _pp.ClientSide(SECRETS[4], PROVIDER_PK)
+    client.receive_data(_answer(provider, provider.receive_data(client.send_hello())))
+    if state == 2:
+        return provider, client
+    reg = client.send_register_many(FLEET_SECRETS) if fleet else client.send_register()
+    client.receive_data(_answer(provider, provider.receive_data(reg)))
+    return provider, client
+
+
+def t_provider(data: bytes) -> None:
+    if not data:
+        return
+    r = Reader(data)
+    provider, client = _provider_in_state(r.int(0, 4))
+    ncuts = r.int(0, 8)
+    cuts = [r.int(1, 64) for _ in range(ncuts)]
+    rest = r.rest()
+    pos = 0
+    for cut in [*cuts, len(rest)]:
+        chunk = rest[pos : pos + cut]
+        pos += cut
+        events = provider.receive_data(chunk)
+        assert all(isinstance(e, _PROVIDER_EVENTS) for e in events), events
+        if provider.closed:
+            events = [e for e in events if isinstance(e, _pp.ProtocolError)][:1]
+        _answer(provider, events)
+    if client is not None:  # the same bytes from a provider: only typed results at the client
+        for event in client.receive_data(rest):
+            assert not isinstance(event, Exception) or isinstance(event, _pp.ProtocolError)
+
+
+def t_framing(data: bytes) -> None:
+    if not data:
+        return
+    r = Reader(data)
+    cuts = [r.int(1, 3000) for _ in range(r.int(0, 6))]
+    rest = r.rest()
+    decoder = _FrameDecoder()
+    pos, failed = 0, False
+    for cut in [*cuts, len(rest)]:
+        for frame in decoder.feed(rest[pos : pos + cut]):
+            assert not failed, "a frame after the decoder failed"
+            if isinstance(frame, _FramingError):
+                failed = True
+            else:
+                assert len(frame.packet) in sphinx.PACKET_SIZES.values()
+        pos += cut
+
+
+_DIRECTORY_KEY = None
+
+
+def _directory_registry():
+    import nacl.signing
+
+    global _DIRECTORY_KEY
+    if _DIRECTORY_KEY is None:
+        _DIRECTORY_KEY = nacl.signing.SigningKey(bytes(32))
+    allowed = frozenset({bytes(nacl.signing.SigningKey(bytes([1]) * 32).verify_key)})
+    auth = _directory.PresenceAuth(allowed, _DIRECTORY_KEY)
+    return _directory.Registry(auth=auth, wall_ns=lambda: 1_700_000_000 * 10**9)
+
+
+def t_directory(data: bytes) -> None:
+    if not data:
+        return
+    kind, body = data[0] % 3, data[1:]
+    registry = _directory_registry()
+    signature = "A" * 86 if data[0] & 0x80 else None
+    try:
+        if kind == 0:
+            req = _directory.decode_body(body, _directory.MixPresence, "mix")
+            registry.announce_mix(req, body, signature)
+        elif kind == 1:
+            req = _directory.decode_body(body, _directory.ProviderPresence, "provider")
+            registry.announce_provider(req, body, signature)
+        else:
+            raw = _directory.decode_body(body, dict, "metrics")
+            with contextlib.suppress(_directory.msgspec.ValidationError):  # the handler: a 400
+                registry.add_report(raw, body, signature)
+    except _directory.BadRequest:
+        pass
+    registry.topology()
+    registry.reports()
+
+
+def t_socketapi(data: bytes) -> None:
+    if not data:
+        return
+    for decode in (_sapi.decode_json_request, _sapi.decode_binary_request):
+        with contextlib.suppress(UnicodeDecodeError):  # JSON frames are text on the websocket
+            out = decode(data if decode is _sapi.decode_binary_request else data.decode("utf-8"))
+            assert isinstance(out, _sapi.Send | _sapi.SelfAddressRequest | _sapi.ErrorResponse)
+    _sapi.decode_request(data)
+    r = Reader(data)
+    cuts = [r.int(1, 200) for _ in range(r.int(0, 6))]
+    rest = r.rest()
+    decoder = _sapi.TcpFrameDecoder(_sapi.max_frame_size(1024))
+    pos = 0
+    for cut in [*cuts, len(rest)]:
+        for frame in decoder.feed(rest[pos : pos + cut]):
+            if not isinstance(frame, _sapi.FramingError):
+                _sapi.decode_request(frame, max_message_size=1024)
+        pos += cut
+
+
 TARGETS = {
     "process": t_process,
     "roundtrip": t_roundtrip,
@@ -240,6 +399,10 @@ TARGETS = {
     "keys": t_keys,
     "topology": t_topology,
     "pem": t_pem,
+    "provider": t_provider,
+    "framing": t_framing,
+    "directory": t_directory,
+    "socketapi": t_socketapi,
 }
 
 
@@ -275,6 +438,23 @@ def seeds() -> dict[str, list[bytes]]:
     if _keys is not None:
         out["pem"].append(_keys.pem_encode("SPHINX CURVE25519 PUBLIC KEY", PUBLICS[0]).encode())
         out["pem"].append(_keys.key_to_b64url(PUBLICS[0]).encode())
+    for state in range(5):
+        out["provider"].append(bytes([state, 0]) + _pp.MAGIC)
+        out["provider"].append(bytes([state, 2, 3, 7]) + bytes([0, 0, 0, 1, 4]) * 3)
+    pkt = sphinx.build_packet(ROUTE[:2], bytes(32), b"f", [0, 0])
+    from loopix.wire.framing import frame_header
+
+    out["framing"].append(bytes([0]) + frame_header(len(pkt)) + pkt)
+    out["framing"].append(bytes([2, 5, 0, 9, 0]) + frame_header(len(pkt)) + pkt[:100])
+    ident = _keys.key_to_b64url(PUBLICS[0]) if _keys else ""
+    out["directory"].append(b"\x00" + f'{{"host":"127.0.0.1:1","pubKey":"{ident}","layer":1}}'.encode())
+    out["directory"].append(b"\x81" + f'{{"host":"127.0.0.1:2","pubKey":"{ident}","identityKey":"{ident}","timestamp":1}}'.encode())
+    out["directory"].append(b"\x02" + f'{{"pubKey":"{ident}","sent":{{"a":1}},"received":3}}'.encode())
+    out["directory"].append(b"\x02" + b'{"a":' + b"[" * 5000)
+    out["socketapi"].append(b'{"type":"selfAddress"}')
+    out["socketapi"].append(b'{"type":"send","message":"hi","recipient":"x"}')
+    out["socketapi"].append(b"\x01")
+    out["socketapi"].append(b"\x00" + bytes(64) + (2).to_bytes(8, "big") + b"hi")
     return out
 
 

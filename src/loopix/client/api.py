@@ -122,6 +122,7 @@ def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
         mean_hop_delay_ms=t.mean_hop_delay_ms, payload_cover=t.payload_stream_cover,
         workers=r.workers, topology_refresh_s=r.topology_refresh_s, fetch_rate=t.fetch_rate,
         push=t.delivery == "push",
+        directory_key=b64url_decode(config.client.directory_key) if config.client.directory_key else None,
     )
     for k, v in overrides.items():
         if v is not None:

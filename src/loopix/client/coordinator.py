@@ -28,13 +28,14 @@ import msgspec
 
 from loopix import sphinx
 from loopix.keys import KeyPair
-from loopix.topology import Topology, TopologyError, parse_topology
+from loopix.topology import Topology
 from loopix.wire import provider as pp
 from loopix.wire.b64 import b64url_encode
 
 from . import control
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
 from .ring import Ring, slot_size_for
+from .topology_source import TopologyRefused, TopologySource
 
 log = logging.getLogger("loopix.coordinator")
 
@@ -73,6 +74,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     trace_path: str | None = None
     start_timeout_s: float = 20.0
     start_paused: bool = False  # no cover traffic until resume() (load tests start on a quiet net)
+    directory_key: bytes | None = None  # pinned Ed25519 key of the directory; None: unauthenticated
 
 
 class Stats(msgspec.Struct):
@@ -138,8 +140,12 @@ def _connect_error(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
-    """GET the directory's topology; DirectoryError with a clear message on any failure."""
+async def fetch_topology(
+    url: str, timeout_s: float = 5.0, source: TopologySource | None = None
+) -> Topology:
+    """GET the directory's topology, authenticated (when `source` pins the directory's key) and
+    validated; DirectoryError with a clear message on any failure."""
+    source = source or TopologySource(url)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
                 http.get(url) as resp:
@@ -149,15 +155,18 @@ async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
                 raise DirectoryError(url, f"answered HTTP {resp.status}")
             kind = resp.content_type
             body = await resp.read()
+            headers = dict(resp.headers)
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
         raise DirectoryError(url, f"unreachable: {_connect_error(e)}") from None
     if "html" in kind or body.lstrip()[:1] == b"<":
         raise DirectoryError(url, f"answered with a web page, not a topology: {_TOPOLOGY_HINT}", permanent=True)
     try:
-        return parse_topology(body)
-    except TopologyError as e:
-        raise DirectoryError(url, f"sent something that is not a usable topology ({e}): {_TOPOLOGY_HINT}",
-                             permanent=True) from None
+        return source.accept(body, headers, time.time_ns())
+    except TopologyRefused as e:
+        if e.permanent:
+            raise DirectoryError(url, f"sent something that is not a usable topology ({e}): {_TOPOLOGY_HINT}",
+                                 permanent=True) from None
+        raise DirectoryError(url, f"refused: {e}") from None
 
 
 def topology_update(topo: Topology) -> control.TopologyUpdate:
@@ -189,6 +198,7 @@ class Coordinator:
         self.n_workers = options.workers or os.cpu_count() or 1
         self.loop_key = os.urandom(32)
         self.topology: Topology | None = None
+        self.topology_source = TopologySource(options.directory_url, options.directory_key)
         self.refused_keys: set[bytes] = set()  # node keys refused (and logged) so far
         self.provider_of: list[bytes] = []
         self.stats = Stats()
@@ -250,7 +260,10 @@ class Coordinator:
         announced = False
         while True:
             try:
-                topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
+                topo = usable_topology(
+                    await fetch_topology(self.opts.directory_url, source=self.topology_source),
+                    self.refused_keys,
+                )
                 if not topo.providers or not topo.mix_nodes:
                     raise ClientError(f"directory {self.opts.directory_url} lists no "
                                       f"{'providers' if not topo.providers else 'mixnodes'} yet")
@@ -468,7 +481,10 @@ class Coordinator:
         while self.running:
             await asyncio.sleep(self.opts.topology_refresh_s)
             try:
-                topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
+                topo = usable_topology(
+                    await fetch_topology(self.opts.directory_url, source=self.topology_source),
+                    self.refused_keys,
+                )
             except ClientError as e:
                 log.warning("topology refresh failed, keeping the last good one: %s", e)
                 self.topology_refresh_failures += 1

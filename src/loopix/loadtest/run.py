@@ -222,7 +222,8 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
             url = directory_url or testnet.topology_url
             if stop.is_set():
                 raise Interrupted("before the load started; no report")
-            return await _run(opts, url, url.split("/api/", 1)[0], thresholds, testnet, stop, on_metrics)
+            return await _run(opts, url, url.split("/api/", 1)[0], thresholds, testnet, stop, on_metrics,
+                              getattr(testnet, "directory_public_key", None) or None)
         return await _run_with_testnet(opts, directory_url, thresholds, stop, on_metrics)
 
 
@@ -246,10 +247,11 @@ async def _run_with_testnet(opts: LoadTestOptions, directory_url: str | None, th
             raise
         url = testnet.topology_url
     base_url = url.split("/api/", 1)[0]
+    directory_key = testnet.directory_public_key if testnet is not None else None
     try:
         if stop.is_set():
             raise Interrupted("before the load started; no report")
-        return await _run(opts, url, base_url, thresholds, testnet, stop, on_metrics)
+        return await _run(opts, url, base_url, thresholds, testnet, stop, on_metrics, directory_key)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
@@ -257,12 +259,14 @@ async def _run_with_testnet(opts: LoadTestOptions, directory_url: str | None, th
 
 async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
                testnet, stop: asyncio.Event,
-               on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
+               on_metrics: Callable[[LoadMetrics], None] | None = None,
+               directory_key: bytes | None = None) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
         directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
-        workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True))
+        workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True,
+        directory_key=directory_key))
     await coord.start()
     try:
         if stop.is_set():

@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from loopix import keys
+from loopix import directory_auth, keys
 from loopix.topology import Topology, TopologyError, parse_topology
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
 DEFAULT_MEAN_HOP_DELAY_MS = 50.0
 DEFAULT_BASE_PORT = 9000  # = loopix.config.DEFAULT_DIRECTORY_PORT: where `init` looks by default
 STATE_FILE = "testnet.json"
+IDENTITY_FILE = "identity.key"
+ALLOW_FILE = "allowed-identities"
 
 
 class TestnetError(RuntimeError):
@@ -171,6 +173,8 @@ class Testnet:
             self.nodes[name] = NodeInfo(name=name, kind="provider", port=next(it))
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stopped: set[str] = set()  # nodes stopped on purpose
+        self.directory_public_key = b""
+        """The directory's Ed25519 key: clients pin it (set by `start`)."""
         # Set (e.g. from a signal handler) to make start() give up at its next wait, undoing what it
         # did: safer than raising from the handler, which can land where it is swallowed.
         self.cancelled = threading.Event()
@@ -234,6 +238,8 @@ class Testnet:
             return [
                 sys.executable, "-m", "loopix.testnet.directory",
                 "--host", self.host, "--port", str(info.port), "--expiry", str(self.expiry),
+                "--key-file", str(Path(info.key_dir) / IDENTITY_FILE),
+                "--allow", str(self.root / ALLOW_FILE),
             ]  # fmt: skip
         cmd = [
             sys.executable, "-m", f"loopix.testnet.{info.kind}",
@@ -242,6 +248,9 @@ class Testnet:
             "--directory", self.directory_url,
             "--presence-interval", str(self.presence_interval),
             "--metrics-interval", str(self.metrics_interval),
+            "--identity-file", str(Path(info.key_dir) / IDENTITY_FILE),
+            # one argument: a base64url key may start with "-", which argparse takes for a flag
+            f"--directory-key={keys.key_to_b64url(self.directory_public_key)}",
         ]  # fmt: skip
         if info.kind == "mixnode":
             cmd += ["--layer", str(info.layer)]
@@ -281,6 +290,7 @@ class Testnet:
             for info in self.nodes.values():
                 info.key_dir = str(self.root / info.name)
                 info.public_key = _ensure_keys(Path(info.key_dir))
+            self._arrange_identities()
             self._spawn(self.directory)
             self._wait(self._directory_up, "the directory to listen")
             for info in self.nodes.values():
@@ -291,6 +301,20 @@ class Testnet:
             self.stop()
             raise
         return self
+
+    def _arrange_identities(self) -> None:
+        """The directory's signing key and the allow-list of this testnet's node identities: only
+        these nodes can post presence (docs/directory-auth.md)."""
+        self.directory.key_dir = str(self.root / self.directory.name)
+        Path(self.directory.key_dir).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory.key_dir, 0o700)
+        signer = directory_auth.load_or_create_identity(Path(self.directory.key_dir) / IDENTITY_FILE)
+        self.directory_public_key = bytes(signer.verify_key)
+        identities = [
+            bytes(directory_auth.load_or_create_identity(Path(n.key_dir) / IDENTITY_FILE).verify_key)
+            for n in self.nodes.values()
+        ]
+        directory_auth.write_allowed(self.root / ALLOW_FILE, identities)
 
     def start_node(self, name: str, wait: bool = True) -> None:
         """Start a node that was killed or stopped (same key, port and inbox); with `wait`,
@@ -405,6 +429,7 @@ class Testnet:
             "pid": os.getpid(),  # `init` uses this testnet only while it runs
             "directory": self.directory_url,
             "topology": self.topology_url,
+            "directoryKey": keys.key_to_b64url(self.directory_public_key),
             "meanHopDelayMs": self.mean_hop_delay_ms,
             "presenceInterval": self.presence_interval,
             "nodes": [

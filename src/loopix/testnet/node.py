@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -26,9 +27,11 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 import msgspec
 
-from loopix import keys
+from loopix import directory_auth, keys
+from loopix.fileio import write_private_file
 from loopix.sphinx import PacketProcessor
 from loopix.testnet.decisions import Deliver, Drop, ForwardNow, Hold, HopPolicy
+from loopix.testnet.limits import ConnectionGate, RateLimitedLog
 from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.errors import ProtocolError
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_remote_log = RateLimitedLog(log)
 T = TypeVar("T")
 
 
@@ -77,6 +81,20 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     max_peers: int = 4096
     prometheus_port: int | None = None
     """Serve the counters for Prometheus on 127.0.0.1:PORT (see testnet/prometheus.py)."""
+    identity_file: str | None = None
+    """Ed25519 identity key file (created 0600 if missing): presence and metrics are signed."""
+    directory_key: str | None = None
+    """The directory's Ed25519 key (base64url): the Sphinx key proof is made for it."""
+    max_connections: int | None = None
+    """Inbound connections at most (default: 3/4 of the fd limit left after a reserve)."""
+    idle_timeout: float = 60.0
+    """An inbound link that completes no frame for this long is closed."""
+    peer_idle: float = 120.0
+    """A next hop we have sent nothing to for this long loses its connection and table slot."""
+    replay_file: str | None = None
+    """Where the replay filter is kept across restarts (saved every `replay_save_interval` s and
+    at shutdown, 0600, bound to the node's key)."""
+    replay_save_interval: float = 10.0
 
 
 # --- small parts (tested alone) ------------------------------------------------------------------
@@ -112,6 +130,27 @@ class ReplayFilter:
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
+
+    def dump(self, key: bytes) -> bytes:
+        """The remembered tags, bound to the node's public key `key` (see `load`)."""
+        tags = [*self._previous, *self._current]
+        return REPLAY_MAGIC + key + b"".join(t for t in tags if len(t) == REPLAY_TAG_SIZE)
+
+    def load(self, data: bytes, key: bytes) -> int:
+        """Remember the tags of a `dump` made under the same key; how many. A dump made under
+        another key is ignored: after a key rotation old packets cannot be unwrapped anyway."""
+        head = REPLAY_MAGIC + key
+        if not data.startswith(head):
+            return 0
+        body = memoryview(data)[len(head) :]
+        n = len(body) // REPLAY_TAG_SIZE
+        for i in range(max(0, n - 2 * self.capacity), n):
+            self.seen(bytes(body[i * REPLAY_TAG_SIZE : (i + 1) * REPLAY_TAG_SIZE]))
+        return n
+
+
+REPLAY_MAGIC = b"LXRF1"
+REPLAY_TAG_SIZE = 32
 
 
 class DelayQueue(Generic[T]):
@@ -183,6 +222,7 @@ class _Peer:
         "forwarder",
         "host",
         "label",
+        "last_used",
         "out",
         "port",
         "protocol",
@@ -202,6 +242,11 @@ class _Peer:
         self.out: list[bytes] = []
         self.retry_at = 0.0
         self.backoff = 0.0
+        self.last_used = 0.0
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return (self.host, self.port)
 
     def lost(self, protocol: _OutboundProtocol) -> None:
         if protocol is self.protocol:
@@ -242,7 +287,10 @@ class Forwarder:
     def __init__(self, config: NodeConfig, counters: Counters) -> None:
         self.config = config
         self.counters = counters
-        self.peers: dict[bytes, _Peer] = {}
+        self.peers: dict[tuple[str, int], _Peer] = {}
+        """Keyed by the decoded (ip, port): addresses that differ only in ignored padding share one."""
+        self._by_address: dict[bytes, _Peer] = {}
+        """Raw 32-byte addresses seen recently → peer (a cache, cleared with the peer)."""
         self._dirty: list[_Peer] = []
         self.connect_timeout = 2.0
         self.min_backoff = 0.1
@@ -253,8 +301,8 @@ class Forwarder:
     def waiting(self) -> int:
         return sum(len(p.waiting) for p in self.peers.values())
 
-    def _peer(self, address: bytes) -> _Peer | None:
-        peer = self.peers.get(address)
+    def _peer(self, address: bytes, now: float) -> _Peer | None:
+        peer = self._by_address.get(address)
         if peer is not None:
             return peer
         try:
@@ -265,16 +313,42 @@ class Forwarder:
         if port == 0:
             self.counters.drop("bad_address")
             return None
-        if len(self.peers) >= self.config.max_peers:
-            self.counters.drop("too_many_peers")
-            return None
-        peer = self.peers[address] = _Peer(self, host, port)
+        peer = self.peers.get((host, port))
+        if peer is None:
+            if len(self.peers) >= self.config.max_peers:
+                self.evict_idle(now)
+            if len(self.peers) >= self.config.max_peers:
+                self.counters.drop("too_many_peers")
+                return None
+            peer = self.peers[(host, port)] = _Peer(self, host, port)
+        if len(self._by_address) >= 4 * self.config.max_peers:
+            self._by_address.clear()  # only a cache: padding variants cannot grow it
+        self._by_address[address] = peer
         return peer
 
+    def evict_idle(self, now: float) -> int:
+        """Close and forget peers nothing was sent to for `peer_idle` seconds; how many went."""
+        cutoff = now - self.config.peer_idle
+        idle = [
+            key
+            for key, p in self.peers.items()
+            if p.last_used < cutoff and not p.connecting and not p.out and not p.waiting
+        ]
+        for key in idle:
+            peer = self.peers.pop(key)
+            if peer.transport is not None:
+                peer.transport.close()
+        if idle:
+            self._by_address = {a: p for a, p in self._by_address.items() if p.host_port in self.peers}
+            self.counters.bump("peers_evicted", len(idle))
+        return len(idle)
+
     def send(self, address: bytes, packet: bytes) -> None:
-        peer = self._peer(address)
+        now = asyncio.get_running_loop().time()
+        peer = self._peer(address, now)
         if peer is None:
             return
+        peer.last_used = now
         transport = peer.transport
         if transport is not None:
             if not transport.is_closing():
@@ -339,10 +413,14 @@ class NodeLink(asyncio.Protocol):
     backlog is full, so TCP pushes back on senders instead of memory growing.
     """
 
+    reports_progress = True
+    """For the listener's gate: a complete frame is progress, bytes of a partial one are not."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
+        self.gate_connection: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -351,11 +429,13 @@ class NodeLink(asyncio.Protocol):
         frames = self.decoder.feed(data)
         if frames and type(frames[-1]) is ProtocolError:
             self.node.counters.drop("corrupt_frame")
-            log.info("closing link: %s", frames[-1].reason)
+            _remote_log.info("closing link: %s", frames[-1].reason)
             if self.transport is not None:
                 self.transport.abort()
             return
         if frames:
+            if self.gate_connection is not None:
+                self.gate_connection.progress()
             self.node.enqueue([f.packet for f in frames], self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -380,6 +460,9 @@ class Node:
         self.counters = Counters()
         self.forwarding = ForwardingMetrics()
         self.replay = ReplayFilter(config.replay_capacity)
+        if config.replay_file and os.path.exists(config.replay_file):
+            with open(config.replay_file, "rb") as f:
+                self.counters.bump("replay_tags_loaded", self.replay.load(f.read(), self.public_key))
         self.queue: DelayQueue[tuple[bytes, bytes, float]] = DelayQueue()  # (next hop, packet, arrival + delay)
         self.forwarder = Forwarder(config, self.counters)
         self._processor = PacketProcessor(secret, config.batch)
@@ -395,6 +478,17 @@ class Node:
         self._drain_scheduled = False
         self._paused: set[NodeLink] = set()
         self._high_water = 4 * config.batch
+        self.gate = ConnectionGate(config.max_connections, config.idle_timeout)
+        self.identity = (
+            directory_auth.load_or_create_identity(config.identity_file)
+            if config.identity_file
+            else None
+        )
+        self._proof_key = (
+            directory_auth.proof_key(secret, directory_auth.decode_public(config.directory_key, "directory key"))
+            if config.directory_key
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.host}, {self.public_b64})"
@@ -563,10 +657,27 @@ class Node:
         """Announce presence now rather than at the next interval (e.g. a new client)."""
         self._announce_now.set()
 
+    def signed_body(self, path: str, body: dict[str, Any], now_ns: int) -> tuple[bytes, dict[str, str]]:
+        """The body to POST and its headers: signed by the identity key when the node has one,
+        with the Sphinx key proof in presence posts when it knows the directory's key."""
+        if self.identity is None:
+            return msgspec.json.encode(body), {"Content-Type": "application/json"}
+        identity = bytes(self.identity.verify_key)
+        body = {**body, "identityKey": b64url_encode(identity), "timestamp": now_ns}
+        if self._proof_key is not None and path.startswith("/api/presence/"):
+            body["keyProof"] = directory_auth.key_proof(self._proof_key, identity, self.public_key, now_ns)
+        raw = msgspec.json.encode(body)
+        headers = {
+            "Content-Type": "application/json",
+            directory_auth.SIGNATURE_HEADER: directory_auth.sign_request(self.identity, path, raw),
+        }
+        return raw, headers
+
     async def _post(self, session: aiohttp.ClientSession, path: str, body: Any) -> None:
         url = self.config.directory.rstrip("/") + path  # type: ignore[union-attr]
+        raw, headers = self.signed_body(path, body, time.time_ns())
         try:
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, data=raw, headers=headers) as resp:
                 if resp.status >= 400:
                     log.warning("directory refused %s: %s %s", path, resp.status, await resp.text())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -598,7 +709,7 @@ class Node:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.protocol_factory,
+            self.gate.wrap(self.protocol_factory),
             self.config.host,
             self.config.port,
             reuse_address=True,
@@ -606,6 +717,26 @@ class Node:
         )
         if self.config.directory:
             self._tasks.append(loop.create_task(self._directory()))
+        self._tasks.append(loop.create_task(self._evict_peers()))
+        if self.config.replay_file:
+            self._tasks.append(loop.create_task(self._save_replay_loop()))
+
+    def save_replay(self) -> None:
+        if self.config.replay_file:
+            write_private_file(self.config.replay_file, self.replay.dump(self.public_key))
+
+    async def _save_replay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.replay_save_interval)
+            # the snapshot on the loop's thread (the filter changes under it), the write in another
+            data = self.replay.dump(self.public_key)
+            assert self.config.replay_file is not None
+            await asyncio.to_thread(write_private_file, self.config.replay_file, data)
+
+    async def _evict_peers(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.config.peer_idle / 4))
+            self.forwarder.evict_idle(asyncio.get_running_loop().time())
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -615,6 +746,11 @@ class Node:
                 await task
         if self._server is not None:
             self._server.close()
+        self.gate.close_all()
+        try:
+            self.save_replay()
+        except OSError as exc:
+            log.warning("could not save the replay filter: %s", exc)
         if self._timer is not None:
             self._timer.cancel()
         self.forwarder.close()
@@ -677,10 +813,21 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--prometheus-port", type=int, default=default("prometheus_port"),
                         help="serve /metrics on 127.0.0.1:PORT")
+    parser.add_argument("--identity-file", default=default("identity_file"),
+                        help="Ed25519 identity key (created 0600 if missing); presence is signed with it")
+    parser.add_argument("--directory-key", default=default("directory_key"),
+                        help="the directory's Ed25519 key, base64url (for the Sphinx key proof)")
+    parser.add_argument("--replay-file", default=default("replay_file"),
+                        help="keep the replay filter in this file across restarts")
+    parser.add_argument("--max-connections", type=int, default=default("max_connections"),
+                        help="inbound connections at most (default: 3/4 of the fd limit)")
+    parser.add_argument("--idle-timeout", type=float, default=default("idle_timeout"),
+                        help="close an inbound link with no complete frame for this long, s (default %(default)s)")
 
 
 _FLAGS_TO_CONFIG = ("host", "port", "directory", "presence_interval", "metrics_interval",
-                    "replay_capacity", "max_delay", "max_queue", "prometheus_port")
+                    "replay_capacity", "max_delay", "max_queue", "prometheus_port", "identity_file",
+                    "directory_key", "max_connections", "idle_timeout", "replay_file")
 
 
 def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -707,7 +854,7 @@ def run_node(make: Callable[[], Node], log_level: str = "WARNING") -> int:
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
-    except keys.KeyFileError as exc:
+    except (keys.KeyFileError, directory_auth.AuthError) as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -31,6 +31,7 @@ from loopix.sphinx.constants import DROP_COVER_DESTINATION
 from loopix.testnet.decisions import PresenceDebounce
 from loopix.testnet.delivery import DeliveryPolicy
 from loopix.testnet.inbox import Inbox
+from loopix.testnet.limits import RateLimitedLog
 from loopix.testnet.node import (
     Node,
     NodeConfig,
@@ -61,6 +62,7 @@ from loopix.wire.provider import (
 __all__ = ["ClientSession", "Provider", "main"]
 
 log = logging.getLogger(__name__)
+_remote_log = RateLimitedLog(log)
 
 _VALID_SIZES = frozenset(PACKET_SIZES.values())
 FLEET_SLICE: Final = 16 << 10
@@ -103,11 +105,17 @@ class ClientSession:
         self._out: list[bytes] = []
         self._rest: memoryview | None = None
         self._paused = False
+        self._out_bytes = 0
+        self._held: list[Any] | None = None
+        """Events not yet handled because the client does not read our answers (backpressure)."""
 
     # --- input ---
 
     def data_received(self, data: bytes) -> None:
-        if self._rest is not None:  # still slicing earlier input: keep the order
+        if self._rest is not None or self._held is not None:  # earlier input first: keep the order
+            if self._rest is None:
+                self._rest = memoryview(data)
+                return
             self._rest = memoryview(bytes(self._rest) + data)
             return
         self._consume(memoryview(data))
@@ -125,19 +133,45 @@ class ClientSession:
         self._handle(data)
 
     def _next_slice(self) -> None:
+        if self._held is not None:
+            return  # resumed by writes_resumed, in order
         rest, self._rest = self._rest, None
         if rest is None or self.transport.is_closing():
             return
         self._consume(rest)
         if self._rest is None and self._paused and not self.transport.is_closing():
             self._paused = False
-            self.transport.resume_reading()
+            if self.transport.get_write_buffer_size() <= _PortProtocol.WRITE_HIGH_WATER:
+                self.transport.resume_reading()
+
+    def _backed_up(self) -> bool:
+        return self._out_bytes + self.transport.get_write_buffer_size() > _PortProtocol.WRITE_HIGH_WATER
+
+    def writes_resumed(self) -> None:
+        """The client reads again: handle the events held back, then the input after them."""
+        held, self._held = self._held, None
+        if held is None or self.transport.is_closing():
+            return
+        self._run(held)
+        if self._held is None:
+            if self._rest is not None:
+                self._next_slice()
+            elif self._paused:
+                self._paused = False
+                self.transport.resume_reading()
 
     def _handle(self, data: memoryview) -> None:
+        self._run(self.side.receive_data(data))
+
+    def _run(self, events: list[Any]) -> None:
         provider = self.provider
+        if self.side.closed:
+            # the input ended in a protocol error: the machine is closed, so answer only that
+            # (answering a HELLO that came before the garbage would be a transition from CLOSED)
+            events = [e for e in events if isinstance(e, ProtocolError)][:1]
         try:
             joined: list[bytes] = []  # consecutive fleet registrations: one batch
-            for event in self.side.receive_data(data):
+            for i, event in enumerate(events):
                 if isinstance(event, FleetClientRegistered):
                     joined.append(event.client_key)
                     continue
@@ -150,6 +184,13 @@ class ClientSession:
                     case AckReceived(ids=ids):
                         self._ack(ids)
                     case PullRequested(client_key=key):
+                        if self._backed_up():  # never build answers a client does not read
+                            self._held = events[i:]
+                            provider.counters.bump("client_backpressure")
+                            if not self._paused:
+                                self._paused = True
+                                self.transport.pause_reading()
+                            break
                         self._pull(self.key if key is None else key)
                     case FleetClientRefused(client_key=key, reason=reason):
                         provider.counters.bump("fleet_refused")
@@ -161,7 +202,7 @@ class ClientSession:
                         self._registered(key)
                     case ProtocolError(reason=reason):
                         provider.counters.bump("client_errors")
-                        log.info("client protocol error: %s", reason)
+                        _remote_log.info("client protocol error: %s", reason)
                         self._write(self.side.send_error(reason))
                         self.flush()
                         self.transport.close()
@@ -169,6 +210,9 @@ class ClientSession:
             if joined:
                 self._fleet_registered(joined)
             self.flush()
+            if self._held is not None and not self._backed_up():
+                # the kernel took it all: no pause_writing/resume_writing will come to wake us
+                asyncio.get_running_loop().call_soon(self.writes_resumed)
         except Exception:  # a bug: lose this connection, keep the provider
             log.exception("provider: error in a client session")
             self.transport.abort()
@@ -177,10 +221,12 @@ class ClientSession:
     def _write(self, data: bytes) -> None:
         """Queue for `flush`: all a slice of input causes leaves in one write."""
         self._out.append(data)
+        self._out_bytes += len(data)
 
     def flush(self) -> None:
         if self._out:
             out, self._out = self._out, []
+            self._out_bytes = 0
             if not self.transport.is_closing():
                 self.transport.write(b"".join(out))
 
@@ -286,15 +332,22 @@ class _PortProtocol(asyncio.Protocol):
     """
 
     HANDSHAKE_TIMEOUT = 10.0
+    WRITE_HIGH_WATER = 1 << 20
+    """Bytes queued for a client that does not read before we stop reading its requests."""
+    reports_progress = True
+    """For the listener's gate: links count whole frames; registered clients are not timed out."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.transport: asyncio.Transport | None = None
         self.delegate: ClientSession | NodeLink | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.gate_connection: Any = None
+        self._writes_blocked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=self.WRITE_HIGH_WATER)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.HANDSHAKE_TIMEOUT, self._handshake_expired)
 
@@ -307,15 +360,38 @@ class _PortProtocol(asyncio.Protocol):
                 self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # garbage after a close we already decided on
         if self.delegate is None:
-            assert self.transport is not None
             if data[0] == MAGIC[0]:
                 self.delegate = ClientSession(self.provider, self.transport)
             else:
                 link = NodeLink(self.provider)
+                link.gate_connection = self.gate_connection
                 link.connection_made(self.transport)
                 self.delegate = link
         self.delegate.data_received(data)
+        if isinstance(self.delegate, ClientSession) and self.gate_connection is not None:
+            self.gate_connection.progress()
+            if self.delegate.side.registered:
+                self.gate_connection.exempt()  # authenticated: it may stay quiet (push mode)
+
+    def pause_writing(self) -> None:
+        """The client does not read what we send: stop reading its requests (PULLs) until it
+        does, so its answers cannot pile up in memory."""
+        self._writes_blocked = True
+        if isinstance(self.delegate, ClientSession) and self.transport is not None:
+            self.provider.counters.bump("client_backpressure")
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writes_blocked = False
+        session = self.delegate
+        if isinstance(session, ClientSession) and self.transport is not None:
+            if session._held is not None:
+                session.writes_resumed()
+            elif not session._paused:
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

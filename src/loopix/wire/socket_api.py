@@ -250,7 +250,7 @@ def _explain_validation(data: str | bytes, exc: msgspec.ValidationError) -> str:
         return f"bad request: {text}"
     try:
         kind = _ENVELOPE_DECODER.decode(data).type
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):  # pragma: no cover
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):  # pragma: no cover
         return f"bad request: {text}"
     if kind is msgspec.UNSET:
         return f"bad request: missing \"type\" (expected {_REQUEST_TYPES})"
@@ -276,6 +276,8 @@ def decode_json_request(
         return ErrorResponse(_explain_validation(data, exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return ErrorResponse(f"bad JSON: {exc}")
+    except RecursionError:
+        return ErrorResponse("bad JSON: nested too deeply")
     if isinstance(wire, _JSelfAddressRequest):
         return SelfAddressRequest()
     if len(wire.message) > max_message_size:  # cheap bound first: UTF-8 is >= 1 byte per char

@@ -67,6 +67,7 @@ class WorkerSetup(msgspec.Struct, tag=True):
     rate_classes: list[RateClass]
     topology: TopologyUpdate
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
+    ack_key: bytes = b""  # SURB-ack payload key (client/acks.py)
     paused: bool = False  # start without cover traffic (see Pause) until Resume
     first: int = 0
     step: int = 1
@@ -89,6 +90,16 @@ class SendFragments(msgspec.Struct, tag=True):
 
 class FragmentsBuilt(msgspec.Struct, tag=True):
     refs: list[int]
+    route_delay_ns: list[int] = []  # per ref: sampled delays of its route plus its ack's route
+
+
+class FragmentsSent(msgspec.Struct, tag=True):
+    """Real fragments the sender wrote to the wire, and when (CLOCK_MONOTONIC ns): their ack
+    timers start there. `unsent`: real fragments it had to give up on (connection down too long)."""
+
+    refs: list[int]
+    sent_ns: list[int]
+    unsent: list[int] = []
 
 
 class FragmentsFailed(msgspec.Struct, tag=True):
@@ -163,7 +174,8 @@ class Resume(msgspec.Struct, tag=True):
 
 
 ControlMessage = (
-    TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsFailed | WorkerStats
+    TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsSent | FragmentsFailed
+    | WorkerStats
     | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal
 )
 _encoder = msgspec.msgpack.Encoder()

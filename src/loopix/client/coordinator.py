@@ -25,14 +25,17 @@ import time
 
 import aiohttp
 import msgspec
+from hdrh.histogram import HdrHistogram
 
 from loopix import sphinx
 from loopix.keys import KeyPair
 from loopix.topology import Topology, TopologyError, parse_topology
 from loopix.wire import provider as pp
+from loopix.wire.ack import ACK_PAYLOAD_SIZE, inner_size
 from loopix.wire.b64 import b64url_encode
 
 from . import control
+from .acks import AckCodec, AckConfig, Retransmissions
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
 from .ring import Ring, slot_size_for
 
@@ -69,6 +72,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     trace_path: str | None = None
     start_timeout_s: float = 20.0
     start_paused: bool = False  # no cover traffic until resume() (load tests start on a quiet net)
+    acks: AckConfig = msgspec.field(default_factory=AckConfig)
 
 
 class Stats(msgspec.Struct):
@@ -85,6 +89,12 @@ class Stats(msgspec.Struct):
     messages_received: int = 0
     messages_incomplete: int = 0
     worker_restarts: int = 0
+    fragments_sent: int = 0  # real fragments on the wire, first transmissions
+    fragments_acked: int = 0
+    fragments_retransmitted: int = 0
+    fragments_unacked: int = 0  # accepted and not yet acknowledged (queued, in flight or due again)
+    ack_rtt_ms_p50: float = 0.0  # since start (HDR histogram in the coordinator)
+    ack_rtt_ms_p99: float = 0.0
 
 
 def usable_topology(topo: Topology, refused: set[bytes]) -> Topology:
@@ -162,6 +172,11 @@ class Coordinator:
         self.tasks: list[asyncio.Task] = []
         self.refs = itertools.count(1)
         self.outstanding: list[dict[int, control.Fragment]] = []
+        self.ack_codec = AckCodec()
+        self.retransmissions = Retransmissions(options.acks)
+        self.unacked: dict[int, control.Fragment] = {}  # ref -> fragment, until its ack comes back
+        self.ack_rtt_us = HdrHistogram(1, 3_600_000_000, 3)
+        self.acks_invalid = 0
         self.deal_next = 0
         self.reassemblers: dict[int, Reassembler] = {}  # made on an identity's first fragment
         self.subscribers: dict[int, set[asyncio.Queue]] = {}
@@ -191,6 +206,7 @@ class Coordinator:
                 self.tasks.append(asyncio.create_task(self._read_worker(i)))
             self.tasks.append(asyncio.create_task(self._refresh_topology()))
             self.tasks.append(asyncio.create_task(self._watch_children()))
+            self.tasks.append(asyncio.create_task(self._retransmit()))
             left = max(0.1, deadline - time.monotonic())
             try:
                 await asyncio.wait_for(self._sender_connected.wait(), left)
@@ -278,6 +294,7 @@ class Coordinator:
             provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
             topology=topology_update(self.topology),
             wire_header=pp.send_header(self.packet_size),
+            ack_key=self.ack_codec.key,
             paused=self._paused,
             first=first, step=step, share=1.0 if partitioned else 1.0 / self.n_workers,
         )
@@ -342,6 +359,12 @@ class Coordinator:
                 return
             if isinstance(msg, control.Received):
                 self._on_received(msg)
+            elif isinstance(msg, control.FragmentsSent):
+                retx = self.retransmissions
+                for ref, sent_ns in zip(msg.refs, msg.sent_ns, strict=True):
+                    retx.sent_at(ref, sent_ns)
+                for ref in msg.unsent:
+                    retx.unsent(ref)
             elif isinstance(msg, control.SenderStats):
                 self._on_sender_stats(msg)
             elif isinstance(msg, control.Fatal):
@@ -364,11 +387,15 @@ class Coordinator:
                     break
                 if isinstance(msg, control.FragmentsBuilt):
                     out = self.outstanding[w]
-                    for ref in msg.refs:
+                    retx = self.retransmissions
+                    for ref, delay in itertools.zip_longest(msg.refs, msg.route_delay_ns, fillvalue=0):
                         out.pop(ref, None)
+                        retx.built(ref, delay)
                 elif isinstance(msg, control.FragmentsFailed):
+                    now_ns = time.monotonic_ns()
                     for ref in msg.refs:
                         self.outstanding[w].pop(ref, None)
+                        self.retransmissions.retry_later(ref, now_ns)  # the topology may change
                     log.warning("%d fragments could not be sent: %s", len(msg.refs), msg.reason)
                 elif isinstance(msg, control.WorkerStats):
                     self._worker_stats[w] = msg
@@ -413,6 +440,18 @@ class Coordinator:
                         child.chan.send(update)
                 self.topology_version += 1
 
+    async def _retransmit(self) -> None:
+        """Fragments whose ack timer ran out go back to their worker (new route, new ack)."""
+        while self.running:
+            await asyncio.sleep(0.1)
+            due = self.retransmissions.due(time.monotonic_ns())
+            frags = [self.unacked[ref] for ref in due if ref in self.unacked]
+            for ref in self.retransmissions.abandoned:  # max_retransmissions reached
+                self.unacked.pop(ref, None)
+            self.retransmissions.abandoned.clear()
+            if frags:
+                self._deal(frags)
+
     # -- messages --
     def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes) -> int:
         """Encrypt, fragment and queue a message; returns how many packets it takes."""
@@ -421,11 +460,14 @@ class Coordinator:
         if self.topology.provider_by_key(recipient_provider) is None:
             raise ClientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
         try:
-            payloads = fragment_message(message, recipient_key, self.opts.payload_size)
+            payloads = fragment_message(message, recipient_key, inner_size(self.opts.payload_size))
         except MessageError as e:
             raise ClientError(str(e)) from None
         frags = [control.Fragment(next(self.refs), identity, recipient_key, recipient_provider, p)
                  for p in payloads]
+        for frag in frags:
+            self.unacked[frag.ref] = frag
+        self.retransmissions.track(f.ref for f in frags)
         self._deal(frags)
         return len(frags)
 
@@ -455,7 +497,15 @@ class Coordinator:
         if reasm is None:
             reasm = self.reassemblers[msg.identity] = Reassembler(self.identities[msg.identity].keys.secret)
         now = time.monotonic()
+        now_ns = time.monotonic_ns()
         for payload in msg.payloads:
+            if len(payload) == ACK_PAYLOAD_SIZE:  # a SURB-ack for one of our fragments
+                ref = self.ack_codec.decode(payload)
+                if ref is None:
+                    self.acks_invalid += 1
+                elif self.retransmissions.acked_at(ref, now_ns):
+                    self.unacked.pop(ref, None)
+                continue
             data = reasm.add(payload, now)
             if data is not None:
                 self.stats.messages_received += 1
@@ -474,6 +524,15 @@ class Coordinator:
             built = [a + b for a, b in zip(built, ws.built, strict=True)]
             errors += ws.build_errors
         s.built, s.build_errors = built, errors
+        retx = self.retransmissions
+        for rtt in retx.rtt_ns:
+            self.ack_rtt_us.record_value(max(1, min(rtt // 1000, 3_600_000_000)))
+        retx.rtt_ns.clear()
+        s.fragments_sent, s.fragments_acked = retx.sent, retx.acked
+        s.fragments_retransmitted, s.fragments_unacked = retx.retransmitted, len(retx)
+        if self.ack_rtt_us.get_total_count():
+            s.ack_rtt_ms_p50 = self.ack_rtt_us.get_value_at_percentile(50) / 1000
+            s.ack_rtt_ms_p99 = self.ack_rtt_us.get_value_at_percentile(99) / 1000
         now = time.monotonic()
         s.messages_incomplete += sum(len(r.expire(now)) for r in self.reassemblers.values())
         if s.connected >= len(self.identities):

@@ -17,6 +17,7 @@ measured and reported.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -48,6 +49,9 @@ MAX_PER_ROUND = 1024
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
+SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
+HOLD_MAX = 8192  # packets due while their provider connection is down wait, at most this many...
+HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
 
 
 class ProviderLink(asyncio.Protocol):
@@ -94,6 +98,8 @@ class ProviderLink(asyncio.Protocol):
         if sender.ready[identity] != ready:
             sender.ready[identity] = ready
             sender.connected += 1 if ready else -1
+            if ready:
+                sender.ready_generation += 1
 
     def data_received(self, data: bytes) -> None:
         proto, sender = self.proto, self.sender
@@ -192,6 +198,14 @@ class Sender:
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
         self.rng = random.Random()
+        # packets due while their identity's connection was down: (t, identity, stream, flags, seq, bytes)
+        self.held: collections.deque[tuple[int, int, int, int, int, bytes]] = collections.deque()
+        self.ready_generation = 0
+        self._held_generation = 0
+        self._held_check_ns = 0
+        self.sent_refs: list[int] = []
+        self.sent_ref_ns: list[int] = []
+        self.unsent_refs: list[int] = []
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:
@@ -221,20 +235,22 @@ class Sender:
             now = mono()
             next_t = -1
             batch: dict[ProviderLink, list[memoryview]] = {}
-            due: list[tuple[int, int, int, int]] = []
+            due: list[tuple[int, int, int, int, int]] = []
+            if self.held and (self.ready_generation != self._held_generation or now >= self._held_check_ns):
+                self._release_held(now, batch, due)
             for k, ring in enumerate(rings):
                 r, w = reads[k], ring.write_index
                 while r < w and len(due) < MAX_PER_ROUND:
-                    t, identity, stream, flags, wire_len, _seq = ring.peek(r)
+                    t, identity, stream, flags, wire_len, seq = ring.peek(r)
                     if t > now:
                         if next_t < 0 or t < next_t:
                             next_t = t
                         break
                     if ready[identity]:
                         batch.setdefault(link_of[identity], []).append(ring.wire_bytes(r, wire_len))
-                        due.append((t, identity, stream, flags))
+                        due.append((t, identity, stream, flags, seq))
                     else:
-                        self.dropped_unconnected += 1
+                        self._hold(t, identity, stream, flags, seq, bytes(ring.wire_bytes(r, wire_len)))
                     r += 1
                 reads[k] = r
             if due:
@@ -261,10 +277,38 @@ class Sender:
             else:
                 await asyncio.sleep(0)
 
+    def _hold(self, t: int, identity: int, stream: int, flags: int, seq: int, data: bytes) -> None:
+        """A packet due while its connection is down waits for it (bounded: HOLD_MAX, HOLD_MAX_NS);
+        its lateness, when it finally goes, is the wait."""
+        if len(self.held) >= HOLD_MAX:
+            self._give_up(self.held.popleft())
+        self.held.append((t, identity, stream, flags, seq, data))
+
+    def _give_up(self, item) -> None:
+        self.dropped_unconnected += 1
+        if item[3] & 1:
+            self.unsent_refs.append(item[4])
+
+    def _release_held(self, now: int, batch, due) -> None:
+        self._held_generation = self.ready_generation
+        self._held_check_ns = now + 100_000_000
+        ready, link_of = self.ready, self.link_of
+        keep: collections.deque = collections.deque()
+        for item in self.held:
+            t, identity, stream, flags, seq, data = item
+            if ready[identity]:
+                batch.setdefault(link_of[identity], []).append(data)
+                due.append((t, identity, stream, flags, seq))
+            elif now - t > HOLD_MAX_NS:
+                self._give_up(item)
+            else:
+                keep.append(item)
+        self.held = keep
+
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
         by_second = self.loops_sent_by_second
-        for t, identity, stream, flags in due:
+        for t, identity, stream, flags, seq in due:
             sent[stream] += 1
             if stream == LOOP:
                 sec = t // 1_000_000_000
@@ -272,6 +316,8 @@ class Sender:
             real = flags & 1
             if real:
                 self.real_sent += 1
+                self.sent_refs.append(seq)
+                self.sent_ref_ns.append(actual)
             self._late_seen += 1
             if len(samples) < LATENESS_SAMPLES:
                 samples.append((actual - t) / 1e3)
@@ -291,6 +337,16 @@ class Sender:
             await asyncio.sleep(self.rng.expovariate(rate))
             identity = self.rng.randrange(len(self.identities))
             self.link_of[identity].pull(identity)
+
+    def report_sent(self) -> None:
+        if self.sent_refs or self.unsent_refs:
+            self.ctl.send(control.FragmentsSent(self.sent_refs, self.sent_ref_ns, self.unsent_refs))
+            self.sent_refs, self.sent_ref_ns, self.unsent_refs = [], [], []
+
+    async def sent_loop(self) -> None:
+        while self.running:
+            await asyncio.sleep(SENT_REPORT_INTERVAL_S)
+            self.report_sent()
 
     async def stats_loop(self) -> None:
         while self.running:
@@ -317,7 +373,8 @@ class Sender:
     async def run(self) -> None:
         for link in self.links:
             asyncio.get_running_loop().create_task(link.connect_forever())
-        tasks = [asyncio.create_task(c) for c in (self.pump(), self.stats_loop(), self.pull_loop())]
+        tasks = [asyncio.create_task(c) for c in (self.pump(), self.stats_loop(), self.pull_loop(),
+                                                       self.sent_loop())]
         try:
             await self.control_loop()
         finally:

@@ -194,7 +194,9 @@ class StatusReporter:
         late = f"late p99 {quantile(self.late, 0.99) / 1000:.2f} ms" if self.late else "late -"
         self.rtt, self.late = [], []
         return (f"sent payload {s.sent[0]} (real {s.real_sent}) loop {s.sent[1]} drop {s.sent[2]} | "
-                f"loops back {s.loops_back} {rtt} | {late} | messages in {s.messages_received}")
+                f"loops back {s.loops_back} {rtt} | {late} | messages in {s.messages_received} | "
+                f"fragments acked {s.fragments_acked}/{s.fragments_sent} retransmitted "
+                f"{s.fragments_retransmitted} unacked {s.fragments_unacked} ack rtt p50 {s.ack_rtt_ms_p50:.0f} ms")
 
 
 def quantile(values: list[float], q: float) -> float:

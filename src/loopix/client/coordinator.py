@@ -177,6 +177,7 @@ class Coordinator:
         self.unacked: dict[int, control.Fragment] = {}  # ref -> fragment, until its ack comes back
         self.ack_rtt_us = HdrHistogram(1, 3_600_000_000, 3)
         self.acks_invalid = 0
+        self._failed_log_after = 0.0
         self.deal_next = 0
         self.reassemblers: dict[int, Reassembler] = {}  # made on an identity's first fragment
         self.subscribers: dict[int, set[asyncio.Queue]] = {}
@@ -396,7 +397,10 @@ class Coordinator:
                     for ref in msg.refs:
                         self.outstanding[w].pop(ref, None)
                         self.retransmissions.retry_later(ref, now_ns)  # the topology may change
-                    log.warning("%d fragments could not be sent: %s", len(msg.refs), msg.reason)
+                    if time.monotonic() >= self._failed_log_after:  # at most one line per 5 s
+                        self._failed_log_after = time.monotonic() + 5.0
+                        log.warning("%d fragments could not be built (%s); retrying in %.1f s",
+                                    len(msg.refs), msg.reason, self.opts.acks.wait_addition_s)
                 elif isinstance(msg, control.WorkerStats):
                     self._worker_stats[w] = msg
                 elif isinstance(msg, control.Fatal):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import pytest
 
+from loopix import config as cfg
 from loopix.client.acks import COVER_REF, AckCodec, AckConfig, Retransmissions
 from loopix.sphinx import Final, Forward
 from loopix.testnet.decisions import Drop, ForwardNow, HopPolicy
@@ -61,7 +63,7 @@ def test_timer_starts_when_sent_and_follows_the_rule():
     r.sent_at(1, 20 * S)
     assert (r.sent, r.retransmitted) == (1, 1)
     assert r.acked_at(1, 20 * S + 300_000_000)
-    assert r.rtt_ns == [300_000_000] and r.acked == 1
+    assert r.rtt_ns == [] and r.acked == 1, "Karn: no round trip from a retransmitted fragment"
     assert not r.acked_at(1, 21 * S) and r.duplicate_acks == 1
     assert not r.acked_at(COVER_REF, 21 * S) and r.duplicate_acks == 1
     assert len(r) == 1
@@ -69,6 +71,17 @@ def test_timer_starts_when_sent_and_follows_the_rule():
     assert r.due(0 + 1) == [2]
     r.retry_later(2, 5 * S)
     assert r.due(5 * S + int(1.5 * S) - 1) == [] and r.due(5 * S + int(1.5 * S)) == [2]
+
+
+def test_round_trip_of_a_fragment_sent_once_even_if_its_ack_beats_the_report():
+    r = Retransmissions()
+    r.track([1, 2])
+    r.sent_at(1, 10 * S)
+    assert r.acked_at(1, 10 * S + 80_000_000)
+    assert r.acked_at(2, 11 * S)  # before the sender said it left
+    assert r.sent == 1
+    r.sent_at(2, 11 * S - 50_000_000)
+    assert r.rtt_ns == [80_000_000, 50_000_000] and r.sent == r.acked == 2 and len(r) == 0
 
 
 def test_retry_limit_gives_up_and_says_so():
@@ -90,3 +103,11 @@ def test_injected_drop_only_on_forwarding():
     final = Final(destination=bytes(32), identifier=bytes(16), message=b"m", replay_tag=b"b")
     assert not isinstance(policy.decide(final, 0.0, 0), Drop), "a provider stores what reached it"
     assert HopPolicy(lambda tag: False, 10.0, 100).drop_rate == 0.0
+
+
+def test_ack_timer_config_defaults_and_refusals():
+    c = cfg.AcksSection()
+    assert (c.wait_multiplier, c.wait_addition_s, c.max_retransmissions) == (1.5, 1.5, 0)
+    for bad in ({"wait_addition_s": 0}, {"wait_multiplier": -1}, {"max_retransmissions": -1}, {"nope": 1}):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert(bad, cfg.AcksSection)

@@ -98,6 +98,7 @@ class Retransmissions:
         self.unknown_acks = 0
         self.gave_up = 0
         self.rtt_ns: list[int] = []
+        self._early: dict[int, int] = {}  # ref -> ack time, acked before its send was reported
         self.abandoned: list[int] = []  # refs given up on (max_retransmissions), for the caller to drain
 
     def __len__(self) -> int:
@@ -121,7 +122,11 @@ class Retransmissions:
     def sent_at(self, ref: int, sent_ns: int) -> None:
         """The sender wrote it to the wire at `sent_ns`: the timer starts."""
         f = self._flights.get(ref)
-        if f is None or f.acked:
+        if f is None:
+            early = self._early.pop(ref, None)  # its ack beat the sender's report
+            if early is not None:
+                self.sent += 1
+                self.rtt_ns.append(early - sent_ns)
             return
         if f.sends == 0:
             self.sent += 1
@@ -132,15 +137,21 @@ class Retransmissions:
         f.deadline_ns = sent_ns + self.timeout_ns(f.delay_ns)
 
     def acked_at(self, ref: int, now_ns: int) -> bool:
-        """An ack came back; True if it was the first for a fragment we track."""
+        """An ack came back; True if it was the first for a fragment we track.
+
+        Round trips are sampled only for fragments sent once (Karn's rule: the ack of a
+        retransmitted fragment may answer any of its transmissions). An ack that arrives before the
+        sender reported the first transmission (reports come every 50 ms) is timed when it does."""
         f = self._flights.pop(ref, None)
         if f is None:
             if ref != COVER_REF:
                 self.duplicate_acks += 1
             return False
         self.acked += 1
-        if f.sent_ns:
+        if f.sends == 1:
             self.rtt_ns.append(now_ns - f.sent_ns)
+        elif f.sends == 0 and len(self._early) < 65536:
+            self._early[ref] = now_ns
         return True
 
     def unsent(self, ref: int) -> None:

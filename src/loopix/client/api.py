@@ -32,6 +32,7 @@ from loopix.keys import KeyPair, load_keypair
 from loopix.wire.b64 import b64url_decode, b64url_encode
 from loopix.wire.socket_api import ClientAddress
 
+from .acks import AckConfig
 from .coordinator import ClientError, Coordinator, Identity, RuntimeOptions, Stats
 
 LOCK_FILE = "client.lock"
@@ -122,6 +123,9 @@ def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
         mean_hop_delay_ms=t.mean_hop_delay_ms, payload_cover=t.payload_stream_cover,
         workers=r.workers, topology_refresh_s=r.topology_refresh_s, fetch_rate=t.fetch_rate,
         push=t.delivery == "push",
+        acks=AckConfig(wait_multiplier=config.acks.wait_multiplier,
+                       wait_addition_s=config.acks.wait_addition_s,
+                       max_retransmissions=config.acks.max_retransmissions),
     )
     for k, v in overrides.items():
         if v is not None:

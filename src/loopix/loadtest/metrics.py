@@ -27,6 +27,7 @@ __all__ = [
     "HIST_LOWEST_US",
     "HIST_SIGNIFICANT_DIGITS",
     "STREAMS",
+    "AckStats",
     "HistoryRow",
     "LoadMetrics",
     "LoopStats",
@@ -230,6 +231,19 @@ class MessageStats(msgspec.Struct, frozen=True):
     delivery: float | None = None
 
 
+class AckStats(msgspec.Struct, frozen=True):
+    """Real fragments and their SURB-acks over the run (the client's cumulative counters): first
+    transmissions, acknowledged, sent again after their timer ran out, still unacknowledged at the
+    end; ack round trip (send to ack, one client's HDR histogram) p50/p99 in ms."""
+
+    sent: int = 0
+    acked: int = 0
+    retransmitted: int = 0
+    unacked: int = 0
+    rtt_p50_ms: float | None = None
+    rtt_p99_ms: float | None = None
+
+
 class NodeSample(msgspec.Struct, frozen=True):
     """One node report from the directory; counters cumulative since the node started.
     `t_s` is seconds since the run started (directory wall-clock timestamp mapped onto it)."""
@@ -298,6 +312,7 @@ class Summary(msgspec.Struct):
     histograms: dict[str, str]
     labels: dict[str, str] = {}
     thresholds: list[ThresholdResult] = []
+    acks: AckStats = AckStats()
     version: int = 1
 
 
@@ -463,6 +478,7 @@ class LoadMetrics:
         self._end_ns: int | None = None
         self.history: list[HistoryRow] = []
         self.last_row: HistoryRow | None = None
+        self.acks = AckStats()
 
     # --- hot path ---------------------------------------------------------------------------------
 
@@ -478,6 +494,10 @@ class LoadMetrics:
             if sec >= len(buckets):
                 buckets.extend([0] * (sec + 1 - len(buckets)))
             buckets[sec] += n
+
+    def record_acks(self, acks: AckStats) -> None:
+        """The client's latest cumulative fragment and ack counters."""
+        self.acks = acks
 
     def record_real_sent(self, n: int = 1) -> None:
         """`n` of the payload packets just recorded carried real traffic (the rest were cover)."""
@@ -702,4 +722,5 @@ class LoadMetrics:
             nodes=node_totals(self._node_samples),
             histograms=hists,
             labels=dict(self.labels),
+            acks=self.acks,
         )

@@ -25,7 +25,7 @@ from loopix.client.schedule import Stream
 
 from .fleet import ephemeral_identities
 from .live import LiveView, serve_prometheus
-from .metrics import LoadMetrics, Summary
+from .metrics import AckStats, LoadMetrics, Summary
 from .thresholds import ThresholdSet
 
 _MESSAGE_HEAD = struct.Struct(">QQ")  # message id, send time (monotonic ns)
@@ -98,6 +98,8 @@ class MetricsFeed:
                 m.record_loop_back(sent_ns, sent_ns + rtt_ns)
         for us in msg.lateness_us:
             m.record_lateness(int(us * 1000))
+        m.record_acks(AckStats(stats.fragments_sent, stats.fragments_acked, stats.fragments_retransmitted,
+                               stats.fragments_unacked, stats.ack_rtt_ms_p50 or None, stats.ack_rtt_ms_p99 or None))
 
     def on_message(self, identity: int, data: bytes) -> None:
         if len(data) >= _MESSAGE_HEAD.size:

@@ -132,3 +132,60 @@ def test_no_loss_with_one_percent_drop_at_a_mixnode(lossy, tmp_path):
     assert set(inbox.seen.values()) == {1}
     assert stats.fragments_acked == stats.fragments_sent == fragments(messages) == 300
     print(f"injected drops {injected}, retransmitted {stats.fragments_retransmitted}")
+
+
+three = make_testnet_fixture(
+    "three", layers=3, mixnodes_per_layer=1, providers=3, mean_hop_delay_ms=5.0,
+    presence_interval=1.0, scope="function",
+)
+
+
+def test_failover_to_a_standby_provider_and_back(three, tmp_path):
+    """Bob's provider dies for good (until the end): bob registers at another provider, alice's
+    messages to bob's unchanged address reach him there; when the old provider is back, what it
+    had stored and acknowledged reaches bob too. Every message once."""
+    first, second = make_messages(150, big_every=0), make_messages(300, big_every=0)[150:]
+    p2 = three.nodes["provider-2"].public_key
+
+    async def scenario():
+        p1 = three.nodes["provider-1"].public_key
+        make_client(tmp_path, "alice", three, p1, payload_rate=300.0)
+        make_client(tmp_path, "bob", three, p2, payload_rate=20.0)
+        inbox = Inbox()
+        async with Client.load("alice", tmp_path) as alice, Client.load("bob", tmp_path) as bob:
+            sub = bob.subscribe()
+
+            async def receive():
+                async for m in sub:
+                    inbox.take(m.data)
+
+            reader = asyncio.create_task(receive())
+            address = bob.address
+            for m in first:
+                await alice.send_message(m, address)
+            await wait_until_async(lambda: len(inbox.seen) >= 50, "bob to get the first messages", 60)
+            await asyncio.to_thread(three.kill, "provider-2")
+
+            def standby():
+                at = three.topology().provider_of_client(bob.keys.public)
+                return at is not None and at.pub_key != p2
+
+            await wait_until_async(standby, "bob to register at another provider", 30)
+            await wait_until_async(lambda: alice._coord.topology.provider_by_key(p2) is None
+                                   and alice._coord.topology.provider_of_client(bob.keys.public),
+                                   "alice's topology to show bob at the standby", 30)
+            for m in second:  # the same address, naming the dead provider
+                await alice.send_message(m, address)
+            await wait_until_async(lambda: all(i in inbox.seen for i in range(150, 300)),
+                                   "the messages sent after the failover, through the standby", 60)
+            await asyncio.to_thread(three.start_node, "provider-2")
+            await wait_until_async(lambda: len(inbox.seen) == 300,
+                                   lambda: f"every message ({len(inbox.seen)}/300)", 90)
+            await wait_until_async(lambda: alice.stats.fragments_unacked == 0, "every ack", 60)
+            assert bob.address == address, "bob's contacts learn nothing new"
+            reader.cancel()
+        return inbox
+
+    inbox = uvloop.run(scenario())
+    assert inbox.corrupt == 0 and sorted(inbox.seen) == list(range(300))
+    assert set(inbox.seen.values()) == {1}

@@ -154,6 +154,14 @@ class SenderStats(msgspec.Struct, tag=True):
     received: int
 
 
+class Failover(msgspec.Struct, tag=True):
+    """To the sender: register `identities` (global indexes) at this standby provider too. To a
+    worker: their loops and acks now end at this provider."""
+
+    identities: list[int]
+    provider: ProviderEndpoint
+
+
 class Stop(msgspec.Struct, tag=True):
     pass
 
@@ -176,7 +184,7 @@ class Resume(msgspec.Struct, tag=True):
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsSent | FragmentsFailed
     | WorkerStats
-    | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal
+    | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal | Failover
 )
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

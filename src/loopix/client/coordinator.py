@@ -197,6 +197,7 @@ class Coordinator:
         self.topology: Topology | None = None
         self.refused_keys: set[bytes] = set()  # node keys refused (and logged) so far
         self.provider_of: list[bytes] = []
+        self.standby_of: dict[int, bytes] = {}  # identity -> standby provider, after a failover
         self.stats = Stats()
         self.rings: list[Ring] = []
         self.workers: list[Child | None] = []
@@ -326,7 +327,8 @@ class Coordinator:
         for k in range(first, len(self.identities), step):
             ident = self.identities[k]
             rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
-            infos.append(control.IdentityInfo(ident.keys.public, provider_index[self.provider_of[k]],
+            ends_at = self.standby_of.get(k, self.provider_of[k])  # where its loops and acks go
+            infos.append(control.IdentityInfo(ident.keys.public, provider_index[ends_at],
                                               classes.setdefault(rates, len(classes))))
         setup = control.WorkerSetup(
             worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
@@ -484,13 +486,49 @@ class Coordinator:
                     if child is not None and child.chan is not None:
                         child.chan.send(update)
                 self.topology_version += 1
+                self._fail_over(topo)
+
+    def _fail_over(self, topo: Topology) -> None:
+        """Identities whose home provider left the topology register at a standby provider too
+        (docs/reliability.md). Their address still names the home: senders find the standby in
+        the topology's registeredClients, and the home link keeps reconnecting to fetch what was
+        stored there."""
+        moves: dict[bytes, list[int]] = {}
+        for i, home in enumerate(self.provider_of):
+            if i in self.standby_of or topo.provider_by_key(home) is not None:
+                continue
+            standby = choose_standby(i, home, [p.pub_key for p in topo.providers])
+            if standby is None:
+                continue
+            self.standby_of[i] = standby
+            moves.setdefault(standby, []).append(i)
+        for key, ids in moves.items():
+            if key not in self.provider_keys:
+                self.provider_keys.append(key)
+            host, port = topo.provider_by_key(key).address
+            msg = control.Failover(ids, control.ProviderEndpoint(key, host, port))
+            log.warning("%d identities' provider left the topology; registering them at %s:%d too",
+                        len(ids), host, port)
+            if self.sender is not None and self.sender.chan is not None:
+                self.sender.chan.send(msg)
+            self._tell_workers(msg)
+
+    def _resolve(self, frag: control.Fragment) -> control.Fragment:
+        """A fragment whose named provider left the topology goes to the provider that now lists
+        its recipient among its registered clients (a recipient that failed over), if any."""
+        if self.topology.provider_by_key(frag.recipient_provider_key) is not None:
+            return frag
+        now = self.topology.provider_of_client(frag.recipient_key)
+        if now is None:
+            return frag
+        return msgspec.structs.replace(frag, recipient_provider_key=now.pub_key)
 
     async def _retransmit(self) -> None:
         """Fragments whose ack timer ran out go back to their worker (new route, new ack)."""
         while self.running:
             await asyncio.sleep(0.1)
             due = self.retransmissions.due(time.monotonic_ns())
-            frags = [self.unacked[ref] for ref in due if ref in self.unacked]
+            frags = [self._resolve(self.unacked[ref]) for ref in due if ref in self.unacked]
             for ref in self.retransmissions.abandoned:  # max_retransmissions reached
                 self.unacked.pop(ref, None)
             self.retransmissions.abandoned.clear()
@@ -503,7 +541,10 @@ class Coordinator:
         if not self.running:
             raise ClientError("the client is not running")
         if self.topology.provider_by_key(recipient_provider) is None:
-            raise RecipientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
+            moved = self.topology.provider_of_client(recipient_key)
+            if moved is None:
+                raise RecipientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
+            recipient_provider = moved.pub_key  # the recipient failed over (docs/reliability.md)
         try:
             payloads = fragment_message(message, recipient_key, inner_size(self.opts.payload_size))
         except MessageError as e:
@@ -596,6 +637,13 @@ class Coordinator:
     def address_of(self, identity: int) -> tuple[bytes, bytes]:
         """(client key, provider key) of one of ours."""
         return self.identities[identity].keys.public, self.provider_of[identity]
+
+
+def choose_standby(identity: int, home: bytes, providers: list[bytes]) -> bytes | None:
+    """The standby provider of an identity whose home left: round robin over the other providers
+    in key order (stable for a given set), so a fleet spreads over them."""
+    others = sorted(p for p in providers if p != home)
+    return others[identity % len(others)] if others else None
 
 
 def sphinx_key(key: bytes) -> str:

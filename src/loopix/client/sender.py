@@ -72,6 +72,7 @@ class ProviderLink(asyncio.Protocol):
         self.backoff = 0.2
         self.closing = False
         self.refusals_logged = 0
+        self.registered: set[int] = set()  # members the provider accepted on this connection
 
     async def connect_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,12 +95,13 @@ class ProviderLink(asyncio.Protocol):
         transport.write(self.proto.send_hello())
 
     def _set_ready(self, identity: int, ready: bool) -> None:
-        sender = self.sender
-        if sender.ready[identity] != ready:
-            sender.ready[identity] = ready
-            sender.connected += 1 if ready else -1
-            if ready:
-                sender.ready_generation += 1
+        """Registered here or not; the identity is ready if any of its links (home, standby) is,
+        and sends through one that is."""
+        if ready:
+            self.registered.add(identity)
+        else:
+            self.registered.discard(identity)
+        self.sender.link_state_changed(identity)
 
     def data_received(self, data: bytes) -> None:
         proto, sender = self.proto, self.sender
@@ -144,8 +146,19 @@ class ProviderLink(asyncio.Protocol):
             sender.flush_received()
             self.transport.write(proto.send_ack(acks))
 
+    def add_members(self, identities: list[int]) -> None:
+        """More identities on this link (a failover); registered at once if connected."""
+        ids = self.sender.identities
+        for i in identities:
+            if i not in self.index_of.values():
+                self.members.append(i)
+                self.index_of[ids[i].public_key] = i
+        if self.transport is not None and self.proto is not None and self.proto.state.value == "fleet":
+            self.transport.write(self.proto.send_register_many(
+                (ids[i].secret_key, ids[i].public_key) for i in identities))
+
     def pull(self, identity: int) -> None:
-        if self.transport is None or self.proto is None or not self.sender.ready[identity]:
+        if self.transport is None or self.proto is None or identity not in self.registered:
             return
         self.transport.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
 
@@ -179,9 +192,11 @@ class Sender:
             members.setdefault(ident.provider, []).append(i)
         self.links = [ProviderLink(self, m, setup.providers[p]) for p, m in members.items()]
         self.link_of: list[ProviderLink] = [None] * len(self.identities)  # type: ignore[list-item]
+        self.links_of: list[list[ProviderLink]] = [[] for _ in self.identities]  # home first
         for link in self.links:
             for i in link.members:
                 self.link_of[i] = link
+                self.links_of[i].append(link)
         self.loops = LoopCodec(setup.loop_key)
         self.trace = TraceWriter(setup.trace_path) if setup.trace_path else None
         self.running = True
@@ -206,6 +221,32 @@ class Sender:
         self.sent_refs: list[int] = []
         self.sent_ref_ns: list[int] = []
         self.unsent_refs: list[int] = []
+
+    def link_state_changed(self, identity: int) -> None:
+        ready_links = [link for link in self.links_of[identity] if identity in link.registered]
+        ready = bool(ready_links)
+        if ready_links:
+            self.link_of[identity] = ready_links[0]
+        if self.ready[identity] != ready:
+            self.ready[identity] = ready
+            self.connected += 1 if ready else -1
+            if ready:
+                self.ready_generation += 1
+
+    def failover(self, msg: control.Failover) -> None:
+        """Register these identities at a standby provider too (their home is gone from the
+        topology); the home link keeps reconnecting, so whatever waits there is fetched later."""
+        link = next((lk for lk in self.links if lk.endpoint.key == msg.provider.key), None)
+        new = link is None
+        if new:
+            link = ProviderLink(self, [], msg.provider)
+            self.links.append(link)
+        ids = [i for i in msg.identities if link not in self.links_of[i]]
+        for i in ids:
+            self.links_of[i].append(link)
+        link.add_members(ids)
+        if new:
+            asyncio.get_running_loop().create_task(link.connect_forever())
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:
@@ -369,6 +410,8 @@ class Sender:
             if msg is None or isinstance(msg, control.Stop):
                 self.running = False
                 return
+            if isinstance(msg, control.Failover):
+                self.failover(msg)
 
     async def run(self) -> None:
         for link in self.links:

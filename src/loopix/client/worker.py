@@ -16,6 +16,8 @@ import sys
 import time
 from operator import attrgetter
 
+import msgspec
+
 from loopix import sphinx
 from loopix.topology import choose_mixes, route_layers
 from loopix.wire.ack import ACK_PAYLOAD_SIZE, ACK_PREFIX_SIZE, inner_size
@@ -108,12 +110,27 @@ class Worker:
                 self.pending.setdefault(frag.identity, collections.deque()).append(frag)
         elif isinstance(msg, control.TopologyUpdate):
             self.routes = Routes(msg, self.rng)
+        elif isinstance(msg, control.Failover):
+            self.move(msg.identities, msg.provider.key)
         elif isinstance(msg, control.Pause):
             self.paused = True
         elif isinstance(msg, control.Resume):
             self.paused = False
         elif isinstance(msg, control.Stop):
             self.running = False
+
+    def move(self, identities: list[int], provider_key: bytes) -> None:
+        """Loops and acks of these identities end at `provider_key` from now on (a failover)."""
+        keys = self.provider_keys = list(self.provider_keys)
+        if provider_key not in keys:
+            keys.append(provider_key)
+        index = keys.index(provider_key)
+        ids = list(self.identities)
+        for identity in identities:
+            local, rest = divmod(identity - self.first, self.step)
+            if rest == 0 and 0 <= local < len(ids):
+                ids[local] = msgspec.structs.replace(ids[local], provider=index)
+        self.identities = ids
 
     # -- building --
     def delays(self, hops: int) -> list[int]:

@@ -40,9 +40,11 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as a shell reports it; SIGTERM is a n
 
 
 class ReceivedMessage(msgspec.Struct, frozen=True):
-    """A whole message, decrypted and reassembled."""
+    """A whole message, decrypted and reassembled. `sender_tag`: the conversation's tag when the
+    sender attached reply blocks (answer with `Client.reply`), or when this is a reply to us."""
 
     data: bytes
+    sender_tag: bytes | None = None
 
 
 class Subscription:
@@ -56,10 +58,10 @@ class Subscription:
         return self
 
     async def __anext__(self) -> ReceivedMessage:
-        data = await self._queue.get()
-        if data is None:
+        item = await self._queue.get()
+        if item is None:
             raise StopAsyncIteration
-        return ReceivedMessage(data)
+        return ReceivedMessage(item.data, item.sender_tag)
 
     async def aclose(self) -> None:
         self._coord.unsubscribe(self._identity, self._queue)
@@ -202,8 +204,10 @@ class Client:
         return self._coord.stats if self._coord else Stats()
 
     # -- messages --
-    async def send_message(self, message: bytes, recipient: str | ClientAddress) -> None:
-        """Encrypt, fragment and queue `message` for `recipient`; returns once queued."""
+    async def send_message(self, message: bytes, recipient: str | ClientAddress, *, reply_surbs: int = 0) -> None:
+        """Encrypt, fragment and queue `message` for `recipient`; returns once queued. With
+        `reply_surbs` N > 0 it carries N single-use reply blocks and our sender tag for this
+        recipient, who can answer with `reply(tag, data)` without learning our address."""
         if self._coord is None or not self._coord.running:
             raise ClientError("the client is not running")
         if isinstance(recipient, str):
@@ -211,7 +215,15 @@ class Client:
                 recipient = ClientAddress.parse(recipient)
             except ValueError as e:
                 raise ValueError(f"bad recipient address: {e}") from None
-        self._coord.send_message(0, bytes(message), recipient.client_key, recipient.provider_key)
+        self._coord.send_message(0, bytes(message), recipient.client_key, recipient.provider_key,
+                                 reply_surbs=reply_surbs)
+
+    async def reply(self, sender_tag: bytes, message: bytes) -> None:
+        """Answer the sender behind `sender_tag` (from a ReceivedMessage) through its reply blocks;
+        returns once queued. ClientError for a tag that never brought blocks."""
+        if self._coord is None or not self._coord.running:
+            raise ClientError("the client is not running")
+        self._coord.reply(0, bytes(sender_tag), bytes(message))
 
     def subscribe(self) -> Subscription:
         if self._coord is None:

@@ -82,6 +82,9 @@ class Fragment(msgspec.Struct, frozen=True, array_like=True):
     recipient_key: bytes
     recipient_provider_key: bytes
     payload: bytes
+    packet: bytes = b""  # a whole pre-built packet (a reply through a SURB) instead of a payload
+    first_hop: bytes = b""  # ...and its first hop
+    route_delay_ns: int = 0  # ...and the delays it was built with (its ack timer)
 
 
 class SendFragments(msgspec.Struct, tag=True):

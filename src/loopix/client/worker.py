@@ -152,6 +152,8 @@ class Worker:
             queue = self.pending.get(identity)
             if queue:
                 frag = queue.popleft()
+                if frag.packet:  # pre-built (a reply): the C call builds a drop here, replaced after
+                    return self._fill_prebuilt(slot, frag)
                 provider = routes.providers.get(frag.recipient_provider_key)
                 if provider is None:
                     self.ctl.send(control.FragmentsFailed([frag.ref], "recipient's provider left the topology"))
@@ -201,7 +203,19 @@ class Worker:
         else:
             self.builder.messages[off : off + size] = payload
         self.builder.set_packet_fast(slot, hops, delays, destination, size, off)
-        return mixes[0].address, ref, route_delay
+        return mixes[0].address, ref, route_delay, None
+
+    def _fill_prebuilt(self, slot: int, frag: control.Fragment):
+        routes = self.routes
+        hop_bytes = routes.hop_bytes
+        mixes = routes.mixes()
+        hops = [hop_bytes[m.public_key] for m in mixes]
+        hops.append(hop_bytes[self.rng.choice(routes.provider_list).public_key])
+        off = slot * self.payload_size
+        self.builder.messages[off : off + self.payload_size] = self.drop
+        self.builder.set_packet_fast(slot, hops, [0] * len(hops), sphinx.DROP_COVER_DESTINATION,
+                                     self.payload_size, off)
+        return frag.first_hop, frag.ref, frag.route_delay_ns, frag.packet
 
     def _build_acks(self) -> set[int]:
         """Build this batch's ack packets (one C call) and put each, behind its first hop, at the
@@ -245,7 +259,7 @@ class Worker:
             if filled is None:
                 self.no_route += 1
                 continue
-            events.append((t, identity, stream, filled[0], filled[1], filled[2]))
+            events.append((t, identity, stream, *filled))
             self.seq += 1
         if not events:
             self.ring.set_horizon(min(self.next_event[0], horizon))
@@ -263,7 +277,7 @@ class Worker:
         write = start
         header, plen, wire_len = self.wire_header, self.prefix_len, self.wire_len
         hl = len(header)
-        for i, (t, identity, stream, first_hop, ref, route_delay) in enumerate(events):
+        for i, (t, identity, stream, first_hop, ref, route_delay, prebuilt) in enumerate(events):
             if status[i] != 0 or i in ack_failed:
                 self.build_errors += 1
                 if ref >= 0:
@@ -275,6 +289,8 @@ class Worker:
                 view[base + plen : base + wire_len] = view[src + plen : src + wire_len]
             view[base : base + hl] = header
             view[base + hl : base + plen] = first_hop
+            if prebuilt is not None:
+                view[base + plen : base + wire_len] = prebuilt
             real = ref >= 0
             # a real packet's seq is its fragment ref: the sender reports when it really left
             seq = ref if real else self.seq - len(events) + i

@@ -38,6 +38,7 @@ from loopix.wire.socket_api import (
     Encoding,
     ErrorResponse,
     FramingError,
+    Reply,
     Request,
     Response,
     SelfAddress,
@@ -77,6 +78,9 @@ class SocketClient(Protocol):
     def address(self) -> str: ...
 
     async def send_message(self, message: bytes, recipient: str) -> None: ...
+
+    # optional: `send_message(..., reply_surbs=N)` and `reply(sender_tag, message)` (anonymous
+    # replies); a client without them answers those requests with an error line
 
     def subscribe(self) -> Any: ...
 
@@ -162,7 +166,13 @@ class _Connection:
             except Exception as exc:
                 return ErrorResponse(f"the address is not available: {exc}")
         try:
-            await self.client.send_message(request.message, str(request.recipient))
+            if isinstance(request, Reply):
+                await self.client.reply(request.sender_tag, request.message)
+            elif request.reply_surbs:
+                await self.client.send_message(request.message, str(request.recipient),
+                                               reply_surbs=request.reply_surbs)
+            else:
+                await self.client.send_message(request.message, str(request.recipient))
         except ValueError as exc:  # the application's mistake (bad recipient, too large): one line
             log.warning("send refused: %s", exc)
             return ErrorResponse(str(exc))
@@ -195,6 +205,10 @@ async def _aclose(sub: Any) -> None:
 
 def _payload(item: Any) -> bytes:
     return bytes(item) if isinstance(item, bytes | bytearray | memoryview) else bytes(item.data)
+
+
+def _sender_tag(item: Any) -> bytes | None:
+    return getattr(item, "sender_tag", None)
 
 
 async def _stop_task(task: asyncio.Task) -> None:
@@ -290,7 +304,7 @@ async def _websocket_connection(
 async def _websocket_push(ws: ServerConnection, sub: AsyncIterator[Any], conn: _Connection) -> None:
     try:
         async for item in sub:
-            await _ws_send(ws, *encode_push(_payload(item), conn.encoding))
+            await _ws_send(ws, *encode_push(_payload(item), conn.encoding, _sender_tag(item)))
     except ConnectionClosed:
         return
     except Exception:
@@ -392,7 +406,7 @@ async def _tcp_connection(
 async def _tcp_push(writer: asyncio.StreamWriter, sub: AsyncIterator[Any], conn: _Connection) -> None:
     try:
         async for item in sub:
-            await _tcp_write(writer, encode_push(_payload(item), conn.encoding)[1])
+            await _tcp_write(writer, encode_push(_payload(item), conn.encoding, _sender_tag(item))[1])
     except ConnectionError:
         return
     except Exception:

@@ -111,3 +111,11 @@ def test_ack_timer_config_defaults_and_refusals():
     for bad in ({"wait_addition_s": 0}, {"wait_multiplier": -1}, {"max_retransmissions": -1}, {"nope": 1}):
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert(bad, cfg.AcksSection)
+
+
+def test_standby_provider_choice_is_round_robin_over_the_others():
+    from loopix.client.coordinator import choose_standby
+
+    a, b, c = b"a" * 32, b"b" * 32, b"c" * 32
+    assert [choose_standby(i, b, [c, b, a]) for i in range(4)] == [a, c, a, c]
+    assert choose_standby(0, a, [a]) is None

@@ -48,10 +48,10 @@ async def one_level(loss: float, n: int) -> dict:
 
             async def receive() -> None:
                 while True:
-                    data = await inbox.get()
-                    if data is None:
+                    item = await inbox.get()
+                    if item is None:
                         return
-                    i = struct.unpack_from(">I", data)[0]
+                    i = struct.unpack_from(">I", item.data)[0]
                     seen[i] = seen.get(i, 0) + 1
                     if seen[i] == 1:
                         latency.record_value(max(1, int((time.monotonic() - sent_at[i]) * 1e6)))

@@ -590,72 +590,10 @@ class _ServerWithMailbox:
 # --- loadtest / report ----------------------------------------------------------------------
 
 
-def _duration(text: str) -> float:
-    """"60s", "2m", "500ms" or plain seconds."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], units[suffix]
-            break
-    else:
-        number, scale = text, 1.0
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise ValueError(f"bad duration {text!r} (use e.g. 60s, 2m, 500ms)") from None
-    if value <= 0:
-        raise ValueError(f"duration must be positive, got {text!r}")
-    return value
-
-
 def _add_loadtest(sub: argparse._SubParsersAction) -> None:
-    from loopix.loadtest.thresholds import argparse_threshold
+    from loopix.loadtest.command import add_parser
 
-    p = sub.add_parser("loadtest", help="drive N identities open loop and measure the mixnet",
-                       description="Run N ephemeral identities in one client for a fixed time, against "
-                       "an embedded testnet (default) or --directory URL; live figures, thresholds, report.")
-    p.add_argument("--identities", type=int, default=100)
-    p.add_argument("--duration", type=_arg(_duration), default=60.0, help="e.g. 60s, 2m (default 60s)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--testnet", action="store_true", help="start an embedded testnet (the default)")
-    where.add_argument("--directory", type=_arg(cfg.validate_directory_url), help="a running network's topology URL")
-    p.add_argument("--payload-rate", type=float, default=2.0, help="per identity, packets/s (default 2)")
-    p.add_argument("--loop-rate", type=float, default=1.0, help="per identity (default 1)")
-    p.add_argument("--drop-rate", type=float, default=1.0, help="per identity (default 1)")
-    p.add_argument("--messages", type=float, default=0.0, metavar="RATE",
-                   help="real messages per second between random pairs of identities (default 0)")
-    p.add_argument("--message-size", type=int, default=1024)
-    p.add_argument("--mean-hop-delay-ms", type=float, default=20.0)
-    p.add_argument("--workers", type=int, default=0, help="packet workers (default: cores)")
-    p.add_argument("--threshold", action="append", default=[], type=argparse_threshold,
-                   help='e.g. "rtt_p99<2s", "loss<0.1%%"; any violated: exit 99')
-    p.add_argument("--out", metavar="DIR", help="write summary.json, history.csv, report.html")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
-    p.add_argument("--grace", type=float, default=None, help="seconds to wait for stragglers after the load")
-    p.add_argument("--layers", type=int, default=3, help="embedded testnet: mix layers")
-    p.add_argument("--mixnodes-per-layer", type=int, default=2)
-    p.add_argument("--providers", type=int, default=2)
-    p.set_defaults(handler=_cmd_loadtest)
-
-
-def _cmd_loadtest(args: argparse.Namespace) -> int:
-    import uvloop
-
-    from loopix.client.coordinator import ClientError
-    from loopix.loadtest.run import LoadTestOptions, run_loadtest
-
-    opts = LoadTestOptions(
-        identities=args.identities, duration_s=args.duration, directory_url=args.directory,
-        payload_rate=args.payload_rate, loop_rate=args.loop_rate, drop_rate=args.drop_rate,
-        messages_rate=args.messages, message_size=args.message_size, mean_hop_delay_ms=args.mean_hop_delay_ms,
-        workers=args.workers, thresholds=[t.expression for t in args.threshold], out_dir=args.out,
-        metrics_port=args.metrics_port, grace_s=args.grace, layers=args.layers,
-        mixnodes_per_layer=args.mixnodes_per_layer, providers=args.providers,
-    )
-    try:
-        return uvloop.run(run_loadtest(opts)).exit_code
-    except ClientError as exc:
-        raise CliError(str(exc)) from None
+    add_parser(sub)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -741,7 +679,17 @@ _PRELOAD = {
 }
 
 
+def _distributed_loadtest(argv: Sequence[str]) -> bool:
+    """`loadtest --master …` / `--worker …` hand the command line to Locust (docs/distributed.md)."""
+    return len(argv) > 1 and argv[0] == "loadtest" and ("--master" in argv or "--worker" in argv)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _distributed_loadtest(argv):
+        from loopix.loadtest.distributed.command import main_from_loadtest
+
+        return main_from_loadtest(argv[1:])
     with held_sigint():
         parser = build_parser()
     try:

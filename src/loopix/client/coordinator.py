@@ -104,6 +104,10 @@ class Stats(msgspec.Struct):
     dropped_unconnected: int = 0
     built: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
     build_errors: int = 0
+    # packets the schedule asked for that never went out, per stream (payload, loop, drop)
+    unsent_link_down: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
+    not_built_no_route: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
+    not_built_error: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
     messages_received: int = 0
     messages_incomplete: int = 0
     worker_restarts: int = 0
@@ -478,6 +482,7 @@ class Coordinator:
                         log.warning("%d fragments could not be built (%s); retrying in %.1f s",
                                     len(msg.refs), msg.reason, self.opts.acks.wait_addition_s)
                 elif isinstance(msg, control.WorkerStats):
+                    self._add_worker_losses(self._worker_stats.get(w), msg)
                     self._worker_stats[w] = msg
                 elif isinstance(msg, control.Fatal):
                     log.error("%s", msg.message)
@@ -787,8 +792,21 @@ class Coordinator:
         delay = sum(delays) + int(len(block.seeds) * self.opts.mean_hop_delay_ms * 1e6)
         return control.Fragment(ref, identity, b"", b"", b"", packet, block.first_hop, delay)
 
+    def _add_worker_losses(self, before: control.WorkerStats | None, now: control.WorkerStats) -> None:
+        """Fold a worker's per-stream build failures into the totals (a restarted worker counts
+        from zero again, so a decrease starts a new series)."""
+        s = self.stats
+        for total, old, new in ((s.not_built_no_route, before and before.no_route_by_stream, now.no_route_by_stream),
+                                (s.not_built_error, before and before.build_errors_by_stream,
+                                 now.build_errors_by_stream)):
+            for i, n in enumerate(new[:3]):
+                prev = old[i] if old and len(old) > i else 0
+                total[i] += n - prev if n >= prev else n
+
     def _on_sender_stats(self, msg: control.SenderStats) -> None:
         s = self.stats
+        if msg.unsent_by_stream:
+            s.unsent_link_down = list(msg.unsent_by_stream)
         s.sent, s.real_sent, s.loops_back = msg.sent, msg.real_sent, msg.loops_back
         s.received, s.connected, s.dropped_unconnected = msg.received, msg.connected, msg.dropped_unconnected
         built = [0, 0, 0]

@@ -204,9 +204,11 @@ class Sender:
         self.sent = [0, 0, 0]
         self.real_sent = 0
         self.dropped_unconnected = 0
+        self.unsent_by_stream = [0, 0, 0]  # due while the identity's provider link was down
         self.received = 0
         self.loops_back = 0
         self.loops_sent_by_second: dict[int, int] = {}
+        self.sent_by_second: dict[int, list[int]] = {}
         self.loop_back_sent_ns: list[int] = []
         self.loop_back_rtt_ns: list[int] = []
         self.lateness_us: list[float] = []
@@ -327,6 +329,7 @@ class Sender:
 
     def _give_up(self, item) -> None:
         self.dropped_unconnected += 1
+        self.unsent_by_stream[item[2]] += 1
         if item[3] & 1:
             self.unsent_refs.append(item[4])
 
@@ -349,16 +352,22 @@ class Sender:
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
         by_second = self.loops_sent_by_second
+        all_by_second = self.sent_by_second
         for t, identity, stream, flags, seq in due:
             sent[stream] += 1
+            sec = t // 1_000_000_000
+            counts = all_by_second.get(sec)
+            if counts is None:
+                counts = all_by_second[sec] = [0, 0, 0, 0]
+            counts[stream] += 1
             if stream == LOOP:
-                sec = t // 1_000_000_000
                 by_second[sec] = by_second.get(sec, 0) + 1
             real = flags & 1
             if real:
                 self.real_sent += 1
                 self.sent_refs.append(seq)
                 self.sent_ref_ns.append(actual)
+                counts[3] += 1
             self._late_seen += 1
             if len(samples) < LATENESS_SAMPLES:
                 samples.append((actual - t) / 1e3)
@@ -398,7 +407,9 @@ class Sender:
                 loops_sent_by_second=self.loops_sent_by_second, loop_back_sent_ns=self.loop_back_sent_ns,
                 loop_back_rtt_ns=self.loop_back_rtt_ns, lateness_us=self.lateness_us, connected=self.connected,
                 dropped_unconnected=self.dropped_unconnected, received=self.received,
+                unsent_by_stream=list(self.unsent_by_stream), sent_by_second=self.sent_by_second,
             ))
+            self.sent_by_second = {}
             self.lateness_us, self._late_seen = [], 0
             self.loops_sent_by_second, self.loop_back_sent_ns, self.loop_back_rtt_ns = {}, [], []
             if self.trace is not None:

@@ -64,8 +64,14 @@ class HopPolicy:
 
     __slots__ = ("_max_delay_ns", "draw", "drop_rate", "max_queue", "seen")
 
-    def __init__(self, seen: Callable[[bytes], bool], max_delay: float, max_queue: int,
-                 drop_rate: float = 0.0, draw: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        seen: Callable[[bytes], bool],
+        max_delay: float,
+        max_queue: int,
+        drop_rate: float = 0.0,
+        draw: Callable[[], float] | None = None,
+    ) -> None:
         self.seen = seen
         self._max_delay_ns = int(max_delay * 1e9)
         self.max_queue = max_queue

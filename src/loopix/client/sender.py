@@ -50,7 +50,7 @@ LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
 SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
-HOLD_MAX = 8192  # packets due while their provider connection is down wait, at most this many...
+HOLD_MAX = 8192  # real packets due while their provider connection is down wait, at most this many...
 HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
 
 
@@ -292,8 +292,11 @@ class Sender:
                     if ready[identity]:
                         batch.setdefault(link_of[identity], []).append(ring.wire_bytes(r, wire_len))
                         due.append((t, identity, stream, flags, seq))
-                    else:
+                    elif flags & 1:  # a real packet waits for the link (bounded)
                         self._hold(t, identity, stream, flags, seq, bytes(ring.wire_bytes(r, wire_len)))
+                    else:  # stale cover sent in a burst later would be overhead, and visible
+                        self.dropped_unconnected += 1
+                        self.unsent_by_stream[stream] += 1
                     r += 1
                 reads[k] = r
             if due:
@@ -321,8 +324,9 @@ class Sender:
                 await asyncio.sleep(0)
 
     def _hold(self, t: int, identity: int, stream: int, flags: int, seq: int, data: bytes) -> None:
-        """A packet due while its connection is down waits for it (bounded: HOLD_MAX, HOLD_MAX_NS);
-        its lateness, when it finally goes, is the wait."""
+        """A real packet due while its connection is down waits for it (bounded: HOLD_MAX,
+        HOLD_MAX_NS); its lateness, when it finally goes, is the wait. Cover due meanwhile is dropped
+        and counted: sent late in a burst it would cover nothing and stand out."""
         if len(self.held) >= HOLD_MAX:
             self._give_up(self.held.popleft())
         self.held.append((t, identity, stream, flags, seq, data))

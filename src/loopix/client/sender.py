@@ -282,6 +282,8 @@ class Sender:
         self.sent_refs: list[int] = []
         self.sent_ref_ns: list[int] = []
         self.unsent_refs: list[int] = []
+        # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
+        self.per_identity = IdentityCounts(len(self.identities))
 
     def link_state_changed(self, identity: int) -> None:
         ready_links = [link for link in self.links_of[identity] if identity in link.registered]
@@ -308,8 +310,6 @@ class Sender:
         link.join(ids)
         if new:
             asyncio.get_running_loop().create_task(link.connect_forever())
-        # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
-        self.per_identity = IdentityCounts(len(self.identities))
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:

@@ -156,6 +156,8 @@ def test_killed_provider_counts_the_packets_never_sent(testnet):
     unsent_loops = sum(s.loss.unsent[r]["loop"] for r in ("link_down", "no_route"))
     assert s.loss.unsent["link_down"]["loop"] > 0, s.loss
     assert s.loss.by_reason["link_down"] + s.loss.by_reason["no_route"] == unsent_loops
-    assert s.loss.loss is not None and s.loss.loss > 0.15, s.loss
+    # (their identities fail over to the other provider once the directory drops the dead one,
+    # docs/reliability.md, so the loss covers the seconds before that, not the whole rest)
+    assert s.loss.loss is not None and s.loss.loss > 0.05, s.loss
     assert "loss" in {r.rule for r in s.verdict.reasons}
     assert result.exit_code == EXIT_THRESHOLD_VIOLATED

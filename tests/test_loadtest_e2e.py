@@ -44,13 +44,18 @@ def test_report_counts_agree_with_the_nodes(testnet, tmp_path):
     # every packet the client sent entered through a provider, crossed one mixnode per layer and
     # reached a provider as its last hop; nothing was dropped on a healthy net
     assert sum(p.extra.get("from_clients", 0) for p in providers) == client_sent
+    # every loop and real packet carried a SURB-ack, which its provider sent on once stored: the
+    # acks cross the mixnet too and are stored at the sender's provider
+    acks = sum(p.extra.get("acks_sent", 0) for p in providers)
+    assert acks == s.sent["loop"] + s.real_sent
     for layer in (1, 2, 3):
-        assert sum(n.received for n in mixes if n.layer == layer) == client_sent
+        assert sum(n.received for n in mixes if n.layer == layer) == client_sent + acks
     assert sum(n.dropped for n in s.nodes) == 0
-    assert sum(p.received for p in providers) == client_sent
+    assert sum(p.received for p in providers) == client_sent + acks
     cover_drops = s.sent["drop"] + s.sent["payload"] - s.real_sent
     assert sum(p.extra.get("drop_cover", 0) for p in providers) == cover_drops
-    assert sum(p.extra.get("stored", 0) for p in providers) == s.sent["loop"] + s.real_sent
+    assert sum(p.extra.get("stored", 0) for p in providers) == s.sent["loop"] + s.real_sent + acks
+    assert s.acks.sent == s.acks.acked == s.real_sent and s.acks.unacked == 0
     assert s.loops.lost == 0 and s.loops.back >= s.loops.settled > 0
     assert s.messages.delivered == s.messages.sent > 0
     # the files a report needs
@@ -151,6 +156,8 @@ def test_killed_provider_counts_the_packets_never_sent(testnet):
     unsent_loops = sum(s.loss.unsent[r]["loop"] for r in ("link_down", "no_route"))
     assert s.loss.unsent["link_down"]["loop"] > 0, s.loss
     assert s.loss.by_reason["link_down"] + s.loss.by_reason["no_route"] == unsent_loops
-    assert s.loss.loss is not None and s.loss.loss > 0.15, s.loss
+    # (their identities fail over to the other provider once the directory drops the dead one,
+    # docs/reliability.md, so the loss covers the seconds before that, not the whole rest)
+    assert s.loss.loss is not None and s.loss.loss > 0.05, s.loss
     assert "loss" in {r.rule for r in s.verdict.reasons}
     assert result.exit_code == EXIT_THRESHOLD_VIOLATED

@@ -161,7 +161,7 @@ def test_json_response_refuses_binary_message():
         ('{"message":"x"}', 'missing "type"'),
         ('{"type":7}', '"type" must be a string'),
         ('{"type":null}', '"type" must be a string'),
-        ('{"type":"fetch"}', "unknown request type 'fetch' (expected 'send' or 'selfAddress')"),
+        ('{"type":"fetch"}', "unknown request type 'fetch' (expected 'send', 'reply' or 'selfAddress')"),
         ('{"type":"received","message":"x"}', "unknown request type 'received'"),
         ('{"type":"' + "z" * 500 + '"}', "..."),
         ('{"type":"selfAddress","type":"send"}', "bad request"),
@@ -254,7 +254,8 @@ def _send_frame(length_field: int, body: bytes) -> bytes:
         (b"\x80", "'received' response, not a request"),
         (b"\x81", "'selfAddress' response"),
         (b"\xff", "'error' response"),
-        (b"\x02", "unknown request tag 0x02"),
+        (b"\x03", "unknown request tag 0x03"),
+        (b"\x02" + bytes(3), "truncated reply request"),
         (b"\x7f", "unknown request tag 0x7f"),
         (b'{"type":"selfAddress"}', "JSON goes in text frames"),
         (b' {"type":"selfAddress"}', "a JSON frame must start with '{'"),
@@ -422,3 +423,26 @@ def test_tcp_decoder_any_chunking(frames, data):
         out += decoder.feed(stream[start:cut])
         start = cut
     assert out == frames
+
+
+def test_reply_fields_json_and_binary():
+    from loopix.wire.socket_api import (
+        Reply,
+        decode_response,
+        encode_binary_response,
+        encode_json_response,
+    )
+
+    tag = bytes(range(16))
+    addr = ClientAddress(bytes(32), bytes(range(32)))
+    req = decode_json_request(encode_json_request(Send(b"hi", addr, reply_surbs=10)))
+    assert req == Send(b"hi", addr, 10)
+    assert decode_json_request(encode_json_request(Reply(b"back", tag))) == Reply(b"back", tag)
+    assert decode_binary_request(encode_binary_request(Reply(b"\xff", tag))) == Reply(b"\xff", tag)
+    for bad, words in (('{"type":"reply","message":"x","senderTag":"AAAA"}', "bad senderTag"),
+                       ('{"type":"send","message":"x","recipient":"a@b","replySurbs":501}', "bad replySurbs")):
+        err = decode_json_request(bad)
+        assert isinstance(err, ErrorResponse) and words in err.message
+    for frame in (encode_json_response(Received(b"t", tag)), encode_binary_response(Received(b"\xff", tag))):
+        assert decode_response(frame).sender_tag == tag
+    assert b"senderTag" not in encode_json_response(Received(b"t"))

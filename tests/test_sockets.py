@@ -30,8 +30,9 @@ TIMEOUT = 10
 
 
 class FakeMessage:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, sender_tag: bytes | None = None) -> None:
         self.data = data
+        self.sender_tag = sender_tag
 
 
 class FakeSubscription:
@@ -47,7 +48,7 @@ class FakeSubscription:
         data = await self.queue.get()
         if data is None:
             raise StopAsyncIteration
-        return FakeMessage(data)
+        return data if isinstance(data, FakeMessage) else FakeMessage(data)
 
     async def aclose(self) -> None:
         self.client.subscriptions.discard(self)
@@ -493,3 +494,39 @@ def test_failing_message_stream_closes_the_connection():
         await client.wait_subscribers(0)
 
     run(test)
+
+
+class ReplyingClient(FakeClient):
+    """A fake client with anonymous replies: records reply_surbs and replies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.with_surbs: asyncio.Queue[int] = asyncio.Queue()
+        self.replies: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+
+    async def send_message(self, message: bytes, recipient: str, reply_surbs: int = 0) -> None:
+        await super().send_message(message, recipient)
+        await self.with_surbs.put(reply_surbs)
+
+    async def reply(self, sender_tag: bytes, message: bytes) -> None:
+        await self.replies.put((sender_tag, message))
+
+
+def test_websocket_reply_fields():
+    tag = bytes(range(16))
+
+    async def main() -> None:
+        client = ReplyingClient()
+        async with await serve_websocket(client, port=0) as server, connect(server.url) as ws:
+            await ws.send(json.dumps({"type": "send", "message": "hi", "recipient": str(BOB), "replySurbs": 10}))
+            assert await client.next_sent() == (b"hi", str(BOB))
+            assert await asyncio.wait_for(client.with_surbs.get(), TIMEOUT) == 10
+            await client.wait_subscribers(1)
+            for sub in client.subscriptions:
+                sub.queue.put_nowait(FakeMessage(b"from a stranger", tag))
+            got = await ws_json(ws)
+            assert got["message"] == "from a stranger" and got["senderTag"] == "AAECAwQFBgcICQoLDA0ODw=="
+            await ws.send(json.dumps({"type": "reply", "message": "back", "senderTag": got["senderTag"]}))
+            assert await asyncio.wait_for(client.replies.get(), TIMEOUT) == (tag, b"back")
+
+    asyncio.run(asyncio.wait_for(main(), 60))

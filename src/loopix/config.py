@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_DIRECTORY_PORT",
     "PACKET_SIZES",
     "TOPOLOGY_PATH",
+    "AcksSection",
     "ClientConfig",
     "ClientSection",
     "ConfigError",
@@ -178,12 +179,26 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _check_finite(self)
 
 
+class AcksSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[acks]`: when an unacknowledged fragment is sent again (client/acks.py). Its timer starts
+    when the packet leaves and lasts (sampled delays of its route and of its ack's route) x
+    `wait_multiplier` + `wait_addition_s`; Nym's defaults. `max_retransmissions` 0 = no limit."""
+
+    wait_multiplier: NonNegative = 1.5
+    wait_addition_s: Positive = 1.5
+    max_retransmissions: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        _check_finite(self)
+
+
 class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole `config.toml`."""
 
     client: ClientSection
     traffic: TrafficSection = msgspec.field(default_factory=TrafficSection)
     runtime: RuntimeSection = msgspec.field(default_factory=RuntimeSection)
+    acks: AcksSection = msgspec.field(default_factory=AcksSection)
 
 
 # --- paths --------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ DEFAULT_HOLD_BYTES = 64 * 2**20
 log = logging.getLogger("loopix.mailbox")
 
 
+def _size(item: Any) -> int:
+    """Bytes of a held message: plain bytes, or a received message (`.data`, `.sender_tag`)."""
+    return len(item) if isinstance(item, bytes | bytearray | memoryview) else len(item.data)
+
+
 class BoundedMessages:
     """A FIFO of messages capped at `max_messages` and `max_bytes`; full means the oldest goes.
 
@@ -48,13 +53,13 @@ class BoundedMessages:
     def put(self, data: bytes) -> int:
         """Append `data`; returns how many old messages were dropped to make room."""
         self._items.append(data)
-        self.bytes += len(data)
+        self.bytes += _size(data)
         dropped = 0
         while len(self._items) > 1 and (len(self._items) > self.max_messages or self.bytes > self.max_bytes):
             old = self._items.popleft()
-            self.bytes -= len(old)
+            self.bytes -= _size(old)
             dropped += 1
-            self.dropped_bytes += len(old)
+            self.dropped_bytes += _size(old)
         self.dropped += dropped
         return dropped
 
@@ -62,7 +67,7 @@ class BoundedMessages:
         if not self._items:
             return None
         data = self._items.popleft()
-        self.bytes -= len(data)
+        self.bytes -= _size(data)
         return data
 
     def take_all(self) -> list[bytes]:
@@ -127,8 +132,11 @@ class Mailbox:
     def address(self) -> str:
         return self.client.address
 
-    async def send_message(self, message: bytes, recipient: str) -> None:
-        await self.client.send_message(message, recipient)
+    async def send_message(self, message: bytes, recipient: str, **options: Any) -> None:
+        await self.client.send_message(message, recipient, **options)
+
+    async def reply(self, sender_tag: bytes, message: bytes) -> None:
+        await self.client.reply(sender_tag, message)
 
     def subscribe(self) -> _Outlet:
         """A new connection: it gets the held messages first, then everything that arrives."""
@@ -167,7 +175,7 @@ class Mailbox:
     async def _run(self, sub: Any) -> None:
         try:
             async for item in sub:
-                self.deliver(item if isinstance(item, bytes) else bytes(item.data))
+                self.deliver(item)  # bytes, or a message with its sender tag
         finally:
             self._end()
             close = getattr(sub, "aclose", None)

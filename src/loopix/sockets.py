@@ -38,6 +38,7 @@ from loopix.wire.socket_api import (
     Encoding,
     ErrorResponse,
     FramingError,
+    Reply,
     Request,
     Response,
     SelfAddress,
@@ -83,6 +84,9 @@ class SocketClient(Protocol):
     def address(self) -> str: ...
 
     async def send_message(self, message: bytes, recipient: str) -> None: ...
+
+    # optional: `send_message(..., reply_surbs=N)` and `reply(sender_tag, message)` (anonymous
+    # replies); a client without them answers those requests with an error line
 
     def subscribe(self) -> Any: ...
 
@@ -168,7 +172,13 @@ class _Connection:
             except Exception as exc:
                 return ErrorResponse(f"the address is not available: {exc}")
         try:
-            await self.client.send_message(request.message, str(request.recipient))
+            if isinstance(request, Reply):
+                await self.client.reply(request.sender_tag, request.message)
+            elif request.reply_surbs:
+                await self.client.send_message(request.message, str(request.recipient),
+                                               reply_surbs=request.reply_surbs)
+            else:
+                await self.client.send_message(request.message, str(request.recipient))
         except ValueError as exc:  # the application's mistake (bad recipient, too large): one line
             log.warning("send refused: %s", exc)
             return ErrorResponse(str(exc))
@@ -197,7 +207,7 @@ class _Connection:
 
     def push(self, item: Any) -> tuple[Encoding, bytes]:
         """A received message (from the subscription) as a frame for this connection."""
-        return encode_push(_payload(item), self.encoding)
+        return encode_push(_payload(item), self.encoding, _sender_tag(item))
 
 
 async def _subscribe(client: SocketClient) -> Any:
@@ -218,6 +228,10 @@ async def _aclose(sub: Any) -> None:
 
 def _payload(item: Any) -> bytes:
     return bytes(item) if isinstance(item, bytes | bytearray | memoryview) else bytes(item.data)
+
+
+def _sender_tag(item: Any) -> bytes | None:
+    return getattr(item, "sender_tag", None)
 
 
 async def _stop_task(task: asyncio.Task) -> None:

@@ -32,6 +32,7 @@ from loopix.keys import KeyPair, load_keypair
 from loopix.wire.b64 import b64url_decode, b64url_encode
 from loopix.wire.socket_api import ClientAddress
 
+from .acks import AckConfig
 from .coordinator import ClientError, Coordinator, Identity, RuntimeOptions, Stats
 
 LOCK_FILE = "client.lock"
@@ -39,9 +40,11 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as a shell reports it; SIGTERM is a n
 
 
 class ReceivedMessage(msgspec.Struct, frozen=True):
-    """A whole message, decrypted and reassembled."""
+    """A whole message, decrypted and reassembled. `sender_tag`: the conversation's tag when the
+    sender attached reply blocks (answer with `Client.reply`), or when this is a reply to us."""
 
     data: bytes
+    sender_tag: bytes | None = None
 
 
 class Subscription:
@@ -55,10 +58,10 @@ class Subscription:
         return self
 
     async def __anext__(self) -> ReceivedMessage:
-        data = await self._queue.get()
-        if data is None:
+        item = await self._queue.get()
+        if item is None:
             raise StopAsyncIteration
-        return ReceivedMessage(data)
+        return ReceivedMessage(item.data, item.sender_tag)
 
     async def aclose(self) -> None:
         self._coord.unsubscribe(self._identity, self._queue)
@@ -123,6 +126,9 @@ def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
         workers=r.workers, topology_refresh_s=r.topology_refresh_s, fetch_rate=t.fetch_rate,
         push=t.delivery == "push",
         directory_key=b64url_decode(config.client.directory_key) if config.client.directory_key else None,
+        acks=AckConfig(wait_multiplier=config.acks.wait_multiplier,
+                       wait_addition_s=config.acks.wait_addition_s,
+                       max_retransmissions=config.acks.max_retransmissions),
     )
     for k, v in overrides.items():
         if v is not None:
@@ -199,8 +205,10 @@ class Client:
         return self._coord.stats if self._coord else Stats()
 
     # -- messages --
-    async def send_message(self, message: bytes, recipient: str | ClientAddress) -> None:
-        """Encrypt, fragment and queue `message` for `recipient`; returns once queued."""
+    async def send_message(self, message: bytes, recipient: str | ClientAddress, *, reply_surbs: int = 0) -> None:
+        """Encrypt, fragment and queue `message` for `recipient`; returns once queued. With
+        `reply_surbs` N > 0 it carries N single-use reply blocks and our sender tag for this
+        recipient, who can answer with `reply(tag, data)` without learning our address."""
         if self._coord is None or not self._coord.running:
             raise ClientError("the client is not running")
         if isinstance(recipient, str):
@@ -208,7 +216,15 @@ class Client:
                 recipient = ClientAddress.parse(recipient)
             except ValueError as e:
                 raise ValueError(f"bad recipient address: {e}") from None
-        self._coord.send_message(0, bytes(message), recipient.client_key, recipient.provider_key)
+        self._coord.send_message(0, bytes(message), recipient.client_key, recipient.provider_key,
+                                 reply_surbs=reply_surbs)
+
+    async def reply(self, sender_tag: bytes, message: bytes) -> None:
+        """Answer the sender behind `sender_tag` (from a ReceivedMessage) through its reply blocks;
+        returns once queued. ClientError for a tag that never brought blocks."""
+        if self._coord is None or not self._coord.running:
+            raise ClientError("the client is not running")
+        self._coord.reply(0, bytes(sender_tag), bytes(message))
 
     def subscribe(self) -> Subscription:
         if self._coord is None:
@@ -291,7 +307,9 @@ class StatusReporter:
         late = f"lateness p99 {quantile(self.late, 0.99) / 1000:.2f} ms" if self.late else "lateness -"
         self.rtt, self.late = [], []
         return (f"sent payload {s.sent[0]} (real {s.real_sent}) loop {s.sent[1]} drop {s.sent[2]} | "
-                f"loops back {s.loops_back} {rtt} | {late} | messages in {s.messages_received}")
+                f"loops back {s.loops_back} {rtt} | {late} | messages in {s.messages_received} | "
+                f"fragments acked {s.fragments_acked}/{s.fragments_sent} retransmitted "
+                f"{s.fragments_retransmitted} unacked {s.fragments_unacked} ack rtt p50 {s.ack_rtt_ms_p50:.0f} ms")
 
 
 def quantile(values: list[float], q: float) -> float:

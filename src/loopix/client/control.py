@@ -67,6 +67,7 @@ class WorkerSetup(msgspec.Struct, tag=True):
     rate_classes: list[RateClass]
     topology: TopologyUpdate
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
+    ack_key: bytes = b""  # SURB-ack payload key (client/acks.py)
     paused: bool = False  # start without cover traffic (see Pause) until Resume
     first: int = 0
     step: int = 1
@@ -81,6 +82,9 @@ class Fragment(msgspec.Struct, frozen=True, array_like=True):
     recipient_key: bytes
     recipient_provider_key: bytes
     payload: bytes
+    packet: bytes = b""  # a whole pre-built packet (a reply through a SURB) instead of a payload
+    first_hop: bytes = b""  # ...and its first hop
+    route_delay_ns: int = 0  # ...and the delays it was built with (its ack timer)
 
 
 class SendFragments(msgspec.Struct, tag=True):
@@ -89,6 +93,16 @@ class SendFragments(msgspec.Struct, tag=True):
 
 class FragmentsBuilt(msgspec.Struct, tag=True):
     refs: list[int]
+    route_delay_ns: list[int] = []  # per ref: sampled delays of its route plus its ack's route
+
+
+class FragmentsSent(msgspec.Struct, tag=True):
+    """Real fragments the sender wrote to the wire, and when (CLOCK_MONOTONIC ns): their ack
+    timers start there. `unsent`: real fragments it had to give up on (connection down too long)."""
+
+    refs: list[int]
+    sent_ns: list[int]
+    unsent: list[int] = []
 
 
 class FragmentsFailed(msgspec.Struct, tag=True):
@@ -146,6 +160,14 @@ class SenderStats(msgspec.Struct, tag=True):
     unsent_by_stream: list[int] = []  # dropped_unconnected per stream: the provider link was down
     # scheduled second (monotonic) -> [payload, loop, drop, of which real] sent, this interval
     sent_by_second: dict[int, list[int]] = {}
+
+
+class Failover(msgspec.Struct, tag=True):
+    """To the sender: register `identities` (global indexes) at this standby provider too. To a
+    worker: their loops and acks now end at this provider."""
+
+    identities: list[int]
+    provider: ProviderEndpoint
 
 
 class Stop(msgspec.Struct, tag=True):
@@ -216,8 +238,8 @@ class Resume(msgspec.Struct, tag=True):
 
 
 ControlMessage = (
-    TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsFailed | WorkerStats
-    | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal
+    TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsSent | FragmentsFailed
+    | WorkerStats | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal | Failover
     | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities | IdentityStatsRequest | IdentityStatsReply
 )
 _encoder = msgspec.msgpack.Encoder()

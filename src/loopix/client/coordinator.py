@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -25,15 +26,31 @@ import time
 
 import aiohttp
 import msgspec
+from hdrh.histogram import HdrHistogram
 
 from loopix import sphinx
 from loopix.keys import KeyPair
+from loopix.sphinx.surb import ReplyBlock, make_reply_block, use_reply_block
 from loopix.topology import Topology
 from loopix.wire import provider as pp
+from loopix.wire.ack import ACK_PAYLOAD_SIZE, inner_size
 from loopix.wire.b64 import b64url_encode
 
 from . import control
+from .acks import AckCodec, AckConfig, Retransmissions
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
+from .replies import (
+    MAX_REPLY_SURBS,
+    Envelope,
+    ReplyKeys,
+    ReplyReassembler,
+    Surb,
+    SurbStore,
+    decode_envelope,
+    encode_envelope,
+    reply_fragments,
+    seal_reply_fragment,
+)
 from .ring import Ring, slot_size_for
 from .topology_source import TopologyRefused, TopologySource
 
@@ -75,6 +92,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     start_timeout_s: float = 20.0
     start_paused: bool = False  # no cover traffic until resume() (load tests start on a quiet net)
     directory_key: bytes | None = None  # pinned Ed25519 key of the directory; None: unauthenticated
+    acks: AckConfig = msgspec.field(default_factory=AckConfig)
 
 
 class Stats(msgspec.Struct):
@@ -95,6 +113,22 @@ class Stats(msgspec.Struct):
     messages_received: int = 0
     messages_incomplete: int = 0
     worker_restarts: int = 0
+    fragments_sent: int = 0  # real fragments on the wire, first transmissions
+    fragments_acked: int = 0
+    fragments_retransmitted: int = 0
+    fragments_unacked: int = 0  # accepted and not yet acknowledged (queued, in flight or due again)
+    ack_rtt_ms_p50: float = 0.0  # since start (HDR histogram in the coordinator)
+    ack_rtt_ms_p99: float = 0.0
+    replies_received: int = 0  # replies that came back through our reply blocks
+    surbs_held: int = 0  # reply blocks others gave us, not yet used
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A received message for the subscribers: its bytes and, when it came with reply blocks (or is
+    a reply to us), the conversation's sender tag."""
+
+    data: bytes
+    sender_tag: bytes | None = None
 
 
 def usable_topology(topo: Topology, refused: set[bytes]) -> Topology:
@@ -201,6 +235,7 @@ class Coordinator:
         self.topology_source = TopologySource(options.directory_url, options.directory_key)
         self.refused_keys: set[bytes] = set()  # node keys refused (and logged) so far
         self.provider_of: list[bytes] = []
+        self.standby_of: dict[int, bytes] = {}  # identity -> standby provider, after a failover
         self.stats = Stats()
         self.rings: list[Ring] = []
         self.workers: list[Child | None] = []
@@ -208,6 +243,21 @@ class Coordinator:
         self.tasks: list[asyncio.Task] = []
         self.refs = itertools.count(1)
         self.outstanding: list[dict[int, control.Fragment]] = []
+        self.ack_codec = AckCodec()
+        self.retransmissions = Retransmissions(options.acks)
+        self.unacked: dict[int, control.Fragment] = {}  # ref -> fragment, until its ack comes back
+        self.ack_rtt_us = HdrHistogram(1, 3_600_000_000, 3)
+        self.acks_invalid = 0
+        # anonymous replies (client/replies.py)
+        self.rng = random.SystemRandom()  # routes and delays of SURBs and reply acks
+        self.reply_keys = ReplyKeys()  # as the original sender
+        self.surbs = SurbStore()  # as the replier
+        self.reply_frags: dict[int, tuple[int, bytes, bytes]] = {}  # ref -> (identity, tag, fragment)
+        self.reply_waiting: dict[tuple[int, bytes], list[int]] = {}  # refs waiting for blocks
+        self.reply_requested: dict[tuple[int, bytes], float] = {}  # when we last asked for blocks
+        self.reply_reassemblers: dict[int, ReplyReassembler] = {}
+        self.messages_malformed = 0
+        self._failed_log_after = 0.0
         self.deal_next = 0
         self.reassemblers: dict[int, Reassembler] = {}  # made on an identity's first fragment
         self.subscribers: dict[int, set[asyncio.Queue]] = {}
@@ -242,6 +292,7 @@ class Coordinator:
                 self.tasks.append(asyncio.create_task(self._read_worker(i)))
             self.tasks.append(asyncio.create_task(self._refresh_topology()))
             self.tasks.append(asyncio.create_task(self._watch_children()))
+            self.tasks.append(asyncio.create_task(self._retransmit()))
             left = max(0.1, deadline - time.monotonic())
             try:
                 await asyncio.wait_for(self._sender_connected.wait(), left)
@@ -330,7 +381,8 @@ class Coordinator:
         for k in range(first, len(self.identities), step):
             ident = self.identities[k]
             rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
-            infos.append(control.IdentityInfo(ident.keys.public, provider_index[self.provider_of[k]],
+            ends_at = self.standby_of.get(k, self.provider_of[k])  # where its loops and acks go
+            infos.append(control.IdentityInfo(ident.keys.public, provider_index[ends_at],
                                               classes.setdefault(rates, len(classes))))
         setup = control.WorkerSetup(
             worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
@@ -340,6 +392,7 @@ class Coordinator:
             provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
             topology=topology_update(self.topology),
             wire_header=pp.send_header(self.packet_size),
+            ack_key=self.ack_codec.key,
             paused=self._paused,
             first=first, step=step, share=1.0 if partitioned else 1.0 / self.n_workers,
         )
@@ -406,6 +459,12 @@ class Coordinator:
                 return
             if isinstance(msg, control.Received):
                 self._on_received(msg)
+            elif isinstance(msg, control.FragmentsSent):
+                retx = self.retransmissions
+                for ref, sent_ns in zip(msg.refs, msg.sent_ns, strict=True):
+                    retx.sent_at(ref, sent_ns)
+                for ref in msg.unsent:
+                    retx.unsent(ref)
             elif isinstance(msg, control.SenderStats):
                 self._on_sender_stats(msg)
             elif isinstance(msg, control.IdentityStatsReply):
@@ -449,12 +508,19 @@ class Coordinator:
                     break
                 if isinstance(msg, control.FragmentsBuilt):
                     out = self.outstanding[w]
-                    for ref in msg.refs:
+                    retx = self.retransmissions
+                    for ref, delay in itertools.zip_longest(msg.refs, msg.route_delay_ns, fillvalue=0):
                         out.pop(ref, None)
+                        retx.built(ref, delay)
                 elif isinstance(msg, control.FragmentsFailed):
+                    now_ns = time.monotonic_ns()
                     for ref in msg.refs:
                         self.outstanding[w].pop(ref, None)
-                    log.warning("%d fragments could not be sent: %s", len(msg.refs), msg.reason)
+                        self.retransmissions.retry_later(ref, now_ns)  # the topology may change
+                    if time.monotonic() >= self._failed_log_after:  # at most one line per 5 s
+                        self._failed_log_after = time.monotonic() + 5.0
+                        log.warning("%d fragments could not be built (%s); retrying in %.1f s",
+                                    len(msg.refs), msg.reason, self.opts.acks.wait_addition_s)
                 elif isinstance(msg, control.WorkerStats):
                     self._add_worker_losses(self._worker_stats.get(w), msg)
                     self._worker_stats[w] = msg
@@ -501,20 +567,96 @@ class Coordinator:
                     if child is not None and child.chan is not None:
                         child.chan.send(update)
                 self.topology_version += 1
+                self._fail_over(topo)
+
+    def _fail_over(self, topo: Topology) -> None:
+        """Identities whose home provider left the topology register at a standby provider too
+        (docs/reliability.md). Their address still names the home: senders find the standby in
+        the topology's registeredClients, and the home link keeps reconnecting to fetch what was
+        stored there."""
+        moves: dict[bytes, list[int]] = {}
+        for i, home in enumerate(self.provider_of):
+            if i in self.standby_of or topo.provider_by_key(home) is not None:
+                continue
+            standby = choose_standby(i, home, [p.pub_key for p in topo.providers])
+            if standby is None:
+                continue
+            self.standby_of[i] = standby
+            moves.setdefault(standby, []).append(i)
+        for key, ids in moves.items():
+            if key not in self.provider_keys:
+                self.provider_keys.append(key)
+            host, port = topo.provider_by_key(key).address
+            msg = control.Failover(ids, control.ProviderEndpoint(key, host, port))
+            log.warning("%d identities' provider left the topology; registering them at %s:%d too",
+                        len(ids), host, port)
+            if self.sender is not None and self.sender.chan is not None:
+                self.sender.chan.send(msg)
+            self._tell_workers(msg)
+
+    def _resolve(self, frag: control.Fragment) -> control.Fragment:
+        """A fragment whose named provider left the topology goes to the provider that now lists
+        its recipient among its registered clients (a recipient that failed over), if any."""
+        if self.topology.provider_by_key(frag.recipient_provider_key) is not None:
+            return frag
+        now = self.topology.provider_of_client(frag.recipient_key)
+        if now is None:
+            return frag
+        return msgspec.structs.replace(frag, recipient_provider_key=now.pub_key)
+
+    async def _retransmit(self) -> None:
+        """Fragments whose ack timer ran out go back to their worker (new route, new ack)."""
+        while self.running:
+            await asyncio.sleep(0.1)
+            due = self.retransmissions.due(time.monotonic_ns())
+            frags = [self._resolve(self.unacked[ref]) for ref in due if ref in self.unacked]
+            replies: dict[tuple[int, bytes], list[int]] = {}
+            for ref in due:
+                if ref in self.reply_frags:  # again through a fresh block
+                    identity, tag, _ = self.reply_frags[ref]
+                    replies.setdefault((identity, tag), []).append(ref)
+            for (identity, tag), refs in replies.items():
+                self._send_replies(identity, tag, refs)
+            now = time.monotonic()
+            for identity, tag in list(self.reply_waiting):
+                self._request_surbs(identity, tag, now)
+            self.reply_keys.expire(now)
+            for ref in self.retransmissions.abandoned:  # max_retransmissions reached
+                self.unacked.pop(ref, None)
+                self.reply_frags.pop(ref, None)
+            self.retransmissions.abandoned.clear()
+            if frags:
+                self._deal(frags)
 
     # -- messages --
-    def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes) -> int:
-        """Encrypt, fragment and queue a message; returns how many packets it takes."""
+    def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes,
+                     reply_surbs: int = 0) -> int:
+        """Encrypt, fragment and queue a message, with `reply_surbs` reply blocks and our sender tag
+        for this recipient; returns how many packets it takes."""
         if not self.running:
             raise ClientError("the client is not running")
         if self.topology.provider_by_key(recipient_provider) is None:
-            raise RecipientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
+            moved = self.topology.provider_of_client(recipient_key)
+            if moved is None:
+                raise RecipientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
+            recipient_provider = moved.pub_key  # the recipient failed over (docs/reliability.md)
+        if not 0 <= reply_surbs <= MAX_REPLY_SURBS:
+            raise ClientError(f"reply_surbs must be 0..{MAX_REPLY_SURBS}, got {reply_surbs}")
+        envelope = Envelope(data=message)
+        if reply_surbs:
+            tag = self.reply_keys.tag_for(identity, recipient_key, recipient_provider)
+            envelope = Envelope(data=message, sender_tag=tag,
+                                surbs=[self._make_surb(identity, tag) for _ in range(reply_surbs)])
         try:
-            payloads = fragment_message(message, recipient_key, self.opts.payload_size)
+            payloads = fragment_message(encode_envelope(envelope), recipient_key,
+                                        inner_size(self.opts.payload_size))
         except MessageError as e:
             raise RecipientError(str(e)) from None
         frags = [control.Fragment(next(self.refs), identity, recipient_key, recipient_provider, p)
                  for p in payloads]
+        for frag in frags:
+            self.unacked[frag.ref] = frag
+        self.retransmissions.track(f.ref for f in frags)
         self._deal(frags)
         return len(frags)
 
@@ -544,14 +686,154 @@ class Coordinator:
         if reasm is None:
             reasm = self.reassemblers[msg.identity] = Reassembler(self.identities[msg.identity].keys.secret)
         now = time.monotonic()
+        now_ns = time.monotonic_ns()
         for payload in msg.payloads:
+            if len(payload) == ACK_PAYLOAD_SIZE:  # a SURB-ack for one of our fragments
+                ref = self.ack_codec.decode(payload)
+                if ref is None:
+                    self.acks_invalid += 1
+                elif self.retransmissions.acked_at(ref, now_ns):
+                    self.unacked.pop(ref, None)
+                    self.reply_frags.pop(ref, None)
+                continue
+            reply = self.reply_keys.take(payload, now)
+            if reply is not None:  # a reply through one of our blocks
+                fragment, identity, tag = reply
+                rr = self.reply_reassemblers.get(identity)
+                if rr is None:
+                    rr = self.reply_reassemblers[identity] = ReplyReassembler()
+                data = rr.add(fragment, now)
+                if data is not None:
+                    self._on_reply(identity, tag, data)
+                continue
             data = reasm.add(payload, now)
             if data is not None:
-                self.stats.messages_received += 1
-                for q in self.subscribers.get(msg.identity, ()):
-                    q.put_nowait(data)
-                for listener in self.message_listeners:
-                    listener(msg.identity, data)
+                self._on_message(msg.identity, data, now)
+
+    def _deliver(self, identity: int, data: bytes, tag: bytes | None) -> None:
+        self.stats.messages_received += 1
+        for q in self.subscribers.get(identity, ()):
+            q.put_nowait(Delivery(data, tag))
+        for listener in self.message_listeners:
+            listener(identity, data)
+
+    def _on_message(self, identity: int, data: bytes, now: float) -> None:
+        env = decode_envelope(data)
+        if env is None or env.kind == "request":
+            self.messages_malformed += 1
+            return
+        if env.surbs and env.sender_tag:
+            self.surbs.add(identity, env.sender_tag, list(env.surbs), now)
+        if env.kind == "surbs":
+            waiting = self.reply_waiting.pop((identity, env.sender_tag), [])
+            if waiting:
+                self._send_replies(identity, env.sender_tag, waiting)
+            return
+        self._deliver(identity, env.data, env.sender_tag or None)
+
+    def _on_reply(self, identity: int, tag: bytes, data: bytes) -> None:
+        env = decode_envelope(data)
+        if env is None:
+            self.messages_malformed += 1
+            return
+        if env.kind == "request":  # the replier ran out: more blocks, to the address we wrote to
+            peer = self.reply_keys.peers.get(tag)
+            if peer is not None and env.want:
+                _, key, provider = peer
+                surbs = [self._make_surb(identity, tag) for _ in range(min(env.want, MAX_REPLY_SURBS))]
+                with contextlib.suppress(ClientError):
+                    self._queue_envelope(identity, Envelope(kind="surbs", sender_tag=tag, surbs=surbs),
+                                         key, provider)
+            return
+        self.stats.replies_received += 1
+        self._deliver(identity, env.data, tag)
+
+    def _queue_envelope(self, identity: int, env: Envelope, key: bytes, provider: bytes) -> None:
+        frag_provider = provider
+        if self.topology.provider_by_key(provider) is None:
+            moved = self.topology.provider_of_client(key)
+            if moved is None:
+                raise ClientError("the recipient's provider is not in the topology")
+            frag_provider = moved.pub_key
+        payloads = fragment_message(encode_envelope(env), key, inner_size(self.opts.payload_size))
+        frags = [control.Fragment(next(self.refs), identity, key, frag_provider, p) for p in payloads]
+        for frag in frags:
+            self.unacked[frag.ref] = frag
+        self.retransmissions.track(f.ref for f in frags)
+        self._deal(frags)
+
+    # -- anonymous replies --
+    def _own_provider(self, identity: int) -> bytes:
+        return self.standby_of.get(identity, self.provider_of[identity])
+
+    def _route(self, identity: int) -> tuple[list[sphinx.Hop], list[int]]:
+        nodes = self.topology.choose_route(self.rng, self._own_provider(identity))
+        mean = self.opts.mean_hop_delay_ms / 1000
+        delays = [int(self.rng.expovariate(1 / mean) * 1e9) if mean > 0 else 0 for _ in nodes[:-1]] + [0]
+        return [sphinx.Hop(public_key=n.pub_key, address=n.sphinx_address) for n in nodes], delays
+
+    def _make_surb(self, identity: int, tag: bytes) -> Surb:
+        route, delays = self._route(identity)
+        block = make_reply_block(route, self.identities[identity].keys.public, delays)
+        surb = Surb(block.to_bytes(), os.urandom(16), os.urandom(32))
+        self.reply_keys.add(surb.surb_id, surb.key, tag, identity, time.monotonic())
+        return surb
+
+    def reply(self, identity: int, tag: bytes, message: bytes) -> int:
+        """Answer the sender behind `tag` through the blocks it gave us; returns the fragments. The
+        last block is kept in reserve: when the others are used up, it carries a request for more
+        and the fragments wait (at most 10 s between requests, Nym's default)."""
+        if not self.running:
+            raise ClientError("the client is not running")
+        if not self.surbs.known(identity, tag):
+            raise ClientError("unknown sender tag (no reply blocks from it)")
+        frags = reply_fragments(encode_envelope(Envelope(data=bytes(message))), inner_size(self.opts.payload_size))
+        refs = []
+        for fragment in frags:
+            ref = next(self.refs)
+            self.reply_frags[ref] = (identity, tag, fragment)
+            refs.append(ref)
+        self.retransmissions.track(refs)
+        self._send_replies(identity, tag, refs)
+        return len(refs)
+
+    def _send_replies(self, identity: int, tag: bytes, refs: list[int]) -> None:
+        now = time.monotonic()
+        have = self.surbs.count(identity, tag, now)
+        send = refs[: max(0, have - 1)]  # the last block stays in reserve to ask for more
+        for ref in send:
+            surb = self.surbs.take(identity, tag, now)
+            self._deal([self._reply_packet(identity, ref, surb, self.reply_frags[ref][2])])
+        rest = refs[len(send):]
+        if rest:
+            key = (identity, tag)
+            self.reply_waiting.setdefault(key, []).extend(rest)
+            self._request_surbs(identity, tag, now)
+
+    def _request_surbs(self, identity: int, tag: bytes, now: float) -> None:
+        key = (identity, tag)
+        if now - self.reply_requested.get(key, -1e9) < 10.0:  # Nym: re-request after 10 s
+            return
+        surb = self.surbs.take(identity, tag, now)
+        if surb is None:
+            return
+        self.reply_requested[key] = now
+        want = min(MAX_REPLY_SURBS, max(10, len(self.reply_waiting.get(key, ())) + 10))
+        fragment = reply_fragments(encode_envelope(Envelope(kind="request", want=want)),
+                                   inner_size(self.opts.payload_size))[0]
+        self._deal([self._reply_packet(identity, 0, surb, fragment)])
+
+    def _reply_packet(self, identity: int, ref: int, surb: Surb, fragment: bytes) -> control.Fragment:
+        """A whole packet through `surb` carrying `fragment`, with a SURB-ack back to us."""
+        route, delays = self._route(identity)
+        me = self.identities[identity].keys.public
+        ack = sphinx.build_packet(route, me, self.ack_codec.encode(ref), delays, payload_size=ACK_PAYLOAD_SIZE)
+        message = route[0].address + ack + seal_reply_fragment(surb, fragment)
+        block = ReplyBlock.from_bytes(surb.block)
+        packet = use_reply_block(block, message, self.opts.payload_size)
+        # the block's delays are the original sender's secret: assume the mean on its hops
+        delay = sum(delays) + int(len(block.seeds) * self.opts.mean_hop_delay_ms * 1e6)
+        return control.Fragment(ref, identity, b"", b"", b"", packet, block.first_hop, delay)
 
     def _add_worker_losses(self, before: control.WorkerStats | None, now: control.WorkerStats) -> None:
         """Fold a worker's per-stream build failures into the totals (a restarted worker counts
@@ -576,6 +858,16 @@ class Coordinator:
             built = [a + b for a, b in zip(built, ws.built, strict=True)]
             errors += ws.build_errors
         s.built, s.build_errors = built, errors
+        retx = self.retransmissions
+        for rtt in retx.rtt_ns:
+            self.ack_rtt_us.record_value(max(1, min(rtt // 1000, 3_600_000_000)))
+        retx.rtt_ns.clear()
+        s.fragments_sent, s.fragments_acked = retx.sent, retx.acked
+        s.fragments_retransmitted, s.fragments_unacked = retx.retransmitted, len(retx)
+        s.surbs_held = sum(len(b) for _, _, b in self.surbs.contents())
+        if self.ack_rtt_us.get_total_count():
+            s.ack_rtt_ms_p50 = self.ack_rtt_us.get_value_at_percentile(50) / 1000
+            s.ack_rtt_ms_p99 = self.ack_rtt_us.get_value_at_percentile(99) / 1000
         now = time.monotonic()
         s.messages_incomplete += sum(len(r.expire(now)) for r in self.reassemblers.values())
         if s.connected >= len(self.identities):
@@ -649,6 +941,13 @@ class Coordinator:
     def address_of(self, identity: int) -> tuple[bytes, bytes]:
         """(client key, provider key) of one of ours."""
         return self.identities[identity].keys.public, self.provider_of[identity]
+
+
+def choose_standby(identity: int, home: bytes, providers: list[bytes]) -> bytes | None:
+    """The standby provider of an identity whose home left: round robin over the other providers
+    in key order (stable for a given set), so a fleet spreads over them."""
+    others = sorted(p for p in providers if p != home)
+    return others[identity % len(others)] if others else None
 
 
 def sphinx_key(key: bytes) -> str:

@@ -1,7 +1,8 @@
 """The client's end-to-end layer: what travels inside one Sphinx packet. Pure functions, no I/O.
 
-Every Sphinx message this module produces is exactly `payload_size` bytes (2048 by default), whatever
-it carries, so a provider storing them sees one size only. All of them start with the same 16-byte
+Every Sphinx message this module produces is exactly `payload_size` bytes, whatever it carries, so a
+provider storing them sees one size only. The runtime passes the room left after the SURB-ack prefix
+(wire/ack.py: `inner_size(2048)` = 1630), which the recipient's provider strips before storing. All of them start with the same 16-byte
 fragment header and everything after the header is ciphertext or random bytes:
 
     fragment header   message id (8 random bytes) || fragment index (u32 BE) || fragment count (u32 BE)
@@ -16,7 +17,8 @@ fragment header and everything after the header is ciphertext or random bytes:
   `len(message) + 1 + 48` bytes. The receiver joins the chunks, opens the box and strips the trailing
   zeros and the 0x80 marker (ISO/IEC 7816-4 padding), which gives back the exact length. So the last
   fragment is as long as the others and, like them, carries nothing but ciphertext after its header.
-  One fragment holds a message of up to `fragment_capacity(payload_size)` bytes (1983 for 2048).
+  One fragment holds a message of up to `fragment_capacity(payload_size)` bytes (1565 for the
+  runtime's 1630, i.e. a 2048-byte Sphinx payload less its ack).
 
 * LOOP payload: a client's own packet that comes back to it.
   `header(random id, index 0, count 1) || nonce (24) || SecretBox(identity u32 || seq u64 ||

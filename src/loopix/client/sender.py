@@ -52,6 +52,9 @@ REGISTER_CHUNK = 512  # REGISTERs in flight per link: a fleet registers in chunk
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
+SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
+HOLD_MAX = 8192  # real packets due while their provider connection is down wait, at most this many...
+HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
 
 
 class ProviderLink(asyncio.Protocol):
@@ -72,6 +75,7 @@ class ProviderLink(asyncio.Protocol):
         self.backoff = 0.2
         self.closing = False
         self.refusals_logged = 0
+        self.registered: set[int] = set()  # members the provider accepted on this connection
         self.to_register: collections.deque[int] = collections.deque()
 
     async def connect_forever(self) -> None:
@@ -95,10 +99,13 @@ class ProviderLink(asyncio.Protocol):
         transport.write(self.proto.send_hello())
 
     def _set_ready(self, identity: int, ready: bool) -> None:
-        sender = self.sender
-        if sender.ready[identity] != ready:
-            sender.ready[identity] = ready
-            sender.connected += 1 if ready else -1
+        """Registered here or not; the identity is ready if any of its links (home, standby) is,
+        and sends through one that is."""
+        if ready:
+            self.registered.add(identity)
+        else:
+            self.registered.discard(identity)
+        self.sender.link_state_changed(identity)
 
     def data_received(self, data: bytes) -> None:
         proto, sender = self.proto, self.sender
@@ -180,7 +187,7 @@ class ProviderLink(asyncio.Protocol):
             self.to_register = collections.deque(i for i in self.to_register if i not in identities)
 
     def pull(self, identity: int) -> None:
-        if self.transport is None or self.proto is None or not self.sender.ready[identity]:
+        if self.transport is None or self.proto is None or identity not in self.registered:
             return
         self.transport.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
 
@@ -244,9 +251,11 @@ class Sender:
             members.setdefault(ident.provider, []).append(i)
         self.links = [ProviderLink(self, m, setup.providers[p]) for p, m in members.items()]
         self.link_of: list[ProviderLink] = [None] * len(self.identities)  # type: ignore[list-item]
+        self.links_of: list[list[ProviderLink]] = [[] for _ in self.identities]  # home first
         for link in self.links:
             for i in link.members:
                 self.link_of[i] = link
+                self.links_of[i].append(link)
         self.loops = LoopCodec(setup.loop_key)
         self.trace = TraceWriter(setup.trace_path) if setup.trace_path else None
         self.running = True
@@ -265,8 +274,42 @@ class Sender:
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
         self.rng = random.Random()
+        # packets due while their identity's connection was down: (t, identity, stream, flags, seq, bytes)
+        self.held: collections.deque[tuple[int, int, int, int, int, bytes]] = collections.deque()
+        self.ready_generation = 0
+        self._held_generation = 0
+        self._held_check_ns = 0
+        self.sent_refs: list[int] = []
+        self.sent_ref_ns: list[int] = []
+        self.unsent_refs: list[int] = []
         # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
         self.per_identity = IdentityCounts(len(self.identities))
+
+    def link_state_changed(self, identity: int) -> None:
+        ready_links = [link for link in self.links_of[identity] if identity in link.registered]
+        ready = bool(ready_links)
+        if ready_links:
+            self.link_of[identity] = ready_links[0]
+        if self.ready[identity] != ready:
+            self.ready[identity] = ready
+            self.connected += 1 if ready else -1
+            if ready:
+                self.ready_generation += 1
+
+    def failover(self, msg: control.Failover) -> None:
+        """Register these identities at a standby provider too (their home is gone from the
+        topology); the home link keeps reconnecting, so whatever waits there is fetched later."""
+        link = next((lk for lk in self.links if lk.endpoint.key == msg.provider.key), None)
+        new = link is None
+        if new:
+            link = ProviderLink(self, [], msg.provider)
+            self.links.append(link)
+        ids = [i for i in msg.identities if link not in self.links_of[i]]
+        for i in ids:
+            self.links_of[i].append(link)
+        link.join(ids)
+        if new:
+            asyncio.get_running_loop().create_task(link.connect_forever())
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:
@@ -301,19 +344,23 @@ class Sender:
             now = mono()
             next_t = -1
             batch: dict[ProviderLink, list[memoryview]] = {}
-            due: list[tuple[int, int, int, int]] = []
+            due: list[tuple[int, int, int, int, int]] = []
+            if self.held and (self.ready_generation != self._held_generation or now >= self._held_check_ns):
+                self._release_held(now, batch, due)
             for k, ring in enumerate(rings):
                 r, w = reads[k], ring.write_index
                 while r < w and len(due) < MAX_PER_ROUND:
-                    t, identity, stream, flags, wire_len, _seq = ring.peek(r)
+                    t, identity, stream, flags, wire_len, seq = ring.peek(r)
                     if t > now:
                         if next_t < 0 or t < next_t:
                             next_t = t
                         break
                     if ready[identity]:
                         batch.setdefault(link_of[identity], []).append(ring.wire_bytes(r, wire_len))
-                        due.append((t, identity, stream, flags))
-                    else:
+                        due.append((t, identity, stream, flags, seq))
+                    elif flags & 1:  # a real packet waits for the link (bounded)
+                        self._hold(t, identity, stream, flags, seq, bytes(ring.wire_bytes(r, wire_len)))
+                    else:  # stale cover sent in a burst later would be overhead, and visible
                         self.dropped_unconnected += 1
                         self.unsent_by_stream[stream] += 1
                     r += 1
@@ -342,12 +389,42 @@ class Sender:
             else:
                 await asyncio.sleep(0)
 
+    def _hold(self, t: int, identity: int, stream: int, flags: int, seq: int, data: bytes) -> None:
+        """A real packet due while its connection is down waits for it (bounded: HOLD_MAX,
+        HOLD_MAX_NS); its lateness, when it finally goes, is the wait. Cover due meanwhile is dropped
+        and counted: sent late in a burst it would cover nothing and stand out."""
+        if len(self.held) >= HOLD_MAX:
+            self._give_up(self.held.popleft())
+        self.held.append((t, identity, stream, flags, seq, data))
+
+    def _give_up(self, item) -> None:
+        self.dropped_unconnected += 1
+        self.unsent_by_stream[item[2]] += 1
+        if item[3] & 1:
+            self.unsent_refs.append(item[4])
+
+    def _release_held(self, now: int, batch, due) -> None:
+        self._held_generation = self.ready_generation
+        self._held_check_ns = now + 100_000_000
+        ready, link_of = self.ready, self.link_of
+        keep: collections.deque = collections.deque()
+        for item in self.held:
+            t, identity, stream, flags, seq, data = item
+            if ready[identity]:
+                batch.setdefault(link_of[identity], []).append(data)
+                due.append((t, identity, stream, flags, seq))
+            elif now - t > HOLD_MAX_NS:
+                self._give_up(item)
+            else:
+                keep.append(item)
+        self.held = keep
+
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
         by_second = self.loops_sent_by_second
         per_sent, per_real = self.per_identity.sent, self.per_identity.real_sent
         all_by_second = self.sent_by_second
-        for t, identity, stream, flags in due:
+        for t, identity, stream, flags, seq in due:
             sent[stream] += 1
             per_sent[stream][identity] += 1
             sec = t // 1_000_000_000
@@ -360,6 +437,8 @@ class Sender:
             real = flags & 1
             if real:
                 self.real_sent += 1
+                self.sent_refs.append(seq)
+                self.sent_ref_ns.append(actual)
                 per_real[identity] += 1
                 counts[3] += 1
             self._late_seen += 1
@@ -381,6 +460,16 @@ class Sender:
             await asyncio.sleep(self.rng.expovariate(rate))
             identity = self.rng.randrange(len(self.identities))
             self.link_of[identity].pull(identity)
+
+    def report_sent(self) -> None:
+        if self.sent_refs or self.unsent_refs:
+            self.ctl.send(control.FragmentsSent(self.sent_refs, self.sent_ref_ns, self.unsent_refs))
+            self.sent_refs, self.sent_ref_ns, self.unsent_refs = [], [], []
+
+    async def sent_loop(self) -> None:
+        while self.running:
+            await asyncio.sleep(SENT_REPORT_INTERVAL_S)
+            self.report_sent()
 
     async def stats_loop(self) -> None:
         while self.running:
@@ -405,7 +494,9 @@ class Sender:
             if msg is None or isinstance(msg, control.Stop):
                 self.running = False
                 return
-            if isinstance(msg, control.AddSenderIdentities):
+            if isinstance(msg, control.Failover):
+                self.failover(msg)
+            elif isinstance(msg, control.AddSenderIdentities):
                 self.add_identities(msg)
             elif isinstance(msg, control.IdentityStatsRequest):
                 self.ctl.send(self.per_identity.reply(msg, len(self.identities)))
@@ -434,14 +525,17 @@ class Sender:
                 self.links.append(link)
                 asyncio.get_running_loop().create_task(link.connect_forever())
             self.link_of.extend([None] * (first + len(msg.identities) - len(self.link_of)))
+            self.links_of.extend([] for _ in range(first + len(msg.identities) - len(self.links_of)))
             for i in members:
                 self.link_of[i] = link
+                self.links_of[i].append(link)
             link.join(members)
 
     async def run(self) -> None:
         for link in self.links:
             asyncio.get_running_loop().create_task(link.connect_forever())
-        tasks = [asyncio.create_task(c) for c in (self.pump(), self.stats_loop(), self.pull_loop())]
+        tasks = [asyncio.create_task(c) for c in (self.pump(), self.stats_loop(), self.pull_loop(),
+                                                       self.sent_loop())]
         try:
             await self.control_loop()
         finally:

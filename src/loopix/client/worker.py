@@ -16,10 +16,14 @@ import sys
 import time
 from operator import attrgetter
 
+import msgspec
+
 from loopix import sphinx
 from loopix.topology import choose_mixes, route_layers
+from loopix.wire.ack import ACK_PAYLOAD_SIZE, ACK_PREFIX_SIZE, inner_size
 
 from . import control
+from .acks import COVER_REF, AckCodec
 from .messages import LoopCodec, drop_payload
 from .profiling import run_profiled
 from .ring import SLOT_META_SIZE, Ring
@@ -64,7 +68,13 @@ class Worker:
         self.drop = drop_payload(setup.payload_size)
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
         self.payload_size = setup.payload_size
+        self.inner_size = inner_size(setup.payload_size)  # after the SURB-ack prefix
         self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
+        # SURB-acks: one ack packet per real or loop packet, built in the same batch, one C call
+        self.acks = AckCodec(setup.ack_key)
+        self.ack_builder = sphinx.PacketBuilder(setup.batch_size, ACK_PAYLOAD_SIZE)
+        self.ack_out = bytearray(setup.batch_size * self.ack_builder.packet_size)
+        self.ack_slots: list[tuple[int, bytes]] = []  # (main slot, ack first hop) this batch
         self.wire_header = setup.wire_header
         self.prefix_len = len(self.wire_header) + sphinx.NODE_ADDRESS_SIZE  # SEND header, first hop
         self.wire_len = self.prefix_len + self.builder.packet_size
@@ -104,6 +114,8 @@ class Worker:
                 self.pending.setdefault(frag.identity, collections.deque()).append(frag)
         elif isinstance(msg, control.TopologyUpdate):
             self.routes = Routes(msg, self.rng)
+        elif isinstance(msg, control.Failover):
+            self.move(msg.identities, msg.provider.key)
         elif isinstance(msg, control.Pause):
             self.paused = True
         elif isinstance(msg, control.Resume):
@@ -131,6 +143,19 @@ class Worker:
             self.clock.now_ns = self.last_event_ns
         self.next_event = self.clock.next() if self.clock.total_rate > 0 else None
 
+    def move(self, identities: list[int], provider_key: bytes) -> None:
+        """Loops and acks of these identities end at `provider_key` from now on (a failover)."""
+        keys = self.provider_keys = list(self.provider_keys)
+        if provider_key not in keys:
+            keys.append(provider_key)
+        index = keys.index(provider_key)
+        ids = list(self.identities)
+        for identity in identities:
+            local, rest = divmod(identity - self.first, self.step)
+            if rest == 0 and 0 <= local < len(ids):
+                ids[local] = msgspec.structs.replace(ids[local], provider=index)
+        self.identities = ids
+
     # -- building --
     def delays(self, hops: int) -> list[int]:
         if self.mean_delay_s <= 0:
@@ -151,6 +176,8 @@ class Worker:
             queue = self.pending.get(identity)
             if queue:
                 frag = queue.popleft()
+                if frag.packet:  # pre-built (a reply): the C call builds a drop here, replaced after
+                    return self._fill_prebuilt(slot, frag)
                 provider = routes.providers.get(frag.recipient_provider_key)
                 if provider is None:
                     self.ctl.send(control.FragmentsFailed([frag.ref], "recipient's provider left the topology"))
@@ -165,7 +192,7 @@ class Worker:
                 if provider is None:
                     return None
                 destination = me.public_key
-                payload = self.loops.encode(identity, self.seq, self._event_ns, self.payload_size)
+                payload = self.loops.encode(identity, self.seq, self._event_ns, self.inner_size)
             else:
                 provider = self.rng.choice(routes.provider_list)
                 destination = sphinx.DROP_COVER_DESTINATION
@@ -175,9 +202,64 @@ class Worker:
         hops = [hop_bytes[m.public_key] for m in mixes]
         hops.append(hop_bytes[provider.public_key])
         off = slot * self.payload_size
-        self.builder.messages[off : off + len(payload)] = payload
-        self.builder.set_packet_fast(slot, hops, self.delays(len(hops)), destination, len(payload), off)
-        return mixes[0].address, ref
+        delays = self.delays(len(hops))
+        route_delay = sum(delays)
+        size = len(payload)
+        if kind != _DROP or ref >= 0:  # real fragments and loops carry a SURB-ack
+            own = routes.providers.get(self.provider_keys[me.provider])
+            if own is None:  # our provider left the topology: keep the fragment for later
+                if ref >= 0:
+                    self.pending[identity].appendleft(frag)
+                return None
+            ack_mixes = routes.mixes()
+            ack_hops = [hop_bytes[m.public_key] for m in ack_mixes]
+            ack_hops.append(hop_bytes[own.public_key])
+            ack_delays = self.delays(len(ack_hops))
+            route_delay += sum(ack_delays)
+            k = len(self.ack_slots)
+            ack_off = k * ACK_PAYLOAD_SIZE
+            self.ack_builder.messages[ack_off : ack_off + ACK_PAYLOAD_SIZE] = self.acks.encode(
+                ref if ref >= 0 else COVER_REF)
+            self.ack_builder.set_packet_fast(k, ack_hops, ack_delays, me.public_key, ACK_PAYLOAD_SIZE, ack_off)
+            self.ack_slots.append((slot, ack_mixes[0].address))
+            self.builder.messages[off + ACK_PREFIX_SIZE : off + ACK_PREFIX_SIZE + size] = payload
+            size += ACK_PREFIX_SIZE
+        else:
+            self.builder.messages[off : off + size] = payload
+        self.builder.set_packet_fast(slot, hops, delays, destination, size, off)
+        return mixes[0].address, ref, route_delay, None
+
+    def _fill_prebuilt(self, slot: int, frag: control.Fragment):
+        routes = self.routes
+        hop_bytes = routes.hop_bytes
+        mixes = routes.mixes()
+        hops = [hop_bytes[m.public_key] for m in mixes]
+        hops.append(hop_bytes[self.rng.choice(routes.provider_list).public_key])
+        off = slot * self.payload_size
+        self.builder.messages[off : off + self.payload_size] = self.drop
+        self.builder.set_packet_fast(slot, hops, [0] * len(hops), sphinx.DROP_COVER_DESTINATION,
+                                     self.payload_size, off)
+        return frag.first_hop, frag.ref, frag.route_delay_ns, frag.packet
+
+    def _build_acks(self) -> set[int]:
+        """Build this batch's ack packets (one C call) and put each, behind its first hop, at the
+        front of its packet's message; returns the main slots whose ack failed to build."""
+        slots, self.ack_slots = self.ack_slots, []
+        if not slots:
+            return set()
+        ab = self.ack_builder
+        ab.build(len(slots), self.ack_out)
+        size = ab.packet_size
+        msgs = self.builder.messages
+        failed = set()
+        for k, (slot, first_hop) in enumerate(slots):
+            if ab.status[k] != 0:
+                failed.add(slot)
+                continue
+            off = slot * self.payload_size
+            msgs[off : off + len(first_hop)] = first_hop
+            msgs[off + len(first_hop) : off + ACK_PREFIX_SIZE] = self.ack_out[k * size : (k + 1) * size]
+        return failed
 
     def build_batch(self, now_ns: int) -> int:
         """Build the events due within the lookahead into the ring; returns how many."""
@@ -206,11 +288,12 @@ class Worker:
                 self.no_route += 1
                 self.no_route_by_stream[stream] += 1
                 continue
-            events.append((t, identity, stream, filled[0], filled[1]))
+            events.append((t, identity, stream, *filled))
             self.seq += 1
         if not events:
             self.ring.set_horizon(min(self.next_event[0], horizon))
             return 0
+        ack_failed = self._build_acks()
         ring = self.ring
         stride = ring.slot_size
         view = ring.wire_view(start, len(events))
@@ -218,12 +301,13 @@ class Worker:
         self.builder.build(len(events), out, stride)
         status = self.builder.status
         built_refs = []
+        built_delays = []
         failed_refs = []
         write = start
         header, plen, wire_len = self.wire_header, self.prefix_len, self.wire_len
         hl = len(header)
-        for i, (t, identity, stream, first_hop, ref) in enumerate(events):
-            if status[i] != 0:
+        for i, (t, identity, stream, first_hop, ref, route_delay, prebuilt) in enumerate(events):
+            if status[i] != 0 or i in ack_failed:
                 self.build_errors += 1
                 self.build_errors_by_stream[stream] += 1
                 if ref >= 0:
@@ -235,15 +319,20 @@ class Worker:
                 view[base + plen : base + wire_len] = view[src + plen : src + wire_len]
             view[base : base + hl] = header
             view[base + hl : base + plen] = first_hop
+            if prebuilt is not None:
+                view[base + plen : base + wire_len] = prebuilt
             real = ref >= 0
-            ring.write_meta(write, t, identity, stream, wire_len, self.seq - len(events) + i, 1 if real else 0)
+            # a real packet's seq is its fragment ref: the sender reports when it really left
+            seq = ref if real else self.seq - len(events) + i
+            ring.write_meta(write, t, identity, stream, wire_len, seq, 1 if real else 0)
             self.built[stream] += 1
             if real:
                 built_refs.append(ref)
+                built_delays.append(route_delay)
             write += 1
         ring.publish(write, events[-1][0])
         if built_refs:
-            self.ctl.send(control.FragmentsBuilt(built_refs))
+            self.ctl.send(control.FragmentsBuilt(built_refs, built_delays))
         if failed_refs:
             self.ctl.send(control.FragmentsFailed(failed_refs, "packet build failed"))
         del view, out

@@ -309,6 +309,25 @@ class _LoadCollector(Collector):
             "loopix_loadtest_real_sent", "Payload packets carrying real data", value=row.real_sent
         )
         yield CounterMetricFamily("loopix_loadtest_loops_back", "Loops back", value=row.loops_back)
+        acks = self.metrics.acks
+        frags = CounterMetricFamily(
+            "loopix_loadtest_fragments", "Real fragments: first sends, acked, retransmitted",
+            labels=["state"],
+        )
+        frags.add_metric(["sent"], acks.sent)
+        frags.add_metric(["acked"], acks.acked)
+        frags.add_metric(["retransmitted"], acks.retransmitted)
+        yield frags
+        yield GaugeMetricFamily(
+            "loopix_loadtest_fragments_unacked", "Real fragments awaiting an ack", value=acks.unacked
+        )
+        if acks.rtt_p50_ms is not None:
+            ack_rtt = GaugeMetricFamily(
+                "loopix_loadtest_ack_rtt_seconds", "Ack round trip since start", labels=["quantile"]
+            )
+            ack_rtt.add_metric(["0.5"], acks.rtt_p50_ms / 1000)
+            ack_rtt.add_metric(["0.99"], (acks.rtt_p99_ms or 0.0) / 1000)
+            yield ack_rtt
         yield CounterMetricFamily(
             "loopix_loadtest_loops_lost", "Loops judged lost", value=row.loops_lost
         )

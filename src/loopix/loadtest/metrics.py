@@ -33,6 +33,7 @@ __all__ = [
     "LOSS_REASONS",
     "STREAMS",
     "UNSENT_REASONS",
+    "AckStats",
     "HistoryRow",
     "IntervalPart",
     "LoadMetrics",
@@ -246,6 +247,19 @@ class MessageStats(msgspec.Struct, frozen=True):
     not_sent: int = 0  # the client refused them (no route, queue full ...): counted as not delivered
 
 
+class AckStats(msgspec.Struct, frozen=True):
+    """Real fragments and their SURB-acks over the run (the client's cumulative counters): first
+    transmissions, acknowledged, sent again after their timer ran out, still unacknowledged at the
+    end; ack round trip (send to ack, one client's HDR histogram) p50/p99 in ms."""
+
+    sent: int = 0
+    acked: int = 0
+    retransmitted: int = 0
+    unacked: int = 0
+    rtt_p50_ms: float | None = None
+    rtt_p99_ms: float | None = None
+
+
 class NodeSample(msgspec.Struct, frozen=True):
     """One node report from the directory; counters cumulative since the node started.
     `t_s` is seconds since the run started (directory wall-clock timestamp mapped onto it)."""
@@ -333,6 +347,7 @@ class Summary(msgspec.Struct, kw_only=True):
     resources: list[ProcessUsage] = []  # CPU and RSS of every process of the run
     labels: dict[str, str] = {}
     thresholds: list[ThresholdResult] = []
+    acks: AckStats = AckStats()
     version: int = 1
 
 
@@ -588,6 +603,7 @@ class LoadMetrics:
         self._end_ns: int | None = None
         self.history: list[HistoryRow] = []
         self.last_row: HistoryRow | None = None
+        self.acks = AckStats()
         self.interval_listeners: list[Callable[[IntervalPart], None]] = []
         self._shipped: tuple[list[int], list[int], list[int]] = ([], [], [0, 0])  # buckets; late, clamped
 
@@ -606,6 +622,9 @@ class LoadMetrics:
                 buckets.extend([0] * (sec + 1 - len(buckets)))
             buckets[sec] += n
 
+    def record_acks(self, acks: AckStats) -> None:
+        """The client's latest cumulative fragment and ack counters."""
+        self.acks = acks
     def record_unsent(self, reason: str, stream: str | int, n: int, now_ns: int) -> None:
         """`n` packets of `stream` the schedule asked for around `now_ns` never went out."""
         if reason not in self._unsent:
@@ -961,6 +980,7 @@ class LoadMetrics:
             resources=usage_of(self.resource_samples),
             histograms=hists,
             labels=dict(self.labels),
+            acks=self.acks,
         )
         summary.meta = self.metadata
         summary.interrupted = self.interrupted

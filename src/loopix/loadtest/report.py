@@ -623,6 +623,16 @@ def _summary_html(s: Summary) -> str:
         ("back after the grace period", _fmt(lp.late)),
         ("not yet judged", _fmt(lp.pending)),
     ]
+    a = s.acks
+    acks = []
+    if a.sent:
+        acks.extend([
+            ("real fragments sent (first time)", _fmt(a.sent)),
+            ("acknowledged", _fmt(a.acked)),
+            ("retransmitted", f"{_fmt(a.retransmitted)} ({_pct(a.retransmitted / a.sent)} of fragments)"),
+            ("unacknowledged at the end", _fmt(a.unacked)),
+            ("ack RTT p50 / p99", f"{_fmt(a.rtt_p50_ms)} / {_fmt(a.rtt_p99_ms)} ms"),
+        ])
     m = s.messages
     dists = [_dist_row("loop RTT", s.rtt)]
     pred = s.predicted_rtt_ms
@@ -645,6 +655,7 @@ def _summary_html(s: Summary) -> str:
         + _table(["stream", "packets", "rate"], traffic, "num")
         + "</section>",
         f"<section><h2>Loops</h2>{_kv(loops)}</section>",
+        *([f"<section><h2>Acknowledgements</h2>{_kv(acks)}</section>"] if acks else []),
     ]
     if m.sent:
         msgs = [

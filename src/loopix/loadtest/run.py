@@ -29,7 +29,7 @@ from loopix.wire.b64 import b64url_encode
 from . import metadata
 from .fleet import ephemeral_identities
 from .live import LiveView, serve_prometheus
-from .metrics import LoadMetrics, Summary
+from .metrics import AckStats, LoadMetrics, Summary
 from .resources import ResourceSampler
 from .thresholds import ThresholdSet
 
@@ -120,6 +120,8 @@ class MetricsFeed:
                 m.record_loop_back(sent_ns, sent_ns + rtt_ns)
         for us in msg.lateness_us:
             m.record_lateness(int(us * 1000))
+        m.record_acks(AckStats(stats.fragments_sent, stats.fragments_acked, stats.fragments_retransmitted,
+                               stats.fragments_unacked, stats.ack_rtt_ms_p50 or None, stats.ack_rtt_ms_p99 or None))
         counts = {"link_down": stats.unsent_link_down, "no_route": stats.not_built_no_route,
                   "build_error": stats.not_built_error}
         for reason, now_counts in counts.items():

@@ -7,6 +7,7 @@ objects with a fake clock, without sockets or sleeps.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import msgspec
@@ -56,14 +57,26 @@ class HopPolicy:
     for no delay goes on at once; any other is held until `now + delay` (the delay capped at
     `max_delay`), unless `max_queue` packets are held already ("queue_full"). A final packet is
     delivered. `seen` is the replay filter's check-and-remember.
+
+    Fault injection (a testnet option, off by default): a packet to forward is dropped as
+    "injected" when `draw()` (uniform in [0, 1)) falls below `drop_rate`.
     """
 
-    __slots__ = ("_max_delay_ns", "max_queue", "seen")
+    __slots__ = ("_max_delay_ns", "draw", "drop_rate", "max_queue", "seen")
 
-    def __init__(self, seen: Callable[[bytes], bool], max_delay: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        seen: Callable[[bytes], bool],
+        max_delay: float,
+        max_queue: int,
+        drop_rate: float = 0.0,
+        draw: Callable[[], float] | None = None,
+    ) -> None:
         self.seen = seen
         self._max_delay_ns = int(max_delay * 1e9)
         self.max_queue = max_queue
+        self.drop_rate = drop_rate
+        self.draw = draw or random.SystemRandom().random
 
     def decide(self, result: Forward | Final | Rejected, now: float, held: int) -> HopAction:
         """The action for `result` at time `now`, with `held` packets already waiting."""
@@ -73,6 +86,8 @@ class HopPolicy:
             return Drop("replay")
         if type(result) is Final:
             return Deliver(result.destination, result.message)
+        if self.drop_rate and self.draw() < self.drop_rate:
+            return Drop("injected")
         delay = result.delay_ns
         if delay == 0:
             return ForwardNow(result.next_address, result.packet)

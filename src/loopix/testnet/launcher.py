@@ -136,6 +136,7 @@ class Testnet:
         ready_timeout: float = 30.0,
         stop_timeout: float = 5.0,
         node_args: Sequence[str] = (),
+        extra_node_args: dict[str, Sequence[str]] | None = None,
         prometheus_base_port: int | None = None,
         log_to_files: bool = True,
     ) -> None:
@@ -152,6 +153,7 @@ class Testnet:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.node_args = list(node_args)
+        self.extra_node_args = {k: list(v) for k, v in (extra_node_args or {}).items()}  # per node name
         self.prometheus_base_port = prometheus_base_port  # node i serves /metrics on base + i
         self.log_to_files = log_to_files
         count = 1 + layers * mixnodes_per_layer + providers
@@ -258,7 +260,7 @@ class Testnet:
             cmd += ["--inbox", str(Path(info.key_dir) / "inbox.sqlite")]
         if self.prometheus_base_port:
             cmd += ["--prometheus-port", str(self.prometheus_base_port + list(self.nodes).index(info.name))]
-        return cmd + self.node_args
+        return cmd + self.node_args + self.extra_node_args.get(info.name, [])
 
     def _spawn(self, info: NodeInfo) -> None:
         if self.log_to_files:

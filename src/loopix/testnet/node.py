@@ -79,6 +79,8 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     peer_write_buffer: int = 8 << 20
     """Bytes the kernel may not yet have taken for one next hop before we drop."""
     max_peers: int = 4096
+    drop_rate: float = 0.0
+    """Fault injection: drop this fraction of the packets to forward, counted as "injected"."""
     prometheus_port: int | None = None
     """Serve the counters for Prometheus on 127.0.0.1:PORT (see testnet/prometheus.py)."""
     identity_file: str | None = None
@@ -469,7 +471,7 @@ class Node:
         self._out: dict[int, bytearray] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
-        self.policy = HopPolicy(self.replay.seen, config.max_delay, config.max_queue)
+        self.policy = HopPolicy(self.replay.seen, config.max_delay, config.max_queue, config.drop_rate)
         self._announce_now = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
@@ -810,6 +812,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap on a hop delay, s (default %(default)s)")
     parser.add_argument("--max-queue", type=int, default=default("max_queue"),
                         help="delayed packets at most (default %(default)s)")
+    parser.add_argument("--drop-rate", type=_fraction, default=default("drop_rate"),
+                        help="fault injection: drop this fraction (0..1) of packets to forward")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--prometheus-port", type=int, default=default("prometheus_port"),
                         help="serve /metrics on 127.0.0.1:PORT")
@@ -827,7 +831,18 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
 
 _FLAGS_TO_CONFIG = ("host", "port", "directory", "presence_interval", "metrics_interval",
                     "replay_capacity", "max_delay", "max_queue", "prometheus_port", "identity_file",
-                    "directory_key", "max_connections", "idle_timeout", "replay_file")
+                    "directory_key", "max_connections", "idle_timeout", "replay_file",
+                    "drop_rate")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
 
 
 def node_config_from_args(args: argparse.Namespace) -> NodeConfig:

@@ -41,6 +41,7 @@ from loopix.testnet.node import (
     node_config_from_args,
     run_node,
 )
+from loopix.wire.ack import split_ack
 from loopix.wire.b64 import b64url_encode
 from loopix.wire.framing import PACKET_SIZES
 from loopix.wire.provider import (
@@ -531,7 +532,10 @@ class Provider(Node):
     # --- last hop ---
 
     def on_finals(self, finals: list[tuple[bytes, bytes]]) -> None:
+        """Store what is for our clients; then, and only then (the SQLite commit survives a kill),
+        send each message's SURB-ack on to its first hop (wire/ack.py)."""
         keep = []
+        acks = []
         counters = self.counters
         for destination, message in finals:
             if destination == DROP_COVER_DESTINATION:
@@ -541,11 +545,22 @@ class Provider(Node):
             elif len(message) > self.max_message_size:
                 counters.drop("oversize_message")
             else:
-                keep.append((destination, message))
+                parts = split_ack(message)
+                if parts is None:  # an ack for our client, or a message without one
+                    keep.append((destination, message))
+                else:
+                    first_hop, ack_packet, inner = parts
+                    keep.append((destination, inner))
+                    acks.append((first_hop, ack_packet))
         if not keep:
             return
         self.inbox.store_many(keep)
         counters.bump("stored", len(keep))
+        if acks:
+            counters.bump("acks_sent", len(acks))
+            for first_hop, ack_packet in acks:
+                self.forwarder.send(first_hop, ack_packet)
+            self.forwarder.flush()
         touched: dict[ClientSession, None] = {}
         routes = self.fleet_routes
         for destination in dict.fromkeys(d for d, _ in keep):  # in arrival order

@@ -24,12 +24,16 @@ from loopix.wire.frames import LengthPrefixedReader
 
 __all__ = [
     "ADDRESS_SIZE",
+    "BINARY_REPLY_HEADER",
     "BINARY_SEND_HEADER",
     "KEY_SIZE",
     "LENGTH_PREFIX_SIZE",
     "MAX_MESSAGE_SIZE",
+    "SENDER_TAG_SIZE",
     "TAG_ERROR",
     "TAG_RECEIVED",
+    "TAG_RECEIVED_WITH_TAG",
+    "TAG_REPLY",
     "TAG_SELF_ADDRESS",
     "TAG_SELF_ADDRESS_REPLY",
     "TAG_SEND",
@@ -39,6 +43,7 @@ __all__ = [
     "ErrorResponse",
     "FramingError",
     "Received",
+    "Reply",
     "Request",
     "Response",
     "SelfAddress",
@@ -70,15 +75,21 @@ MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 
 TAG_SEND: Final = 0x00
 TAG_SELF_ADDRESS: Final = 0x01
+TAG_REPLY: Final = 0x02
 TAG_RECEIVED: Final = 0x80
+TAG_RECEIVED_WITH_TAG: Final = 0x82
 TAG_SELF_ADDRESS_REPLY: Final = 0x81
 TAG_ERROR: Final = 0xFF
 BINARY_SEND_HEADER: Final = 1 + ADDRESS_SIZE + LENGTH_PREFIX_SIZE
 """Bytes before the message in a binary send request (73)."""
+SENDER_TAG_SIZE: Final = 16
+BINARY_REPLY_HEADER: Final = 1 + SENDER_TAG_SIZE + LENGTH_PREFIX_SIZE
+"""Bytes before the message in a binary reply request (25)."""
+MAX_REPLY_SURBS: Final = 500
 
 _JSON_START: Final = 0x7B  # "{"
 _RESPONSE_TAGS: Final = {TAG_RECEIVED: "received", TAG_SELF_ADDRESS_REPLY: "selfAddress",
-                         TAG_ERROR: "error"}
+                         TAG_ERROR: "error", TAG_RECEIVED_WITH_TAG: "received"}
 
 
 def max_frame_size(max_message_size: int = MAX_MESSAGE_SIZE) -> int:
@@ -172,6 +183,14 @@ class Send(msgspec.Struct, frozen=True):
 
     message: bytes
     recipient: ClientAddress
+    reply_surbs: int = 0  # reply blocks to attach (JSON `replySurbs`), 0..500
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """Request: answer the anonymous sender behind `sender_tag` through its reply blocks."""
+
+    message: bytes
+    sender_tag: bytes
 
 
 class SelfAddressRequest(msgspec.Struct, frozen=True):
@@ -185,9 +204,11 @@ class SelfAddress(msgspec.Struct, frozen=True):
 
 
 class Received(msgspec.Struct, frozen=True):
-    """Pushed, unasked, for every message the client receives."""
+    """Pushed, unasked, for every message the client receives; `sender_tag` when it came with
+    reply blocks (or is a reply to us)."""
 
     message: bytes
+    sender_tag: bytes | None = None
 
 
 class ErrorResponse(msgspec.Struct, frozen=True):
@@ -202,7 +223,7 @@ class FramingError(msgspec.Struct, frozen=True):
     message: str
 
 
-Request = Send | SelfAddressRequest
+Request = Send | SelfAddressRequest | Reply
 Response = SelfAddress | Received | ErrorResponse
 
 
@@ -211,9 +232,15 @@ Response = SelfAddress | Received | ErrorResponse
 # are ignored so that requests written for Nym's client (which carry more fields) still work.
 
 
-class _JSend(msgspec.Struct, tag="send", tag_field="type"):
+class _JSend(msgspec.Struct, tag="send", tag_field="type", omit_defaults=True):
     message: str
     recipient: str
+    replySurbs: int = 0
+
+
+class _JReply(msgspec.Struct, tag="reply", tag_field="type"):
+    message: str
+    senderTag: str
 
 
 class _JSelfAddressRequest(msgspec.Struct, tag="selfAddress", tag_field="type"):
@@ -224,8 +251,9 @@ class _JSelfAddress(msgspec.Struct, tag="selfAddress", tag_field="type"):
     address: str
 
 
-class _JReceived(msgspec.Struct, tag="received", tag_field="type"):
+class _JReceived(msgspec.Struct, tag="received", tag_field="type", omit_defaults=True):
     message: str
+    senderTag: str | None = None
 
 
 class _JError(msgspec.Struct, tag="error", tag_field="type"):
@@ -236,11 +264,11 @@ class _Envelope(msgspec.Struct):
     type: object = msgspec.UNSET
 
 
-_REQUEST_DECODER = msgspec.json.Decoder(_JSend | _JSelfAddressRequest)
+_REQUEST_DECODER = msgspec.json.Decoder(_JSend | _JSelfAddressRequest | _JReply)
 _RESPONSE_DECODER = msgspec.json.Decoder(_JSelfAddress | _JReceived | _JError)
 _ENVELOPE_DECODER = msgspec.json.Decoder(_Envelope)
 _ENCODER = msgspec.json.Encoder()
-_REQUEST_TYPES = "'send' or 'selfAddress'"
+_REQUEST_TYPES = "'send', 'reply' or 'selfAddress'"
 
 
 def _explain_validation(data: str | bytes, exc: msgspec.ValidationError) -> str:
@@ -256,7 +284,7 @@ def _explain_validation(data: str | bytes, exc: msgspec.ValidationError) -> str:
         return f"bad request: missing \"type\" (expected {_REQUEST_TYPES})"
     if not isinstance(kind, str):
         return f"bad request: \"type\" must be a string (expected {_REQUEST_TYPES})"
-    if kind in ("send", "selfAddress"):  # e.g. a repeated "type" key: msgspec's words are best
+    if kind in ("send", "selfAddress", "reply"):  # e.g. a repeated "type" key: msgspec's words are best
         return f"bad request: {text}"
     shown = kind if len(kind) <= 40 else kind[:37] + "..."
     return f"unknown request type {shown!r} (expected {_REQUEST_TYPES})"
@@ -280,6 +308,15 @@ def decode_json_request(
         return ErrorResponse("bad JSON: nested too deeply")
     if isinstance(wire, _JSelfAddressRequest):
         return SelfAddressRequest()
+    if isinstance(wire, _JReply):
+        try:
+            tag = b64url_decode(wire.senderTag)
+        except B64Error:
+            tag = b""
+        if len(tag) != SENDER_TAG_SIZE:
+            return ErrorResponse(f"bad senderTag: want {SENDER_TAG_SIZE} bytes in base64url")
+    elif not 0 <= wire.replySurbs <= MAX_REPLY_SURBS:
+        return ErrorResponse(f"bad replySurbs: must be 0..{MAX_REPLY_SURBS}, got {wire.replySurbs}")
     if len(wire.message) > max_message_size:  # cheap bound first: UTF-8 is >= 1 byte per char
         return _too_big(len(wire.message), max_message_size)
     try:
@@ -288,11 +325,13 @@ def decode_json_request(
         return ErrorResponse("bad request: \"message\" is not valid Unicode text")
     if len(message) > max_message_size:
         return _too_big(len(message), max_message_size)
+    if isinstance(wire, _JReply):
+        return Reply(message, tag)
     try:
         recipient = ClientAddress.parse(wire.recipient)
     except ClientAddressError as exc:
         return ErrorResponse(f"bad recipient: {exc}")
-    return Send(message, recipient)
+    return Send(message, recipient, wire.replySurbs)
 
 
 def encode_json_response(response: Response) -> bytes:
@@ -302,7 +341,8 @@ def encode_json_response(response: Response) -> bytes:
     back to binary.
     """
     if isinstance(response, Received):
-        wire: msgspec.Struct = _JReceived(response.message.decode("utf-8"))
+        tag = b64url_encode(response.sender_tag) if response.sender_tag else None
+        wire: msgspec.Struct = _JReceived(response.message.decode("utf-8"), tag)
     elif isinstance(response, SelfAddress):
         wire = _JSelfAddress(str(response.address))
     elif isinstance(response, ErrorResponse):
@@ -315,7 +355,10 @@ def encode_json_response(response: Response) -> bytes:
 def encode_json_request(request: Request) -> bytes:
     """Client side: a request as JSON text; `Send.message` must be valid UTF-8."""
     if isinstance(request, Send):
-        wire: msgspec.Struct = _JSend(request.message.decode("utf-8"), str(request.recipient))
+        wire: msgspec.Struct = _JSend(request.message.decode("utf-8"), str(request.recipient),
+                                      request.reply_surbs)
+    elif isinstance(request, Reply):
+        wire = _JReply(request.message.decode("utf-8"), b64url_encode(request.sender_tag))
     elif isinstance(request, SelfAddressRequest):
         wire = _JSelfAddressRequest()
     else:
@@ -330,7 +373,13 @@ def decode_json_response(data: str | bytes) -> Response:
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise SocketApiError(f"bad JSON response: {exc}") from None
     if isinstance(wire, _JReceived):
-        return Received(wire.message.encode("utf-8"))
+        tag = None
+        if wire.senderTag is not None:
+            try:
+                tag = b64url_decode(wire.senderTag)
+            except B64Error:
+                raise SocketApiError("bad senderTag in a received response") from None
+        return Received(wire.message.encode("utf-8"), tag)
     if isinstance(wire, _JError):
         return ErrorResponse(wire.message)
     try:
@@ -356,7 +405,7 @@ def decode_binary_request(
     """A binary frame → `Send`/`SelfAddressRequest`, or an `ErrorResponse` (never raises)."""
     data = memoryview(data)
     if not data:
-        return ErrorResponse("empty frame: expected a tag byte (0x00 send, 0x01 selfAddress)")
+        return ErrorResponse("empty frame: expected a tag byte (0x00 send, 0x01 selfAddress, 0x02 reply)")
     tag = data[0]
     if tag == TAG_SEND:
         if len(data) < BINARY_SEND_HEADER:
@@ -378,6 +427,17 @@ def decode_binary_request(
             )
         address = ClientAddress.from_bytes(data[1 : 1 + ADDRESS_SIZE])
         return Send(bytes(data[BINARY_SEND_HEADER:]), address)
+    if tag == TAG_REPLY:
+        if len(data) < BINARY_REPLY_HEADER:
+            return ErrorResponse(f"truncated reply request: {len(data)} bytes, the header alone is "
+                                 f"{BINARY_REPLY_HEADER} (tag, 16-byte sender tag, u64 length)")
+        length = _u64(data, 1 + SENDER_TAG_SIZE)
+        if length > max_message_size:
+            return _too_big(length, max_message_size)
+        if len(data) - BINARY_REPLY_HEADER != length:
+            return ErrorResponse(f"malformed reply request: the length says {length} message bytes, "
+                                 f"{len(data) - BINARY_REPLY_HEADER} follow")
+        return Reply(bytes(data[BINARY_REPLY_HEADER:]), bytes(data[1 : 1 + SENDER_TAG_SIZE]))
     if tag == TAG_SELF_ADDRESS:
         if len(data) != 1:
             return ErrorResponse(
@@ -387,13 +447,13 @@ def decode_binary_request(
     if tag in _RESPONSE_TAGS:
         return ErrorResponse(
             f"tag {_tag_name(tag)} is the {_RESPONSE_TAGS[tag]!r} response, not a request "
-            "(expected 0x00 send or 0x01 selfAddress)"
+            "(expected 0x00 send, 0x01 selfAddress or 0x02 reply)"
         )
     hint = " (JSON goes in text frames)" if tag == _JSON_START else ""
     if chr(tag) in " \t\r\n[":
         hint = " (a JSON frame must start with '{')"
     return ErrorResponse(
-        f"unknown request tag {_tag_name(tag)}{hint} (expected 0x00 send or 0x01 selfAddress)"
+        f"unknown request tag {_tag_name(tag)}{hint} (expected 0x00 send, 0x01 selfAddress or 0x02 reply)"
     )
 
 
@@ -401,6 +461,9 @@ def encode_binary_response(response: Response) -> bytes:
     """A response in the binary encoding."""
     if isinstance(response, Received):
         msg = response.message
+        if response.sender_tag:
+            return (bytes((TAG_RECEIVED_WITH_TAG,)) + response.sender_tag
+                    + len(msg).to_bytes(LENGTH_PREFIX_SIZE, "big") + msg)
         return bytes((TAG_RECEIVED,)) + len(msg).to_bytes(LENGTH_PREFIX_SIZE, "big") + msg
     if isinstance(response, SelfAddress):
         return bytes((TAG_SELF_ADDRESS_REPLY,)) + bytes(response.address)
@@ -417,6 +480,10 @@ def encode_binary_request(request: Request) -> bytes:
                 + len(msg).to_bytes(LENGTH_PREFIX_SIZE, "big") + msg)
     if isinstance(request, SelfAddressRequest):
         return bytes((TAG_SELF_ADDRESS,))
+    if isinstance(request, Reply):
+        msg = request.message
+        return (bytes((TAG_REPLY,)) + request.sender_tag
+                + len(msg).to_bytes(LENGTH_PREFIX_SIZE, "big") + msg)
     raise TypeError(f"not a request: {type(request).__name__}")
 
 
@@ -426,6 +493,11 @@ def decode_binary_response(data: bytes | bytearray | memoryview) -> Response:
     if not data:
         raise SocketApiError("empty response frame")
     tag, rest = data[0], data[1:]
+    sender_tag = None
+    if tag == TAG_RECEIVED_WITH_TAG:
+        if len(rest) < SENDER_TAG_SIZE:
+            raise SocketApiError(f"truncated received response: {len(data)} bytes")
+        sender_tag, rest, tag = rest[:SENDER_TAG_SIZE], rest[SENDER_TAG_SIZE:], TAG_RECEIVED
     if tag == TAG_RECEIVED:
         if len(rest) < LENGTH_PREFIX_SIZE:
             raise SocketApiError(f"truncated received response: {len(data)} bytes")
@@ -435,7 +507,7 @@ def decode_binary_response(data: bytes | bytearray | memoryview) -> Response:
                 f"received response: the length says {length} bytes, "
                 f"{len(rest) - LENGTH_PREFIX_SIZE} follow"
             )
-        return Received(rest[LENGTH_PREFIX_SIZE:])
+        return Received(rest[LENGTH_PREFIX_SIZE:], sender_tag)
     if tag == TAG_SELF_ADDRESS_REPLY:
         try:
             return SelfAddress(ClientAddress.from_bytes(rest))
@@ -471,7 +543,7 @@ def decode_response(frame: bytes | bytearray | memoryview) -> Response:
     return decode_binary_response(frame)
 
 
-def encode_push(message: bytes, encoding: Encoding) -> tuple[Encoding, bytes]:
+def encode_push(message: bytes, encoding: Encoding, sender_tag: bytes | None = None) -> tuple[Encoding, bytes]:
     """A received message for a connection that last spoke `encoding`.
 
     JSON is used only when asked for and the message is UTF-8 text; anything else goes binary, so
@@ -479,10 +551,10 @@ def encode_push(message: bytes, encoding: Encoding) -> tuple[Encoding, bytes]:
     """
     if encoding is Encoding.JSON:
         try:
-            return Encoding.JSON, encode_json_response(Received(message))
+            return Encoding.JSON, encode_json_response(Received(message, sender_tag))
         except UnicodeDecodeError:
             pass
-    return Encoding.BINARY, encode_binary_response(Received(message))
+    return Encoding.BINARY, encode_binary_response(Received(message, sender_tag))
 
 
 # --- TCP framing ------------------------------------------------------------------------------------

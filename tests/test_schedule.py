@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
 from loopix.client.schedule import PoissonClock, StreamRates
+from loopix.csprng import Csprng
 
 
 def ks_exponential(samples: list[float], rate: float) -> float:
@@ -35,7 +35,9 @@ def gaps_by_stream(clock: PoissonClock, n_events: int) -> dict[tuple[int, int], 
 
 @pytest.mark.parametrize("uniform", [True, False])
 def test_per_stream_rates_and_exponential_gaps(uniform):
-    rng = random.Random(7)
+    # a fixed stream: KS at alpha = 0.01 rejects ~1 % of streams by chance (20 seeds x 12 streams
+    # of the uniform case gave 1 rejection in 240), and the stream of seed 7 is one of them
+    rng = Csprng.seeded(11)
     if uniform:
         rates = [StreamRates(50, 5, 5)] * 4
     else:
@@ -58,7 +60,7 @@ def test_per_stream_rates_and_exponential_gaps(uniform):
 
 
 def test_shares_split_the_rate():
-    clock = PoissonClock([StreamRates(100, 0, 0)], 0, share=0.25, rng=random.Random(1))
+    clock = PoissonClock([StreamRates(100, 0, 0)], 0, share=0.25, rng=Csprng.seeded(1))
     assert clock.total_rate == pytest.approx(25)
 
 

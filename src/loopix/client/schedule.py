@@ -13,9 +13,10 @@ import bisect
 import enum
 import itertools
 import math
-import random
 
 import msgspec
+
+from loopix.csprng import Csprng, require_csprng
 
 
 class Stream(enum.IntEnum):
@@ -42,12 +43,14 @@ class PoissonClock:
     """Events (time_ns, identity, stream) of the superposition of every identity's streams.
 
     `rates[i]` are identity i's stream rates; `share` scales them all (1/W for one of W workers).
-    Times are CLOCK_MONOTONIC nanoseconds, shared by every process on the machine.
+    Times are CLOCK_MONOTONIC nanoseconds, shared by every process on the machine. Anyone watching
+    the client's link sees these times, so they come from a `Csprng` (a fresh OS-keyed one unless
+    given; a `random.Random` is refused).
     """
 
     def __init__(self, rates: list[StreamRates], start_ns: int, *, share: float = 1.0,
-                 rng: random.Random | None = None):
-        self.rng = rng or random.Random()
+                 rng: Csprng | None = None):
+        self.rng = Csprng() if rng is None else require_csprng(rng, "the send schedule")
         self.now_ns = start_ns
         self.set_rates(rates, share)
 

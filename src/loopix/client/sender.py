@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import sys
 import time
 
 import uvloop
 
+from loopix.csprng import Csprng
 from loopix.wire import provider as pp
 
 from . import control
@@ -191,7 +191,7 @@ class Sender:
         self.lateness_us: list[float] = []
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
-        self.rng = random.Random()
+        self.rng = Csprng()  # pull times are seen by the provider: docs/randomness.md
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:

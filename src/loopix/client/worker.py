@@ -10,17 +10,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import random
 import socket
 import sys
 import time
 from operator import attrgetter
 
 from loopix import sphinx
+from loopix.csprng import Csprng
 from loopix.topology import choose_mixes, route_layers
 
 from . import control
-from .messages import LoopCodec, drop_payload
+from .messages import LoopCodec
 from .profiling import run_profiled
 from .ring import SLOT_META_SIZE, Ring
 from .schedule import PoissonClock, Stream, StreamRates
@@ -34,7 +34,7 @@ class Routes:
     """The current topology as the builder needs it; routes come from topology.choose_mixes (one
     random mixnode per layer), then a provider."""
 
-    def __init__(self, topo: control.TopologyUpdate, rng: random.Random):
+    def __init__(self, topo: control.TopologyUpdate, rng: Csprng):
         self.rng = rng
         layers = route_layers(topo.mixnodes, _layer_of)
         self.layers = () if isinstance(layers, str) else layers  # no route through a broken topology
@@ -54,14 +54,10 @@ class Worker:
         self.setup = setup
         self.ring = ring
         self.ctl = ctl
-        self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.rng = Csprng()  # routes, delays, schedule and drop payloads: docs/randomness.md
         self.identities = setup.identities
         self.routes = Routes(setup.topology, self.rng)
         self.loops = LoopCodec(setup.loop_key)
-        # Drop cover is discarded by the provider that unwraps it, and every hop before sees it only
-        # under Sphinx's per-hop encryption, so one random payload per worker does as well as fresh
-        # randomness per packet (which costs a getrandom call each).
-        self.drop = drop_payload(setup.payload_size)
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
         self.payload_size = setup.payload_size
         self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
@@ -111,10 +107,10 @@ class Worker:
     def delays(self, hops: int) -> list[int]:
         if self.mean_delay_s <= 0:
             return [0] * hops
-        exp = self.rng.expovariate
-        rate = 1.0 / self.mean_delay_s
+        exp = self.rng.exponential
+        mean_ns = self.mean_delay_s * 1e9
         # the last hop is the recipient's provider: it does not delay (its delay is never encoded)
-        return [int(exp(rate) * 1e9) for _ in range(hops - 1)] + [0]
+        return [int(exp() * mean_ns) for _ in range(hops - 1)] + [0]
 
     def fill(self, slot: int, local: int, identity: int, stream: int):
         """Fill builder slot `slot` for one event of our identity `local` (global `identity`);
@@ -145,14 +141,19 @@ class Worker:
             else:
                 provider = self.rng.choice(routes.provider_list)
                 destination = sphinx.DROP_COVER_DESTINATION
-                payload = self.drop
+                payload = None  # fresh CSPRNG bytes, written straight into the arena below
         mixes = routes.mixes()
         hop_bytes = routes.hop_bytes
         hops = [hop_bytes[m.public_key] for m in mixes]
         hops.append(hop_bytes[provider.public_key])
         off = slot * self.payload_size
-        self.builder.messages[off : off + len(payload)] = payload
-        self.builder.set_packet_fast(slot, hops, self.delays(len(hops)), destination, len(payload), off)
+        if payload is None:
+            size = self.payload_size
+            self.rng.fill(self.builder.arena, off, size)
+        else:
+            size = len(payload)
+            self.builder.messages[off : off + size] = payload
+        self.builder.set_packet_fast(slot, hops, self.delays(len(hops)), destination, size, off)
         return mixes[0].address, ref
 
     def build_batch(self, now_ns: int) -> int:

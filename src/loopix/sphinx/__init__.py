@@ -272,6 +272,7 @@ class PacketBuilder:
         self.status = ffi.new("int32_t[]", capacity)
         self.messages = bytearray(message_arena or capacity * payload_size)
         self._messages_c = ffi.from_buffer(self.messages)
+        self.arena = self._messages_c  # the message arena as a C pointer (for in-place fills)
         self._spec_view = memoryview(ffi.buffer(self.specs))
 
     def set_packet(self, i, route, destination, message, delays_ns, identifier=_ZERO_IDENTIFIER,

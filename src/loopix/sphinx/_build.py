@@ -82,14 +82,20 @@ ffibuilder.cdef(
     int crypto_scalarmult(unsigned char *q, const unsigned char *n, const unsigned char *p);
     int crypto_scalarmult_base(unsigned char *q, const unsigned char *n);
     void randombytes_buf(void * const buf, const size_t size);
+    typedef struct { uint8_t key[32]; } lx_rng;
+    int lx_rng_seed(lx_rng *r, const uint8_t *seed);
+    void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n);
+    void lx_rng_doubles(lx_rng *r, double *out, size_t n);
+    void lx_rng_exponentials(lx_rng *r, double *out, size_t n);
+    int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n);
     """
 )
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include "x25519.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c")],
+    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c")],
     include_dirs=[str(CSRC)],
-    libraries=["sodium", "crypto", "pthread"],
+    libraries=["sodium", "crypto", "pthread", "m"],
     # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", *shlex.split(os.environ.get("LOOPIX_CFLAGS", ""))],
     extra_link_args=shlex.split(os.environ.get("LOOPIX_LDFLAGS", "")),

@@ -1,0 +1,28 @@
+/* loopix CSPRNG: a fast-key-erasure ChaCha20 stream for every value an adversary can observe
+ * (routes, per-hop delays, the Poisson send schedule, drop-cover payloads). See docs/randomness.md.
+ *
+ * Each refill runs ChaCha20 under the current key and takes the first 32 bytes of the output as the
+ * next key, then hands out the rest: a copy of the state taken later does not reveal earlier outputs.
+ * The key comes from the OS (libsodium's randombytes, i.e. getrandom) unless a seed is given (tests). */
+#ifndef LOOPIX_CSPRNG_H
+#define LOOPIX_CSPRNG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    uint8_t key[32];
+} lx_rng;
+
+/* Keys the stream from the OS (seed NULL) or from 32 seed bytes (deterministic: tests only). */
+int lx_rng_seed(lx_rng *r, const uint8_t *seed);
+/* n random bytes. */
+void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n);
+/* n doubles uniform on [0, 1), 53 random bits each. */
+void lx_rng_doubles(lx_rng *r, double *out, size_t n);
+/* n draws of Exp(1) (mean 1): -log(1 - U). */
+void lx_rng_exponentials(lx_rng *r, double *out, size_t n);
+/* n integers uniform on [0, bound) without bias (bound >= 1), by Lemire's multiply-and-reject. */
+int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n);
+
+#endif

@@ -6,7 +6,7 @@
 
 #include <sodium.h>
 
-#define CHUNK 4096 /* bytes of keystream per ChaCha20 call */
+#define CHUNK 4096 /* bytes of keystream per refill for the typed draws (on the stack) */
 
 static const uint8_t ZERO_NONCE[8] = {0};
 
@@ -17,24 +17,17 @@ int lx_rng_seed(lx_rng *r, const uint8_t *seed) {
     return 0;
 }
 
-/* One refill: keystream under the current key, whose first 32 bytes replace the key (the nonce can
- * stay zero because no key is ever used twice). */
-static void refill(lx_rng *r, uint8_t *buf, size_t len) {
-    crypto_stream_chacha20(buf, len + 32, ZERO_NONCE, r->key);
-    memcpy(r->key, buf, 32);
-    sodium_memzero(buf, 32);
-}
+/* One refill: the output is the keystream of the current key under nonce 0, written straight into
+ * out; the next key is the first 32 bytes of the keystream under nonce 1. Two nonces of one key are
+ * independent streams, and no key is ever used for a second refill. */
+static const uint8_t KEY_NONCE[8] = {1, 0, 0, 0, 0, 0, 0, 0};
 
 void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n) {
-    uint8_t buf[32 + CHUNK];
-    while (n) {
-        size_t take = n < CHUNK ? n : CHUNK;
-        refill(r, buf, take);
-        memcpy(out, buf + 32, take);
-        out += take;
-        n -= take;
-    }
-    sodium_memzero(buf, sizeof buf);
+    uint8_t next[32];
+    if (n) crypto_stream_chacha20(out, n, ZERO_NONCE, r->key);
+    crypto_stream_chacha20(next, sizeof next, KEY_NONCE, r->key);
+    memcpy(r->key, next, sizeof next);
+    sodium_memzero(next, sizeof next);
 }
 
 static void words(lx_rng *r, uint64_t *out, size_t n) {
@@ -65,8 +58,7 @@ int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n) {
     size_t have = 0, used = 0;
     for (size_t i = 0; i < n;) {
         if (used == have) {
-            have = n - i < CHUNK / 4 ? n - i + 8 : CHUNK / 4; /* a few spare for rejections */
-            if (have > CHUNK / 4) have = CHUNK / 4;
+            have = n - i + 8 < CHUNK / 4 ? n - i + 8 : CHUNK / 4; /* a few spare for rejections */
             lx_rng_bytes(r, (uint8_t *)w, have * sizeof *w);
             used = 0;
         }

@@ -1,8 +1,9 @@
 /* loopix CSPRNG: a fast-key-erasure ChaCha20 stream for every value an adversary can observe
  * (routes, per-hop delays, the Poisson send schedule, drop-cover payloads). See docs/randomness.md.
  *
- * Each refill runs ChaCha20 under the current key and takes the first 32 bytes of the output as the
- * next key, then hands out the rest: a copy of the state taken later does not reveal earlier outputs.
+ * Each refill hands out ChaCha20 keystream of the current key (nonce 0) and replaces the key with 32
+ * bytes of its keystream under nonce 1 (fast key erasure): a copy of the state taken later does not
+ * reveal earlier outputs.
  * The key comes from the OS (libsodium's randombytes, i.e. getrandom) unless a seed is given (tests). */
 #ifndef LOOPIX_CSPRNG_H
 #define LOOPIX_CSPRNG_H

@@ -31,23 +31,25 @@ def ks_statistic(samples: list[float], cdf) -> float:
     return max(max(cdf(x) - i / n, (i + 1) / n - cdf(x)) for i, x in enumerate(xs))
 
 
-def chacha20(key: bytes, n: int) -> bytes:
-    """ChaCha20 keystream from block 0 with a zero nonce (OpenSSL's 16-byte counter ‖ nonce form)."""
-    enc = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+def chacha20(key: bytes, n: int, nonce: int = 0) -> bytes:
+    """ChaCha20 keystream from block 0 with a 64-bit nonce (libsodium's original ChaCha20), through
+    OpenSSL's 16-byte form: 64-bit block counter then the nonce, little-endian."""
+    enc = Cipher(algorithms.ChaCha20(key, bytes(8) + nonce.to_bytes(8, "little")), mode=None).encryptor()
     return enc.update(bytes(n))
 
 
 # -- the stream --
 
 def test_stream_is_chacha20_with_fast_key_erasure():
-    """Known answer: each refill is ChaCha20 under the current key; its first 32 bytes become the
-    next key and are never handed out."""
+    """Known answer: a refill hands out the keystream of the current key under nonce 0, and the next
+    key is the first 32 bytes of its keystream under nonce 1 (never handed out)."""
     seed = bytes(range(32))
     rng = Csprng(_seed=seed)
-    first = chacha20(seed, 32 + 100)
-    assert rng.bytes(100) == first[32:]
-    second = chacha20(first[:32], 32 + 50)
-    assert rng.bytes(50) == second[32:]
+    assert rng.bytes(100) == chacha20(seed, 100)
+    key2 = chacha20(seed, 32, nonce=1)
+    assert rng.bytes(50) == chacha20(key2, 50)
+    key3 = chacha20(key2, 32, nonce=1)
+    assert rng.bytes(5000) == chacha20(key3, 5000)  # longer than one refill of the typed draws
 
 
 def test_seeded_streams_repeat_and_os_keyed_streams_differ():

@@ -56,6 +56,11 @@ class Csprng:
             lib.lx_rng_seed(self._state, ffi.NULL)
             self._pid = os.getpid()
 
+    def c_state(self) -> Any:
+        """The `lx_rng *` for C routines that draw from this stream themselves (csrc/plan.c)."""
+        self._check_fork()
+        return self._state
+
     # -- bulk --
     def uniforms(self, n: int) -> list[float]:
         """n floats uniform on [0, 1), 53 bits each."""

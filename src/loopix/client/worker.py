@@ -17,7 +17,8 @@ from operator import attrgetter
 
 from loopix import sphinx
 from loopix.csprng import Csprng
-from loopix.topology import choose_mixes, route_layers
+from loopix.sphinx._sphinx_c import ffi, lib
+from loopix.topology import route_layers
 
 from . import control
 from .messages import LoopCodec
@@ -27,26 +28,44 @@ from .schedule import PoissonClock, Stream, StreamRates
 
 _PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
 _layer_of = attrgetter("layer")
+ANY_PROVIDER = lib.LX_ANY_PROVIDER
 STATS_INTERVAL_S = 1.0
 
 
 class Routes:
-    """The current topology as the builder needs it; routes come from topology.choose_mixes (one
-    random mixnode per layer), then a provider."""
+    """The current topology as the builder needs it. The layers come from topology.route_layers (one
+    home for what a usable topology is); a batch's routes and delays are drawn in one C call
+    (`draw`: one random mixnode per layer, then a provider) from the worker's CSPRNG."""
 
     def __init__(self, topo: control.TopologyUpdate, rng: Csprng):
         self.rng = rng
         layers = route_layers(topo.mixnodes, _layer_of)
         self.layers = () if isinstance(layers, str) else layers  # no route through a broken topology
-        # public key ‖ address of every node, in the layout of the C hop record
-        self.hop_bytes = {n.public_key: n.public_key + n.address for n in topo.mixnodes}
-        self.hop_bytes.update({p.public_key: p.public_key + p.address for p in topo.providers})
         self.providers = {p.public_key: p for p in topo.providers}
         self.provider_list = list(topo.providers)
-        self.usable = bool(self.layers) and bool(self.provider_list)
+        self.provider_index = {p.public_key: i for i, p in enumerate(self.provider_list)}
+        self.usable = (bool(self.layers) and bool(self.provider_list)
+                       and len(self.layers) < sphinx.MAX_PATH_LENGTH)
+        # the C route table: public key ‖ address of every node (the C hop record), per layer
+        self._records = [ffi.new("uint8_t[]", b"".join(m.public_key + m.address for m in layer) or b"\0")
+                         for layer in self.layers]
+        self._provider_records = ffi.new(
+            "uint8_t[]", b"".join(p.public_key + p.address for p in self.provider_list) or b"\0")
+        self.table = ffi.new("lx_route_table *")
+        if self.usable:
+            self.table.n_layers = len(self.layers)
+            for k, layer in enumerate(self.layers):
+                self.table.layer_size[k] = len(layer)
+                self.table.layer_hops[k] = self._records[k]
+            self.table.n_providers = len(self.provider_list)
+            self.table.provider_hops = self._provider_records
 
-    def mixes(self) -> list[control.MixNodeInfo]:
-        return choose_mixes(self.layers, self.rng)
+    def draw(self, builder: sphinx.PacketBuilder, count: int, last_hops, mean_delay_ns: float) -> None:
+        """Routes and delays of builder slots 0..count: last_hops[i] is the provider index of slot
+        i's last hop, or ANY_PROVIDER for one drawn at random."""
+        self.table.mean_delay_ns = mean_delay_ns
+        if lib.lx_draw_routes(self.rng.c_state(), self.table, builder.specs, count, last_hops) != 0:
+            raise ValueError("route table refused")  # usable tables are checked above: a bug if seen
 
 
 class Worker:
@@ -61,6 +80,7 @@ class Worker:
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
         self.payload_size = setup.payload_size
         self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
+        self.last_hops = ffi.new("uint32_t[]", setup.batch_size)  # per slot: provider index or ANY
         self.wire_header = setup.wire_header
         self.prefix_len = len(self.wire_header) + sphinx.NODE_ADDRESS_SIZE  # SEND header, first hop
         self.wire_len = self.prefix_len + self.builder.packet_size
@@ -108,17 +128,10 @@ class Worker:
             self.running = False
 
     # -- building --
-    def delays(self, hops: int) -> list[int]:
-        if self.mean_delay_s <= 0:
-            return [0] * hops
-        exp = self.rng.exponential
-        mean_ns = self.mean_delay_s * 1e9
-        # the last hop is the recipient's provider: it does not delay (its delay is never encoded)
-        return [int(exp() * mean_ns) for _ in range(hops - 1)] + [0]
-
     def fill(self, slot: int, local: int, identity: int, stream: int):
-        """Fill builder slot `slot` for one event of our identity `local` (global `identity`);
-        returns (first hop address, fragment ref or -1) or None when there is no route."""
+        """Fill builder slot `slot` (all but its route, which `Routes.draw` adds for the whole batch)
+        for one event of our identity `local` (global `identity`); returns the fragment ref or -1, or
+        None when there is no route."""
         me = self.identities[local]
         routes = self.routes
         ref = -1
@@ -143,13 +156,10 @@ class Worker:
                 destination = me.public_key
                 payload = self.loops.encode(identity, self.seq, self._event_ns, self.payload_size)
             else:
-                provider = self.rng.choice(routes.provider_list)
+                provider = None  # drawn with the route
                 destination = sphinx.DROP_COVER_DESTINATION
                 payload = None  # fresh CSPRNG bytes, written straight into the arena below
-        mixes = routes.mixes()
-        hop_bytes = routes.hop_bytes
-        hops = [hop_bytes[m.public_key] for m in mixes]
-        hops.append(hop_bytes[provider.public_key])
+        self.last_hops[slot] = ANY_PROVIDER if provider is None else routes.provider_index[provider.public_key]
         off = slot * self.payload_size
         if payload is None:
             size = self.payload_size
@@ -157,8 +167,8 @@ class Worker:
         else:
             size = len(payload)
             self.builder.messages[off : off + size] = payload
-        self.builder.set_packet_fast(slot, hops, self.delays(len(hops)), destination, size, off)
-        return mixes[0].address, ref
+        self.builder.set_message(slot, destination, size, off)
+        return ref
 
     def build_batch(self, now_ns: int) -> int:
         """Build the events due within the lookahead into the ring; returns how many."""
@@ -178,11 +188,11 @@ class Worker:
                 self.no_route += 1
                 continue
             self._event_ns = t
-            filled = self.fill(len(events), local, identity, stream)
-            if filled is None:
+            ref = self.fill(len(events), local, identity, stream)
+            if ref is None:
                 self.no_route += 1
                 continue
-            events.append((t, identity, stream, filled[0], filled[1]))
+            events.append((t, identity, stream, ref))
             self.seq += 1
         if not events:
             self.ring.set_horizon(min(self.next_event[0], horizon))
@@ -191,6 +201,7 @@ class Worker:
         stride = ring.slot_size
         view = ring.wire_view(start, len(events))
         out = view[self.prefix_len :]
+        self.routes.draw(self.builder, len(events), self.last_hops, self.mean_delay_s * 1e9)
         self.builder.build(len(events), out, stride)
         status = self.builder.status
         built_refs = []
@@ -198,7 +209,8 @@ class Worker:
         write = start
         header, plen, wire_len = self.wire_header, self.prefix_len, self.wire_len
         hl = len(header)
-        for i, (t, identity, stream, first_hop, ref) in enumerate(events):
+        first_hop = self.builder.first_hop_address
+        for i, (t, identity, stream, ref) in enumerate(events):
             if status[i] != 0:
                 self.build_errors += 1
                 if ref >= 0:
@@ -209,7 +221,7 @@ class Worker:
                 src = i * stride
                 view[base + plen : base + wire_len] = view[src + plen : src + wire_len]
             view[base : base + hl] = header
-            view[base + hl : base + plen] = first_hop
+            view[base + hl : base + plen] = first_hop(i)
             real = ref >= 0
             ring.write_meta(write, t, identity, stream, wire_len, self.seq - len(events) + i, 1 if real else 0)
             self.built[stream] += 1

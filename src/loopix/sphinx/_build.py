@@ -88,12 +88,33 @@ ffibuilder.cdef(
     void lx_rng_doubles(lx_rng *r, double *out, size_t n);
     void lx_rng_exponentials(lx_rng *r, double *out, size_t n);
     int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n);
+    #define LX_HOP_RECORD 64
+    #define LX_ANY_PROVIDER 0xffffffff
+    typedef struct {
+        uint64_t now_ns;
+        double total_rate;
+        uint32_t n_identities;
+        uint32_t n_entries;
+        double stream_cum[3];
+        const double *cumulative;
+    } lx_clock;
+    int lx_clock_draw(lx_clock *c, lx_rng *r, size_t count, uint64_t *t, uint32_t *identity, uint8_t *stream);
+    typedef struct {
+        uint32_t n_layers;
+        uint32_t layer_size[5];
+        const uint8_t *layer_hops[5];
+        uint32_t n_providers;
+        const uint8_t *provider_hops;
+        double mean_delay_ns;
+    } lx_route_table;
+    int lx_draw_routes(lx_rng *r, const lx_route_table *t, lx_packet_spec *specs, size_t count,
+                       const uint32_t *provider);
     """
 )
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c")],
+    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c")],
     include_dirs=[str(CSRC)],
     libraries=["sodium", "crypto", "pthread", "m"],
     # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)

@@ -32,7 +32,7 @@ from loopix.wire import provider as pp
 from . import control
 from .messages import LoopCodec
 from .profiling import run_profiled
-from .ring import Ring
+from .ring import DueTaker, Ring
 from .schedule import Stream
 from .trace import TraceWriter
 
@@ -212,36 +212,35 @@ class Sender:
 
     # -- sending --
     async def pump(self) -> None:
-        rings, link_of, ready = self.rings, self.link_of, self.ready
+        rings, links = self.rings, self.links
+        index_of_link = {id(link): j for j, link in enumerate(links)}
+        taker = DueTaker(rings, self.ready, [index_of_link[id(link)] for link in self.link_of],
+                         len(links), MAX_PER_ROUND)
         reads = [r.read_index for r in rings]
         mono = time.monotonic_ns
         trace = self.trace
         sent = self.sent
+        try:
+            await self._pump(taker, rings, links, reads, mono, trace, sent)
+        finally:
+            taker.close()
+
+    async def _pump(self, taker, rings, links, reads, mono, trace, sent) -> None:
         while self.running:
             now = mono()
             next_t = -1
-            batch: dict[ProviderLink, list[memoryview]] = {}
             due: list[tuple[int, int, int, int]] = []
-            for k, ring in enumerate(rings):
-                r, w = reads[k], ring.write_index
-                while r < w and len(due) < MAX_PER_ROUND:
-                    t, identity, stream, flags, wire_len, _seq = ring.peek(r)
-                    if t > now:
-                        if next_t < 0 or t < next_t:
-                            next_t = t
-                        break
-                    if ready[identity]:
-                        batch.setdefault(link_of[identity], []).append(ring.wire_bytes(r, wire_len))
-                        due.append((t, identity, stream, flags))
-                    else:
-                        self.dropped_unconnected += 1
-                    r += 1
-                reads[k] = r
+            for k in range(len(rings)):
+                reads[k], t, unconnected = taker.take(k, reads[k], now, MAX_PER_ROUND - len(due), due)
+                self.dropped_unconnected += unconnected
+                if t and (next_t < 0 or t < next_t):
+                    next_t = t
             if due:
                 actual = mono()
-                for link, views in batch.items():
-                    link.transport.write(b"".join(views))
-                del batch
+                for j, link in enumerate(links):
+                    chunk = taker.gathered(j)
+                    if chunk:
+                        link.transport.write(chunk)
                 for k, ring in enumerate(rings):
                     ring.release(reads[k])
                 self._account(due, actual, sent, trace)

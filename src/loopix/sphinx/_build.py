@@ -109,12 +109,24 @@ ffibuilder.cdef(
     } lx_route_table;
     int lx_draw_routes(lx_rng *r, const lx_route_table *t, lx_packet_spec *specs, size_t count,
                        const uint32_t *provider);
+    #define LX_RING_HEADER 192
+    #define LX_SLOT_META 32
+    typedef struct {
+        uint64_t scheduled_ns;
+        uint32_t identity;
+        uint8_t stream;
+        uint8_t flags;
+    } lx_due;
+    long lx_take_due(const uint8_t *ring, uint64_t slots, uint32_t slot_size, uint64_t read, uint64_t write,
+                     uint64_t now_ns, const uint8_t *ready, const uint32_t *link_of, uint32_t n_identities,
+                     uint8_t *out, size_t link_cap, uint32_t n_links, uint64_t *out_len, lx_due *due,
+                     size_t max_due, uint64_t *new_read, uint64_t *next_ns, uint64_t *unconnected);
     """
 )
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c")],
+    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include "ringscan.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c"), str(CSRC / "ringscan.c")],
     include_dirs=[str(CSRC)],
     libraries=["sodium", "crypto", "pthread", "m"],
     # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)

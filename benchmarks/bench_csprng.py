@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 
-from loopix import sphinx
+from _pipeline import c_build_us
 from loopix.csprng import Csprng
 
 PAYLOAD = 2048
@@ -45,20 +45,6 @@ def packet_draws(rng, arena: bytearray, fill, n: int) -> None:
         expo(20.0)
         choice(providers)
         fill(arena)
-
-
-def c_build_us(n: int) -> float:
-    keys = [sphinx.keypair() for _ in range(4)]
-    route = [sphinx.Hop(public_key=pk, address=bytes([i]) * 32) for i, (_, pk) in enumerate(keys)]
-    builder = sphinx.PacketBuilder(32)
-    for i in range(32):
-        builder.set_packet(i, route, bytes(32), os.urandom(2000), [1000] * 4)
-    out = bytearray(builder.packet_size * 32)
-    t = time.perf_counter_ns()
-    built = 0
-    while built < n:
-        built += builder.build(32, out)
-    return (time.perf_counter_ns() - t) / built / 1e3
 
 
 def main() -> None:

@@ -17,48 +17,47 @@ static uint32_t get32(const uint8_t *p) {
     return v;
 }
 
-long lx_take_due(const uint8_t *ring, uint64_t slots, uint32_t slot_size, uint64_t read, uint64_t write,
-                 uint64_t now_ns, const uint8_t *ready, const uint32_t *link_of, uint32_t n_identities,
-                 uint8_t *out, size_t link_cap, uint32_t n_links, uint64_t *out_len, lx_due *due,
-                 size_t max_due, uint64_t *new_read, uint64_t *next_ns, uint64_t *unconnected) {
-    if (!ring || !ready || !link_of || !out || !out_len || !due || !new_read || !next_ns || !unconnected ||
-        slots == 0 || slot_size < LX_SLOT_META || write < read || write - read > slots)
+long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room) {
+    if (!c || !c->ring || !c->ready || !c->link_of || !c->out || !c->out_len || !c->due || c->slots == 0 ||
+        c->slot_size < LX_SLOT_META || write < read || write - read > c->slots)
         return LX_ERR_PARAM;
+    if (room > c->max_due) room = c->max_due;
     long n = 0;
     uint64_t r = read;
-    *next_ns = 0;
-    while (r < write && (size_t)n < max_due) {
-        const uint8_t *slot = ring + LX_RING_HEADER + (r % slots) * (uint64_t)slot_size;
+    c->next_ns = 0;
+    c->unconnected = 0;
+    while (r < write && (uint64_t)n < room) {
+        const uint8_t *slot = c->ring + LX_RING_HEADER + (r % c->slots) * (uint64_t)c->slot_size;
         uint64_t t = get64(slot);
         if (t > now_ns) {
-            *next_ns = t;
+            c->next_ns = t;
             break;
         }
         uint32_t identity = get32(slot + 8);
         uint32_t wire_len = get32(slot + 16);
-        if (wire_len > slot_size - LX_SLOT_META) {
+        if (wire_len > c->slot_size - LX_SLOT_META) {
             n = LX_ERR_PARAM;
             break;
         }
-        if (identity < n_identities && ready[identity]) {
-            uint32_t link = link_of[identity];
-            if (link >= n_links) {
+        if (identity < c->n_identities && c->ready[identity]) {
+            uint32_t link = c->link_of[identity];
+            if (link >= c->n_links) {
                 n = LX_ERR_PARAM;
                 break;
             }
-            if (out_len[link] + wire_len > link_cap) break; /* this link's region is full: next round */
-            memcpy(out + link * link_cap + out_len[link], slot + LX_SLOT_META, wire_len);
-            out_len[link] += wire_len;
-            due[n].scheduled_ns = t;
-            due[n].identity = identity;
-            due[n].stream = slot[12];
-            due[n].flags = slot[13];
+            if (c->out_len[link] + wire_len > c->link_cap) break; /* region full: next round */
+            memcpy(c->out + link * c->link_cap + c->out_len[link], slot + LX_SLOT_META, wire_len);
+            c->out_len[link] += wire_len;
+            c->due[n].scheduled_ns = t;
+            c->due[n].identity = identity;
+            c->due[n].stream = slot[12];
+            c->due[n].flags = slot[13];
             n++;
         } else {
-            ++*unconnected;
+            c->unconnected++;
         }
         r++;
     }
-    *new_read = r;
+    c->new_read = r;
     return n;
 }

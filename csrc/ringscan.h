@@ -17,17 +17,31 @@ typedef struct {
     uint8_t flags;
 } lx_due;
 
-/* Slots [read, write) of the ring at `ring` (slots of slot_size bytes after the header), in order,
- * while their scheduled time is <= now_ns: a slot of a ready identity (ready[identity] != 0) has its
- * wire bytes appended to link link_of[identity]'s region of out (n_links regions of link_cap bytes,
- * out_len[link] bytes used) and its metadata to due; any other slot is consumed and counted in
- * *unconnected. Stops early when max_due slots are taken or a link's region is full.
- * Writes the first slot index not taken to *new_read and the time of the first slot not yet due
- * (0 if none) to *next_ns. Returns how many went to due, or a negative LX_ERR code for a slot the
- * ring cannot hold (then nothing past it is taken). */
-long lx_take_due(const uint8_t *ring, uint64_t slots, uint32_t slot_size, uint64_t read, uint64_t write,
-                 uint64_t now_ns, const uint8_t *ready, const uint32_t *link_of, uint32_t n_identities,
-                 uint8_t *out, size_t link_cap, uint32_t n_links, uint64_t *out_len, lx_due *due,
-                 size_t max_due, uint64_t *new_read, uint64_t *next_ns, uint64_t *unconnected);
+/* One ring as the sender reads it, and where the taken slots go: set once, passed to each call. */
+typedef struct {
+    const uint8_t *ring; /* the mapping: header, then slots of slot_size bytes */
+    uint64_t slots;
+    uint32_t slot_size;
+    uint32_t n_identities;
+    const uint8_t *ready;    /* per identity: nonzero when its provider link is registered */
+    const uint32_t *link_of; /* per identity: its link */
+    uint32_t n_links;
+    uint8_t *out;            /* n_links regions of link_cap bytes */
+    uint64_t link_cap;
+    uint64_t *out_len;       /* bytes used in each link's region */
+    lx_due *due;
+    uint64_t max_due;
+    /* results of the last call */
+    uint64_t new_read;      /* the first slot index not taken */
+    uint64_t next_ns;       /* the time of the first slot not yet due, 0 if none */
+    uint64_t unconnected;   /* slots of identities not ready, consumed */
+} lx_take_ctx;
+
+/* Slots [read, write) in order while their scheduled time is <= now_ns: a slot of a ready identity
+ * has its wire bytes appended to its link's region of out and its metadata to due; any other slot is
+ * consumed and counted in unconnected. Stops early when room (<= max_due) slots are taken or a link's
+ * region is full. Returns how many went to due, or a negative LX_ERR code for a slot the ring cannot
+ * hold (then nothing from it on is taken). */
+long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
 
 #endif

@@ -169,24 +169,26 @@ class DueTaker:
         self.max_due = max_due
         self._due = ffi.new("lx_due[]", max_due)
         self._due_buf = ffi.buffer(self._due)
-        self._scalars = ffi.new("uint64_t[3]")  # new_read, next_ns, unconnected
+        self._ctx = []  # one lx_take_ctx per ring: the fixed arguments, set once
+        for k, ring in enumerate(rings):
+            c = ffi.new("lx_take_ctx *")
+            c.ring, c.slots, c.slot_size = self._rings_c[k], ring.slots, ring.slot_size
+            c.n_identities, c.ready, c.link_of = self._n_identities, self._ready, self._link_of
+            c.n_links, c.out, c.link_cap, c.out_len = n_links, self._out_c, self.link_cap, self.out_len
+            c.due, c.max_due = self._due, max_due
+            self._ctx.append(c)
 
     def take(self, k: int, read: int, now_ns: int, room: int, due: list) -> tuple[int, int, int]:
         """Due slots of ring k from `read` (at most `room`), their metadata appended to `due`.
         Returns (new read index, time of the first slot not yet due or 0, slots of unconnected
         identities consumed)."""
-        ring = self.rings[k]
-        sc = self._scalars
-        sc[2] = 0
-        n = lib.lx_take_due(self._rings_c[k], ring.slots, ring.slot_size, read, ring.write_index, now_ns,
-                            self._ready, self._link_of, self._n_identities, self._out_c, self.link_cap,
-                            self.n_links, self.out_len, self._due, min(room, self.max_due),
-                            sc + 0, sc + 1, sc + 2)
+        c = self._ctx[k]
+        n = lib.lx_take_due(c, read, self.rings[k].write_index, now_ns, room)
         if n < 0:
             raise RuntimeError(f"ring {k} holds a slot it cannot (corrupt metadata at index {read}+)")
         if n:
             due.extend(_DUE.iter_unpack(self._due_buf[: n * _DUE.size]))
-        return sc[0], sc[1], sc[2]
+        return c.new_read, c.next_ns, c.unconnected
 
     def gathered(self, link: int) -> bytes:
         """The wire bytes gathered for `link` since the last call (and resets it)."""
@@ -200,6 +202,7 @@ class DueTaker:
     def close(self) -> None:
         """Release the C views, so the rings' memory can be unmapped."""
         self._out_view.release()
+        self._ctx = []
         for c in (*self._rings_c, self._ready, self._out_c):
             ffi.release(c)
         self._rings_c = []

@@ -117,10 +117,24 @@ ffibuilder.cdef(
         uint8_t stream;
         uint8_t flags;
     } lx_due;
-    long lx_take_due(const uint8_t *ring, uint64_t slots, uint32_t slot_size, uint64_t read, uint64_t write,
-                     uint64_t now_ns, const uint8_t *ready, const uint32_t *link_of, uint32_t n_identities,
-                     uint8_t *out, size_t link_cap, uint32_t n_links, uint64_t *out_len, lx_due *due,
-                     size_t max_due, uint64_t *new_read, uint64_t *next_ns, uint64_t *unconnected);
+    typedef struct {
+        const uint8_t *ring;
+        uint64_t slots;
+        uint32_t slot_size;
+        uint32_t n_identities;
+        const uint8_t *ready;
+        const uint32_t *link_of;
+        uint32_t n_links;
+        uint8_t *out;
+        uint64_t link_cap;
+        uint64_t *out_len;
+        lx_due *due;
+        uint64_t max_due;
+        uint64_t new_read;
+        uint64_t next_ns;
+        uint64_t unconnected;
+    } lx_take_ctx;
+    long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
     """
 )
 ffibuilder.set_source(

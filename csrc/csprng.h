@@ -19,6 +19,11 @@ typedef struct {
 int lx_rng_seed(lx_rng *r, const uint8_t *seed);
 /* n random bytes. */
 void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n);
+/* Which implementation long outputs use from now on: 0 libsodium, 1 OpenSSL, -1 measure both on the
+ * next long output and keep the faster (the default). Tests hold both to the same bytes. Process-wide. */
+void lx_rng_set_path(int path);
+/* Which implementation long outputs use: 1 OpenSSL, 0 libsodium, -1 not measured yet. */
+int lx_rng_path(void);
 /* n doubles uniform on [0, 1), 53 random bits each. */
 void lx_rng_doubles(lx_rng *r, double *out, size_t n);
 /* n draws of Exp(1) (mean 1): -log(1 - U). */

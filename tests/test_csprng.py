@@ -8,6 +8,8 @@ import math
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,6 +52,50 @@ def test_stream_is_chacha20_with_fast_key_erasure():
     assert rng.bytes(50) == chacha20(key2, 50)
     key3 = chacha20(key2, 32, nonce=1)
     assert rng.bytes(5000) == chacha20(key3, 5000)  # longer than one refill of the typed draws
+
+
+_PATH_SCRIPT = """
+import sys
+from loopix.csprng import Csprng
+from loopix.sphinx._sphinx_c import lib
+lib.lx_rng_set_path(int(sys.argv[1]))
+rng = Csprng(_seed=bytes(range(32)))
+sys.stdout.write((rng.bytes(5000) + rng.bytes(300) + rng.bytes(40)).hex())
+"""
+
+# OPENSSL_ia32cap masks: the SIMD ChaCha20 paths OpenSSL chooses from at run time, each turned off in
+# turn (AVX-512F is CPUID(7).EBX bit 16, AVX2 bit 5; SSSE3 is CPUID(1).ECX bit 9, bit 41 of the first
+# word), so every path this machine has produces the stream
+CPU_MASKS = ["", "~0x0:~0x10000", "~0x0:~0x10020", "~0x20000000000:~0x10020"]
+
+
+@pytest.mark.parametrize("path", [0, 1, -1])
+@pytest.mark.parametrize("mask", CPU_MASKS)
+def test_every_chacha20_path_gives_the_same_stream(mask, path):
+    """Long draws use libsodium's ChaCha20 (path 0) or OpenSSL's (1), each with SIMD code chosen at
+    run time, or whichever measured faster (-1, the default); short ones libsodium's. All give the
+    reference keystream."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_ia32cap"}
+    if mask:
+        env["OPENSSL_ia32cap"] = mask
+    out = subprocess.run([sys.executable, "-c", _PATH_SCRIPT, str(path)], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    key = bytes(range(32))
+    expected = b""
+    for n in (5000, 300, 40):
+        expected += chacha20(key, n)
+        key = chacha20(key, 32, nonce=1)
+    assert bytes.fromhex(out) == expected
+
+
+def test_the_faster_implementation_is_chosen_once():
+    from loopix.sphinx._sphinx_c import lib
+
+    lib.lx_rng_set_path(-1)
+    Csprng().bytes(10)  # short: no measurement
+    assert lib.lx_rng_path() == -1
+    Csprng().bytes(4096)
+    assert lib.lx_rng_path() in (0, 1)
 
 
 def test_seeded_streams_repeat_and_os_keyed_streams_differ():

@@ -85,6 +85,8 @@ ffibuilder.cdef(
     typedef struct { uint8_t key[32]; } lx_rng;
     int lx_rng_seed(lx_rng *r, const uint8_t *seed);
     void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n);
+    void lx_rng_set_path(int path);
+    int lx_rng_path(void);
     void lx_rng_doubles(lx_rng *r, double *out, size_t n);
     void lx_rng_exponentials(lx_rng *r, double *out, size_t n);
     int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n);

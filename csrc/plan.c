@@ -5,6 +5,7 @@
 #include <string.h>
 
 #define DRAWS 256 /* uniforms per refill */
+#define MAX_NS 1.8e19 /* below 2^64: a double is converted to uint64_t only under this */
 
 /* An index below n from a uniform double: bias at most n / 2^53 (see docs/randomness.md). */
 static uint32_t index_below(double u, uint32_t n) {
@@ -14,14 +15,17 @@ static uint32_t index_below(double u, uint32_t n) {
 
 int lx_clock_draw(lx_clock *c, lx_rng *r, size_t count, uint64_t *t, uint32_t *identity, uint8_t *stream) {
     double u[3 * DRAWS];
-    if (!c || !r || c->total_rate <= 0 || (count && (!t || !identity || !stream))) return LX_ERR_PARAM;
+    if (!c || !r || !(c->total_rate > 0) || (count && (!t || !identity || !stream))) return LX_ERR_PARAM;
     if (c->cumulative ? c->n_entries == 0 : c->n_identities == 0) return LX_ERR_PARAM;
     const double ns_per_unit = 1e9 / c->total_rate;
     for (size_t done = 0; done < count;) {
         size_t take = count - done < DRAWS ? count - done : DRAWS;
         lx_rng_doubles(r, u, 3 * take);
         for (size_t i = 0; i < take; i++, done++) {
-            c->now_ns += (uint64_t)(-log1p(-u[3 * i]) * ns_per_unit);
+            double gap_f = -log1p(-u[3 * i]) * ns_per_unit;
+            uint64_t gap = gap_f < MAX_NS ? (uint64_t)gap_f : UINT64_MAX;
+            /* saturates at 2^64 - 1 ("never") rather than wrap into the past: a tiny rate */
+            c->now_ns = gap > UINT64_MAX - c->now_ns ? UINT64_MAX : c->now_ns + gap;
             t[done] = c->now_ns;
             if (!c->cumulative) {
                 identity[done] = index_below(u[3 * i + 1], c->n_identities);
@@ -67,7 +71,7 @@ int lx_draw_routes(lx_rng *r, const lx_route_table *t, lx_packet_spec *specs, si
                 memcpy(s->hops[l].public_key, rec, 32);
                 memcpy(s->hops[l].address, rec + 32, 32);
                 double d = t->mean_delay_ns > 0 ? -log1p(-v[t->n_layers + l]) * t->mean_delay_ns : 0.0;
-                s->hops[l].delay_ns = d < 1.8e19 ? (uint64_t)d : UINT64_MAX / 2;
+                s->hops[l].delay_ns = d < MAX_NS ? (uint64_t)d : (uint64_t)MAX_NS; /* NaN too */
             }
             uint32_t p = provider[done] == LX_ANY_PROVIDER ? index_below(v[2 * t->n_layers], t->n_providers)
                                                           : provider[done];

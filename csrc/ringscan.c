@@ -25,7 +25,7 @@ long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns,
     long n = 0;
     uint64_t r = read;
     c->next_ns = 0;
-    c->unconnected = 0;
+    memset(c->unconnected, 0, sizeof c->unconnected);
     while (r < write && (uint64_t)n < room) {
         const uint8_t *slot = c->ring + LX_RING_HEADER + (r % c->slots) * (uint64_t)c->slot_size;
         uint64_t t = get64(slot);
@@ -35,7 +35,8 @@ long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns,
         }
         uint32_t identity = get32(slot + 8);
         uint32_t wire_len = get32(slot + 16);
-        if (wire_len > c->slot_size - LX_SLOT_META) {
+        uint8_t stream = slot[12];
+        if (wire_len > c->slot_size - LX_SLOT_META || stream > 2) {
             n = LX_ERR_PARAM;
             break;
         }
@@ -50,11 +51,11 @@ long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns,
             c->out_len[link] += wire_len;
             c->due[n].scheduled_ns = t;
             c->due[n].identity = identity;
-            c->due[n].stream = slot[12];
+            c->due[n].stream = stream;
             c->due[n].flags = slot[13];
             n++;
         } else {
-            c->unconnected++;
+            c->unconnected[stream]++;
         }
         r++;
     }

@@ -34,14 +34,14 @@ typedef struct {
     /* results of the last call */
     uint64_t new_read;      /* the first slot index not taken */
     uint64_t next_ns;       /* the time of the first slot not yet due, 0 if none */
-    uint64_t unconnected;   /* slots of identities not ready, consumed */
+    uint64_t unconnected[3]; /* slots of identities not ready, consumed, by stream */
 } lx_take_ctx;
 
 /* Slots [read, write) in order while their scheduled time is <= now_ns: a slot of a ready identity
  * has its wire bytes appended to its link's region of out and its metadata to due; any other slot is
- * consumed and counted in unconnected. Stops early when room (<= max_due) slots are taken or a link's
- * region is full. Returns how many went to due, or a negative LX_ERR code for a slot the ring cannot
- * hold (then nothing from it on is taken). */
+ * consumed and counted in unconnected[stream]. Stops early when room (<= max_due) slots are taken or
+ * a link's region is full. Returns how many went to due, or a negative LX_ERR code for a slot the ring
+ * cannot hold, or of no stream 0..2 (then nothing from it on is taken). */
 long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
 
 #endif

@@ -81,7 +81,7 @@ def test_init_round_trips_keys_and_config(tmp_path):
     conf_dir = cfg.config_dir("alice", home=tmp_path)
     conf = cfg.load(conf_dir / "config.toml")
     assert conf.client.id == "alice"
-    assert conf.client.directory_server_topology == "http://127.0.0.1:8080/api/presence/topology"
+    assert conf.client.directory_server_topology == "http://127.0.0.1:9000/api/presence/topology"
     assert conf.client.provider_id == ""
     assert conf == cfg.ClientConfig(client=cfg.ClientSection(id="alice"))
     private_path, public_path = cfg.key_paths(conf, conf_dir)
@@ -266,3 +266,24 @@ def test_init_takes_the_local_testnets_hop_delay(tmp_path):
     other = "http://127.0.0.1:1/api/presence/topology"
     assert run(tmp_path, "init", "--id", "far", "--directory", other).returncode == 0
     assert cfg.load(cfg.config_path("far", tmp_path)).traffic.mean_hop_delay_ms == 50.0
+
+
+def test_init_uses_the_testnet_running_under_the_same_home(tmp_path):
+    """testnet.json names the testnet's pid: a running one is the default directory, a dead one not."""
+    url = "http://127.0.0.1:45678/api/presence/topology"
+    state = tmp_path / "testnet" / "testnet.json"
+    state.parent.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state.write_text(f'{{"pid": {sleeper.pid}, "topology": "{url}", "meanHopDelayMs": 12}}')
+        result = run(tmp_path, "init", "--id", "near")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0] == f"Using the testnet running under {tmp_path}: {url}"
+        conf = cfg.load(cfg.config_path("near", tmp_path))
+        assert conf.client.directory_server_topology == url and conf.traffic.mean_hop_delay_ms == 12
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = run(tmp_path, "init", "--id", "later")  # that testnet is gone: the default again
+    assert result.returncode == 0 and "Using the testnet" not in result.stdout
+    assert cfg.load(cfg.config_path("later", tmp_path)).client.directory_server_topology == cfg.DEFAULT_DIRECTORY

@@ -37,7 +37,7 @@ def load_error(tmp_path: Path, text: str) -> str:
 
 def test_defaults():
     c = minimal()
-    assert c.client.directory_server_topology == "http://127.0.0.1:8080/api/presence/topology"
+    assert c.client.directory_server_topology == "http://127.0.0.1:9000/api/presence/topology"
     assert c.client.provider_id == ""
     assert (c.client.priv_key_file, c.client.pub_key_file) == ("private_key.pem", "public_key.pem")
     t = c.traffic

@@ -235,6 +235,30 @@ def test_dashboard_shows_nodes_and_live_rates():
                             )
 
                         await wait_until_async(rates_followed, "the rates to follow the traffic", timeout=30, interval=0.1)
+
+                        # A screenshot right after load must already show the right rates: with
+                        # the page's own polls blocked, only what came inside the page can show.
+                        await cdp.call("Network.enable")
+                        await cdp.call("Network.setBlockedURLs", urls=["*/api/*"])
+                        await cdp.call("Page.navigate", url=f"{server.url}/?poll=60000")
+
+                        async def loaded_rows():
+                            try:
+                                if await cdp.evaluate("document.readyState") != "complete":
+                                    return None
+                                state = json.loads(await cdp.evaluate(READ_ROWS))
+                            except RuntimeError:  # still navigating
+                                return None
+                            return state if state["polls"] >= 1 else None  # its one poll has failed
+
+                        state = await wait_until_async(loaded_rows, "the page loaded with its polls blocked", timeout=30, interval=0.1)
+                        shown = {r["pubkey"]: r for r in state["rows"]}
+                        assert set(shown) == ALL_KEYS
+                        # Traffic posts node i's counters +50(i+1) sent, +25(i+1) received per tick
+                        # of at least 0.1 s: the rate is at most 500(i+1)/s, and well above 0.
+                        for i, key in enumerate(sorted(ALL_KEYS)):
+                            assert 100 * (i + 1) < shown[key]["sent"] <= 500 * (i + 1) * 1.05, shown[key]
+                            assert 50 * (i + 1) < shown[key]["received"] <= 250 * (i + 1) * 1.05, shown[key]
                 finally:
                     feeder.cancel()
                     stop_chromium(proc)

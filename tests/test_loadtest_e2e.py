@@ -88,6 +88,10 @@ def test_killed_mixnode_shows_up_as_loss(testnet):
     assert result.exit_code == 0
     assert s.loops.lost > 0, "packets routed through the dead mixnode must count as lost"
     assert s.loops.back > 0, "the rest of the network kept working"
+    # a real run that triggers verdict rules: the previous layer's nodes could not reach it
+    fired = {r.rule: r.level for r in s.verdict.reasons}
+    assert fired.get("node_drops") == "degraded" and fired.get("loss") == "degraded", s.verdict
+    assert {"peer_down", "connect_failed"} & s.nodes_dropped_by_reason.keys()
 
 
 def test_fleet_directory_runs_every_identity(testnet, tmp_path):
@@ -128,3 +132,25 @@ def test_cli_reports_bad_usage(tmp_path):
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
 
 
+
+
+def test_killed_provider_counts_the_packets_never_sent(testnet):
+    victim = "provider-1"
+    timer = threading.Timer(3.0, lambda: testnet.kill(victim))
+    timer.start()
+    try:
+        result = uvloop.run(run_loadtest(options(identities=40, duration_s=8.0, messages_rate=0.0, loop_rate=4.0,
+                                                 thresholds=["loss<1%"]), directory_url=testnet.topology_url))
+    finally:
+        timer.cancel()
+        timer.join()
+        testnet.start_node(victim)
+    s = result.summary
+    # half the identities lost their provider for the last ~5 s of 8: their scheduled packets never
+    # went out, and loss counts them (before, loss read ~0 % and "loss<1%" passed)
+    unsent_loops = sum(s.loss.unsent[r]["loop"] for r in ("link_down", "no_route"))
+    assert s.loss.unsent["link_down"]["loop"] > 0, s.loss
+    assert s.loss.by_reason["link_down"] + s.loss.by_reason["no_route"] == unsent_loops
+    assert s.loss.loss is not None and s.loss.loss > 0.15, s.loss
+    assert "loss" in {r.rule for r in s.verdict.reasons}
+    assert result.exit_code == EXIT_THRESHOLD_VIOLATED

@@ -18,9 +18,11 @@ from loopix.loadtest.metrics import (
     decode_histogram,
     erlang_cdf,
     erlang_quantile,
+    new_histogram,
     node_totals,
     predicted_rtt_quantiles,
 )
+from loopix.loadtest.model import RttModel, ks_distance
 from loopix.loadtest.thresholds import (
     EXIT_THRESHOLD_VIOLATED,
     METRICS,
@@ -56,7 +58,7 @@ def test_erlang_k1_is_exponential_and_k3_median():
 def test_erlang_without_delay_is_a_step():
     assert erlang_quantile(0.99, 3, 0.0) == 0.0
     assert erlang_cdf(0.1, 3, 0.0) == 1.0
-    assert predicted_rtt_quantiles(0.0, 3, (0.5,), offset_ms=7.0) == {0.5: 7.0}
+    assert predicted_rtt_quantiles(0.0, 3, (0.5,)) == {0.5: 0.0}
 
 
 @given(
@@ -69,10 +71,39 @@ def test_erlang_quantile_inverts_the_cdf(p, k, mean):
     assert erlang_cdf(x, k, mean) == pytest.approx(p, abs=1e-9)
 
 
-def test_predicted_quantiles_are_offset_erlang():
-    q = predicted_rtt_quantiles(50.0, 3, (0.5, 0.99), offset_ms=10.0)
-    assert q[0.5] == pytest.approx(10.0 + erlang_quantile(0.5, 3, 50.0))
+def test_predicted_quantiles_are_the_unshifted_erlang():
+    q = predicted_rtt_quantiles(50.0, 3, (0.5, 0.99))
+    assert q[0.5] == pytest.approx(erlang_quantile(0.5, 3, 50.0))
     assert q[0.99] > q[0.5]
+
+
+def test_hypoexponential_matches_closed_forms():
+    # two distinct rates: F(x) = 1 - (l2 e^{-l1 x} - l1 e^{-l2 x}) / (l2 - l1)
+    l1, l2 = 1 / 20.0, 1 / 70.0
+    model = RttModel((20.0, 70.0))
+    for x in (1.0, 30.0, 90.0, 400.0):
+        exact = 1 - (l2 * math.exp(-l1 * x) - l1 * math.exp(-l2 * x)) / (l2 - l1)
+        assert model.cdf(x) == pytest.approx(exact, abs=1e-9)
+    # repeated means mixed with another: the mean of the sum is the sum of the means
+    mixed = RttModel((30.0, 30.0, 10.0))
+    assert "hypoexponential" in mixed.name
+    xs = [i * 0.5 for i in range(4000)]
+    mean = sum((1 - mixed.cdf(x)) * 0.5 for x in xs)  # E[X] = integral of the survival function
+    assert mean == pytest.approx(70.0, rel=0.01)
+    assert RttModel((50.0,) * 3).name == "Erlang(k=3, mean 50 ms)"
+
+
+def test_ks_distance_of_a_model_sample_is_small_and_of_a_shifted_one_large():
+    rng = random.Random(5)
+    model = RttModel((50.0, 50.0, 50.0))
+    same, shifted = new_histogram(), new_histogram()
+    for _ in range(20_000):
+        us = int(sum(rng.expovariate(1 / 50.0) for _ in range(3)) * 1000)
+        same.record_value(us)
+        shifted.record_value(us + 40_000)  # 40 ms of queueing on top of the delays
+    assert ks_distance(same, model) < 0.015  # 1.36/sqrt(n) = 0.0096 at the 5 % level
+    assert ks_distance(shifted, model) > 0.15
+    assert ks_distance(new_histogram(), model) is None
 
 
 # --- RTT percentiles ------------------------------------------------------------------------------
@@ -105,11 +136,14 @@ def test_rtt_percentiles_within_hdr_precision_of_an_erlang_sample():
         # 3 significant digits: a reported value is within 1/1000 of the true one (+1 µs)
         assert got == pytest.approx(exact, rel=1e-3, abs=1e-3), p
     # and the sample agrees with the model it was drawn from (statistical tolerance)
-    pred = predicted_rtt_quantiles(mean_ms, 3, (0.5, 0.9, 0.99), offset_ms=offset_ms)
-    assert s.rtt.p50_ms == pytest.approx(pred[0.5], rel=0.03)
-    assert s.rtt.p90_ms == pytest.approx(pred[0.9], rel=0.03)
-    assert s.rtt.p99_ms == pytest.approx(pred[0.99], rel=0.06)
-    assert s.rtt_offset_ms == pytest.approx(offset_ms, abs=3.0)
+    pred = predicted_rtt_quantiles(mean_ms, 3, (0.5, 0.9, 0.99))
+    assert s.rtt.p50_ms == pytest.approx(pred[0.5] + offset_ms, rel=0.03)
+    assert s.rtt.p90_ms == pytest.approx(pred[0.9] + offset_ms, rel=0.03)
+    assert s.rtt.p99_ms == pytest.approx(pred[0.99] + offset_ms, rel=0.06)
+    # the model is not shifted: the constant 5 ms shows up as excess, and in the KS distance
+    assert s.rtt_excess_ms["p50"] == pytest.approx(offset_ms, abs=3.0)
+    assert s.rtt_model == "Erlang(k=3, mean 50 ms)" and s.hop_means_ms == [50.0] * 3
+    assert 0.01 < s.rtt_ks < 0.06
     assert s.predicted_rtt_ms["p50"] == pytest.approx(erlang_quantile(0.5, 3, mean_ms))
     assert set(s.predicted_rtt_ms) == {"p50", "p90", "p99", "p999"}
     # the per-second and cumulative columns
@@ -117,6 +151,30 @@ def test_rtt_percentiles_within_hdr_precision_of_an_erlang_sample():
     assert last.rtt_p50_cum_ms == s.rtt.p50_ms
     assert last.rtt_p99_cum_ms == s.rtt.p99_ms
     assert last.rtt_p50_ms is not None and last.loops_back_per_s == 2500
+
+
+def test_loss_counts_every_reason_and_thresholds_see_it():
+    m = LoadMetrics(0, 10.0, grace_s=1, start_wall_ns=0)
+    m.record_sent("loop", 100, 0)
+    for _ in range(95):
+        m.record_loop_back(0, 200 * MS)  # 5 sent loops never come back
+    m.record_unsent("link_down", "loop", 40, 500 * MS)  # the provider link was down
+    m.record_unsent("link_down", "payload", 80, 500 * MS)
+    m.record_unsent("no_route", 1, 10, 600 * MS)
+    m.record_unsent("build_error", "drop", 3, 600 * MS)
+    m.tick(3 * S)
+    s = m.summary()
+    assert s.loops.loss == pytest.approx(5 / 100)  # the network's own share
+    assert s.loss.scheduled == 150 and s.loss.lost == 55
+    assert s.loss.by_reason == {"not_back": 5, "link_down": 40, "no_route": 10, "build_error": 0}
+    assert s.loss.loss == pytest.approx(55 / 150)
+    assert s.loss.unsent["link_down"] == {"payload": 80, "loop": 40, "drop": 0}
+    assert s.loss.unsent_total == 133 and m.history[-1].unsent == 133
+    assert m.history[-1].loss == pytest.approx(55 / 150)
+    t = ThresholdSet(["loss<1%", "loss_link_down<=0.2", "loss_not_back<10%", "unsent_build_error==3"])
+    assert [r.passed for r in t.check(s)] == [False, False, True, True]
+    with pytest.raises(ValueError):
+        m.record_unsent("gremlins", "loop", 1, 0)
 
 
 def test_rtt_above_the_histogram_range_is_clamped_and_counted():
@@ -328,6 +386,52 @@ def test_node_counters_dedup_baseline_and_restart():
     assert samples[-1].extra == {"stored": 5}
 
 
+def test_node_forwarding_lateness_drops_by_reason_and_topology():
+    from loopix.testnet.node_metrics import ForwardingMetrics
+
+    fm = ForwardingMetrics()
+    for ms in (1, 2, 3):  # before the run: the baseline
+        fm.forwarded_late(ms / 1000)
+
+    def node(key, t_s, received, drops, fm):
+        fm.queue_seen(received // 10)
+        return {**report(key, t_s, received), "dropped": drops, **fm.report()}
+
+    m = LoadMetrics(0, 50.0, start_wall_ns=0)
+    m.topology = {"A", "B"}
+    m.record_node_counters(node("A", -1, 100, {"queue_full": 1, "backpressure": 0}, fm))
+    fm.forwarded_late_many(10.0, [10.0 - 0.5, 10.0 - 0.25])  # 500 ms and 250 ms late
+    m.record_node_counters(node("A", 1, 300, {"queue_full": 4, "backpressure": 7}, fm))
+    fm_b = ForwardingMetrics()
+    m.record_node_counters(node("B", 0, 0, {}, fm_b))
+    fm_b.forwarded_late(0.010)
+    m.record_node_counters(node("B", 1, 10, {"peer_down": 2}, fm_b))
+    stranger = ForwardingMetrics()
+    stranger.forwarded_late(9.0)
+    m.record_node_counters(node("X", 0, 0, {}, stranger))
+    m.record_node_counters(node("X", 1, 50, {"peer_down": 50}, stranger))
+    m.tick(2 * S)
+    s = m.summary()
+    nodes = {n.pub_key: n for n in s.nodes}
+    assert nodes["A"].dropped_by_reason == {"backpressure": 7, "queue_full": 3}
+    assert nodes["A"].forward_lateness.count == 2  # the 3 baseline packets are not the run's
+    assert nodes["A"].forward_lateness.max_ms == pytest.approx(500, rel=1e-3)
+    assert nodes["A"].queue_max == 30
+    # merged histograms (never averaged percentiles) over the topology's nodes only
+    assert s.node_forward_lateness.count == 3
+    assert s.node_forward_lateness.min_ms == pytest.approx(10, rel=1e-3)
+    assert s.nodes_dropped_by_reason == {"backpressure": 7, "queue_full": 3, "peer_down": 2}
+    assert not nodes["X"].in_topology and s.unattributed_nodes == ["10.0.0.1:9000"]
+    assert METRICS["node_dropped"].get(s) == 12
+    assert METRICS["node_lateness_max"].get(s) == pytest.approx(500, rel=1e-3)
+    # a restart: the new process's histogram counts whole
+    fm2 = ForwardingMetrics()
+    fm2.forwarded_late(0.001)
+    m.record_node_counters(node("A", 1.5, 5, {}, fm2))
+    m.tick(3 * S)
+    assert {n.pub_key: n for n in m.summary().nodes}["A"].forward_lateness.count == 3
+
+
 def test_node_totals_of_nothing():
     assert node_totals([]) == []
 
@@ -388,9 +492,10 @@ def test_wall_clock_mapping_of_node_reports():
         ("rate_loop>=100", "rate_loop", ">=", 100.0),
         ("rate_loop>=100/s", "rate_loop", ">=", 100.0),
         (" rtt_p99.9 < 3 s ", "rtt_p999", "<", 3000.0),
-        ("rtt_max!=0", "rtt_max", "!=", 0.0),
+        ("rtt_max!=0s", "rtt_max", "!=", 0.0),
         ("loss_count==0", "loss_count", "==", 0.0),
-        ("latency_p99<1.5e3", "latency_p99", "<", 1500.0),
+        ("latency_p99<1.5e3ms", "latency_p99", "<", 1500.0),
+        ("rtt_p99<2m", "rtt_p99", "<", 120_000.0),
     ],
 )
 def test_threshold_parsing(expr, metric, op, limit):
@@ -407,6 +512,8 @@ def test_threshold_parsing(expr, metric, op, limit):
         ("rtt_p99<", "expected METRIC OP VALUE"),
         ("rtt_p99<2 minutes", "expected METRIC OP VALUE"),
         ("rtt_p99<5%", "is a duration"),
+        ("rtt_p99<2", "needs a unit"),  # 2 ms or 2 s? never guessed
+        ("lateness_p50<=0.5", "0.5ms"),
         ("loss<2ms", "is a ratio"),
         ("loss<5", "did you mean 5%"),
         ("rate_loop>10%", "packets per second"),
@@ -433,7 +540,7 @@ def test_argparse_keeps_the_message(capsys):
 
 @given(
     value=st.floats(0, 1e6, allow_nan=False).map(lambda v: round(v, 3)),
-    unit=st.sampled_from([("s", 1000.0), ("ms", 1.0), ("us", 0.001), ("", 1.0)]),
+    unit=st.sampled_from([("s", 1000.0), ("ms", 1.0), ("us", 0.001), ("m", 60_000.0)]),
     op=st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
 )
 def test_duration_units_are_canonical_ms(value, unit, op):
@@ -475,3 +582,17 @@ def test_every_metric_has_a_value_or_none():
     for name, metric in METRICS.items():
         v = metric.get(s)
         assert v is None or isinstance(v, int | float), name
+
+
+def test_node_histograms_kept_only_where_needed():
+    from loopix.testnet.node_metrics import ForwardingMetrics
+
+    fm = ForwardingMetrics()
+    m = LoadMetrics(0, 50.0, start_wall_ns=0)
+    for t in range(-1, 30):
+        fm.forwarded_late(0.001 * (t + 2))
+        m.record_node_counters({**report("A", t, 100 * (t + 2)), **fm.report()})
+    kept = [s.t_s for s in m.node_samples() if s.forward_lateness_hdrh]
+    assert kept == [-1.0, 0.0, 29.0]  # baseline candidates (t <= 0) and the latest: memory stays flat on long runs
+    m.tick(30 * S)
+    assert m.summary().nodes[0].forward_lateness.count == 29  # still exact: after the t=0 baseline

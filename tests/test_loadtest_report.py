@@ -197,7 +197,7 @@ def test_live_view_without_a_tty_prints_one_line_per_second(run):
     assert "rtt p50" in lines[2] and "loss" in lines[2] and "nodes 4" in lines[2]
     view.finish(s)
     table = out.getvalue()
-    assert "loop loss" in table and "FAIL" in table and "Erlang(k=3" in table
+    assert "loss (every reason)" in table and "FAIL" in table and "Erlang(k=3" in table
 
 
 def test_live_view_rich_mode_renders(run):
@@ -217,7 +217,7 @@ def test_plain_line_and_summary_table_without_data():
     from rich.console import Console
 
     print_summary(m.summary(), Console(file=out, width=120))
-    assert "loop loss" in out.getvalue()
+    assert "loss (every reason)" in out.getvalue()
 
 
 def test_prometheus_endpoint(run):

@@ -133,7 +133,7 @@ def test_due_taker_gathers_due_slots_per_link():
         ring.publish(len(slots))
         due: list = []
         read, next_ns, unconnected = taker.take(0, 0, 100, 16, due)
-        assert (read, next_ns, unconnected) == (5, 500, 1)
+        assert (read, next_ns, unconnected) == (5, 500, [0, 0, 1])  # identity 2's slot, stream 2
         assert due == [(10, 0, 0, 1), (20, 1, 1, 0), (40, 3, 0, 0), (50, 0, 2, 0)]
         assert taker.gathered(0) == bytes([0]) * 40 + bytes([4]) * 40
         assert taker.gathered(1) == bytes([1]) * 40 + bytes([3]) * 40
@@ -141,7 +141,7 @@ def test_due_taker_gathers_due_slots_per_link():
         # room limits the slots taken; nothing due at an early now
         due = []
         assert taker.take(0, 0, 100, 2, due)[0] == 2 and len(due) == 2
-        assert taker.take(0, 0, 5, 16, []) == (0, 10, 0)
+        assert taker.take(0, 0, 5, 16, []) == (0, 10, None)
     finally:
         taker.close()
         ring.close()
@@ -164,6 +164,9 @@ def test_due_taker_region_full_and_bad_slots():
         assert taker.take(0, 2, 100, 16, due)[0] == 4
         ring.write_meta(4, 10, 0, 0, full + 1, seq=4)  # longer than a slot can hold
         ring.publish(5)
+        with pytest.raises(RuntimeError, match="corrupt"):
+            taker.take(0, 4, 100, 16, [])
+        ring.write_meta(4, 10, 0, 3, full, seq=4)  # no stream 3
         with pytest.raises(RuntimeError, match="corrupt"):
             taker.take(0, 4, 100, 16, [])
     finally:

@@ -2,35 +2,59 @@
 
 To add a subcommand: write `_add_NAME(subparsers)` that builds its parser and sets
 `handler=_cmd_NAME`, write `_cmd_NAME(args) -> int`, and list `_add_NAME` in `_COMMANDS`.
-User errors are one line on stderr (exit 2 for bad usage, 1 for everything else), never a
-traceback.
+Everything a command is given is checked before it announces keys or starts processes.
+
+Exit status (also in `--help`): 0 ok; 1 error (one line on stderr, `loopix-client CMD: error: ...`);
+2 bad usage (same form); 99 a load-test threshold was violated; 130 interrupted (Ctrl-C, at any
+moment, including while Python is still importing: quiet, nothing left behind).
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import errno
-import json
-import os
-import secrets
-import shutil
-import string
-import sys
-import tempfile
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import NoReturn
+try:  # Ctrl-C while the modules load is an interruption like any other: quiet, status 130
+    from loopix.interrupts import held_sigint
 
-from loopix import config as cfg
-from loopix import keys
+    with held_sigint(exit_code=130):
+        import argparse
+        import ctypes
+        import errno
+        import importlib
+        import json
+        import logging
+        import os
+        import re
+        import secrets
+        import shutil
+        import socket
+        import string
+        import sys
+        import tempfile
+        from collections.abc import Callable, Sequence
+        from pathlib import Path
+        from typing import NoReturn
+
+        from loopix import __version__, keys
+        from loopix import config as cfg
+        from loopix.units import UnitError, parse_duration
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 PROG = "loopix-client"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_THRESHOLD = 99  # loadtest: a --threshold was violated
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); a SIGTERM is a normal stop, 0
+EXIT_CODES_HELP = (
+    "exit status: 0 ok, 1 error, 2 bad usage, 99 a loadtest threshold violated, 130 interrupted "
+    "(Ctrl-C). Errors are one line: loopix-client COMMAND: error: ..."
+)
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
+
+
+class UsageError(CliError):
+    """Options that do not go together: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +77,103 @@ def _arg(convert: Callable[[str], object]) -> Callable[[str], object]:
     return parse
 
 
+# --- option values ------------------------------------------------------------------------
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number, got {text!r}") from None
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free port) to 65535."""
+    port = _int(text, "port")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0 (any free port) to 65535, got {port}")
+    return port
+
+
+def worker_count(text: str) -> int:
+    """Packet workers: at least one; more than 1024 is surely a typo."""
+    n = _int(text, "workers")
+    if not 1 <= n <= 1024:
+        raise ValueError(f"must be 1 to 1024, got {n}")
+    return n
+
+
+def positive_count(text: str) -> int:
+    n = _int(text, "count")
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {n}")
+    return n
+
+
+MIN_STATUS_INTERVAL_S = 0.1
+
+
+def status_interval(text: str) -> float:
+    """A duration such as 5s or 500ms; a bare number is seconds, as this flag always took."""
+    try:
+        seconds = float(text)  # backwards compatible: `--status-interval 3` meant 3 s
+    except ValueError:
+        try:
+            seconds = parse_duration(text)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+    if not seconds >= MIN_STATUS_INTERVAL_S or seconds == float("inf"):
+        raise ValueError(f"status interval must be at least 100ms, got {text!r}")
+    return seconds
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes: 65536, 64KiB, 64MiB, 1GB (k/M/G are powers of 1000, KiB/MiB/GiB of 1024)."""
+    m = _SIZE.match(text)
+    unit = m[2].lower() if m else ""
+    if m is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"bad size {text!r} (use e.g. 65536, 512KiB, 64MiB)")
+    n = int(float(m[1]) * _SIZE_UNITS[unit])
+    if n < 1:
+        raise ValueError(f"size must be at least 1 byte, got {text!r}")
+    return n
+
+
+def check_writable_file(path: str) -> None:
+    """CliError unless we can create or append to `path` (checked before anything starts)."""
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"cannot write {path}: it is a directory")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise CliError(f"cannot write {path}: permission denied")
+        return
+    parent = p.parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write {path}: no directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write {path}: permission denied in {parent}")
+
+
+def check_port_free(port: int, host: str = "127.0.0.1", count: int = 1) -> None:
+    """CliError if `host:port` (.. port+count-1) cannot be bound now (0 means any port: fine)."""
+    if port == 0:
+        return
+    for p in range(port, port + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                s.bind((host, p))
+            except OSError as exc:
+                reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+                raise CliError(f"port {p} on {host}: {reason.lower()} (choose another, or 0 for any)") from None
+
+
 # --- init ---------------------------------------------------------------------------------
 
 
@@ -72,7 +193,13 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "init",
         help="create a client identity: key pair and config.toml",
-        description="Create $LOOPIX_HOME/clients/ID/config with a fresh key pair and config.toml.",
+        description="Create $LOOPIX_HOME/clients/ID/config/ (LOOPIX_HOME defaults to ~/.loopix) with a "
+        "fresh key pair (private_key.pem, public_key.pem) and config.toml. The config gets the "
+        "Loopix rates per identity: payload 50/s, loop cover 5/s, drop cover 5/s, mean hop delay "
+        "50 ms (or the hop delay of the testnet it is made for); edit config.toml to change them. "
+        "`loadtest` does not read configs and has its own, lighter per-identity defaults "
+        "(see `loopix-client help loadtest`).",
+        epilog=EXIT_CODES_HELP,
     )
     p.add_argument(
         "--id",
@@ -82,15 +209,19 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--directory",
+        metavar="URL",
         type=_arg(cfg.validate_directory_url),
-        default=cfg.DEFAULT_DIRECTORY,
-        help=f"directory topology URL (default: {cfg.DEFAULT_DIRECTORY})",
+        default=None,
+        help="directory URL: its base (http://host:port/, as `testnet` prints it) or its topology "
+        "URL (default: the testnet running under this LOOPIX_HOME if there is one, else "
+        f"{cfg.DEFAULT_DIRECTORY})",
     )
     p.add_argument(
         "--provider",
+        metavar="KEY",
         type=_arg(_provider_key),
         default=None,
-        help="provider public key, base64url (default: choose one at random on first run)",
+        help="provider public key, base64url (default: none; `run` picks one from the topology)",
     )
     p.add_argument(
         "--force",
@@ -158,18 +289,51 @@ def _install_dir(tmp: Path, target: Path, *, force: bool) -> None:
     shutil.rmtree(old)
 
 
+def _testnet_state(home: Path | None) -> dict:
+    """$LOOPIX_HOME/testnet/testnet.json, written by `loopix-client testnet` ({} if none)."""
+    state = (home or cfg.loopix_home()) / "testnet" / "testnet.json"
+    try:
+        data = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_testnet_directory(home: Path | None = None) -> str | None:
+    """The topology URL of the testnet running under this LOOPIX_HOME, or None."""
+    data = _testnet_state(home)
+    url = data.get("topology")
+    if not isinstance(url, str) or not _pid_alive(data.get("pid")):
+        return None
+    try:
+        return cfg.validate_directory_url(url)
+    except ValueError:
+        return None
+
+
 def _testnet_traffic(directory: str, home: Path | None) -> cfg.TrafficSection:
     """Default traffic settings; for the local testnet's directory, its mean hop delay.
 
     `loopix-client testnet --mean-hop-delay-ms` writes it to $LOOPIX_HOME/testnet/testnet.json
     (the 2019 directory API has no field for it), so clients made for that testnet use it.
     """
-    state = (home or cfg.loopix_home()) / "testnet" / "testnet.json"
+    data = _testnet_state(home)
     try:
-        data = json.loads(state.read_text())
-        if data.get("topology") == directory:
+        if cfg.validate_directory_url(data.get("topology")) == cfg.validate_directory_url(directory):
             return cfg.TrafficSection(mean_hop_delay_ms=float(data["meanHopDelayMs"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         pass
     return cfg.TrafficSection()
 
@@ -232,9 +396,16 @@ def init_client(
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    directory = args.directory
+    if directory is None:
+        directory = running_testnet_directory()
+        if directory is not None:
+            print(f"Using the testnet running under {cfg.loopix_home()}: {directory}")
+        else:
+            directory = cfg.DEFAULT_DIRECTORY
     private_path, public_path, config_file = init_client(
         args.id or _random_id(),
-        directory=args.directory,
+        directory=directory,
         provider=args.provider or "",
         force=args.force,
     )
@@ -246,33 +417,80 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 # --- run / socket -------------------------------------------------------------------------
 
+STATUS_HELP = (
+    "time between status lines, e.g. 5s, 500ms, 1m; a bare number is seconds, as before "
+    "(default 5s, at least 100ms)"
+)
+STATUS_LINE_HELP = (
+    "Status line: packets sent per stream (payload, of which real; loop; drop), loops come back "
+    "and their median round trip, 'lateness p99': how far behind its Poisson schedule the sender "
+    "wrote the 99th-percentile packet (as in loadtest's live view; loadtest's 'late' is something "
+    "else: loops back after its grace period), and messages received (socket: and messages held "
+    "for the next application, and dropped). Rates, hop delay and packet "
+    "size come from config.toml (init writes 50/5/5 packets/s and 50 ms); loadtest uses its own "
+    "per-identity defaults instead."
+)
+
 
 def _add_client_options(p: argparse.ArgumentParser, id_required: bool = True) -> None:
-    p.add_argument("--id", required=id_required, type=_arg(cfg.validate_client_id), help="client id (see init)")
-    p.add_argument("--trace", metavar="FILE", help="write one binary record per packet sent (see docs/trace.md)")
-    p.add_argument("--workers", type=int, default=None, help="packet workers (default: config, 0 = cores)")
-    p.add_argument("--directory", type=_arg(cfg.validate_directory_url), default=None,
-                   help="directory topology URL (default: the config's)")
+    p.add_argument("--id", required=id_required, type=_arg(cfg.validate_client_id),
+                   help="client id, as given to `init` (its config: $LOOPIX_HOME/clients/ID/config/)")
+    p.add_argument("--directory", metavar="URL", type=_arg(cfg.validate_directory_url), default=None,
+                   help="directory URL, base or topology (default: the config's "
+                   "client.directory_server_topology)")
+    p.add_argument("--workers", metavar="N", type=_arg(worker_count), default=None,
+                   help="packet-building processes, 1 to 1024 (default: the config's runtime.workers, "
+                   "where 0 means one per core)")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write one binary record per packet sent to FILE, replacing it (default: none; docs/trace.md)")
+    p.add_argument("--status-interval", metavar="DURATION", type=_arg(status_interval), default=5.0,
+                   help=STATUS_HELP)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a client in the foreground until Ctrl-C",
-                       description="Send Poisson cover and real traffic, print a status line every few seconds.")
+                       description="Send Poisson cover and real traffic with the rates of the client's "
+                       "config.toml; print a status line every few seconds. " + STATUS_LINE_HELP,
+                       epilog=EXIT_CODES_HELP)
     _add_client_options(p, id_required=False)
     p.add_argument("--fleet", metavar="DIR", help="run every identity initialised under DIR "
-                   "(LOOPIX_HOME=DIR loopix-client init --id NAME) in this one client")
-    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+                   "(LOOPIX_HOME=DIR loopix-client init --id NAME) in this one client (default: none)")
     p.set_defaults(handler=_cmd_run)
 
 
 def _add_socket(sub: argparse._SubParsersAction) -> None:
+    from loopix.mailbox import DEFAULT_HOLD_BYTES, DEFAULT_HOLD_MESSAGES
+    from loopix.sockets import DEFAULT_PORT
+
     p = sub.add_parser("socket", help="run a client serving a websocket or TCP socket on loopback",
-                       description="Run a client and serve ws://localhost:PORT/mix or a TCP socket (docs/socket-api.md).")
+                       description="Run a client (as `run`) and serve ws://localhost:PORT/mix or a TCP "
+                       "socket on 127.0.0.1 (docs/socket-api.md). Messages received while no "
+                       "application is connected are kept for the next connection. " + STATUS_LINE_HELP,
+                       epilog=EXIT_CODES_HELP)
     _add_client_options(p)
-    p.add_argument("--socket", choices=("websocket", "tcp"), default="websocket")
-    p.add_argument("--port", type=int, default=1863)
-    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    p.add_argument("--socket", choices=("websocket", "tcp"), default="websocket",
+                   help="kind of socket (default websocket)")
+    p.add_argument("--port", type=_arg(port_number), default=DEFAULT_PORT,
+                   help=f"loopback port, 0 for any free port (default {DEFAULT_PORT})")
+    p.add_argument("--hold-messages", metavar="N", type=_arg(positive_count), default=DEFAULT_HOLD_MESSAGES,
+                   help="received messages kept while no application is connected; the oldest is "
+                   f"dropped (and counted) beyond this (default {DEFAULT_HOLD_MESSAGES})")
+    p.add_argument("--hold-bytes", metavar="SIZE", type=_arg(byte_size), default=DEFAULT_HOLD_BYTES,
+                   help="the same cap in bytes, e.g. 512KiB, 64MiB (default 64MiB)")
     p.set_defaults(handler=_cmd_socket)
+
+
+def _log_to_stderr(command: str) -> None:
+    """Library warnings as one line each, named like our errors (never a traceback)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG} {command}: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def _waiting(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _load_client(args: argparse.Namespace):
@@ -280,9 +498,11 @@ def _load_client(args: argparse.Namespace):
     from loopix.client.coordinator import ClientError
 
     try:
-        return Client.load(args.id, trace_path=args.trace, workers=args.workers, directory_url=args.directory)
+        client = Client.load(args.id, trace_path=args.trace, workers=args.workers, directory_url=args.directory)
     except ClientError as exc:
         raise CliError(str(exc)) from None
+    client.on_waiting = _waiting
+    return client
 
 
 def _announce(client) -> None:
@@ -299,10 +519,17 @@ def _start(client, serve=None, interval: float = 5.0) -> int:
         raise CliError(str(exc)) from None
 
 
+def _check_client_options(args: argparse.Namespace) -> None:
+    if args.trace:
+        check_writable_file(args.trace)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _check_client_options(args)
+    _log_to_stderr("run")
     if args.fleet:
         if args.id:
-            raise CliError("give --id or --fleet, not both")
+            raise UsageError("give --id or --fleet, not both")
         from loopix.client.coordinator import ClientError
         from loopix.loadtest.fleet import Fleet, run_fleet
 
@@ -312,23 +539,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ClientError as exc:
             raise CliError(str(exc)) from None
     if not args.id:
-        raise CliError("run needs --id (or --fleet DIR)")
+        raise UsageError("run needs --id ID (see init) or --fleet DIR")
     return _start(_load_client(args), interval=args.status_interval)
 
 
 def _cmd_socket(args: argparse.Namespace) -> int:
+    _check_client_options(args)
+    check_port_free(args.port)  # before any key is announced or process started
+    _log_to_stderr("socket")
     from loopix import sockets
+    from loopix.mailbox import Mailbox
 
     async def serve(client):
-        if args.socket == "websocket":
-            server = await sockets.serve_websocket(client, "127.0.0.1", args.port)
-            print(f"Listening on ws://localhost:{server.port}/mix", flush=True)
-        else:
-            server = await sockets.serve_tcp(client, "127.0.0.1", args.port)
-            print(f"Listening on tcp://127.0.0.1:{server.port}", flush=True)
-        return server
+        mailbox = await Mailbox(client, args.hold_messages, args.hold_bytes).start()
+        try:
+            if args.socket == "websocket":
+                server = await sockets.serve_websocket(mailbox, "127.0.0.1", args.port)
+                print(f"Listening on ws://localhost:{server.port}/mix", flush=True)
+            else:
+                server = await sockets.serve_tcp(mailbox, "127.0.0.1", args.port)
+                print(f"Listening on tcp://127.0.0.1:{server.port}", flush=True)
+        except OSError as exc:  # taken between our check and now
+            await mailbox.close()
+            raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+        return _ServerWithMailbox(server, mailbox)
 
     return _start(_load_client(args), serve, args.status_interval)
+
+
+class _ServerWithMailbox:
+    """The socket server and its mailbox, closed together."""
+
+    def __init__(self, server, mailbox) -> None:
+        self.server, self.mailbox = server, mailbox
+
+    def status(self) -> str:
+        """For the status line: messages waiting for an application, and those dropped."""
+        return f"held {len(self.mailbox.held)} (dropped {self.mailbox.dropped})"
+
+    def close(self) -> None:
+        self.server.close()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+        await self.mailbox.close()
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -336,78 +590,17 @@ def _cmd_socket(args: argparse.Namespace) -> int:
 # --- loadtest / report ----------------------------------------------------------------------
 
 
-def _duration(text: str) -> float:
-    """"60s", "2m", "500ms" or plain seconds."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], units[suffix]
-            break
-    else:
-        number, scale = text, 1.0
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise ValueError(f"bad duration {text!r} (use e.g. 60s, 2m, 500ms)") from None
-    if value <= 0:
-        raise ValueError(f"duration must be positive, got {text!r}")
-    return value
-
-
 def _add_loadtest(sub: argparse._SubParsersAction) -> None:
-    from loopix.loadtest.thresholds import argparse_threshold
+    from loopix.loadtest.command import add_parser
 
-    p = sub.add_parser("loadtest", help="drive N identities open loop and measure the mixnet",
-                       description="Run N ephemeral identities in one client for a fixed time, against "
-                       "an embedded testnet (default) or --directory URL; live figures, thresholds, report.")
-    p.add_argument("--identities", type=int, default=100)
-    p.add_argument("--duration", type=_arg(_duration), default=60.0, help="e.g. 60s, 2m (default 60s)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--testnet", action="store_true", help="start an embedded testnet (the default)")
-    where.add_argument("--directory", type=_arg(cfg.validate_directory_url), help="a running network's topology URL")
-    p.add_argument("--payload-rate", type=float, default=2.0, help="per identity, packets/s (default 2)")
-    p.add_argument("--loop-rate", type=float, default=1.0, help="per identity (default 1)")
-    p.add_argument("--drop-rate", type=float, default=1.0, help="per identity (default 1)")
-    p.add_argument("--messages", type=float, default=0.0, metavar="RATE",
-                   help="real messages per second between random pairs of identities (default 0)")
-    p.add_argument("--message-size", type=int, default=1024)
-    p.add_argument("--mean-hop-delay-ms", type=float, default=20.0)
-    p.add_argument("--workers", type=int, default=0, help="packet workers (default: cores)")
-    p.add_argument("--threshold", action="append", default=[], type=argparse_threshold,
-                   help='e.g. "rtt_p99<2s", "loss<0.1%%"; any violated: exit 99')
-    p.add_argument("--out", metavar="DIR", help="write summary.json, history.csv, report.html")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
-    p.add_argument("--grace", type=float, default=None, help="seconds to wait for stragglers after the load")
-    p.add_argument("--layers", type=int, default=3, help="embedded testnet: mix layers")
-    p.add_argument("--mixnodes-per-layer", type=int, default=2)
-    p.add_argument("--providers", type=int, default=2)
-    p.set_defaults(handler=_cmd_loadtest)
-
-
-def _cmd_loadtest(args: argparse.Namespace) -> int:
-    import uvloop
-
-    from loopix.client.coordinator import ClientError
-    from loopix.loadtest.run import LoadTestOptions, run_loadtest
-
-    opts = LoadTestOptions(
-        identities=args.identities, duration_s=args.duration, directory_url=args.directory,
-        payload_rate=args.payload_rate, loop_rate=args.loop_rate, drop_rate=args.drop_rate,
-        messages_rate=args.messages, message_size=args.message_size, mean_hop_delay_ms=args.mean_hop_delay_ms,
-        workers=args.workers, thresholds=[t.expression for t in args.threshold], out_dir=args.out,
-        metrics_port=args.metrics_port, grace_s=args.grace, layers=args.layers,
-        mixnodes_per_layer=args.mixnodes_per_layer, providers=args.providers,
-    )
-    try:
-        return uvloop.run(run_loadtest(opts)).exit_code
-    except ClientError as exc:
-        raise CliError(str(exc)) from None
+    add_parser(sub)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="render report.html again from a load test's data",
-                       description="Re-render DIR/report.html from DIR/summary.json and history.csv.")
-    p.add_argument("dir", metavar="DIR")
+                       description="Re-render DIR/report.html from DIR/summary.json and history.csv.",
+                       epilog=EXIT_CODES_HELP)
+    p.add_argument("dir", metavar="DIR", help="a directory written by `loadtest --out DIR`")
     p.set_defaults(handler=_cmd_report)
 
 
@@ -424,36 +617,99 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _add_testnet(sub: argparse._SubParsersAction) -> None:
     from loopix.testnet.launcher import add_testnet_parser
 
-    add_testnet_parser(sub)
+    add_testnet_parser(sub).epilog = EXIT_CODES_HELP
+
+
+def _add_help(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("help", help="show the help of a command",
+                       description="`loopix-client help COMMAND` is `loopix-client COMMAND --help`.")
+    p.add_argument("topic", metavar="COMMAND", nargs="?", help="a command (default: the overview)")
+    p.set_defaults(handler=_cmd_help)
+
+
+def _cmd_help(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    commands = _subcommands(parser)
+    if args.topic is None:
+        parser.print_help()
+        return EXIT_OK
+    if args.topic not in commands:
+        raise UsageError(f"no command {args.topic!r} (commands: {', '.join(commands)})")
+    commands[args.topic].print_help()
+    return EXIT_OK
 
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_init, _add_run, _add_socket, _add_testnet, _add_loadtest, _add_report,
+    _add_init, _add_run, _add_socket, _add_testnet, _add_loadtest, _add_report, _add_help,
 )
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: one subparser per entry of `_COMMANDS`."""
-    parser = _Parser(prog=PROG, description="A Loopix-style mix network client.")
+    parser = _Parser(prog=PROG, description="A Loopix-style mix network client. Clients live in "
+                     "$LOOPIX_HOME/clients/ID/config/ (LOOPIX_HOME defaults to ~/.loopix).",
+                     epilog=EXIT_CODES_HELP)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(
-        title="commands", metavar="COMMAND", required=True, parser_class=_Parser
+        title="commands", metavar="COMMAND", dest="command", required=True, parser_class=_Parser
     )
     for add in _COMMANDS:
         add(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return the exit status (errors are one line on stderr)."""
-    parser = build_parser()
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from loopix.testnet.launcher import TestnetError
+
+    return (CliError, cfg.ConfigError, keys.KeyFileError, TestnetError)
+
+
+# What each command imports before it starts (loaded with Ctrl-C held: see loopix.interrupts).
+_PRELOAD = {
+    "run": ("uvloop", "loopix.client.api"),
+    "socket": ("uvloop", "loopix.client.api", "loopix.sockets", "loopix.mailbox"),
+    "loadtest": ("uvloop", "loopix.client.api"),
+}
+
+
+def _distributed_loadtest(argv: Sequence[str]) -> bool:
+    """`loadtest --master …` / `--worker …` hand the command line to Locust (docs/distributed.md)."""
+    return len(argv) > 1 and argv[0] == "loadtest" and ("--master" in argv or "--worker" in argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _distributed_loadtest(argv):
+        from loopix.loadtest.distributed.command import main_from_loadtest
+
+        return main_from_loadtest(argv[1:])
+    with held_sigint():
+        parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    with held_sigint():
+        for module in _PRELOAD.get(args.command, ()):
+            importlib.import_module(module)
+    errors = _user_errors()
     try:
         return args.handler(args)
-    except (CliError, cfg.ConfigError, keys.KeyFileError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    except errors as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return the exit status (errors are one line on stderr)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while loading or starting: handlers clean up on the way out
+        return EXIT_INTERRUPTED

@@ -24,7 +24,9 @@ from loopix.keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_from_b64url, key_
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DIRECTORY",
+    "DEFAULT_DIRECTORY_PORT",
     "PACKET_SIZES",
+    "TOPOLOGY_PATH",
     "ClientConfig",
     "ClientSection",
     "ConfigError",
@@ -42,7 +44,11 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.toml"
-DEFAULT_DIRECTORY = "http://127.0.0.1:8080/api/presence/topology"
+# One default for both ends: `loopix-client testnet` serves its directory here and `init` points
+# new clients at it.
+DEFAULT_DIRECTORY_PORT = 9000
+TOPOLOGY_PATH = "/api/presence/topology"
+DEFAULT_DIRECTORY = f"http://127.0.0.1:{DEFAULT_DIRECTORY_PORT}{TOPOLOGY_PATH}"
 PACKET_SIZES = (2048, 8192, 16384, 32768)
 
 _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -68,10 +74,22 @@ def validate_client_id(client_id: str) -> str:
 
 
 def validate_directory_url(url: str) -> str:
-    """Return `url` if it is an http(s) URL with a host, else ValueError."""
-    parts = urlsplit(url) if isinstance(url, str) else None
+    """The topology URL for `url`, an http(s) URL with a host, else ValueError.
+
+    A base URL (no path, or just "/", which is what `loopix-client testnet` prints) gets the
+    topology path appended, so both spellings of the same directory work.
+    """
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        port = parts.port if parts is not None else None  # ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"invalid directory URL {url!r}: {exc}") from None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid directory URL {url!r}: expected http://host[:port]/path")
+        raise ValueError(f"invalid directory URL {url!r}: expected http://host[:port][/path]")
+    if port == 0:
+        raise ValueError(f"invalid directory URL {url!r}: port 0")
+    if parts.path in ("", "/") and not parts.query:
+        return parts._replace(path=TOPOLOGY_PATH, fragment="").geturl()
     return url
 
 
@@ -106,7 +124,7 @@ class ClientSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         except ValueError as exc:
             raise ValueError(f"id: {exc}") from None
         try:
-            validate_directory_url(self.directory_server_topology)
+            self.directory_server_topology = validate_directory_url(self.directory_server_topology)
         except ValueError as exc:
             raise ValueError(f"directory_server_topology: {exc}") from None
         if self.provider_id:

@@ -7,23 +7,30 @@ prints the command, so the demo doubles as a tour.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-import urllib.request
+try:  # Ctrl-C while the modules load: quiet, status 130, as at any other moment
+    from loopix.interrupts import held_sigint
 
-import websockets
+    with held_sigint(exit_code=130):
+        import argparse
+        import asyncio
+        import json
+        import os
+        import re
+        import shutil
+        import signal
+        import subprocess
+        import sys
+        import tempfile
+        import threading
+        import time
+        import urllib.request
 
-from loopix.topology import parse_topology
-from loopix.wire.b64 import b64url_encode
+        import websockets
+
+        from loopix.topology import parse_topology
+        from loopix.wire.b64 import b64url_encode
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 CLI = [sys.executable, "-m", "loopix"]
 
@@ -100,11 +107,57 @@ async def exchange(alice_port: int, bob_port: int) -> None:
             assert got == {"type": "received", "message": text}, got
 
 
-def main() -> int:
-    home = tempfile.mkdtemp(prefix="loopix-demo-")
-    env = {**os.environ, "LOOPIX_HOME": home, "PYTHONUNBUFFERED": "1"}
-    procs: list[Proc] = []
+def node_names(home: str) -> dict[str, tuple[str, int]]:
+    """pubKey -> (kind, layer) of every node, from the testnet.json the testnet wrote."""
     try:
+        with open(os.path.join(home, "testnet", "testnet.json")) as f:
+            nodes = json.load(f).get("nodes", [])
+    except (OSError, ValueError):
+        return {}
+    return {n["pubKey"]: (n.get("kind", "?"), int(n.get("layer") or 0)) for n in nodes if "pubKey" in n}
+
+
+def counter_lines(latest: dict, names: dict[str, tuple[str, int]]) -> list[str]:
+    """One line per node: its kind and layer (mixnodes by layer, then providers), then counters."""
+    def order(item):
+        kind, layer = names.get(str(item[0]), ("?", 0))
+        return (kind != "mixnode", layer, str(item[0]))
+
+    lines = []
+    for key, r in sorted(latest.items(), key=order):
+        kind, layer = names.get(str(key), ("node", 0))
+        what = f"mixnode, layer {layer}" if kind == "mixnode" else kind
+        sent = sum((r.get("sent") or {}).values())
+        lines.append(f"{what:<17} {str(key)[:12]}…  received {r.get('received', 0):6}  sent {sent:6}")
+    return lines
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="./scripts/demo",
+        description="Start a local mixnet (a directory, 3 layers x 2 mixnodes, 2 providers on 127.0.0.1), "
+        "run two clients with a websocket each, send real messages both ways, show the cover "
+        "traffic, then stop everything. Everything lives in a temporary LOOPIX_HOME, removed at the "
+        "end. Ctrl-C stops it at any moment (exit status 130).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parse_args(argv)
+        return _demo()
+    except KeyboardInterrupt:  # everything started is stopped on the way out (finally below)
+        print("    interrupted", flush=True)
+        return 130
+
+
+def _demo() -> int:
+    procs: list[Proc] = []
+    home = ""
+    try:
+        home = tempfile.mkdtemp(prefix="loopix-demo-")
+        env = {**os.environ, "LOOPIX_HOME": home, "PYTHONUNBUFFERED": "1"}
         say("Starting a local mixnet: a directory, 3 layers x 2 mixnodes, 2 providers (127.0.0.1)")
         net = Proc("testnet", ["testnet", "--base-port", "0", "--mean-hop-delay-ms", "20"], env)
         procs.append(net)
@@ -119,8 +172,10 @@ def main() -> int:
         say("Creating two identities, each with its own provider")
         for name, provider in (("alice", providers[0]), ("bob", providers[-1])):
             p = Proc(name, ["init", "--id", name, "--directory", topology_url, "--provider", b64url_encode(provider)], env)
+            procs.append(p)  # stopped with the rest if we are interrupted meanwhile
             if p.proc.wait(30) != 0:
                 raise SystemExit(f"init {name} failed")
+            procs.remove(p)
             p.stop()
 
         say("Running both clients with a websocket each (Poisson cover traffic starts at once)")
@@ -141,17 +196,24 @@ def main() -> int:
         for r in reports if isinstance(reports, list) else reports.get("reports", []):
             latest[r.get("pubKey")] = r
         print("    node counters from the directory (cumulative):")
-        for key, r in sorted(latest.items(), key=lambda kv: str(kv[0])):
-            sent = sum((r.get("sent") or {}).values())
-            print(f"      {str(key)[:12]}…  received {r.get('received', 0):6}  sent {sent:6}")
+        for line in counter_lines(latest, node_names(home)):
+            print(f"      {line}")
         say("Stopping everything")
         return 0
     finally:
-        for p in reversed(procs):
-            code = p.stop()
-            print(f"    {p.name} stopped (exit {code})", flush=True)
-        shutil.rmtree(home, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        try:
+            for p in reversed(procs):
+                code = p.stop()
+                print(f"    {p.name} stopped (exit {code})", flush=True)
+        finally:
+            if home:
+                shutil.rmtree(home, ignore_errors=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # between two statements of main: nothing of ours is running
+        sys.exit(130)

@@ -163,10 +163,11 @@ class _Connection:
                 return ErrorResponse(f"the address is not available: {exc}")
         try:
             await self.client.send_message(request.message, str(request.recipient))
-        except ValueError as exc:
+        except ValueError as exc:  # the application's mistake (bad recipient, too large): one line
+            log.warning("send refused: %s", exc)
             return ErrorResponse(str(exc))
-        except Exception as exc:
-            log.exception("send_message failed")
+        except Exception as exc:  # e.g. the client is stopping; one line, the application is told
+            log.error("could not queue a message: %s", exc or type(exc).__name__)
             return ErrorResponse(f"could not queue the message: {exc}")
         return None
 

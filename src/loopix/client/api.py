@@ -2,15 +2,21 @@
 
     async with loopix.Client.load("alice") as client:
         print(client.address)
+        inbox = client.messages()                           # receives from this call on
         await client.send_message(b"hello", recipient)      # returns once queued
-        async for message in client.messages():
+        async for message in inbox:
             ...
     loopix.Client.load("alice").start()                     # blocking, like `loopix-client run`
+
+A client loaded from its directory holds `clients/<id>/client.lock` while it runs, so the same
+identity cannot run twice at once (two senders with one key would register against each other).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import signal
 import statistics
 import sys
@@ -27,6 +33,9 @@ from loopix.wire.b64 import b64url_decode, b64url_encode
 from loopix.wire.socket_api import ClientAddress
 
 from .coordinator import ClientError, Coordinator, Identity, RuntimeOptions, Stats
+
+LOCK_FILE = "client.lock"
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as a shell reports it; SIGTERM is a normal stop (0)
 
 
 class ReceivedMessage(msgspec.Struct, frozen=True):
@@ -53,6 +62,57 @@ class Subscription:
 
     async def aclose(self) -> None:
         self._coord.unsubscribe(self._identity, self._queue)
+
+
+class MessageStream:
+    """Received message bytes, subscribed when made (so nothing sent after it is missed)."""
+
+    def __init__(self, sub: Subscription):
+        self._sub = sub
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return (await self._sub.__anext__()).data
+
+    async def aclose(self) -> None:
+        await self._sub.aclose()
+
+    def __del__(self) -> None:  # a stream dropped without aclose() must not keep collecting
+        self._sub._coord.unsubscribe(self._sub._identity, self._sub._queue)
+
+
+class IdentityLock:
+    """An exclusive flock on `clients/<id>/client.lock`, released by close() or by process exit."""
+
+    def __init__(self, path: Path, client_id: str):
+        self.path, self.client_id = path, client_id
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ClientError(f"cannot open the lock file {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ClientError(f"client {self.client_id!r} is already running (pid {holder}; "
+                              f"lock {self.path})") from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
 
 
 def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
@@ -82,29 +142,45 @@ class Client:
         self._options = runtime_options(config, trace_path=trace_path, workers=workers,
                                          directory_url=directory_url)
         self._coord: Coordinator | None = None
+        self._lock: IdentityLock | None = None
+        self.on_waiting: Callable[[str], None] | None = None  # told once while the directory is away
 
     @classmethod
     def load(cls, client_id: str, home: str | Path | None = None, **kwargs) -> Client:
         """The client initialised by `loopix-client init --id client_id`."""
         path = config_mod.config_path(client_id, home)
         if not path.exists():
-            raise ClientError(f"no client {client_id!r} under {path.parent.parent}: run `loopix-client init --id {client_id}`")
+            raise ClientError(f"no client {client_id!r} in {path.parent.parent.parent} (LOOPIX_HOME={path.parent.parent.parent.parent}): run `loopix-client init --id {client_id}` first")
         cfg = config_mod.load(path)
         keys = load_keypair(path.parent, private_name=cfg.client.priv_key_file, public_name=cfg.client.pub_key_file)
-        return cls(cfg, keys, **kwargs)
+        client = cls(cfg, keys, **kwargs)
+        client._lock = IdentityLock(path.parent.parent / LOCK_FILE, client_id)
+        return client
 
     # -- lifecycle --
     async def __aenter__(self) -> Client:
-        self._coord = Coordinator([self._identity], self._options)
-        await self._coord.start()
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._coord = Coordinator([self._identity], self._options)
+            self._coord.on_waiting = self.on_waiting
+            await self._coord.start()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._coord is not None:
-            await self._coord.stop()
+        try:
+            if self._coord is not None:
+                await self._coord.stop()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     @property
     def address(self) -> str:
@@ -138,27 +214,43 @@ class Client:
             raise ClientError("the client is not running")
         return Subscription(self._coord, 0)
 
-    async def messages(self) -> AsyncIterator[bytes]:
-        """Every message received from now on, as bytes."""
-        sub = self.subscribe()
-        try:
-            async for m in sub:
-                yield m.data
-        finally:
-            await sub.aclose()
+    def messages(self) -> AsyncIterator[bytes]:
+        """Every message received from this call on, as bytes (`async for m in client.messages()`)."""
+        return MessageStream(self.subscribe())
 
     # -- blocking use --
     def start(self, *, status_interval_s: float = 5.0, on_ready: Callable[[Client], None] | None = None,
               serve: Callable | None = None) -> int:
-        """Run until Ctrl-C or SIGTERM, printing a status line every few seconds."""
+        """Run until Ctrl-C (exit status 130) or SIGTERM (0), printing a status line every few
+        seconds; 1 if the client failed while running. Ctrl-C also stops a client still starting."""
         return uvloop.run(self._run_forever(status_interval_s, on_ready, serve))
 
     async def _run_forever(self, status_interval_s: float, on_ready, serve) -> int:
         stop = asyncio.Event()
+        received: list[int] = []
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            received.append(sig)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with self:
+            loop.add_signal_handler(sig, on_signal, sig)
+
+        def stopped_by_signal() -> int:
+            return EXIT_INTERRUPTED if signal.SIGINT in received else 0
+
+        starting = asyncio.create_task(self.__aenter__())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while waiting for the directory or the provider
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return stopped_by_signal()
+        stopping.cancel()
+        starting.result()  # a start that failed raises here (the client is already stopped)
+        server = None
+        try:
             if on_ready is not None:
                 on_ready(self)
             server = await serve(self) if serve is not None else None
@@ -168,14 +260,18 @@ class Client:
                 try:
                     await asyncio.wait_for(stop.wait(), status_interval_s)
                 except TimeoutError:
-                    print(reporter.line(self.stats), flush=True)
+                    extra = getattr(server, "status", None)  # e.g. the socket's held messages
+                    line = reporter.line(self.stats)
+                    print(f"{line} | {extra()}" if extra else line, flush=True)
                 if self._coord.fatal:
                     print(f"error: {self._coord.fatal}", file=sys.stderr)
                     break
+        finally:
             if server is not None:
                 server.close()
                 await server.wait_closed()
-        return 1 if self._coord.fatal else 0
+            await self.close()
+        return 1 if self._coord.fatal else stopped_by_signal()
 
 
 class StatusReporter:
@@ -191,7 +287,7 @@ class StatusReporter:
 
     def line(self, s: Stats) -> str:
         rtt = f"rtt p50 {statistics.median(self.rtt):.0f} ms" if self.rtt else "rtt -"
-        late = f"late p99 {quantile(self.late, 0.99) / 1000:.2f} ms" if self.late else "late -"
+        late = f"lateness p99 {quantile(self.late, 0.99) / 1000:.2f} ms" if self.late else "lateness -"
         self.rtt, self.late = [], []
         return (f"sent payload {s.sent[0]} (real {s.real_sent}) loop {s.sent[1]} drop {s.sent[2]} | "
                 f"loops back {s.loops_back} {rtt} | {late} | messages in {s.messages_received}")

@@ -101,6 +101,8 @@ class WorkerStats(msgspec.Struct, tag=True):
     built: list[int]  # per stream
     build_errors: int
     no_route: int
+    build_errors_by_stream: list[int] = []  # the same counts per stream (payload, loop, drop)
+    no_route_by_stream: list[int] = []
 
 
 class SenderIdentity(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -141,6 +143,9 @@ class SenderStats(msgspec.Struct, tag=True):
     connected: int
     dropped_unconnected: int
     received: int
+    unsent_by_stream: list[int] = []  # dropped_unconnected per stream: the provider link was down
+    # scheduled second (monotonic) -> [payload, loop, drop, of which real] sent, this interval
+    sent_by_second: dict[int, list[int]] = {}
 
 
 class Stop(msgspec.Struct, tag=True):

@@ -45,6 +45,10 @@ class ClientError(Exception):
     """A problem the user can act on (unreachable directory, unknown provider, bad recipient)."""
 
 
+class RecipientError(ClientError, ValueError):
+    """A message we cannot send as asked (unknown provider, too large): the caller's mistake."""
+
+
 class Identity(msgspec.Struct):
     """One client identity run by this coordinator."""
 
@@ -82,6 +86,10 @@ class Stats(msgspec.Struct):
     dropped_unconnected: int = 0
     built: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
     build_errors: int = 0
+    # packets the schedule asked for that never went out, per stream (payload, loop, drop)
+    unsent_link_down: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
+    not_built_no_route: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
+    not_built_error: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0])
     messages_received: int = 0
     messages_incomplete: int = 0
     worker_restarts: int = 0
@@ -108,20 +116,48 @@ def usable_topology(topo: Topology, refused: set[bytes]) -> Topology:
     return Topology(mix_nodes=mixes, providers=providers)
 
 
+class DirectoryError(ClientError):
+    """The directory could not give us a topology. `permanent`: retrying will not help (the URL
+    answers, but not with a topology: a web page, a 404), so give up at once with a hint."""
+
+    def __init__(self, url: str, reason: str, *, permanent: bool = False):
+        super().__init__(f"directory {url} {reason}")
+        self.reason, self.permanent = reason, permanent
+
+
+_TOPOLOGY_HINT = "is this the directory's URL? (e.g. http://127.0.0.1:9000/api/presence/topology)"
+
+
+def _connect_error(e: BaseException) -> str:
+    """aiohttp's connection errors in a few words ("connection refused", not "ssl:default")."""
+    os_error = getattr(e, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    if isinstance(e, TimeoutError):
+        return "no answer (timed out)"
+    return str(e) or type(e).__name__
+
+
 async def fetch_topology(url: str, timeout_s: float = 5.0) -> Topology:
-    """GET the directory's topology; ClientError with a clear message on any failure."""
+    """GET the directory's topology; DirectoryError with a clear message on any failure."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
                 http.get(url) as resp:
+            if resp.status in (404, 405, 410):
+                raise DirectoryError(url, f"answered HTTP {resp.status}: {_TOPOLOGY_HINT}", permanent=True)
             if resp.status != 200:
-                raise ClientError(f"directory {url} answered HTTP {resp.status}")
+                raise DirectoryError(url, f"answered HTTP {resp.status}")
+            kind = resp.content_type
             body = await resp.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
-        raise ClientError(f"directory {url} unreachable: {e or type(e).__name__}") from None
+        raise DirectoryError(url, f"unreachable: {_connect_error(e)}") from None
+    if "html" in kind or body.lstrip()[:1] == b"<":
+        raise DirectoryError(url, f"answered with a web page, not a topology: {_TOPOLOGY_HINT}", permanent=True)
     try:
         return parse_topology(body)
     except TopologyError as e:
-        raise ClientError(f"directory {url} sent a bad topology: {e}") from None
+        raise DirectoryError(url, f"sent something that is not a usable topology ({e}): {_TOPOLOGY_HINT}",
+                             permanent=True) from None
 
 
 def topology_update(topo: Topology) -> control.TopologyUpdate:
@@ -173,6 +209,7 @@ class Coordinator:
         self.topology_refresh_failures = 0
         """How many refreshes kept the last good topology (directory unreachable or empty)."""
         self.running = False
+        self.on_waiting = None  # called once with a line for the user while the directory is not there
         self._worker_stats: dict[int, control.WorkerStats] = {}
         self._sender_connected = asyncio.Event()
         self.packet_size = sphinx.packet_size(options.payload_size)
@@ -206,6 +243,7 @@ class Coordinator:
             raise
 
     async def _first_topology(self, deadline: float) -> Topology:
+        announced = False
         while True:
             try:
                 topo = usable_topology(await fetch_topology(self.opts.directory_url), self.refused_keys)
@@ -213,9 +251,16 @@ class Coordinator:
                     raise ClientError(f"directory {self.opts.directory_url} lists no "
                                       f"{'providers' if not topo.providers else 'mixnodes'} yet")
                 return topo
-            except ClientError:
+            except ClientError as e:
+                if isinstance(e, DirectoryError) and e.permanent:
+                    raise
                 if time.monotonic() + 0.5 > deadline:
                     raise
+                if not announced and self.on_waiting is not None:
+                    announced = True
+                    why = e.reason if isinstance(e, DirectoryError) else str(e)
+                    self.on_waiting(f"waiting for directory {self.opts.directory_url} "
+                                    f"(up to {self.opts.start_timeout_s:g}s; Ctrl-C to stop): {why}")
                 await asyncio.sleep(0.5)
 
     def _assign_providers(self) -> None:
@@ -371,6 +416,7 @@ class Coordinator:
                         self.outstanding[w].pop(ref, None)
                     log.warning("%d fragments could not be sent: %s", len(msg.refs), msg.reason)
                 elif isinstance(msg, control.WorkerStats):
+                    self._add_worker_losses(self._worker_stats.get(w), msg)
                     self._worker_stats[w] = msg
                 elif isinstance(msg, control.Fatal):
                     log.error("%s", msg.message)
@@ -419,11 +465,11 @@ class Coordinator:
         if not self.running:
             raise ClientError("the client is not running")
         if self.topology.provider_by_key(recipient_provider) is None:
-            raise ClientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
+            raise RecipientError(f"recipient's provider {sphinx_key(recipient_provider)} is not in the topology")
         try:
             payloads = fragment_message(message, recipient_key, self.opts.payload_size)
         except MessageError as e:
-            raise ClientError(str(e)) from None
+            raise RecipientError(str(e)) from None
         frags = [control.Fragment(next(self.refs), identity, recipient_key, recipient_provider, p)
                  for p in payloads]
         self._deal(frags)
@@ -464,8 +510,21 @@ class Coordinator:
                 for listener in self.message_listeners:
                     listener(msg.identity, data)
 
+    def _add_worker_losses(self, before: control.WorkerStats | None, now: control.WorkerStats) -> None:
+        """Fold a worker's per-stream build failures into the totals (a restarted worker counts
+        from zero again, so a decrease starts a new series)."""
+        s = self.stats
+        for total, old, new in ((s.not_built_no_route, before and before.no_route_by_stream, now.no_route_by_stream),
+                                (s.not_built_error, before and before.build_errors_by_stream,
+                                 now.build_errors_by_stream)):
+            for i, n in enumerate(new[:3]):
+                prev = old[i] if old and len(old) > i else 0
+                total[i] += n - prev if n >= prev else n
+
     def _on_sender_stats(self, msg: control.SenderStats) -> None:
         s = self.stats
+        if msg.unsent_by_stream:
+            s.unsent_link_down = list(msg.unsent_by_stream)
         s.sent, s.real_sent, s.loops_back = msg.sent, msg.real_sent, msg.loops_back
         s.received, s.connected, s.dropped_unconnected = msg.received, msg.connected, msg.dropped_unconnected
         built = [0, 0, 0]
@@ -498,4 +557,4 @@ def sphinx_key(key: bytes) -> str:
     return b64url_encode(key)
 
 
-__all__ = ["ClientError", "Coordinator", "Identity", "LoopCodec", "RuntimeOptions", "Stats"]
+__all__ = ["ClientError", "Coordinator", "DirectoryError", "Identity", "LoopCodec", "RecipientError", "RuntimeOptions", "Stats"]

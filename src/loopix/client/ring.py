@@ -178,17 +178,18 @@ class DueTaker:
             c.due, c.max_due = self._due, max_due
             self._ctx.append(c)
 
-    def take(self, k: int, read: int, now_ns: int, room: int, due: list) -> tuple[int, int, int]:
+    def take(self, k: int, read: int, now_ns: int, room: int, due: list) -> tuple[int, int, list[int] | None]:
         """Due slots of ring k from `read` (at most `room`), their metadata appended to `due`.
         Returns (new read index, time of the first slot not yet due or 0, slots of unconnected
-        identities consumed)."""
+        identities consumed per stream, or None when there were none)."""
         c = self._ctx[k]
         n = lib.lx_take_due(c, read, self.rings[k].write_index, now_ns, room)
         if n < 0:
             raise RuntimeError(f"ring {k} holds a slot it cannot (corrupt metadata at index {read}+)")
         if n:
             due.extend(_DUE.iter_unpack(self._due_buf[: n * _DUE.size]))
-        return c.new_read, c.next_ns, c.unconnected
+        u = c.unconnected
+        return c.new_read, c.next_ns, (list(u) if u[0] or u[1] or u[2] else None)
 
     def gathered(self, link: int) -> bytes:
         """The wire bytes gathered for `link` since the last call (and resets it)."""

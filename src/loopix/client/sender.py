@@ -183,9 +183,11 @@ class Sender:
         self.sent = [0, 0, 0]
         self.real_sent = 0
         self.dropped_unconnected = 0
+        self.unsent_by_stream = [0, 0, 0]  # due while the identity's provider link was down
         self.received = 0
         self.loops_back = 0
         self.loops_sent_by_second: dict[int, int] = {}
+        self.sent_by_second: dict[int, list[int]] = {}
         self.loop_back_sent_ns: list[int] = []
         self.loop_back_rtt_ns: list[int] = []
         self.lateness_us: list[float] = []
@@ -232,7 +234,10 @@ class Sender:
             due: list[tuple[int, int, int, int]] = []
             for k in range(len(rings)):
                 reads[k], t, unconnected = taker.take(k, reads[k], now, MAX_PER_ROUND - len(due), due)
-                self.dropped_unconnected += unconnected
+                if unconnected is not None:
+                    self.dropped_unconnected += sum(unconnected)
+                    for stream, n in enumerate(unconnected):
+                        self.unsent_by_stream[stream] += n
                 if t and (next_t < 0 or t < next_t):
                     next_t = t
             if due:
@@ -263,14 +268,20 @@ class Sender:
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
         by_second = self.loops_sent_by_second
+        all_by_second = self.sent_by_second
         for t, identity, stream, flags in due:
             sent[stream] += 1
+            sec = t // 1_000_000_000
+            counts = all_by_second.get(sec)
+            if counts is None:
+                counts = all_by_second[sec] = [0, 0, 0, 0]
+            counts[stream] += 1
             if stream == LOOP:
-                sec = t // 1_000_000_000
                 by_second[sec] = by_second.get(sec, 0) + 1
             real = flags & 1
             if real:
                 self.real_sent += 1
+                counts[3] += 1
             self._late_seen += 1
             if len(samples) < LATENESS_SAMPLES:
                 samples.append((actual - t) / 1e3)
@@ -300,7 +311,9 @@ class Sender:
                 loops_sent_by_second=self.loops_sent_by_second, loop_back_sent_ns=self.loop_back_sent_ns,
                 loop_back_rtt_ns=self.loop_back_rtt_ns, lateness_us=self.lateness_us, connected=self.connected,
                 dropped_unconnected=self.dropped_unconnected, received=self.received,
+                unsent_by_stream=list(self.unsent_by_stream), sent_by_second=self.sent_by_second,
             ))
+            self.sent_by_second = {}
             self.lateness_us, self._late_seen = [], 0
             self.loops_sent_by_second, self.loop_back_sent_ns, self.loop_back_rtt_ns = {}, [], []
             if self.trace is not None:

@@ -110,6 +110,8 @@ class Worker:
         self.built = [0, 0, 0]
         self.build_errors = 0
         self.no_route = 0
+        self.build_errors_by_stream = [0, 0, 0]  # events the schedule asked for and we could not build
+        self.no_route_by_stream = [0, 0, 0]
         self.running = True
         self.paused = setup.paused  # while paused only payload events that carry a real fragment go out
 
@@ -186,11 +188,13 @@ class Worker:
                 continue
             if not self.routes.usable:
                 self.no_route += 1
+                self.no_route_by_stream[stream] += 1
                 continue
             self._event_ns = t
             ref = self.fill(len(events), local, identity, stream)
             if ref is None:
                 self.no_route += 1
+                self.no_route_by_stream[stream] += 1
                 continue
             events.append((t, identity, stream, ref))
             self.seq += 1
@@ -213,6 +217,7 @@ class Worker:
         for i, (t, identity, stream, ref) in enumerate(events):
             if status[i] != 0:
                 self.build_errors += 1
+                self.build_errors_by_stream[stream] += 1
                 if ref >= 0:
                     failed_refs.append(ref)
                 continue
@@ -246,7 +251,9 @@ class Worker:
             if now / 1e9 - last_stats >= STATS_INTERVAL_S:
                 last_stats = now / 1e9
                 self.ctl.send(control.WorkerStats(self.setup.worker_index, list(self.built),
-                                                  self.build_errors, self.no_route))
+                                                  self.build_errors, self.no_route,
+                                                  list(self.build_errors_by_stream),
+                                                  list(self.no_route_by_stream)))
             if n == 0:
                 # nothing due within the lookahead, or the ring is full: wait a little for either
                 wait = 0.002

@@ -46,7 +46,7 @@ def plain_line(row: HistoryRow, duration_s: float) -> str:
         f"loop {_rate(row.loop_per_s)}/s drop {_rate(row.drop_per_s)}/s",
         f"back {_rate(row.loops_back_per_s)}/s",
         f"rtt p50 {_ms(row.rtt_p50_ms)} p99 {_ms(row.rtt_p99_ms)} ms",
-        f"loss {_pct(row.loss)} ({row.loops_lost}/{row.loops_settled})",
+        f"loss {_pct(row.loss)} ({row.loops_lost} lost, {row.unsent} unsent)",
         f"lateness p99 {_ms(row.lateness_p99_ms)} ms",
     ]
     if row.messages_sent:
@@ -197,18 +197,36 @@ class LiveView:
 def summary_table(summary: Summary) -> Table:
     """The end-of-run table (also what a CI log shows)."""
     s = summary
-    t = Table(title=f"loopix load test: {s.duration_s:.1f} s", title_justify="left")
+    title = f"loopix load test: {s.duration_s:.1f} s" + (" (INTERRUPTED)" if s.interrupted else "")
+    if s.meta is not None:
+        title += f", started {s.meta.started_utc}, loopix {s.meta.loopix_version}"
+    t = Table(title=title, title_justify="left")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("detail")
+    if s.verdict is not None:
+        style = {"ok": "bold green", "degraded": "bold yellow", "saturated": "bold red"}[s.verdict.status]
+        first = s.verdict.reasons[0].message if s.verdict.reasons else "no rule fired (docs/loadtest.md)"
+        t.add_row("VERDICT", f"[{style}]{s.verdict.status}[/]", first)
+        for r in s.verdict.reasons[1:]:
+            t.add_row("", f"[{style}]{r.level}[/]", r.message)
     for name in ("payload", "loop", "drop"):
         t.add_row(f"sent {name}", f"{s.sent.get(name, 0):,}", f"{s.rates.get(name, 0.0):.1f}/s")
     t.add_row("sent real", f"{s.real_sent:,}", f"{s.rates.get('real', 0.0):.1f}/s")
     lp = s.loops
     t.add_row("loops back", f"{lp.back:,}", f"{lp.late:,} after the grace period")
+    ls = s.loss
+    reasons = ", ".join(f"{r.replace('_', ' ')} {n:,}" for r, n in ls.by_reason.items() if n)
     t.add_row(
-        "loop loss", _pct(lp.loss), f"{lp.lost:,} of {lp.settled:,} judged, {lp.pending:,} not yet"
+        "loss (every reason)",
+        _pct(ls.loss),
+        f"{ls.lost:,} of {ls.scheduled:,} loops scheduled and judged ({reasons or 'none'}), "
+        f"{lp.pending:,} not yet judged",
     )
+    if ls.unsent_total:
+        t.add_row("never sent", f"{ls.unsent_total:,}", ", ".join(
+            f"{r.replace('_', ' ')}: " + "/".join(f"{v.get(st, 0):,}" for st in ("payload", "loop", "drop"))
+            for r, v in ls.unsent.items() if any(v.values())) + " (payload/loop/drop)")
     for label, p in (
         ("RTT", s.rtt),
         ("lateness", s.lateness),
@@ -221,20 +239,41 @@ def summary_table(summary: Summary) -> Table:
                 f"p90 {_ms(p.p90_ms)}, p99.9 {_ms(p.p999_ms)}, max {_ms(p.max_ms)}, n={p.count:,}",
             )
     pred = s.predicted_rtt_ms
-    off = s.rtt_offset_ms or 0.0
+    ex = s.rtt_excess_ms
+    ks = "–" if s.rtt_ks is None else f"{s.rtt_ks:.3f}"
     t.add_row(
-        "predicted RTT p50/p99 ms",
-        f"{_ms(pred.get('p50', 0.0) + off)} / {_ms(pred.get('p99', 0.0) + off)}",
-        f"Erlang(k={s.mix_layers}, mean {s.mean_hop_delay_ms:g} ms) + offset {off:.1f} ms",
+        "model RTT p50/p99 ms",
+        f"{_ms(pred.get('p50', 0.0))} / {_ms(pred.get('p99', 0.0))}",
+        f"{s.rtt_model}, not fitted; excess p50 {_ms(ex.get('p50'))}, p99 {_ms(ex.get('p99'))} ms; KS {ks}",
     )
     m = s.messages
     if m.sent:
         t.add_row("delivery", _pct(m.delivery), f"{m.delivered:,} of {m.sent:,}, {m.lost:,} lost")
     if s.nodes:
+        ours = [n for n in s.nodes if n.in_topology]
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(s.nodes_dropped_by_reason.items()) if n)
         t.add_row(
             "nodes",
-            str(len(s.nodes)),
-            f"received {sum(n.received for n in s.nodes):,}, dropped {sum(n.dropped for n in s.nodes):,}",
+            str(len(ours)),
+            f"received {sum(n.received for n in ours):,}, dropped {sum(n.dropped for n in ours):,}"
+            + (f" ({reasons})" if reasons else ""),
+        )
+        fl = s.node_forward_lateness
+        t.add_row("node forwarding lateness p50/p99 ms", f"{_ms(fl.p50_ms)} / {_ms(fl.p99_ms)}",
+                  f"late vs arrival + header delay; max {_ms(fl.max_ms)}, n={fl.count:,}; "
+                  f"largest queue {max((n.queue_max for n in ours), default=0):,}")
+        if s.unattributed_nodes:
+            t.add_row("[yellow]not in topology[/]", str(len(s.unattributed_nodes)),
+                      "reported counters but not in the run's topology, not summed: "
+                      + ", ".join(s.unattributed_nodes[:5]))
+    if s.resources:
+        busiest = max(s.resources, key=lambda u: u.cpu_max_cores)
+        client = [u for u in s.resources if u.role in ("coordinator", "worker", "sender")]
+        t.add_row(
+            "CPU busiest process",
+            f"{busiest.cpu_max_cores:.2f} cores",
+            f"{busiest.process} (mean {busiest.cpu_mean_cores:.2f}); client RSS max "
+            f"{sum(u.rss_max_mib for u in client):.0f} MiB over {len(client)} processes",
         )
     for r in s.thresholds:
         t.add_row("threshold", "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", r.message)

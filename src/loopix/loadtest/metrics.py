@@ -14,22 +14,30 @@ grace window has passed its end: lost = sent in judged seconds - returned with a
 from __future__ import annotations
 
 import itertools
-import math
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 from hdrh.histogram import HdrHistogram
 
+from .metadata import RunMetadata
+from .model import RttModel, erlang_cdf, erlang_quantile, ks_distance, loop_hop_means
+from .resources import ProcessSample, ProcessUsage, usage_of
+from .verdict import Verdict, judge
+
 __all__ = [
     "HIST_HIGHEST_US",
     "HIST_LOWEST_US",
     "HIST_SIGNIFICANT_DIGITS",
+    "LOSS_REASONS",
     "STREAMS",
+    "UNSENT_REASONS",
     "HistoryRow",
+    "IntervalPart",
     "LoadMetrics",
     "LoopStats",
+    "LossStats",
     "MessageStats",
     "NodeSample",
     "NodeTotal",
@@ -45,6 +53,10 @@ __all__ = [
 ]
 
 STREAMS = ("payload", "loop", "drop")
+UNSENT_REASONS = ("link_down", "no_route", "build_error")
+"""Why a packet the schedule asked for never went out: its identity's provider link was down (the
+sender skipped it), no route (e.g. its provider left the topology), the C build failed."""
+LOSS_REASONS = ("not_back", *UNSENT_REASONS)
 """Stream names, indexed like `loopix.client.schedule.Stream` (an int is accepted too)."""
 
 HIST_LOWEST_US = 1
@@ -122,50 +134,15 @@ def _clamp_us(value_ns: int) -> tuple[int, bool]:
 # --- the predicted round trip ---------------------------------------------------------------------
 
 
-def erlang_cdf(x_ms: float, k: int, mean_ms: float) -> float:
-    """P(sum of k independent Exp(mean) delays <= x): 1 - sum_{n<k} e^{-λx}(λx)^n/n!."""
-    if k <= 0 or mean_ms <= 0:
-        return 1.0 if x_ms >= 0 else 0.0
-    if x_ms <= 0:
-        return 0.0
-    lx = x_ms / mean_ms
-    term = math.exp(-lx)
-    tail = term
-    for n in range(1, k):
-        term *= lx / n
-        tail += term
-    return min(1.0, max(0.0, 1.0 - tail))
-
-
-def erlang_quantile(p: float, k: int, mean_ms: float) -> float:
-    """The x with erlang_cdf(x) = p, by bisection (closed form CDF; no scipy needed)."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"quantile must be in [0, 1), got {p}")
-    if k <= 0 or mean_ms <= 0 or p == 0.0:
-        return 0.0
-    lo, hi = 0.0, mean_ms * k
-    while erlang_cdf(hi, k, mean_ms) < p:
-        lo, hi = hi, hi * 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if erlang_cdf(mid, k, mean_ms) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-9 * hi:
-            break
-    return (lo + hi) / 2
-
-
 def predicted_rtt_quantiles(
     mean_hop_delay_ms: float,
     mix_layers: int = 3,
     quantiles: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
-    offset_ms: float = 0.0,
 ) -> dict[float, float]:
-    """RTT quantiles (ms) a loop should show: `mix_layers` hops each holding it Exp(mean), i.e.
-    Erlang(k=mix_layers, rate=1/mean), plus a constant `offset_ms` for transport and processing."""
-    return {q: offset_ms + erlang_quantile(q, mix_layers, mean_hop_delay_ms) for q in quantiles}
+    """RTT quantiles (ms) of the delay model alone: `mix_layers` hops each holding the loop
+    Exp(mean). Never shifted by anything measured (see loadtest.model)."""
+    model = RttModel(loop_hop_means(mean_hop_delay_ms, mix_layers))
+    return {q: model.quantile(q) for q in quantiles}
 
 
 # --- rows, totals, summary ------------------------------------------------------------------------
@@ -201,6 +178,30 @@ class HistoryRow(msgspec.Struct, frozen=True):
     messages_delivered: int
     messages_lost: int
     nodes: int
+    unsent: int = 0  # cumulative, every stream and reason
+    cpu_busiest_cores: float | None = None  # the busiest process of the run this second...
+    cpu_busiest_process: str | None = None  # ...and its name
+    client_cpu_cores: float | None = None  # coordinator + workers + sender
+    client_rss_mib: float | None = None
+    nodes_cpu_cores: float | None = None  # the testnet's processes, when the run started them
+    nodes_rss_mib: float | None = None
+
+
+class IntervalPart(msgspec.Struct, frozen=True):
+    """What one tick closed, in a form another LoadMetrics merges exactly (a distributed run: each
+    worker's runtime ships these, the master folds them together). Seconds count from the run's
+    start; histograms are encoded µs HdrHistograms ("" when empty)."""
+
+    tick: int = 0
+    sent: dict[str, int] = {}
+    real: int = 0
+    back: int = 0
+    late: int = 0
+    clamped: int = 0
+    loops_by_second: dict[int, int] = {}  # loops sent, by the second they were sent in
+    back_by_second: dict[int, int] = {}  # loops back, by the second they were sent in
+    rtt: str = ""
+    lateness: str = ""
 
 
 class LoopStats(msgspec.Struct, frozen=True):
@@ -217,6 +218,20 @@ class LoopStats(msgspec.Struct, frozen=True):
     rtt_clamped: int
 
 
+class LossStats(msgspec.Struct, frozen=True):
+    """Every loop the schedule asked for in judged seconds and did not get back, by reason:
+    `not_back` were sent and never returned, the others never went out (UNSENT_REASONS).
+    `loss` = all of them / loops scheduled. `unsent` holds the unsent packets of every stream."""
+
+    scheduled: int
+    lost: int
+    loss: float | None
+    by_reason: dict[str, int]
+    ratio_by_reason: dict[str, float | None]
+    unsent: dict[str, dict[str, int]]
+    unsent_total: int
+
+
 class MessageStats(msgspec.Struct, frozen=True):
     """Real messages: `lost` were not delivered within the grace period (a later delivery moves one
     from lost to late); `unknown` deliveries matched no message sent in this run."""
@@ -228,6 +243,7 @@ class MessageStats(msgspec.Struct, frozen=True):
     pending: int = 0
     unknown: int = 0
     delivery: float | None = None
+    not_sent: int = 0  # the client refused them (no route, queue full ...): counted as not delivered
 
 
 class NodeSample(msgspec.Struct, frozen=True):
@@ -245,6 +261,9 @@ class NodeSample(msgspec.Struct, frozen=True):
     dropped: int
     queue: int
     extra: dict[str, int] = {}
+    dropped_by_reason: dict[str, int] = {}
+    queue_peak: int = 0  # the largest queue since the node's previous report
+    forward_lateness_hdrh: str | None = None  # cumulative µs HdrHistogram (testnet/node_metrics.py)
 
 
 class NodeTotal(msgspec.Struct, frozen=True):
@@ -261,6 +280,11 @@ class NodeTotal(msgspec.Struct, frozen=True):
     extra: dict[str, int]
     samples: int
     restarts: int
+    dropped_by_reason: dict[str, int] = {}
+    queue_max: int = 0
+    forward_lateness: Percentiles = Percentiles()
+    in_topology: bool = True  # False: not a node of the run's topology; never summed
+    forward_lateness_hdrh: str = ""
 
 
 class ThresholdResult(msgspec.Struct, frozen=True):
@@ -273,11 +297,14 @@ class ThresholdResult(msgspec.Struct, frozen=True):
     message: str
 
 
-class Summary(msgspec.Struct):
+class Summary(msgspec.Struct, kw_only=True):
     """A whole run, enough to re-render the report: totals, rates, distributions (ms) and the
     encoded µs HdrHistograms (`hdrh` base64) under `histograms`. `duration_s` is the load (rates
-    are over it); `elapsed_s` adds the drain after it, until the last tick."""
+    are over it); `elapsed_s` adds the drain after it, until the last tick. `verdict` first."""
 
+    verdict: Verdict | None = None
+    meta: RunMetadata | None = None  # reproducibility: when, what, where (loadtest.metadata)
+    interrupted: bool = False  # the run was stopped (Ctrl-C, SIGTERM) before its end
     duration_s: float
     elapsed_s: float
     started_wall_ns: int
@@ -288,14 +315,22 @@ class Summary(msgspec.Struct):
     real_sent: int
     rates: dict[str, float]
     loops: LoopStats
+    loss: LossStats
     rtt: Percentiles
     predicted_rtt_ms: dict[str, float]
-    rtt_offset_ms: float | None
+    rtt_model: str
+    hop_means_ms: list[float]
+    rtt_excess_ms: dict[str, float | None]
+    rtt_ks: float | None
     messages: MessageStats
     message_latency: Percentiles
     lateness: Percentiles
     nodes: list[NodeTotal]
     histograms: dict[str, str]
+    node_forward_lateness: Percentiles = Percentiles()  # merged over the topology's nodes
+    nodes_dropped_by_reason: dict[str, int] = {}  # summed over the topology's nodes
+    unattributed_nodes: list[str] = []  # reporting nodes outside the run's topology (flagged)
+    resources: list[ProcessUsage] = []  # CPU and RSS of every process of the run
     labels: dict[str, str] = {}
     thresholds: list[ThresholdResult] = []
     version: int = 1
@@ -320,6 +355,9 @@ _KNOWN_NODE_FIELDS = frozenset(
         "forwarded",
         "dropped",
         "queue",
+        "queue_peak",
+        "forward_lateness_hdrh",
+        "forward_lateness_count",
     }
 )
 
@@ -341,6 +379,12 @@ def _node_sample(report: dict[str, Any], start_wall_ns: int) -> NodeSample | Non
     if not isinstance(kind, str):
         kind = "mixnode" if layer is not None else "node"
     host = report.get("host")
+    dropped = report.get("dropped")
+    by_reason = (
+        {k: v for k, v in dropped.items() if isinstance(k, str) and _total(v) == v}
+        if isinstance(dropped, dict) else {}
+    )
+    hdrh = report.get("forward_lateness_hdrh")
     extra = {
         k: v
         for k, v in report.items()
@@ -358,6 +402,9 @@ def _node_sample(report: dict[str, Any], start_wall_ns: int) -> NodeSample | Non
         dropped=_total(report.get("dropped")),
         queue=_total(report.get("queue")),
         extra=extra,
+        dropped_by_reason=by_reason,
+        queue_peak=_total(report.get("queue_peak")),
+        forward_lateness_hdrh=hdrh if isinstance(hdrh, str) and len(hdrh) < 1_000_000 else None,
     )
 
 
@@ -372,7 +419,43 @@ def _increments(values: Iterable[int]) -> int:
     return total
 
 
-def node_totals(samples: Sequence[NodeSample]) -> list[NodeTotal]:
+def _hist_increment(series: Sequence[NodeSample], restarted: Sequence[bool]) -> HdrHistogram:
+    """What a node's cumulative lateness histogram gained over `series`: the last one minus the
+    baseline (the first sample), plus, after each restart, all the new process accumulated."""
+    out = new_histogram()
+    segments: list[list[int]] = []
+    for i, restart in enumerate(restarted):
+        if restart or not segments:
+            segments.append([])
+        segments[-1].append(i)
+    for number, segment in enumerate(segments):
+        hists = [_decoded(series[i].forward_lateness_hdrh) for i in segment]
+        later = next((h for h in reversed(hists) if h is not None), None)
+        if later is not None:
+            _add_difference(out, later, hists[0] if number == 0 else None)
+    return out
+
+
+def _decoded(encoded: str | None) -> HdrHistogram | None:
+    if not encoded:
+        return None
+    try:
+        return decode_histogram(encoded)
+    except Exception:  # a report we cannot decode adds nothing
+        return None
+
+
+def _add_difference(out: HdrHistogram, later: HdrHistogram, earlier: HdrHistogram | None) -> None:
+    for item in later.get_recorded_iterator():
+        value = item.value_iterated_to
+        n = item.count_at_value_iterated_to
+        if earlier is not None:
+            n -= earlier.get_count_at_value(value)
+        if n > 0:
+            out.record_value(value, n)
+
+
+def node_totals(samples: Sequence[NodeSample], topology: set[str] | None = None) -> list[NodeTotal]:
     """Per node, counter increments over the run. The baseline is the last sample at or before the
     run start (t_s <= 0) if there is one, otherwise the node's first sample: traffic before the
     first report we saw cannot be attributed, so poll the directory once before the load starts."""
@@ -386,6 +469,9 @@ def node_totals(samples: Sequence[NodeSample]) -> list[NodeTotal]:
         series = series[before[-1] if before else 0 :]
         last = series[-1]
         extra_names = sorted({k for s in series for k in s.extra})
+        reasons = sorted({k for s in series for k in s.dropped_by_reason})
+        restarted = [False, *(b.received < a.received for a, b in itertools.pairwise(series))]
+        lateness = _hist_increment(series, restarted)
         out.append(
             NodeTotal(
                 pub_key=key,
@@ -398,10 +484,40 @@ def node_totals(samples: Sequence[NodeSample]) -> list[NodeTotal]:
                 dropped=_increments(s.dropped for s in series),
                 extra={k: _increments(s.extra.get(k, 0) for s in series) for k in extra_names},
                 samples=len(series),
-                restarts=sum(b.received < a.received for a, b in itertools.pairwise(series)),
+                restarts=sum(restarted),
+                dropped_by_reason={
+                    k: _increments(s.dropped_by_reason.get(k, 0) for s in series) for k in reasons
+                },
+                queue_max=max(max(s.queue_peak, s.queue) for s in series),
+                forward_lateness=percentiles_of(lateness),
+                forward_lateness_hdrh=_encode(lateness) if lateness.get_total_count() else "",
+                in_topology=topology is None or key in topology,
             )
         )
     out.sort(key=lambda n: (n.kind != "mixnode", n.layer or 0, n.host or "", n.pub_key))
+    return out
+
+
+_CLIENT_ROLES = ("coordinator", "worker", "sender")
+
+
+def _resource_columns(samples: Sequence[ProcessSample]) -> dict[str, Any]:
+    """history.csv's resource columns for one second's readings (None when nothing was read)."""
+    if not samples:
+        return {}
+    busiest = max(samples, key=lambda s: s.cpu_cores)
+    client = [s for s in samples if s.role in _CLIENT_ROLES]
+    nodes = [s for s in samples if s.role not in _CLIENT_ROLES]
+    out: dict[str, Any] = {
+        "cpu_busiest_cores": busiest.cpu_cores,
+        "cpu_busiest_process": busiest.process,
+    }
+    if client:
+        out["client_cpu_cores"] = round(sum(s.cpu_cores for s in client), 4)
+        out["client_rss_mib"] = round(sum(s.rss_mib for s in client), 2)
+    if nodes:
+        out["nodes_cpu_cores"] = round(sum(s.cpu_cores for s in nodes), 4)
+        out["nodes_rss_mib"] = round(sum(s.rss_mib for s in nodes), 2)
     return out
 
 
@@ -454,15 +570,26 @@ class LoadMetrics:
         self._msg_latency = new_histogram()
         self._pending: dict[Hashable, int] = {}  # insertion (= send) order: oldest first
         self._expired: dict[Hashable, int] = {}
-        self._msg = {"sent": 0, "delivered": 0, "late": 0, "unknown": 0}
+        self._msg = {"sent": 0, "delivered": 0, "late": 0, "unknown": 0, "not_sent": 0}
+        self._unsent = {r: {s: 0 for s in STREAMS} for r in UNSENT_REASONS}
+        self._unsent_loops_by_second = {r: [] for r in UNSENT_REASONS}  # by second, like loops sent
         self._i_delivered = 0
         self._node_samples: list[NodeSample] = []
         self._node_seen: set[tuple[str, int]] = set()
+        self._last_of_node: dict[str, int] = {}  # index of each node's latest sample
+        self._first_of_node: dict[str, int] = {}
         self._nodes_now = 0
+        self.topology: set[str] | None = None  # the run's nodes (base64url keys); None: any
+        self.metadata: RunMetadata | None = None
+        self.interrupted = False
+        self.resource_samples: list[ProcessSample] = []
+        self._i_resources: list[ProcessSample] = []
         self._last_tick_ns = start_ns
         self._end_ns: int | None = None
         self.history: list[HistoryRow] = []
         self.last_row: HistoryRow | None = None
+        self.interval_listeners: list[Callable[[IntervalPart], None]] = []
+        self._shipped: tuple[list[int], list[int], list[int]] = ([], [], [0, 0])  # buckets; late, clamped
 
     # --- hot path ---------------------------------------------------------------------------------
 
@@ -478,6 +605,24 @@ class LoadMetrics:
             if sec >= len(buckets):
                 buckets.extend([0] * (sec + 1 - len(buckets)))
             buckets[sec] += n
+
+    def record_unsent(self, reason: str, stream: str | int, n: int, now_ns: int) -> None:
+        """`n` packets of `stream` the schedule asked for around `now_ns` never went out."""
+        if reason not in self._unsent:
+            raise ValueError(f"unknown unsent reason {reason!r}")
+        if not isinstance(stream, str):
+            stream = STREAMS[stream]
+        self._unsent[reason][stream] += n
+        if stream == "loop":
+            sec = max(0, (now_ns - self.start_ns) // _NS)
+            buckets = self._unsent_loops_by_second[reason]
+            if sec >= len(buckets):
+                buckets.extend([0] * (sec + 1 - len(buckets)))
+            buckets[sec] += n
+
+    def record_message_not_sent(self, n: int = 1) -> None:
+        """A real message the runtime refused: it will never be delivered."""
+        self._msg["not_sent"] += n
 
     def record_real_sent(self, n: int = 1) -> None:
         """`n` of the payload packets just recorded carried real traffic (the rest were cover)."""
@@ -547,14 +692,37 @@ class LoadMetrics:
             if ident in self._node_seen:
                 continue
             self._node_seen.add(ident)
+            self._forget_histogram(sample)
+            self._first_of_node.setdefault(sample.pub_key, len(self._node_samples))
+            self._last_of_node[sample.pub_key] = len(self._node_samples)
             self._node_samples.append(sample)
             new += 1
         self._nodes_now = len(nodes)
         return new
 
+    def _forget_histogram(self, new: NodeSample) -> None:
+        """Bound memory on long runs: a node's lateness histogram (KBs each second) is needed only
+        at its baseline, before a restart and at its latest report, so the previous report's is
+        dropped when a newer one arrives, unless the previous is one of those."""
+        i = self._last_of_node.get(new.pub_key)
+        if i is None:
+            return
+        prev = self._node_samples[i]
+        if prev.forward_lateness_hdrh is None or prev.t_s <= 0 or new.received < prev.received:
+            return
+        if i == self._first_of_node.get(new.pub_key):
+            return
+        self._node_samples[i] = msgspec.structs.replace(prev, forward_lateness_hdrh=None)
+
     def node_samples(self) -> list[NodeSample]:
         """Every node report kept, in arrival order (the report's nodes.csv)."""
         return list(self._node_samples)
+
+    def record_resources(self, samples: Iterable[ProcessSample]) -> None:
+        """This second's CPU/RSS readings of the run's processes (loadtest.resources)."""
+        samples = list(samples)
+        self.resource_samples.extend(samples)
+        self._i_resources.extend(samples)
 
     def end_load(self, now_ns: int) -> None:
         """The load stopped (the runtime now only waits for stragglers): rates in the summary are
@@ -570,6 +738,10 @@ class LoadMetrics:
         self._last_tick_ns = now_ns
         rtt50, rtt99 = _two_quantiles(self._i_rtt)
         late50, late99 = _two_quantiles(self._i_lateness)
+        if self.interval_listeners:
+            part = self._interval_part()
+            for listener in self.interval_listeners:
+                listener(part)
         for total, interval in ((self._rtt, self._i_rtt), (self._lateness, self._i_lateness)):
             if interval.get_total_count():  # adding an empty one would set the minimum to 0
                 total.add(interval)
@@ -583,6 +755,7 @@ class LoadMetrics:
         self._back += self._i_back
         self._expire_messages(now_ns)
         loops = self._loop_stats(now_ns)
+        loss = self._loss_stats(now_ns, loops)
         row = HistoryRow(
             elapsed_s=(now_ns - self.start_ns) / _NS,
             interval_s=dt,
@@ -604,19 +777,64 @@ class LoadMetrics:
             drop_sent=self._sent["drop"],
             loops_back=self._back,
             loops_settled=loops.settled,
-            loops_lost=loops.lost,
-            loss=loops.loss,
+            loops_lost=loss.lost,
+            loss=loss.loss,
             messages_sent=self._msg["sent"],
             messages_delivered=self._msg["delivered"],
             messages_lost=len(self._expired),
             nodes=self._nodes_now,
+            unsent=loss.unsent_total,
+            **_resource_columns(self._i_resources),
         )
+        self._i_resources = []
         for s in STREAMS:
             i_sent[s] = 0
         self._i_real = self._i_back = self._i_delivered = 0
         self.history.append(row)
         self.last_row = row
         return row
+
+    # --- distributed runs: ship an interval, merge one -----------------------------------------------
+
+    def _interval_part(self) -> IntervalPart:
+        def delta(now: list[int], shipped: list[int]) -> dict[int, int]:
+            out = {i: n - (shipped[i] if i < len(shipped) else 0) for i, n in enumerate(now)}
+            shipped[:] = now
+            return {i: n for i, n in out.items() if n}
+
+        late, clamped = self._shipped[2]
+        self._shipped[2][:] = [self._late, self._clamped]
+        return IntervalPart(
+            tick=len(self.history) + 1,
+            sent=dict(self._i_sent),
+            real=self._i_real,
+            back=self._i_back,
+            late=self._late - late,
+            clamped=self._clamped - clamped,
+            loops_by_second=delta(self._loops_by_second, self._shipped[0]),
+            back_by_second=delta(self._back_by_second, self._shipped[1]),
+            rtt=_encode(self._i_rtt) if self._i_rtt.get_total_count() else "",
+            lateness=_encode(self._i_lateness) if self._i_lateness.get_total_count() else "",
+        )
+
+    def merge_interval(self, part: IntervalPart) -> None:
+        """Add another runtime's interval to the current one: counts add, histograms merge exactly."""
+        for stream, n in part.sent.items():
+            self._i_sent[stream] += n
+        self._i_real += part.real
+        self._i_back += part.back
+        self._late += part.late
+        self._clamped += part.clamped
+        for buckets, add in ((self._loops_by_second, part.loops_by_second),
+                             (self._back_by_second, part.back_by_second)):
+            for sec, n in add.items():
+                if sec >= len(buckets):
+                    buckets.extend([0] * (sec + 1 - len(buckets)))
+                buckets[sec] += n
+        if part.rtt:
+            self._i_rtt.add(decode_histogram(part.rtt))
+        if part.lateness:
+            self._i_lateness.add(decode_histogram(part.lateness))
 
     def _expire_messages(self, now_ns: int) -> None:
         cutoff = now_ns - self._grace_ns
@@ -647,6 +865,24 @@ class LoadMetrics:
             rtt_clamped=self._clamped,
         )
 
+    def _loss_stats(self, now_ns: int, loops: LoopStats) -> LossStats:
+        judged = max(0, (now_ns - self._grace_ns - self.start_ns) // _NS)
+        by_reason = {"not_back": loops.lost}
+        for reason, buckets in self._unsent_loops_by_second.items():
+            by_reason[reason] = sum(buckets[:judged])
+        lost = sum(by_reason.values())
+        scheduled = loops.settled + lost - loops.lost
+        unsent = {r: dict(v) for r, v in self._unsent.items()}
+        return LossStats(
+            scheduled=scheduled,
+            lost=lost,
+            loss=lost / scheduled if scheduled else None,
+            by_reason=by_reason,
+            ratio_by_reason={r: (n / scheduled if scheduled else None) for r, n in by_reason.items()},
+            unsent=unsent,
+            unsent_total=sum(n for v in unsent.values() for n in v.values()),
+        )
+
     # --- the whole run ----------------------------------------------------------------------------
 
     def summary(self, *, histograms: bool = True) -> Summary:
@@ -659,13 +895,26 @@ class LoadMetrics:
         rates["real"] = self._real / duration if duration > 0 else 0.0
         rates["loop_back"] = self._back / duration if duration > 0 else 0.0
         rtt = percentiles_of(self._rtt)
-        predicted = predicted_rtt_quantiles(self.mean_hop_delay_ms, self.mix_layers)
-        offset = None
-        if rtt.p50_ms is not None:
-            offset = max(0.0, rtt.p50_ms - predicted[0.5])
+        model = RttModel(loop_hop_means(self.mean_hop_delay_ms, self.mix_layers))
+        predicted = {q: model.quantile(q) for q in (0.5, 0.9, 0.99, 0.999)}
+        excess = {
+            "p50": None if rtt.p50_ms is None else rtt.p50_ms - predicted[0.5],
+            "p99": None if rtt.p99_ms is None else rtt.p99_ms - predicted[0.99],
+        }
         m = self._msg
         lost = len(self._expired)
-        judged = m["delivered"] + lost  # delivered (on time or late) or given up on
+        loops = self._loop_stats(now_ns)
+        nodes = node_totals(self._node_samples, self.topology)
+        node_lateness = new_histogram()
+        dropped: dict[str, int] = {}
+        for n in nodes:
+            if not n.in_topology:
+                continue
+            if n.forward_lateness_hdrh:
+                node_lateness.add(decode_histogram(n.forward_lateness_hdrh))
+            for reason, count in n.dropped_by_reason.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        judged = m["delivered"] + lost + m["not_sent"]  # delivered, given up on, or never sent
         messages = MessageStats(
             sent=m["sent"],
             delivered=m["delivered"],
@@ -674,6 +923,7 @@ class LoadMetrics:
             pending=len(self._pending),
             unknown=m["unknown"],
             delivery=m["delivered"] / judged if judged else None,
+            not_sent=m["not_sent"],
         )
         hists = {}
         if histograms:
@@ -681,8 +931,9 @@ class LoadMetrics:
                 "rtt": _encode(self._rtt),
                 "lateness": _encode(self._lateness),
                 "message_latency": _encode(self._msg_latency),
+                "node_forward_lateness": _encode(node_lateness),
             }
-        return Summary(
+        summary = Summary(
             duration_s=duration,
             elapsed_s=(now_ns - self.start_ns) / _NS,
             started_wall_ns=self.start_wall_ns,
@@ -692,14 +943,26 @@ class LoadMetrics:
             sent=dict(self._sent),
             real_sent=self._real,
             rates=rates,
-            loops=self._loop_stats(now_ns),
+            loops=loops,
+            loss=self._loss_stats(now_ns, loops),
             rtt=rtt,
             predicted_rtt_ms={_quantile_key(q): v for q, v in predicted.items()},
-            rtt_offset_ms=offset,
+            rtt_model=model.name,
+            hop_means_ms=list(model.hop_means_ms),
+            rtt_excess_ms=excess,
+            rtt_ks=ks_distance(self._rtt, model),
             messages=messages,
             message_latency=percentiles_of(self._msg_latency),
             lateness=percentiles_of(self._lateness),
-            nodes=node_totals(self._node_samples),
+            nodes=nodes,
+            node_forward_lateness=percentiles_of(node_lateness),
+            nodes_dropped_by_reason=dropped,
+            unattributed_nodes=[n.host or n.pub_key for n in nodes if not n.in_topology],
+            resources=usage_of(self.resource_samples),
             histograms=hists,
             labels=dict(self.labels),
         )
+        summary.meta = self.metadata
+        summary.interrupted = self.interrupted
+        summary.verdict = judge(summary, self.history)
+        return summary

@@ -30,9 +30,9 @@ from loopix.loadtest.metrics import (
     Percentiles,
     Summary,
     decode_histogram,
-    erlang_cdf,
-    erlang_quantile,
 )
+from loopix.loadtest.model import RttModel
+from loopix.loadtest.resources import ProcessSample
 
 __all__ = [
     "HISTORY_FILE",
@@ -51,10 +51,12 @@ __all__ = [
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.csv"
 NODES_FILE = "nodes.csv"
+RESOURCES_FILE = "resources.csv"
 REPORT_FILE = "report.html"
 
 HISTORY_FIELDS = HistoryRow.__struct_fields__
 NODE_FIELDS = NodeSample.__struct_fields__
+RESOURCE_FIELDS = ProcessSample.__struct_fields__
 
 COLORS = {
     "payload": "#1f77b4",
@@ -123,7 +125,11 @@ def read_history(path: Path) -> list[HistoryRow]:
 
 
 def read_nodes(path: Path) -> list[NodeSample]:
-    return _read_csv(path, NodeSample, ("extra",))
+    return _read_csv(path, NodeSample, ("extra", "dropped_by_reason"))
+
+
+def read_resources(path: Path) -> list[ProcessSample]:
+    return _read_csv(path, ProcessSample)
 
 
 def load_report_data(out_dir: str | Path) -> tuple[Summary, list[HistoryRow], list[NodeSample]]:
@@ -146,6 +152,7 @@ def write_report(
     summary: Summary,
     history: Sequence[HistoryRow],
     node_series: Sequence[NodeSample] = (),
+    resources: Sequence[ProcessSample] = (),
 ) -> Path:
     """Write the data files, then render report.html from what was written (so a later
     `render_report` gives the same page). Returns the path of report.html."""
@@ -154,13 +161,15 @@ def write_report(
     (out / SUMMARY_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=2))
     _write_csv(out / HISTORY_FILE, HISTORY_FIELDS, history)
     _write_csv(out / NODES_FILE, NODE_FIELDS, node_series)
+    _write_csv(out / RESOURCES_FILE, RESOURCE_FIELDS, resources)
     return render_report(out)
 
 
 def render_report(out_dir: str | Path) -> Path:
     """Re-render report.html from the directory's data files."""
     out = Path(out_dir)
-    page = render_html(*load_report_data(out))
+    resources = read_resources(out / RESOURCES_FILE) if (out / RESOURCES_FILE).exists() else []
+    page = render_html(*load_report_data(out), resources=resources)
     path = out / REPORT_FILE
     path.write_text(page, encoding="utf-8")
     return path
@@ -293,28 +302,20 @@ def _cdf_points(encoded: str) -> tuple[list[float], list[float]]:
 
 
 def fig_rtt_distribution(summary: Summary) -> Figure | None:
-    """Observed RTT CDF against Erlang(k = mix layers, mean = hop delay) shifted by the offset."""
+    """Observed RTT CDF against the delay model alone (never shifted to fit the data)."""
     xs, ps = _cdf_points(summary.histograms.get("rtt", ""))
     if not xs:
         return None
-    k, mean = summary.mix_layers, summary.mean_hop_delay_ms
-    offset = summary.rtt_offset_ms or 0.0
-    top = max(summary.rtt.p999_ms or 0.0, offset + erlang_quantile(0.999, k, mean)) * 1.15
+    model = RttModel(tuple(summary.hop_means_ms))
+    top = max(summary.rtt.p999_ms or 0.0, model.quantile(0.999)) * 1.15
     grid = [top * i / 400 for i in range(401)]
-    pred = [erlang_cdf(x - offset, k, mean) for x in grid]
-    pred0 = [erlang_cdf(x, k, mean) for x in grid]
+    pred = [model.cdf(x) for x in grid]
     fig, axes = _figure(1, 2, height=4.0)
     ax: Axes = axes[0][0]
     tail: Axes = axes[0][1]
     ax.step(xs, ps, where="post", color="#1f77b4", linewidth=1.8, label="observed")
-    ax.plot(
-        grid,
-        pred,
-        color="#d62728",
-        linewidth=1.4,
-        label=f"Erlang(k={k}, mean {mean:g} ms) + {offset:.1f} ms",
-    )
-    ax.plot(grid, pred0, ":", color="#d62728", alpha=0.7, label="Erlang alone (no transport)")
+    ks = "" if summary.rtt_ks is None else f", KS distance {summary.rtt_ks:.3f}"
+    ax.plot(grid, pred, color="#d62728", linewidth=1.4, label=f"model: {summary.rtt_model}{ks}")
     ax.set_xlim(0, top)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("loop RTT (ms)")
@@ -476,6 +477,37 @@ def fig_node_load(samples: Sequence[NodeSample], duration_s: float) -> Figure | 
     return fig
 
 
+def fig_resources(summary: Summary, samples: Sequence[ProcessSample]) -> Figure | None:
+    """Cores used and RSS per process over time: client processes solid, nodes thin."""
+    if not samples:
+        return None
+    by: dict[str, list[ProcessSample]] = {}
+    for s in samples:
+        by.setdefault(s.process, []).append(s)
+    fig, axes = _figure(1, 2, height=3.8)
+    cpu: Axes = axes[0][0]
+    rss: Axes = axes[0][1]
+    for name, series in by.items():
+        client = series[0].role in ("coordinator", "worker", "sender")
+        kw = {"linewidth": 1.6 if client else 0.8, "alpha": 1.0 if client else 0.6}
+        ts = [s.t_s for s in series]
+        cpu.plot(ts, [s.cpu_cores for s in series], label=name, **kw)
+        rss.plot(ts, [s.rss_mib for s in series], label=name, **kw)
+    cpu.axhline(1.0, color="#d62728", linewidth=0.9, linestyle="--")
+    cpu.set_ylim(0, max(1.2, max(s.cpu_cores for s in samples) * 1.1))
+    cpu.set_ylabel("cores used")
+    cpu.set_title("CPU per process (dashed: one full core)")
+    rss.set_ylim(bottom=0)
+    rss.set_ylabel("RSS (MiB)")
+    rss.set_title("Resident memory per process")
+    for ax in (cpu, rss):
+        ax.set_xlabel("elapsed (s)")
+        ax.axvline(summary.duration_s, color="#777777", linewidth=0.9, linestyle="--")
+    if len(by) <= 16:
+        rss.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return fig
+
+
 # --- the page -------------------------------------------------------------------------------------
 
 
@@ -515,6 +547,48 @@ def _dist_row(name: str, p: Percentiles) -> list[str]:
     ]
 
 
+def _interrupted_html(s: Summary) -> str:
+    if not s.interrupted:
+        return ""
+    return ('<section class="verdict saturated"><h2>INTERRUPTED</h2><p>The run was stopped before its '
+            "end; these are the figures measured until then (loops still in flight are not judged)."
+            "</p></section>")
+
+
+def _meta_html(s: Summary) -> str:
+    m = s.meta
+    if m is None:
+        return ""
+    h = m.host
+    rates = ", ".join(f"{k} {v:g}/s" for k, v in m.rates_per_identity.items())
+    rows = [
+        ("started (UTC)", m.started_utc),
+        ("loopix", m.loopix_version + (f" (git {m.git_commit})" if m.git_commit else "")),
+        ("command", m.command_line),
+        ("host", f"{h.hostname}: {h.cpu_model or '?'}, {h.cores or '?'} cores, "
+                 f"{h.memory_mib or '?'} MiB, {h.kernel}, {h.python}"
+                 + (f"; load average at start {' / '.join(f'{x:g}' for x in h.load_average)}"
+                    if h.load_average else "")),
+        ("traffic", f"{m.identities:,} identities × ({rates}); real messages {m.messages_per_s:g}/s"),
+        ("packets", f"payload {m.packet_payload_size} bytes; mean hop delay {m.mean_hop_delay_ms:g} ms; "
+                    f"workers {m.workers or 'one per core'}"),
+        ("topology", f"{m.topology.source}: mixnodes per layer {m.topology.mixnodes_per_layer}, "
+                     f"{m.topology.providers} providers"),
+    ]
+    return f"<section><h2>Run metadata</h2>{_kv(rows)}</section>"
+
+
+def _verdict_html(s: Summary) -> str:
+    v = s.verdict
+    if v is None:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(r.level)}</b> ({html.escape(r.rule)}): {html.escape(r.message)}</li>"
+        for r in v.reasons
+    ) or "<li>no rule fired (rules: docs/loadtest.md)</li>"
+    return f'<section class="verdict {v.status}"><h2>Verdict: {v.status.upper()}</h2><ul>{items}</ul></section>'
+
+
 def _summary_html(s: Summary) -> str:
     drain = s.elapsed_s - s.duration_s
     run = [
@@ -530,24 +604,35 @@ def _summary_html(s: Summary) -> str:
     traffic.insert(1, ["  of which real", _fmt(s.real_sent), _fmt(s.rates.get("real"), "/s")])
     traffic.append(["loops back", _fmt(s.loops.back), _fmt(s.rates.get("loop_back"), "/s")])
     lp = s.loops
+    ls = s.loss
     loops = [
         ("loops sent", _fmt(lp.sent)),
         ("judged (sent ≥ grace ago)", _fmt(lp.settled)),
-        ("lost", f"{_fmt(lp.lost)} ({_pct(lp.loss)})"),
+        ("loss, every reason", f"{_fmt(ls.lost)} of {_fmt(ls.scheduled)} scheduled ({_pct(ls.loss)})"),
+        *(
+            (f"  {reason.replace('_', ' ')}", f"{_fmt(n)} ({_pct(ls.ratio_by_reason.get(reason))})")
+            for reason, n in ls.by_reason.items()
+        ),
+        (
+            "never sent (payload/loop/drop)",
+            "; ".join(
+                f"{r.replace('_', ' ')} " + "/".join(_fmt(v.get(st, 0)) for st in ("payload", "loop", "drop"))
+                for r, v in ls.unsent.items()
+            ),
+        ),
         ("back after the grace period", _fmt(lp.late)),
         ("not yet judged", _fmt(lp.pending)),
     ]
     m = s.messages
     dists = [_dist_row("loop RTT", s.rtt)]
     pred = s.predicted_rtt_ms
-    off = s.rtt_offset_ms or 0.0
     dists.append(
         [
-            "predicted RTT (+ offset)",
+            "model RTT (delays alone)",
             "",
-            *(_fmt(pred.get(k, math.nan) + off) for k in ("p50", "p90", "p99", "p999")),
+            *(_fmt(pred.get(k, math.nan)) for k in ("p50", "p90", "p99", "p999")),
             "",
-            _fmt(s.mix_layers * s.mean_hop_delay_ms + off),
+            _fmt(sum(s.hop_means_ms)),
         ]
     )
     if m.sent:
@@ -574,9 +659,22 @@ def _summary_html(s: Summary) -> str:
     parts.append(
         "<section><h2>Distributions (ms)</h2>"
         + _table(["", "count", "p50", "p90", "p99", "p99.9", "max", "mean"], dists, "num")
-        + f'<p class="note">Offset (transport and processing, observed median − predicted '
-        f"median): {_fmt(s.rtt_offset_ms)} ms.</p></section>"
+        + f'<p class="note">Model: {html.escape(s.rtt_model)}, the configured delays alone, not '
+        f"fitted to the data. Excess (observed − model): p50 {_fmt(s.rtt_excess_ms.get('p50'))} ms, "
+        f"p99 {_fmt(s.rtt_excess_ms.get('p99'))} ms; KS distance {_fmt(s.rtt_ks, digits=3)}."
+        "</p></section>"
     )
+    if s.resources:
+        rows_r = [
+            [u.process, u.role, str(u.pid), _fmt(u.cpu_mean_cores, digits=3), _fmt(u.cpu_max_cores, digits=3),
+             _fmt(u.rss_max_mib, digits=4), str(u.samples)]
+            for u in s.resources
+        ]
+        parts.append(
+            "<section><h2>Processes (CPU in cores, from /proc each second)</h2>"
+            + _table(["process", "role", "pid", "CPU mean", "CPU max", "RSS max MiB", "samples"], rows_r, "num")
+            + "</section>"
+        )
     if s.thresholds:
         rows = "".join(
             f'<tr class="{"pass" if t.passed else "fail"}"><td>{"pass" if t.passed else "FAIL"}</td>'
@@ -590,25 +688,41 @@ def _summary_html(s: Summary) -> str:
     if s.nodes:
         rows_n = [
             [
-                n.kind,
+                n.kind + ("" if n.in_topology else " (NOT IN TOPOLOGY, not summed)"),
                 "" if n.layer is None else str(n.layer),
                 n.host or n.pub_key[:12],
                 _fmt(n.received),
                 _fmt(n.sent),
                 _fmt(n.dropped),
+                ", ".join(f"{r} {c:,}" for r, c in sorted(n.dropped_by_reason.items()) if c) or "–",
+                f"{_fmt(n.forward_lateness.p50_ms)} / {_fmt(n.forward_lateness.p99_ms)} / "
+                f"{_fmt(n.forward_lateness.max_ms)}",
+                _fmt(n.queue_max),
                 str(n.samples),
                 str(n.restarts),
             ]
             for n in s.nodes
         ]
+        fl = s.node_forward_lateness
         parts.append(
             "<section><h2>Nodes (their own counters over the run)</h2>"
             + _table(
-                ["kind", "layer", "node", "received", "sent", "dropped", "reports", "restarts"],
+                ["kind", "layer", "node", "received", "sent", "dropped", "drops by reason",
+                 "fwd lateness p50/p99/max ms", "max queue", "reports", "restarts"],
                 rows_n,
                 "num",
             )
-            + "</section>"
+            + f'<p class="note">Forwarding lateness: how long after its arrival + header delay a node '
+            f"forwarded each packet (HdrHistograms merged over the topology's nodes): p50 "
+            f"{_fmt(fl.p50_ms)} ms, p99 {_fmt(fl.p99_ms)} ms, max {_fmt(fl.max_ms)} ms, "
+            f"{_fmt(fl.count)} packets. Drops by reason over the topology: "
+            f"{html.escape(', '.join(f'{r} {c:,}' for r, c in sorted(s.nodes_dropped_by_reason.items())) or 'none')}."
+            + (
+                f" Not in the run's topology (flagged, not summed): "
+                f"{html.escape(', '.join(s.unattributed_nodes))}."
+                if s.unattributed_nodes else ""
+            )
+            + "</p></section>"
         )
     return "\n".join(parts)
 
@@ -624,6 +738,8 @@ table.num td+td,table.num th+th{text-align:right}
 table.kv th{font-weight:normal;color:#555;white-space:nowrap}
 tr.fail td{background:#fde8e8;color:#a00}tr.pass td:first-child{color:#080}
 figure{margin:18px 0 28px}figure img{max-width:100%;height:auto}
+.verdict{padding:4px 14px;border-left:6px solid #2ca02c;background:#eef8ee}
+.verdict.degraded{border-color:#e6a700;background:#fff7e0}.verdict.saturated{border-color:#d62728;background:#fde8e8}
 figcaption{color:#555;font-size:0.9em;max-width:900px}.note{color:#555;font-size:0.85em}
 """
 
@@ -632,20 +748,27 @@ _CAPTIONS = {
     "with loops coming back. Flat lines at the configured rates mean the scheduler kept up.",
     "rtt_time": "Loop RTT percentiles in each second (solid) and over the run so far (dashed); "
     "below, the fraction of judged loops (sent more than the grace period ago) that never came back.",
-    "rtt_dist": "Observed loop RTT against the sum of the mix layers' exponential delays, "
-    "Erlang(k, mean hop delay), shifted by the offset (transport and processing). Right: the tail "
-    "on a log scale; a gap there means queueing or losses the delay model does not explain.",
+    "rtt_dist": "Observed loop RTT against the model: the sum of the exponential delays the "
+    "loop's hops carry (Erlang(k, mean hop delay) for equal means), not fitted to the data. The gap "
+    "between the curves is what transport, processing and queueing added (the excess); the KS "
+    "distance is the largest vertical gap. Right: the tail on a log scale.",
     "lateness": "How late the sender put packets on the wire relative to their Poisson schedule. "
     "The schedule is open loop, so lateness is not hidden from the RTT (no coordinated omission).",
     "messages": "Latency from handing a real message to the client to its reassembly at the "
     "recipient.",
+    "resources": "CPU (cores used, from /proc) and resident memory of every process of the run, "
+    "sampled each second. A process near 1 core is saturated: the figures then describe the machine "
+    "as much as the mixnet.",
     "nodes": "Packets each node received per second, from the directory's metrics reports "
     "(the nodes' own counters), grouped by mix layer.",
 }
 
 
 def render_html(
-    summary: Summary, history: Sequence[HistoryRow], nodes: Sequence[NodeSample] = ()
+    summary: Summary,
+    history: Sequence[HistoryRow],
+    nodes: Sequence[NodeSample] = (),
+    resources: Sequence[ProcessSample] = (),
 ) -> str:
     """The self-contained page (no external assets) for a run's data."""
     figs: list[tuple[str, str, Figure | None]] = []
@@ -664,6 +787,7 @@ def render_html(
         figs.append(("Scheduler lateness", "lateness", fig_lateness(summary, history)))
         figs.append(("Message latency", "messages", fig_message_latency(summary)))
         figs.append(("Per-node load", "nodes", fig_node_load(nodes, summary.duration_s)))
+        figs.append(("CPU and memory", "resources", fig_resources(summary, resources)))
         rendered = [(title, key, _png(fig)) for title, key, fig in figs if fig is not None]
     blocks = [
         f'<figure id="{key}"><h2>{html.escape(title)}</h2>'
@@ -677,6 +801,8 @@ def render_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_summary_html(summary)}{note}{''.join(blocks)}"
+        f"<h1>{html.escape(title)}</h1>{_interrupted_html(summary)}{_verdict_html(summary)}"
+        f"{_meta_html(summary)}{_summary_html(summary)}{note}"
+        f"{''.join(blocks)}"
         "</body></html>\n"
     )

@@ -13,19 +13,24 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
 
 from loopix.client.coordinator import ClientError, Coordinator, RuntimeOptions
 from loopix.client.schedule import Stream
+from loopix.wire.b64 import b64url_encode
 
+from . import metadata
 from .fleet import ephemeral_identities
 from .live import LiveView, serve_prometheus
 from .metrics import LoadMetrics, Summary
+from .resources import ResourceSampler
 from .thresholds import ThresholdSet
 
 _MESSAGE_HEAD = struct.Struct(">QQ")  # message id, send time (monotonic ns)
@@ -54,6 +59,8 @@ class LoadTestOptions(msgspec.Struct, kw_only=True):
     mixnodes_per_layer: int = 2
     providers: int = 2
     live: bool | None = None  # None: a live view on a terminal, plain lines otherwise
+    command_line: list[str] | None = None  # for the report (default: sys.argv)
+    warmup_s: float = 0.0  # load before measuring starts (excluded from every figure)
 
 
 class LoadTestResult(msgspec.Struct):
@@ -75,29 +82,52 @@ async def fetch_node_counters(http: aiohttp.ClientSession, base_url: str) -> lis
 class MetricsFeed:
     """Turns the runtime's once-a-second reports into LoadMetrics calls."""
 
-    def __init__(self, metrics: LoadMetrics):
+    def __init__(self, metrics: LoadMetrics, stats=None):
         self.metrics = metrics
         self.last_sent = [0, 0, 0]  # the runtime starts paused: nothing was sent before the load
         self.last_real = 0
+        self.last_unsent = {r: [0, 0, 0] for r in ("link_down", "no_route", "build_error")}
+        if stats is not None:  # whatever happened before the load is not the load's
+            self.last_unsent = {"link_down": list(stats.unsent_link_down),
+                                "no_route": list(stats.not_built_no_route),
+                                "build_error": list(stats.not_built_error)}
 
     def on_stats(self, stats, msg) -> None:
         m = self.metrics
         now = time.monotonic_ns()
-        for stream in (Stream.PAYLOAD, Stream.DROP):
-            delta = msg.sent[stream] - self.last_sent[stream]
-            if delta:
-                m.record_sent(int(stream), delta, now)
+        if msg.sent_by_second:
+            # by scheduled second: exactly the packets due from the start on (not the warm-up's)
+            for second, counts in msg.sent_by_second.items():
+                if second * 1_000_000_000 >= m.start_ns:
+                    for stream in (Stream.PAYLOAD, Stream.DROP):
+                        if counts[stream]:
+                            m.record_sent(int(stream), counts[stream], second * 1_000_000_000)
+                    if counts[3]:
+                        m.record_real_sent(counts[3])
+        else:  # a sender without per-second counts: deltas of its totals
+            for stream in (Stream.PAYLOAD, Stream.DROP):
+                delta = msg.sent[stream] - self.last_sent[stream]
+                if delta:
+                    m.record_sent(int(stream), delta, now)
+            if msg.real_sent > self.last_real:
+                m.record_real_sent(msg.real_sent - self.last_real)
         for second, n in msg.loops_sent_by_second.items():
             if second * 1_000_000_000 >= m.start_ns:
                 m.record_sent(int(Stream.LOOP), n, second * 1_000_000_000)
-        if msg.real_sent > self.last_real:
-            m.record_real_sent(msg.real_sent - self.last_real)
         self.last_sent, self.last_real = list(msg.sent), msg.real_sent
         for sent_ns, rtt_ns in zip(msg.loop_back_sent_ns, msg.loop_back_rtt_ns, strict=True):
             if sent_ns >= m.start_ns:
                 m.record_loop_back(sent_ns, sent_ns + rtt_ns)
         for us in msg.lateness_us:
             m.record_lateness(int(us * 1000))
+        counts = {"link_down": stats.unsent_link_down, "no_route": stats.not_built_no_route,
+                  "build_error": stats.not_built_error}
+        for reason, now_counts in counts.items():
+            last = self.last_unsent[reason]
+            for stream, n in enumerate(now_counts[:3]):
+                if n > last[stream]:
+                    m.record_unsent(reason, stream, n - last[stream], now)
+            self.last_unsent[reason] = list(now_counts[:3])
 
     def on_message(self, identity: int, data: bytes) -> None:
         if len(data) >= _MESSAGE_HEAD.size:
@@ -130,14 +160,75 @@ async def send_messages(coord: Coordinator, metrics: LoadMetrics, rate: float, s
             coord.send_message(src, data, *coord.address_of(dst))
         except ClientError as e:
             print(f"loadtest: message not sent: {e}", file=sys.stderr)
+            metrics.record_message_not_sent()
             continue
         metrics.record_message_sent(next_id, now)
         next_id += 1
 
 
-async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None) -> LoadTestResult:
-    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet)."""
+def run_processes(coord: Coordinator, testnet=None) -> dict[str, tuple[str, int]]:
+    """{name: (role, pid)} of every process of the run, as of now (workers restart)."""
+    procs = {"coordinator": ("coordinator", os.getpid())}
+    if coord.sender is not None:
+        procs["sender"] = ("sender", coord.sender.proc.pid)
+    for i, w in enumerate(coord.workers):
+        if w is not None:
+            procs[f"worker-{i}"] = ("worker", w.proc.pid)
+    if testnet is not None:
+        for name, proc in testnet._procs.items():
+            info = testnet.nodes.get(name)
+            procs[name] = (info.kind if info is not None else "directory", proc.pid)
+    return procs
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM before the load started: there is nothing to report."""
+
+
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _signals_set(stop: asyncio.Event):
+    """SIGINT and SIGTERM set `stop` instead of killing the run (main thread only)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = None,
+                       stop: asyncio.Event | None = None, testnet=None,
+                       on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
+    """Run one load test against `directory_url` (or opts.directory_url, or a fresh testnet).
+    Setting `stop` (SIGINT and SIGTERM do) ends the run early with an interrupted report.
+    `testnet`: a running embedded Testnet behind `directory_url`, whose processes the run samples.
+    `on_metrics` sees the run's LoadMetrics as the load starts (a distributed worker's child
+    subscribes to its intervals there)."""
     thresholds = ThresholdSet(opts.thresholds)  # bad expressions fail before anything starts
+    owner = stop is None  # a caller that passes `stop` handles the signals itself
+    stop = stop or asyncio.Event()
+    with _signals_set(stop) if owner else contextlib.nullcontext():
+        if testnet is not None:
+            url = directory_url or testnet.topology_url
+            if stop.is_set():
+                raise Interrupted("before the load started; no report")
+            return await _run(opts, url, url.split("/api/", 1)[0], thresholds, testnet, stop, on_metrics)
+        return await _run_with_testnet(opts, directory_url, thresholds, stop, on_metrics)
+
+
+async def _run_with_testnet(opts: LoadTestOptions, directory_url: str | None, thresholds: ThresholdSet,
+                            stop: asyncio.Event,
+                            on_metrics: Callable[[LoadMetrics], None] | None) -> LoadTestResult:
     testnet = None
     url = directory_url or opts.directory_url
     if url is None:
@@ -148,33 +239,75 @@ async def run_loadtest(opts: LoadTestOptions, *, directory_url: str | None = Non
                           presence_interval=1.0)
         print(f"loadtest: starting a testnet ({opts.layers} layers x {opts.mixnodes_per_layer} mixnodes, "
               f"{opts.providers} providers)", flush=True)
-        await asyncio.to_thread(testnet.start)
+        try:
+            await asyncio.to_thread(testnet.start)
+        except BaseException:
+            await asyncio.to_thread(testnet.stop)
+            raise
         url = testnet.topology_url
     base_url = url.split("/api/", 1)[0]
     try:
-        return await _run(opts, url, base_url, thresholds)
+        if stop.is_set():
+            raise Interrupted("before the load started; no report")
+        return await _run(opts, url, base_url, thresholds, testnet, stop, on_metrics)
     finally:
         if testnet is not None:
             await asyncio.to_thread(testnet.stop)
 
 
-async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet) -> LoadTestResult:
+async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: ThresholdSet,
+               testnet, stop: asyncio.Event,
+               on_metrics: Callable[[LoadMetrics], None] | None = None) -> LoadTestResult:
     t0 = time.monotonic()
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
         directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
         workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True))
     await coord.start()
+    try:
+        if stop.is_set():
+            raise Interrupted("before the load started; no report")
+        summary, metrics = await _measure(opts, coord, base_url, url, thresholds, testnet, stop, t0, on_metrics)
+    finally:
+        await coord.stop()
+    return _finish(opts, summary, metrics, thresholds)
+
+
+async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url: str, thresholds: ThresholdSet,
+                   testnet, stop: asyncio.Event, t0: float,
+                   on_metrics: Callable[[LoadMetrics], None] | None) -> tuple[Summary, LoadMetrics]:
     print(f"loadtest: {opts.identities} identities registered in {time.monotonic() - t0:.1f}s; "
           f"load for {opts.duration_s:g}s", flush=True)
     # The network is quiet (the runtime started paused); let every node report that, then start the
     # load on a whole second: the sender buckets loops by scheduled second, so the first bucket must
     # not straddle the start. Client and node counts then cover exactly the same packets.
     await asyncio.sleep(NODE_REPORT_INTERVAL_S + 0.2)
+    if opts.warmup_s > 0:
+        # the load runs, unmeasured, until queues and RTT have settled; measuring starts after
+        coord.resume()
+        print(f"loadtest: warm-up {opts.warmup_s:g}s (not measured)", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), opts.warmup_s)
+        if stop.is_set():
+            raise Interrupted("during the warm-up; no report")
     start_ns = -(-time.monotonic_ns() // 1_000_000_000) * 1_000_000_000
     metrics = LoadMetrics(start_ns, opts.mean_hop_delay_ms, coord.topology.num_layers,
                           grace_s=opts.grace_s, labels={"identities": str(opts.identities)})
-    feed = MetricsFeed(metrics)
+    metrics.metadata = metadata.collect(
+        identities=opts.identities,
+        rates={"payload": opts.payload_rate, "loop": opts.loop_rate, "drop": opts.drop_rate},
+        messages_per_s=opts.messages_rate, mean_hop_delay_ms=opts.mean_hop_delay_ms,
+        packet_payload_size=opts.packet_payload_size, workers=opts.workers,
+        source="embedded" if testnet is not None else url,
+        mixnodes_per_layer=[len(nodes) for nodes in coord.topology.layers().values()],
+        providers=len(coord.topology.providers), argv=opts.command_line)
+    metrics.topology = {b64url_encode(n.pub_key) for n in (*coord.topology.mix_nodes, *coord.topology.providers)}
+    feed = MetricsFeed(metrics, coord.stats)
+    sampler = ResourceSampler()
+    # baselines (CPU is a rate); before start_ns, hence a negative time
+    sampler.sample((time.monotonic_ns() - start_ns) / 1e9, run_processes(coord, testnet))
+    if on_metrics is not None:
+        on_metrics(metrics)
     prometheus = serve_prometheus(metrics, opts.metrics_port) if opts.metrics_port else None
     stop_messages = asyncio.Event()
     sender = None
@@ -183,6 +316,9 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             metrics.record_node_counters(await fetch_node_counters(http, base_url))
             await asyncio.sleep((start_ns - time.monotonic_ns()) / 1e9)
+            if opts.warmup_s > 0:  # count from here: what the warm-up sent is not the run's
+                feed.last_sent, feed.last_real = list(coord.stats.sent), coord.stats.real_sent
+                feed.last_unsent = MetricsFeed(metrics, coord.stats).last_unsent
             coord.stats_listeners.append(feed.on_stats)
             coord.message_listeners.append(feed.on_message)
             coord.resume()
@@ -197,17 +333,26 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
                 hard_stop = end_all + int(QUIESCE_LIMIT_S * 1e9)
                 next_tick = time.monotonic_ns() + 1_000_000_000
                 while True:
-                    await asyncio.sleep(max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
                     now = time.monotonic_ns()
                     next_tick += 1_000_000_000
-                    if not paused and now >= end_load:
+                    interrupted = stop.is_set()
+                    if not paused and (now >= end_load or interrupted):
                         coord.pause()
                         stop_messages.set()
                         metrics.end_load(now)
                         paused = True
                     metrics.record_node_counters(await fetch_node_counters(http, base_url))
+                    metrics.record_resources(sampler.sample((now - metrics.start_ns) / 1e9,
+                                                            run_processes(coord, testnet)))
                     row = metrics.tick(now)
                     live.update(row)
+                    if interrupted:
+                        metrics.interrupted = True
+                        print("loadtest: interrupted; reporting what was measured so far", file=sys.stderr,
+                              flush=True)
+                        break
                     if coord.fatal:
                         print(f"loadtest: {coord.fatal}", file=sys.stderr)
                         break
@@ -229,16 +374,27 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
-        await coord.stop()
         if prometheus is not None:
             prometheus[0].shutdown()
+    return summary, metrics
+
+
+def _finish(opts: LoadTestOptions, summary: Summary, metrics: LoadMetrics, thresholds: ThresholdSet) -> LoadTestResult:
+    """Write the report (if asked) and choose the exit code."""
+    code = thresholds.exit_code(summary)
     if opts.out_dir:
         from .report import write_report  # matplotlib: only when a report is asked for
 
-        path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples())
-        print(f"loadtest: report written to {path}")
-    code = thresholds.exit_code(summary)
+        try:
+            path = write_report(opts.out_dir, summary, metrics.history, metrics.node_samples(),
+                                metrics.resource_samples)
+            print(f"loadtest: report written to {path}")
+        except Exception as exc:  # never lose a long run to a traceback: say what is on disk
+            print(f"loadtest: error: the report could not be completed in {opts.out_dir}: {exc}", file=sys.stderr)
+            code = code or 1
     for result in summary.thresholds:
         if not result.passed:
             print(f"loadtest: threshold violated: {result.message}", file=sys.stderr)
+    if summary.interrupted:
+        code = EXIT_INTERRUPTED
     return LoadTestResult(summary, code)

@@ -1,7 +1,8 @@
 """k6-style pass/fail criteria: `--threshold "rtt_p99<2s" --threshold "loss<0.1%"`.
 
-An expression is `METRIC OP VALUE[UNIT]`: OP one of < <= > >= == !=; durations take s, ms or us
-(a bare number is ms, as in k6), ratios take % or a fraction in [0, 1], rates are packets per
+An expression is `METRIC OP VALUE[UNIT]`: OP one of < <= > >= == !=; durations must name their
+unit (us, ms, s, m, h: loopix.units, the same parser as --duration; a bare number is an error, not
+silently ms as in k6), ratios take % or a fraction in [0, 1], rates are packets per
 second (an optional "/s"), counts are bare. A threshold whose metric has no data (no loop came back,
 no message was sent) fails: a criterion that cannot be checked must not pass silently. The CLI exits
 with EXIT_THRESHOLD_VIOLATED when any fails.
@@ -18,7 +19,8 @@ from typing import Literal
 
 import msgspec
 
-from loopix.loadtest.metrics import Summary, ThresholdResult
+from loopix.loadtest.metrics import LOSS_REASONS, UNSENT_REASONS, Summary, ThresholdResult
+from loopix.units import DURATION_UNITS, UnitError, split_duration
 
 __all__ = [
     "EXIT_THRESHOLD_VIOLATED",
@@ -53,6 +55,14 @@ def _pct(field: str, what: str) -> Callable[[Summary], float | None]:
     return lambda s: getattr(getattr(s, what), field)
 
 
+def _loss_ratio(reason: str) -> Callable[[Summary], float | None]:
+    return lambda s: s.loss.ratio_by_reason.get(reason)
+
+
+def _unsent(reason: str) -> Callable[[Summary], int]:
+    return lambda s: sum(s.loss.unsent.get(reason, {}).values())
+
+
 def _durations(prefix: str, what: str, noun: str) -> dict[str, Metric]:
     fields = {
         "p50": "p50_ms",
@@ -73,8 +83,18 @@ METRICS: dict[str, Metric] = {
     **_durations("rtt", "rtt", "loop round-trip time"),
     **_durations("latency", "message_latency", "real-message delivery latency"),
     **_durations("lateness", "lateness", "scheduler lateness"),
-    "loss": Metric("ratio", lambda s: s.loops.loss, "fraction of settled loops lost"),
-    "loss_count": Metric("count", lambda s: s.loops.lost, "loops lost"),
+    "loss": Metric("ratio", lambda s: s.loss.loss,
+                   "fraction of the loops scheduled in judged seconds that did not come back, every reason"),
+    "loss_count": Metric("count", lambda s: s.loss.lost, "loops lost, every reason"),
+    **{
+        f"loss_{reason}": Metric("ratio", _loss_ratio(reason), f"loss: {reason.replace('_', ' ')}")
+        for reason in LOSS_REASONS
+    },
+    "unsent": Metric("count", lambda s: s.loss.unsent_total, "packets never sent, every stream"),
+    **{
+        f"unsent_{reason}": Metric("count", _unsent(reason), f"packets never sent: {reason.replace('_', ' ')}")
+        for reason in UNSENT_REASONS
+    },
     "delivery": Metric("ratio", lambda s: s.messages.delivery, "fraction of messages delivered"),
     "messages_lost": Metric("count", lambda s: s.messages.lost, "messages not delivered"),
     "rate_payload": Metric("rate", lambda s: s.rates.get("payload"), "payload packets/s"),
@@ -82,7 +102,10 @@ METRICS: dict[str, Metric] = {
     "rate_loop": Metric("rate", lambda s: s.rates.get("loop"), "loop packets/s"),
     "rate_drop": Metric("rate", lambda s: s.rates.get("drop"), "drop packets/s"),
     "rate_loop_back": Metric("rate", lambda s: s.rates.get("loop_back"), "loops back/s"),
-    "node_dropped": Metric("count", lambda s: sum(n.dropped for n in s.nodes), "node drops"),
+    "node_dropped": Metric(
+        "count", lambda s: sum(n.dropped for n in s.nodes if n.in_topology), "node drops, the topology's nodes"
+    ),
+    **_durations("node_lateness", "node_forward_lateness", "nodes' forwarding lateness"),
 }
 _ALIASES = {f"{p}_p99.9": f"{p}_p999" for p in ("rtt", "latency", "lateness")}
 
@@ -96,9 +119,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _EXPR = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_.]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
-    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>s|ms|us|µs|%|/s)?\s*$"
+    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>s|ms|us|µs|m|h|%|/s)?\s*$"
 )
-_DURATION_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001, None: 1.0}
+_DURATION_MS = {unit: seconds * 1000.0 for unit, seconds in DURATION_UNITS.items()}
 
 
 def _valid_names() -> str:
@@ -138,7 +161,7 @@ class Threshold(msgspec.Struct, frozen=True):
 
 def _show(value: float, unit: str | None, kind: Kind) -> str:
     if kind == "duration":
-        unit = unit if unit in ("s", "ms", "us", "µs") else "ms"
+        unit = unit if unit in _DURATION_MS else "ms"
         return f"{value / _DURATION_MS[unit]:.6g} {unit}"
     if kind == "ratio":
         return f"{value * 100:.4g}%"
@@ -167,11 +190,15 @@ def parse_threshold(expression: str) -> Threshold:
     if not math.isfinite(value):
         raise ThresholdError(f"bad threshold {expression!r}: the value must be finite")
     if metric.kind == "duration":
-        if unit not in _DURATION_MS:
+        if unit in ("%", "/s"):
             raise ThresholdError(
-                f"bad threshold {expression!r}: {name} is a duration; use s, ms or us"
+                f"bad threshold {expression!r}: {name} is a duration; use us, ms, s, m or h"
             )
-        value *= _DURATION_MS[unit]
+        try:
+            number, unit = split_duration(m["value"] + (unit or ""))
+        except UnitError as exc:
+            raise ThresholdError(f"bad threshold {expression!r}: {name} is a duration: {exc}") from None
+        value = number * _DURATION_MS[unit]
     elif metric.kind == "ratio":
         if unit == "%":
             value /= 100

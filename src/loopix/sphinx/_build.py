@@ -134,7 +134,7 @@ ffibuilder.cdef(
         uint64_t max_due;
         uint64_t new_read;
         uint64_t next_ns;
-        uint64_t unconnected;
+        uint64_t unconnected[3];
     } lx_take_ctx;
     long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
     """

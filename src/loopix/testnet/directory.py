@@ -4,7 +4,7 @@ Nodes announce themselves every couple of seconds and vanish from the topology w
 the topology a client fetches is the set of nodes that are actually up. Nodes also post their
 traffic counters, which the dashboard at `/` turns into per-second rates.
 
-Run it on its own: `python -m loopix.testnet.directory --port 8080`. Once it accepts connections it
+Run it on its own: `python -m loopix.testnet.directory --port 9000`. Once it accepts connections it
 prints one line, `directory listening on http://HOST:PORT/`, which tells a launcher that used
 `--port 0` where it ended up.
 """
@@ -273,8 +273,12 @@ async def healthcheck(request: web.Request) -> web.Response:
 
 
 async def dashboard(request: web.Request) -> web.Response:
+    """The page with the current topology and reports inside, so it shows rates at load."""
+    registry = request.app[REGISTRY]
+    initial = b'{"topology":%s,"reports":%s}' % (
+        encode_topology(registry.topology()), _encoder.encode(registry.reports()))
     return web.Response(
-        body=request.app[DASHBOARD],
+        body=request.app[DASHBOARD].replace(b"__LOOPIX_INITIAL__", initial.replace(b"</", b"<\\/")),
         content_type="text/html",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},
@@ -373,7 +377,7 @@ class DirectoryServer:
 
 async def serve(
     host: str = "127.0.0.1",
-    port: int = 8080,
+    port: int = 9000,
     expiry_s: float = DEFAULT_EXPIRY_S,
     metrics_window_s: float = DEFAULT_METRICS_WINDOW_S,
     stop: asyncio.Event | None = None,
@@ -390,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m loopix.testnet.directory", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port, 0 for any (default 8080)")
+    parser.add_argument("--port", type=int, default=9000, help="TCP port, 0 for any (default 9000, as `loopix-client testnet`)")
     parser.add_argument(
         "--expiry",
         type=float,

@@ -13,6 +13,7 @@ SIGTERM if the launcher dies without cleaning up (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import json
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_MEAN_HOP_DELAY_MS = 50.0
+DEFAULT_BASE_PORT = 9000  # = loopix.config.DEFAULT_DIRECTORY_PORT: where `init` looks by default
 STATE_FILE = "testnet.json"
 
 
@@ -139,9 +141,6 @@ class Testnet:
             raise ValueError("need at least one layer, one mixnode per layer and one provider")
         if presence_interval <= 0 or metrics_interval <= 0:
             raise ValueError("intervals must be positive")
-        self._temp = home is None
-        self.home = Path(tempfile.mkdtemp(prefix="loopix-testnet-") if home is None else home)
-        self.root = self.home / "testnet"
         self.host = host
         self.layers = layers
         self.mean_hop_delay_ms = mean_hop_delay_ms
@@ -172,6 +171,19 @@ class Testnet:
             self.nodes[name] = NodeInfo(name=name, kind="provider", port=next(it))
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stopped: set[str] = set()  # nodes stopped on purpose
+        # Set (e.g. from a signal handler) to make start() give up at its next wait, undoing what it
+        # did: safer than raising from the handler, which can land where it is swallowed.
+        self.cancelled = threading.Event()
+        # Last, so nothing can fail between making a temporary home and owning its removal.
+        self._temp = home is None
+        self.home = Path(tempfile.mkdtemp(prefix="loopix-testnet-") if home is None else home)
+        self.root = self.home / "testnet"
+        if self._temp:  # its keys and inboxes go even if a caller is interrupted before stop()
+            atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
 
     # --- addresses and views ---
 
@@ -263,12 +275,12 @@ class Testnet:
 
     def start(self) -> Testnet:
         """Create keys, start every process, wait until the topology lists every node."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        for info in self.nodes.values():
-            info.key_dir = str(self.root / info.name)
-            info.public_key = _ensure_keys(Path(info.key_dir))
-        try:
+        try:  # whatever stops us (an error, Ctrl-C), stop() undoes it: processes, temp home, keys
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            for info in self.nodes.values():
+                info.key_dir = str(self.root / info.name)
+                info.public_key = _ensure_keys(Path(info.key_dir))
             self._spawn(self.directory)
             self._wait(self._directory_up, "the directory to listen")
             for info in self.nodes.values():
@@ -367,6 +379,8 @@ class Testnet:
               check_children: bool = True) -> None:  # fmt: skip
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
         while not ready():
+            if self.cancelled.is_set():
+                raise KeyboardInterrupt
             if check_children:
                 self._check_children()
             if time.monotonic() > deadline:
@@ -388,6 +402,7 @@ class Testnet:
     def _write_state(self) -> None:
         """testnet.json: what a client needs to find this testnet (and the hop delay to use)."""
         state = {
+            "pid": os.getpid(),  # `init` uses this testnet only while it runs
             "directory": self.directory_url,
             "topology": self.topology_url,
             "meanHopDelayMs": self.mean_hop_delay_ms,
@@ -412,24 +427,37 @@ class Testnet:
         return alive
 
     def stop(self) -> None:
-        """SIGTERM every process group, SIGKILL what is left after `stop_timeout`."""
+        """SIGTERM every process group, SIGKILL what is left after `stop_timeout`; a temporary
+        home (keys, inboxes) is removed even if this is interrupted."""
         procs = list(self._procs.values())
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        left = self.alive_pids()
-        if self._temp:
-            shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            left = self.alive_pids()
+            if self._temp:
+                shutil.rmtree(self.home, ignore_errors=True)
+                atexit.unregister(self._stop_at_exit)
+            else:
+                self._remove_state()
         if left:
             raise TestnetError(f"processes survived the stop: {left}")
+
+    def _remove_state(self) -> None:
+        """testnet.json goes with the testnet that wrote it (init must not aim at a dead one)."""
+        path = self.root / STATE_FILE
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
 
     def __enter__(self) -> Testnet:
         return self.start()
@@ -443,37 +471,48 @@ def run_testnet(
     layers: int = 3,
     mixnodes_per_layer: int = 2,
     providers: int = 2,
-    base_port: int = 9000,
+    base_port: int = DEFAULT_BASE_PORT,
     mean_hop_delay_ms: float = DEFAULT_MEAN_HOP_DELAY_MS,
     presence_interval: float = 2.0,
     expiry: float | None = None,
     host: str = "127.0.0.1",
     prometheus_base_port: int | None = None,
 ) -> int:
-    """Run a testnet in the foreground until SIGINT/SIGTERM; 0 on a clean stop.
+    """Run a testnet in the foreground until SIGINT (130) or SIGTERM (0); 1 if it failed.
 
     `base_port=0` picks free ports. The client-side mean hop delay is not something the 2019
     directory can publish, so it is written to `testnet/testnet.json` beside the node keys.
+    A signal while the nodes start stops them at once (no waiting for the topology).
     """
     stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    net = Testnet(
-        home,
-        layers=layers,
-        mixnodes_per_layer=mixnodes_per_layer,
-        providers=providers,
-        base_port=base_port or None,
-        host=host,
-        mean_hop_delay_ms=mean_hop_delay_ms,
-        presence_interval=presence_interval,
-        expiry=expiry,
-        prometheus_base_port=prometheus_base_port,
-    )
+    got: list[int] = []
+
+    def on_signal(sig: int, frame: object) -> None:
+        got.append(sig)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    net = None
     try:
+        net = Testnet(
+            home,
+            layers=layers,
+            mixnodes_per_layer=mixnodes_per_layer,
+            providers=providers,
+            base_port=base_port or None,
+            host=host,
+            mean_hop_delay_ms=mean_hop_delay_ms,
+            presence_interval=presence_interval,
+            expiry=expiry,
+            prometheus_base_port=prometheus_base_port,
+        )
+        net.cancelled = stop  # a signal while the nodes start stops them at once
         print(f"starting {len(net.nodes)} nodes under {net.root} ...", flush=True)
+        if stop.is_set():
+            raise KeyboardInterrupt
         net.start()
+        if stop.is_set():
+            raise KeyboardInterrupt
         print(f"testnet ready: directory {net.directory_url}/", flush=True)
         print(f"topology {net.topology_url}  (mean hop delay {mean_hop_delay_ms:g} ms; "
               f"logs in {net.root / 'logs'}; Ctrl-C stops)", flush=True)  # fmt: skip
@@ -484,20 +523,57 @@ def run_testnet(
                     reported.add(name)
                     print(f"warning: {name} exited; see {net.log_path(name)}", file=sys.stderr)
         print("stopping ...", flush=True)
-        return 0
+    except KeyboardInterrupt:
+        pass
     except TestnetError as exc:
-        print(f"testnet: {exc}", file=sys.stderr)
+        print(f"loopix-client testnet: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a LOOPIX_HOME we cannot write
+        print(f"loopix-client testnet: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        for sig in previous:  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
         try:
-            net.stop()
+            if net is not None:
+                net.stop()
         except TestnetError as exc:
-            print(f"testnet: {exc}", file=sys.stderr)
+            print(f"loopix-client testnet: error: {exc}", file=sys.stderr)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return 130 if got and got[0] == signal.SIGINT else 0
 
 
 # --- CLI -----------------------------------------------------------------------------------------
+
+
+def _checked(convert: Any, test: Any, what: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_at_least_one = _checked(int, lambda n: 1 <= n <= 1000, "must be a whole number from 1 to 1000")
+_port = _checked(int, lambda n: 0 <= n <= 65535, "must be a port, 0 (any free ports) to 65535")
+def _duration_s(text: str) -> float:
+    """A duration ("2s", "500ms") or, as these flags always took, a bare number of seconds."""
+    from loopix.units import parse_duration
+
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text)  # UnitError is a ValueError
+
+
+_seconds = _checked(_duration_s, lambda x: 0 < x < 86400, "must be a duration > 0 (e.g. 2s, 500ms; a bare number is seconds)")
+_milliseconds = _checked(float, lambda x: 0 <= x < 3_600_000, "must be a number of milliseconds >= 0")
 
 
 def add_testnet_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -506,38 +582,50 @@ def add_testnet_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "testnet",
         help="run a local mixnet (directory, mixnodes, providers) in the foreground",
         description="Start a directory, mixnodes and providers on 127.0.0.1, each in its own "
-        "process; keys under $LOOPIX_HOME/testnet/. Ctrl-C stops everything.",
+        "process; keys under $LOOPIX_HOME/testnet/. While it runs, `loopix-client init` (same "
+        "LOOPIX_HOME) makes clients for it. Ctrl-C stops everything.",
     )
-    p.add_argument("--layers", type=int, default=3, help="mix layers (default 3)")
-    p.add_argument("--mixnodes-per-layer", type=int, default=2, help="default 2")
-    p.add_argument("--providers", type=int, default=2, help="default 2")
-    p.add_argument("--base-port", type=int, default=9000,
-                   help="directory port; nodes take the ports after it (default 9000; 0: any free ports)")  # fmt: skip
-    p.add_argument("--mean-hop-delay-ms", type=float, default=DEFAULT_MEAN_HOP_DELAY_MS,
-                   help="mean per-hop delay clients should use (default 50)")  # fmt: skip
-    p.add_argument("--presence-interval", type=float, default=2.0,
-                   help="seconds between node announcements (default 2)")  # fmt: skip
-    p.add_argument("--expiry", type=float, default=None,
-                   help="seconds before a silent node leaves the topology (default 2.5x presence)")  # fmt: skip
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="Prometheus: node i (mixnodes, then providers) serves /metrics on PORT+i")  # fmt: skip
+    p.add_argument("--layers", metavar="N", type=_at_least_one, default=3, help="mix layers (default 3)")
+    p.add_argument("--mixnodes-per-layer", metavar="N", type=_at_least_one, default=2, help="mixnodes in each layer (default 2)")
+    p.add_argument("--providers", metavar="N", type=_at_least_one, default=2, help="providers (default 2)")
+    p.add_argument("--base-port", metavar="PORT", type=_port, default=DEFAULT_BASE_PORT,
+                   help=f"directory port; nodes take the ports after it (default {DEFAULT_BASE_PORT}, "
+                   "where `init` looks; 0: any free ports)")  # fmt: skip
+    p.add_argument("--mean-hop-delay-ms", metavar="MS", type=_milliseconds, default=DEFAULT_MEAN_HOP_DELAY_MS,
+                   help=f"mean per-hop delay clients made for it use, milliseconds (default {DEFAULT_MEAN_HOP_DELAY_MS:g})")  # fmt: skip
+    p.add_argument("--presence-interval", metavar="DURATION", type=_seconds, default=2.0,
+                   help="time between node announcements, e.g. 2s, 500ms; a bare number is seconds (default 2s)")  # fmt: skip
+    p.add_argument("--expiry", metavar="DURATION", type=_seconds, default=None,
+                   help="time before a silent node leaves the topology, as above (default 2.5 x presence interval)")  # fmt: skip
+    p.add_argument("--metrics-port", metavar="PORT", type=_port, default=None,
+                   help="Prometheus: node i (mixnodes, then providers) serves /metrics on PORT+i (default: off)")  # fmt: skip
     p.set_defaults(handler=cmd_testnet)
     return p
+
+
+def _check_ports_free(host: str, first: int, count: int) -> None:
+    """TestnetError naming the first port of first..first+count-1 we cannot bind now."""
+    if first + count > 65535:  # as Testnet checks it
+        raise TestnetError(f"--base-port {first} leaves no room for {count} ports")
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise TestnetError(f"port {port} on {host} is not free ({(exc.strerror or str(exc)).lower()}); "
+                                   f"the testnet needs ports {first}-{first + count - 1}: choose another "
+                                   "--base-port, or 0 for any free ports") from None
 
 
 def cmd_testnet(args: argparse.Namespace) -> int:
     from loopix.config import loopix_home
 
-    if args.layers < 1 or args.mixnodes_per_layer < 1 or args.providers < 1:
-        print(
-            "testnet: --layers, --mixnodes-per-layer and --providers must be >= 1", file=sys.stderr
-        )
-        return 2
-    if args.presence_interval <= 0 or args.mean_hop_delay_ms < 0:
-        print(
-            "testnet: --presence-interval must be > 0 and --mean-hop-delay-ms >= 0", file=sys.stderr
-        )
-        return 2
+    count = 1 + args.layers * args.mixnodes_per_layer + args.providers
+    if args.base_port:
+        _check_ports_free("127.0.0.1", args.base_port, count)
+    if args.metrics_port:
+        _check_ports_free("127.0.0.1", args.metrics_port, count)
     return run_testnet(
         loopix_home(),
         layers=args.layers,
@@ -557,7 +645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(required=True)
     add_testnet_parser(sub)
     args = parser.parse_args(["testnet", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except TestnetError as exc:
+        print(f"testnet: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from loopix.wire.b64 import b64url_encode
 from loopix.wire.errors import ProtocolError
 from loopix.wire.framing import FrameDecoder, frame_header
 
+from .node_metrics import ForwardingMetrics
+
 __all__ = [
     "Counters",
     "DelayQueue",
@@ -376,8 +378,9 @@ class Node:
         self.host = format_host(config.host, config.port)
         self.address = encode_node_address(config.host, config.port)
         self.counters = Counters()
+        self.forwarding = ForwardingMetrics()
         self.replay = ReplayFilter(config.replay_capacity)
-        self.queue: DelayQueue[tuple[bytes, bytes]] = DelayQueue()
+        self.queue: DelayQueue[tuple[bytes, bytes, float]] = DelayQueue()  # (next hop, packet, arrival + delay)
         self.forwarder = Forwarder(config, self.counters)
         self._processor = PacketProcessor(secret, config.batch)
         self._out: dict[int, bytearray] = {}
@@ -388,6 +391,7 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         self._backlog: deque[bytes] = deque()
+        self._arrivals: deque[list[Any]] = deque()  # [packets left, loop time] per read, oldest first
         self._drain_scheduled = False
         self._paused: set[NodeLink] = set()
         self._high_water = 4 * config.batch
@@ -406,6 +410,7 @@ class Node:
         """
         self.counters.received += len(packets)
         self._backlog.extend(packets)
+        self._arrivals.append([len(packets), asyncio.get_running_loop().time()])
         if not self._drain_scheduled:
             self._drain_scheduled = True
             asyncio.get_running_loop().call_soon(self._drain)
@@ -419,7 +424,7 @@ class Node:
     def _drain(self) -> None:
         backlog = self._backlog
         n = min(len(backlog), self.config.batch)
-        self._process([backlog.popleft() for _ in range(n)])
+        self._process([backlog.popleft() for _ in range(n)], self._pop_arrivals(n))
         if backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:
@@ -430,18 +435,32 @@ class Node:
                 if link.transport is not None:
                     link.transport.resume_reading()
 
+    def _pop_arrivals(self, n: int) -> list[float]:
+        """Arrival times of the next `n` backlog packets."""
+        out: list[float] = []
+        chunks = self._arrivals
+        while n > 0 and chunks:
+            chunk = chunks[0]
+            take = min(n, chunk[0])
+            out.extend([chunk[1]] * take)
+            n -= take
+            chunk[0] -= take
+            if chunk[0] == 0:
+                chunks.popleft()
+        return out
+
     def handle_packets(self, packets: list[bytes]) -> None:
         """Unwrap, filter and queue packets now (tests and in-process callers)."""
         self.counters.received += len(packets)
         self._process(packets)
 
-    def _process(self, packets: list[bytes]) -> None:
+    def _process(self, packets: list[bytes], arrived: list[float] | None = None) -> None:
         if not packets:
             return
         try:
             size = len(packets[0])
             if all(len(p) == size for p in packets):
-                self._process_run(packets, size)
+                self._process_run(packets, size, arrived)
             else:
                 runs: dict[int, list[bytes]] = {}
                 for p in packets:
@@ -454,12 +473,15 @@ class Node:
         self.forwarder.flush()
         self._arm_timer()
 
-    def _process_run(self, packets: list[bytes], size: int) -> None:
+    def _process_run(self, packets: list[bytes], size: int, arrived: list[float] | None = None) -> None:
         batch = self.config.batch
+        if arrived is not None and len(arrived) != len(packets):
+            arrived = None
         for start in range(0, len(packets), batch):
-            self._process_batch(packets[start : start + batch], size)
+            self._process_batch(packets[start : start + batch], size,
+                                None if arrived is None else arrived[start : start + batch])
 
-    def _process_batch(self, packets: list[bytes], size: int) -> None:
+    def _process_batch(self, packets: list[bytes], size: int, arrived: list[float] | None = None) -> None:
         out = self._out.get(size)
         if out is None:
             out = self._out[size] = bytearray(self.config.batch * size)
@@ -467,18 +489,24 @@ class Node:
         now = asyncio.get_running_loop().time()
         decide, queue, counters = self.policy.decide, self.queue, self.counters
         finals = []
-        for result in results:
+        if arrived is None:
+            arrived = [now] * len(packets)
+        forwarding = self.forwarding
+        for result, arrived_at in zip(results, arrived, strict=True):
             match decide(result, now, len(queue)):
                 case ForwardNow(address=address, packet=packet):
+                    forwarding.forwarded_late(now - arrived_at)
                     self.forwarder.send(address, packet)
                 case Hold(due=due, address=address, packet=packet, capped=capped):
                     if capped:
                         counters.bump("delay_capped")
-                    queue.push(due, (address, packet))
+                    # released at `due`; late by the wait since arrival plus the timer's slip
+                    queue.push(due, (address, packet, arrived_at + (due - now)))
                 case Deliver(destination=destination, message=message):
                     finals.append((destination, message))
                 case Drop(reason=reason):
                     counters.drop(reason)
+        forwarding.queue_seen(len(queue) + len(self._backlog))
         if finals:
             self.on_finals(finals)
 
@@ -502,9 +530,12 @@ class Node:
         self._timer = None
         loop = asyncio.get_running_loop()
         send = self.forwarder.send
-        for address, packet in self.queue.pop_due(loop.time() + 0.0005):
+        now = loop.time()
+        due = self.queue.pop_due(now + 0.0005)
+        for address, packet, _target in due:
             send(address, packet)
         self.forwarder.flush()
+        self.forwarding.forwarded_late_many(now, [target for _a, _p, target in due])
         self._arm_timer()
 
     # --- directory ---
@@ -525,6 +556,7 @@ class Node:
             "dropped": dict(c.dropped),
             "queue": len(self.queue) + self.forwarder.waiting + len(self._backlog),
             **c.extra,
+            **self.forwarding.report(),
         }
 
     def announce_soon(self) -> None:

@@ -87,3 +87,18 @@ def test_no_delay_and_unusable_topologies():
     gap = control.TopologyUpdate([m for m in topo.mixnodes if m.layer != 2], topo.providers)
     assert not Routes(gap, Csprng()).usable
     assert not Routes(control.TopologyUpdate(topo.mixnodes, []), Csprng()).usable
+
+
+def test_drawn_delays_are_exponential_with_the_mean():
+    """KS at alpha = 0.01 against Exp(mean) over 3 x 1,000 mix-hop delays."""
+    import math
+
+    topo, _ = _net()
+    routes = Routes(topo, Csprng.seeded(6))
+    builder = sphinx.PacketBuilder(1000, 2048)
+    mean_ns = 50e6
+    routes.draw(builder, 1000, ffi.new("uint32_t[]", [ANY_PROVIDER] * 1000), mean_ns)
+    delays = sorted(builder.specs[i].hops[k].delay_ns / mean_ns for i in range(1000) for k in range(3))
+    n = len(delays)
+    d = max(max((1 - math.exp(-x)) - i / n, (i + 1) / n - (1 - math.exp(-x))) for i, x in enumerate(delays))
+    assert d < 1.63 / math.sqrt(n)

@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 # A long-running command: the line it prints once it is up, and the exit statuses Ctrl-C may give.
 LONG_RUNNING = {
     "testnet": ("testnet ready: directory http://127.0.0.1:", (130,)),
-    "run --fleet": ("running ", (0, 130)),  # the fleet runner is loadtest code; it exits 0 on Ctrl-C
+    "run --fleet": ("running ", (130,)),  # a fleet runs as a client does
     "run": ("Our address is: ", (130,)),
     "socket": ("Listening on ws://localhost:", (130,)),
 }

@@ -5,7 +5,7 @@
 """
 
 __version__ = "0.1.0"
-__all__ = ["Client", "ClientError"]
+__all__ = ["Client", "ClientError", "Fleet"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from loopix.client import api, coordinator
 
         return api.Client if name == "Client" else coordinator.ClientError
+    if name == "Fleet":
+        from loopix.fleet.api import Fleet
+
+        return Fleet
     raise AttributeError(f"module 'loopix' has no attribute {name!r}")

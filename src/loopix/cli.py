@@ -228,6 +228,13 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing client with this id (its keys are lost)",
     )
+    p.add_argument("--fleet", metavar="DIR", default=None,
+                   help="create a fleet instead: --count identities in one keystore, DIR/fleet.db")
+    p.add_argument("--count", metavar="N", type=_arg(positive_count), default=None,
+                   help="with --fleet: how many identities (at least 1)")
+    from loopix.fleet.cli import add_fleet_rate_options
+
+    add_fleet_rate_options(p)
     p.set_defaults(handler=_cmd_init)
 
 
@@ -403,6 +410,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
             print(f"Using the testnet running under {cfg.loopix_home()}: {directory}")
         else:
             directory = cfg.DEFAULT_DIRECTORY
+    rates = (args.payload_rate, args.loop_rate, args.drop_rate)
+    if args.fleet or args.count is not None or rates != (None, None, None):
+        if not args.fleet:
+            raise UsageError("--count and the rates go with --fleet DIR (a single client's rates are in its config.toml)")
+        from loopix.fleet.cli import init_fleet
+
+        return init_fleet(args, directory)
     private_path, public_path, config_file = init_client(
         args.id or _random_id(),
         directory=directory,
@@ -445,6 +459,9 @@ def _add_client_options(p: argparse.ArgumentParser, id_required: bool = True) ->
                    help="write one binary record per packet sent to FILE, replacing it (default: none; docs/trace.md)")
     p.add_argument("--status-interval", metavar="DURATION", type=_arg(status_interval), default=5.0,
                    help=STATUS_HELP)
+    p.add_argument("--metrics-port", metavar="PORT", type=_arg(port_number), default=None,
+                   help="with --fleet: the fleet's totals for Prometheus at http://127.0.0.1:PORT/metrics "
+                   "(default: none)")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -453,8 +470,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                        "config.toml; print a status line every few seconds. " + STATUS_LINE_HELP,
                        epilog=EXIT_CODES_HELP)
     _add_client_options(p, id_required=False)
-    p.add_argument("--fleet", metavar="DIR", help="run every identity initialised under DIR "
-                   "(LOOPIX_HOME=DIR loopix-client init --id NAME) in this one client (default: none)")
+    p.add_argument("--fleet", metavar="DIR", help="run every identity of the fleet in DIR (made by "
+                   "`init --fleet DIR --count N`, or one LOOPIX_HOME=DIR `init --id NAME` per identity) "
+                   "in this one client (default: none)")
     p.set_defaults(handler=_cmd_run)
 
 
@@ -467,7 +485,9 @@ def _add_socket(sub: argparse._SubParsersAction) -> None:
                        "socket on 127.0.0.1 (docs/socket-api.md). Messages received while no "
                        "application is connected are kept for the next connection. " + STATUS_LINE_HELP,
                        epilog=EXIT_CODES_HELP)
-    _add_client_options(p)
+    _add_client_options(p, id_required=False)
+    p.add_argument("--fleet", metavar="DIR", help="serve every identity of the fleet in DIR: requests "
+                   "name the sending identity, received messages the receiving one (docs/socket-api.md)")
     p.add_argument("--socket", choices=("websocket", "tcp"), default="websocket",
                    help="kind of socket (default websocket)")
     p.add_argument("--port", type=_arg(port_number), default=DEFAULT_PORT,
@@ -522,22 +542,19 @@ def _start(client, serve=None, interval: float = 5.0) -> int:
 def _check_client_options(args: argparse.Namespace) -> None:
     if args.trace:
         check_writable_file(args.trace)
+    if args.metrics_port is not None:
+        if not args.fleet:
+            raise UsageError("--metrics-port goes with --fleet DIR")
+        check_port_free(args.metrics_port)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     _check_client_options(args)
     _log_to_stderr("run")
     if args.fleet:
-        if args.id:
-            raise UsageError("give --id or --fleet, not both")
-        from loopix.client.coordinator import ClientError
-        from loopix.loadtest.fleet import Fleet, run_fleet
+        from loopix.fleet.cli import run_fleet
 
-        try:
-            return run_fleet(Fleet(args.fleet), trace_path=args.trace, workers=args.workers,
-                             directory_url=args.directory, status_interval_s=args.status_interval)
-        except ClientError as exc:
-            raise CliError(str(exc)) from None
+        return run_fleet(args)
     if not args.id:
         raise UsageError("run needs --id ID (see init) or --fleet DIR")
     return _start(_load_client(args), interval=args.status_interval)
@@ -545,8 +562,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_socket(args: argparse.Namespace) -> int:
     _check_client_options(args)
+    if not args.id and not args.fleet:
+        raise UsageError("socket needs --id ID (see init) or --fleet DIR")
     check_port_free(args.port)  # before any key is announced or process started
     _log_to_stderr("socket")
+    if args.fleet:
+        from loopix.fleet.cli import socket_fleet
+
+        return socket_fleet(args)
     from loopix import sockets
     from loopix.mailbox import Mailbox
 
@@ -639,8 +662,14 @@ def _cmd_help(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_fleet(sub: argparse._SubParsersAction) -> None:
+    from loopix.fleet.cli import add_fleet_parser
+
+    add_fleet_parser(sub, EXIT_CODES_HELP)
+
+
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_init, _add_run, _add_socket, _add_testnet, _add_loadtest, _add_report, _add_help,
+    _add_init, _add_run, _add_socket, _add_fleet, _add_testnet, _add_loadtest, _add_report, _add_help,
 )
 
 
@@ -666,9 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from loopix.fleet.store import FleetError
     from loopix.testnet.launcher import TestnetError
 
-    return (CliError, cfg.ConfigError, keys.KeyFileError, TestnetError)
+    return (CliError, cfg.ConfigError, keys.KeyFileError, TestnetError, FleetError)
 
 
 # What each command imports before it starts (loaded with Ctrl-C held: see loopix.interrupts).

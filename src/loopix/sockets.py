@@ -176,6 +176,23 @@ class _Connection:
             return Encoding.JSON, encode_json_response(response)
         return Encoding.BINARY, encode_binary_response(response)
 
+    # The codec, one method per kind of frame, so a fleet connection can speak its own form.
+    def decode_text(self, frame: str) -> Request | ErrorResponse:
+        self.encoding = Encoding.JSON
+        return decode_json_request(frame, max_message_size=self.max_message_size)
+
+    def decode_binary(self, frame: bytes) -> Request | ErrorResponse:
+        self.encoding = Encoding.BINARY
+        return decode_binary_request(frame, max_message_size=self.max_message_size)
+
+    def decode_tcp(self, frame: bytes) -> Request | ErrorResponse:
+        self.encoding, request = decode_request(frame, max_message_size=self.max_message_size)
+        return request
+
+    def push(self, item: Any) -> tuple[Encoding, bytes]:
+        """A received message (from the subscription) as a frame for this connection."""
+        return encode_push(_payload(item), self.encoding)
+
 
 async def _subscribe(client: SocketClient) -> Any:
     sub = client.subscribe()
@@ -234,6 +251,7 @@ async def serve_websocket(
     *,
     max_message_size: int = MAX_MESSAGE_SIZE,
     origins: Sequence[str | None] | None = None,
+    connection: type[_Connection] = _Connection,
 ) -> SocketServer:
     """Serve `ws://host:port/mix`. Text frames are JSON, binary frames the tagged encoding.
 
@@ -245,7 +263,7 @@ async def serve_websocket(
     bind = check_loopback(host)
 
     async def handler(ws: ServerConnection) -> None:
-        await _websocket_connection(ws, client, max_message_size)
+        await _websocket_connection(ws, client, max_message_size, connection)
 
     server = await _ws_serve(
         handler, bind, port, process_request=_route, origins=origins, compression=None,
@@ -260,9 +278,10 @@ async def _ws_send(ws: ServerConnection, encoding: Encoding, data: bytes) -> Non
 
 
 async def _websocket_connection(
-    ws: ServerConnection, client: SocketClient, max_message_size: int
+    ws: ServerConnection, client: SocketClient, max_message_size: int,
+    connection: type[_Connection] = _Connection,
 ) -> None:
-    conn = _Connection(client, Encoding.JSON, max_message_size)
+    conn = connection(client, Encoding.JSON, max_message_size)
     try:
         sub = await _subscribe(client)
     except Exception as exc:
@@ -271,12 +290,7 @@ async def _websocket_connection(
     pusher = asyncio.create_task(_websocket_push(ws, sub, conn))
     try:
         async for frame in ws:
-            if isinstance(frame, str):
-                conn.encoding = Encoding.JSON
-                request = decode_json_request(frame, max_message_size=max_message_size)
-            else:
-                conn.encoding = Encoding.BINARY
-                request = decode_binary_request(frame, max_message_size=max_message_size)
+            request = conn.decode_text(frame) if isinstance(frame, str) else conn.decode_binary(frame)
             response = await conn.answer(request)
             if response is not None:
                 await _ws_send(ws, *conn.encode(response))
@@ -290,7 +304,7 @@ async def _websocket_connection(
 async def _websocket_push(ws: ServerConnection, sub: AsyncIterator[Any], conn: _Connection) -> None:
     try:
         async for item in sub:
-            await _ws_send(ws, *encode_push(_payload(item), conn.encoding))
+            await _ws_send(ws, *conn.push(item))
     except ConnectionClosed:
         return
     except Exception:
@@ -325,6 +339,7 @@ async def serve_tcp(
     port: int = DEFAULT_PORT,
     *,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    connection: type[_Connection] = _Connection,
 ) -> SocketServer:
     """Serve the socket API on TCP: every frame is `u64 BE length ‖ frame`.
 
@@ -337,7 +352,7 @@ async def serve_tcp(
     def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Our own task (not the one asyncio.streams would create) so close() can cancel it cleanly.
         server = holder[0]
-        task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size))
+        task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size, connection))
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
 
@@ -355,9 +370,9 @@ async def _tcp_write(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 async def _tcp_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: SocketClient,
-    max_message_size: int,
+    max_message_size: int, connection: type[_Connection] = _Connection,
 ) -> None:
-    conn = _Connection(client, Encoding.BINARY, max_message_size)
+    conn = connection(client, Encoding.BINARY, max_message_size)
     decoder = TcpFrameDecoder(max_frame_size(max_message_size))
     sub = None
     pusher = None
@@ -373,7 +388,7 @@ async def _tcp_connection(
                 if isinstance(frame, FramingError):
                     await _tcp_write(writer, conn.encode(ErrorResponse(frame.message))[1])
                     return
-                conn.encoding, request = decode_request(frame, max_message_size=max_message_size)
+                request = conn.decode_tcp(frame)
                 response = await conn.answer(request)
                 if response is not None:
                     await _tcp_write(writer, conn.encode(response)[1])
@@ -392,7 +407,7 @@ async def _tcp_connection(
 async def _tcp_push(writer: asyncio.StreamWriter, sub: AsyncIterator[Any], conn: _Connection) -> None:
     try:
         async for item in sub:
-            await _tcp_write(writer, encode_push(_payload(item), conn.encoding)[1])
+            await _tcp_write(writer, conn.push(item)[1])
     except ConnectionError:
         return
     except Exception:

@@ -152,6 +152,54 @@ class Stop(msgspec.Struct, tag=True):
     pass
 
 
+class AddWorkerIdentities(msgspec.Struct, tag=True):
+    """Identities joining a running worker, appended to its own (global indexes go on as in its
+    setup); `provider_keys` is the whole list now, `identities[i].rates` indexes `rate_classes`."""
+
+    identities: list[IdentityInfo]
+    provider_keys: list[bytes]
+    rate_classes: list[RateClass]
+
+
+class AddSenderIdentities(msgspec.Struct, tag=True):
+    """Identities joining the running sender, appended to its own; `providers` is the whole list."""
+
+    identities: list[SenderIdentity]
+    providers: list[ProviderEndpoint]
+
+
+class IdentityCounters(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One identity's totals since it started, as its sender counts them."""
+
+    identity: int
+    sent: list[int]  # per stream
+    real_sent: int
+    received: int  # packets from its provider (loops included)
+    loops_back: int
+    rtt_sum_ns: int  # of its loops back
+
+
+class IdentityStatsRequest(msgspec.Struct, tag=True):
+    """Counters of these identities, and of the `top` identities by packets sent."""
+
+    ref: int
+    identities: list[int]
+    top: int = 0
+
+
+class IdentityStatsReply(msgspec.Struct, tag=True):
+    ref: int
+    identities: list[IdentityCounters]
+    top: list[IdentityCounters]
+
+
+class RemoveIdentities(msgspec.Struct, tag=True):
+    """Identities leaving (global indexes): no more packets or messages for them. Indexes are
+    never reused, so nothing else moves."""
+
+    identities: list[int]
+
+
 class Pause(msgspec.Struct, tag=True):
     """Stop cover traffic: from now on only payload-stream events that carry a queued real fragment
     become packets, so accepted messages still go out (what is in the rings goes out too)."""
@@ -170,6 +218,7 @@ class Resume(msgspec.Struct, tag=True):
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsFailed | WorkerStats
     | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal
+    | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities | IdentityStatsRequest | IdentityStatsReply
 )
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

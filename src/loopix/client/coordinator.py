@@ -213,6 +213,10 @@ class Coordinator:
         self._worker_stats: dict[int, control.WorkerStats] = {}
         self._sender_connected = asyncio.Event()
         self.packet_size = sphinx.packet_size(options.payload_size)
+        # decided once: identities that join later keep the split (see add_identities)
+        self.partitioned = len(identities) >= self.n_workers
+        self.removed: set[int] = set()
+        self._stats_waiters: dict[int, asyncio.Future] = {}
         self._paused = options.start_paused  # what a restarted worker starts as
 
     # -- start/stop --
@@ -305,7 +309,7 @@ class Coordinator:
         proc = spawn("loopix.client.worker", [theirs.fileno(), self.rings[w].fd],
                      [str(theirs.fileno()), str(self.rings[w].fd)])
         theirs.close()
-        partitioned = len(self.identities) >= self.n_workers
+        partitioned = self.partitioned
         first, step = (w, self.n_workers) if partitioned else (0, 1)
         provider_index = {key: i for i, key in enumerate(self.provider_keys)}
         classes: dict[tuple[float, float, float], int] = {}
@@ -374,9 +378,11 @@ class Coordinator:
     # -- children --
     async def _read_sender(self) -> None:
         ours, setup = self._pending_sender
+        self._pending_sender = None  # a fleet's setup holds every key once more: not kept once sent
         chan = await control.ControlChannel.open(ours)
         self.sender.chan = chan
         chan.send(setup)
+        del setup
         while True:
             msg = await chan.recv()
             if msg is None:
@@ -389,8 +395,27 @@ class Coordinator:
                 self._on_received(msg)
             elif isinstance(msg, control.SenderStats):
                 self._on_sender_stats(msg)
+            elif isinstance(msg, control.IdentityStatsReply):
+                waiter = self._stats_waiters.pop(msg.ref, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg)
             elif isinstance(msg, control.Fatal):
                 self.fatal = msg.message
+
+    async def identity_stats(self, indexes: list[int], top: int = 0,
+                             timeout_s: float = 5.0) -> control.IdentityStatsReply:
+        """Per-identity counters from the sender (they live there: no copy per identity here)."""
+        if not self.running or self.sender is None or self.sender.chan is None:
+            raise ClientError("the client is not running")
+        ref = next(self.refs)
+        waiter = self._stats_waiters[ref] = asyncio.get_running_loop().create_future()
+        self.sender.chan.send(control.IdentityStatsRequest(ref, list(indexes), top))
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise ClientError(f"the sender did not answer within {timeout_s:g}s") from None
+        finally:
+            self._stats_waiters.pop(ref, None)
 
     async def _read_worker(self, w: int) -> None:
         while True:
@@ -399,6 +424,8 @@ class Coordinator:
             child = Child(f"worker {w}", proc, chan)
             self.workers[w] = child
             chan.send(setup)
+            if self.removed:
+                chan.send(control.RemoveIdentities(sorted(self.removed)))
             redeal = list(self.outstanding[w].values())
             self.outstanding[w].clear()
             if redeal:
@@ -478,7 +505,7 @@ class Coordinator:
     def _deal(self, frags: list[control.Fragment]) -> None:
         """To the worker that owns the sender identity; when workers share every identity, round
         robin, so a long message uses every worker's payload slots."""
-        partitioned = len(self.identities) >= self.n_workers
+        partitioned = self.partitioned
         batches: dict[int, list[control.Fragment]] = {}
         for frag in frags:
             if partitioned:
@@ -539,6 +566,61 @@ class Coordinator:
             self._sender_connected.set()
         for listener in self.stats_listeners:
             listener(s, msg)
+
+    # -- identities joining and leaving a running client --
+    def add_identities(self, identities: list[Identity]) -> range:
+        """Join identities while running: registered at their providers (the topology's, round
+        robin as at start, unless pinned) and given streams on the schedule. Returns their indexes."""
+        if not self.running:
+            raise ClientError("the client is not running")
+        first = len(self.identities)
+        providers = sorted(self.topology.providers, key=lambda p: p.pub_key)
+        chosen = []
+        for k, ident in enumerate(identities):
+            key = ident.provider_key
+            if key is None:
+                key = providers[(first + k) % len(providers)].pub_key
+            elif self.topology.provider_by_key(key) is None:
+                raise ClientError(f"provider {sphinx_key(key)} is not in the topology")
+            chosen.append(key)
+        self.identities.extend(identities)
+        self.provider_of.extend(chosen)
+        for key in dict.fromkeys(chosen):
+            if key not in self.provider_keys:
+                self.provider_keys.append(key)  # appended: the indexes children hold stay valid
+        index = {key: i for i, key in enumerate(self.provider_keys)}
+        endpoints = [control.ProviderEndpoint(key, *self.topology.provider_by_key(key).address)
+                     for key in self.provider_keys]
+        new = range(first, len(self.identities))
+        self.sender.chan.send(control.AddSenderIdentities(
+            [control.SenderIdentity(self.identities[i].keys.secret, self.identities[i].keys.public,
+                                    index[self.provider_of[i]]) for i in new], endpoints))
+        for w, child in enumerate(self.workers):
+            classes: dict[tuple[float, float, float], int] = {}
+            infos = []
+            for i in new:
+                if self.partitioned and i % self.n_workers != w:
+                    continue
+                ident = self.identities[i]
+                rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
+                infos.append(control.IdentityInfo(ident.keys.public, index[self.provider_of[i]],
+                                                  classes.setdefault(rates, len(classes))))
+            if infos and child is not None and child.chan is not None:
+                child.chan.send(control.AddWorkerIdentities(infos, list(self.provider_keys),
+                                                            [control.RateClass(*r) for r in classes]))
+        return new
+
+    def remove_identities(self, indexes: list[int]) -> None:
+        """Identities leave: no more streams or messages for them (indexes are never reused)."""
+        gone = sorted(set(indexes) - self.removed)
+        if not gone:
+            return
+        self.removed.update(gone)
+        msg = control.RemoveIdentities(gone)
+        self.sender.chan.send(msg)
+        self._tell_workers(msg)
+        for i in gone:
+            self.reassemblers.pop(i, None)
 
     def subscribe(self, identity: int = 0) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()

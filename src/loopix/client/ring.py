@@ -156,6 +156,7 @@ class DueTaker:
                  max_due: int, per_link: int = 256):
         assert _DUE.size == ffi.sizeof("lx_due")
         self.rings = rings
+        self._closed = False
         self._rings_c = [ffi.from_buffer(r.buf) for r in rings]
         self._ready = ffi.from_buffer(ready)
         self._n_identities = len(ready)
@@ -201,7 +202,10 @@ class DueTaker:
         return bytes(self._out_view[start : start + n])
 
     def close(self) -> None:
-        """Release the C views, so the rings' memory can be unmapped."""
+        """Release the C views, so the rings' memory can be unmapped (and `ready` grown)."""
+        if self._closed:
+            return
+        self._closed = True
         self._out_view.release()
         self._ctx = []
         for c in (*self._rings_c, self._ready, self._out_c):

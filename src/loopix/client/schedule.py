@@ -53,12 +53,24 @@ class PoissonClock:
     def __init__(self, rates: list[StreamRates], start_ns: int, *, share: float = 1.0,
                  rng: Csprng | None = None):
         self.rng = Csprng() if rng is None else require_csprng(rng, "the send schedule")
-        self.now_ns = start_ns  # the time of the last event handed out
         self._c = ffi.new("lx_clock *")
+        self.now_ns = start_ns  # the time of the last event handed out
         self._times = ffi.new("uint64_t[]", self.BLOCK)
         self._identities = ffi.new("uint32_t[]", self.BLOCK)
         self._streams = ffi.new("uint8_t[]", self.BLOCK)
         self.set_rates(rates, share)
+
+    @property
+    def now_ns(self) -> int:
+        """The time of the last event handed out. Setting it starts the clock again from there
+        (the events drawn ahead are dropped: the process is memoryless)."""
+        return self._now_ns
+
+    @now_ns.setter
+    def now_ns(self, value: int) -> None:
+        self._now_ns = value
+        self._c.now_ns = value
+        self._events = iter(())
 
     def set_rates(self, rates: list[StreamRates], share: float = 1.0) -> None:
         """New rates from the last event handed out on (the process is memoryless, so the events
@@ -66,8 +78,7 @@ class PoissonClock:
         if any(r < 0 or math.isnan(r) for rate in set(rates) for r in rate.as_tuple()):
             raise ValueError("rates must be >= 0")
         c = self._c
-        c.now_ns = self.now_ns
-        self._events = iter(())
+        self.now_ns = self._now_ns  # drops the events drawn ahead under the old rates
         first = rates[0] if rates else None
         if first is not None and all(r == first for r in rates):
             # the common case (a fleet with one config): draw the identity uniformly, then the
@@ -88,7 +99,7 @@ class PoissonClock:
         """The next event: (time_ns, identity, stream). Call only when total_rate > 0. Events are
         drawn BLOCK at a time in C (csrc/plan.c) and handed out one by one."""
         for event in self._events:
-            self.now_ns = event[0]
+            self._now_ns = event[0]
             return event
         rc = lib.lx_clock_draw(self._c, self.rng.c_state(), self.BLOCK, self._times, self._identities,
                                self._streams)
@@ -97,5 +108,5 @@ class PoissonClock:
         self._events = zip(ffi.unpack(self._times, self.BLOCK), ffi.unpack(self._identities, self.BLOCK),
                            ffi.unpack(self._streams, self.BLOCK), strict=True)
         event = next(self._events)
-        self.now_ns = event[0]
+        self._now_ns = event[0]
         return event

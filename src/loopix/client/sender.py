@@ -16,8 +16,11 @@ measured and reported.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import collections
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -45,6 +48,7 @@ TIMER_EARLY_NS = 2_000_000  # ...and wake this much before it (uvloop timers hav
 NAP_MIN_NS = 60_000  # below this, yield to the loop instead of sleeping
 NAP_EARLY_NS = 40_000  # wake this much early from a nap (the kernel adds its timer slack)
 MAX_PER_ROUND = 1024
+REGISTER_CHUNK = 512  # REGISTERs in flight per link: a fleet registers in chunks, not one 10 MB burst
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
@@ -68,6 +72,7 @@ class ProviderLink(asyncio.Protocol):
         self.backoff = 0.2
         self.closing = False
         self.refusals_logged = 0
+        self.to_register: collections.deque[int] = collections.deque()
 
     async def connect_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,18 +117,21 @@ class ProviderLink(asyncio.Protocol):
                             sender.on_message(identity, m.message)
                         acks.append(m.id)
                 case pp.ChallengeReceived():
-                    ids = sender.identities
-                    self.transport.write(proto.send_register_many(
-                        (ids[i].secret_key, ids[i].public_key) for i in self.members))
+                    self.to_register = collections.deque(self.members)
+                    self._register_more()
                 case pp.KeyRegistered(client_key=key):
                     identity = self.index_of.get(key)
                     if identity is not None:
                         self._set_ready(identity, True)
                     self.backoff = 0.2
+                    if self.to_register:
+                        self._register_more()
                 case pp.KeyRefused(client_key=key, reason=reason):
                     identity = self.index_of.get(key)
                     if identity is not None:
                         self._set_ready(identity, False)
+                    if self.to_register:
+                        self._register_more()
                     if self.refusals_logged < 5:
                         self.refusals_logged += 1
                         log.warning("provider refused identity %s: %s", identity, reason)
@@ -137,6 +145,39 @@ class ProviderLink(asyncio.Protocol):
             # may delete them
             sender.flush_received()
             self.transport.write(proto.send_ack(acks))
+
+    def _register_more(self) -> None:
+        """Keep up to REGISTER_CHUNK registrations in flight until every member is registered."""
+        proto, queue, ids = self.proto, self.to_register, self.sender.identities
+        if self.transport is None or proto is None or proto.closed:
+            return
+        while queue and len(proto.pending) <= REGISTER_CHUNK // 2:
+            take = [queue.popleft() for _ in range(min(REGISTER_CHUNK, len(queue)))]
+            try:
+                frames = proto.send_register_many((ids[i].secret_key, ids[i].public_key) for i in take)
+            except pp.ProtocolStateError:  # not challenged yet: ChallengeReceived starts over with every member
+                queue.extendleft(reversed(take))
+                return
+            self.transport.write(frames)
+
+    def join(self, identities: list[int]) -> None:
+        """Identities joining a running link: registered now if the session is up, else with the
+        rest at the next challenge."""
+        ids = self.sender.identities
+        self.members.extend(identities)
+        self.index_of.update((ids[i].public_key, i) for i in identities)
+        self.to_register.extend(identities)
+        self._register_more()
+
+    def leave(self, identities: set[int]) -> None:
+        """Identities leaving: not ready any more, and what arrives for them is acked and dropped."""
+        ids = self.sender.identities
+        for i in identities:
+            self._set_ready(i, False)
+            self.index_of.pop(ids[i].public_key, None)
+        self.members = [i for i in self.members if i not in identities]
+        if self.to_register:
+            self.to_register = collections.deque(i for i in self.to_register if i not in identities)
 
     def pull(self, identity: int) -> None:
         if self.transport is None or self.proto is None or not self.sender.ready[identity]:
@@ -159,6 +200,36 @@ class ProviderLink(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+class IdentityCounts:
+    """Per-identity totals in flat arrays (6 x 8 bytes an identity), read on request."""
+
+    def __init__(self, n: int):
+        zeros = bytes(8 * n)
+        self.sent = [array.array("Q", zeros) for _ in range(3)]
+        self.real_sent = array.array("Q", zeros)
+        self.received = array.array("Q", zeros)
+        self.loops_back = array.array("Q", zeros)
+        self.rtt_sum_ns = array.array("Q", zeros)
+
+    def grow(self, k: int) -> None:
+        zeros = bytes(8 * k)
+        for a in (*self.sent, self.real_sent, self.received, self.loops_back, self.rtt_sum_ns):
+            a.frombytes(zeros)
+
+    def row(self, i: int) -> control.IdentityCounters:
+        return control.IdentityCounters(i, [s[i] for s in self.sent], self.real_sent[i], self.received[i],
+                                        self.loops_back[i], self.rtt_sum_ns[i])
+
+    def reply(self, req: control.IdentityStatsRequest, n: int) -> control.IdentityStatsReply:
+        rows = [self.row(i) for i in req.identities if 0 <= i < n]
+        top = []
+        if req.top > 0:
+            p, lo, d = self.sent
+            r = self.received  # traffic: packets sent and received
+            top = [self.row(i) for i in heapq.nlargest(req.top, range(n), key=lambda i: p[i] + lo[i] + d[i] + r[i])]
+        return control.IdentityStatsReply(req.ref, rows, top)
 
 
 class Sender:
@@ -194,16 +265,24 @@ class Sender:
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
         self.rng = Csprng()  # pull times are seen by the provider: docs/randomness.md
+        # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
+        self.per_identity = IdentityCounts(len(self.identities))
+        self.taker: DueTaker | None = None  # the C ring scan, while the pump runs
 
     # -- receiving --
     def on_message(self, identity: int, payload: bytes) -> None:
         self.received += 1
+        counts = self.per_identity
+        counts.received[identity] += 1
         info = self.loops.decode(payload)
         if info is not None:
             self.loops_back += 1
+            rtt = time.monotonic_ns() - info.sent_ns
+            counts.loops_back[identity] += 1
+            counts.rtt_sum_ns[identity] += max(0, rtt)
             if len(self.loop_back_sent_ns) < MAX_LOOP_SAMPLES:
                 self.loop_back_sent_ns.append(info.sent_ns)
-                self.loop_back_rtt_ns.append(time.monotonic_ns() - info.sent_ns)
+                self.loop_back_rtt_ns.append(rtt)
             return
         self._received.setdefault(identity, []).append(payload)
 
@@ -213,22 +292,28 @@ class Sender:
         self._received.clear()
 
     # -- sending --
+    def _new_taker(self) -> DueTaker:
+        """The C ring scan over the current identities and links (made again when they change)."""
+        index_of_link = {id(link): j for j, link in enumerate(self.links)}
+        return DueTaker(self.rings, self.ready, [index_of_link.get(id(link), 0) for link in self.link_of],
+                        len(self.links), MAX_PER_ROUND)
+
     async def pump(self) -> None:
         rings, links = self.rings, self.links
-        index_of_link = {id(link): j for j, link in enumerate(links)}
-        taker = DueTaker(rings, self.ready, [index_of_link[id(link)] for link in self.link_of],
-                         len(links), MAX_PER_ROUND)
+        self.taker = self._new_taker()
         reads = [r.read_index for r in rings]
         mono = time.monotonic_ns
         trace = self.trace
         sent = self.sent
         try:
-            await self._pump(taker, rings, links, reads, mono, trace, sent)
+            await self._pump(rings, links, reads, mono, trace, sent)
         finally:
-            taker.close()
+            self.taker.close()
+            self.taker = None
 
-    async def _pump(self, taker, rings, links, reads, mono, trace, sent) -> None:
+    async def _pump(self, rings, links, reads, mono, trace, sent) -> None:
         while self.running:
+            taker = self.taker
             now = mono()
             next_t = -1
             due: list[tuple[int, int, int, int]] = []
@@ -268,9 +353,11 @@ class Sender:
     def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
         samples = self.lateness_us
         by_second = self.loops_sent_by_second
+        per_sent, per_real = self.per_identity.sent, self.per_identity.real_sent
         all_by_second = self.sent_by_second
         for t, identity, stream, flags in due:
             sent[stream] += 1
+            per_sent[stream][identity] += 1
             sec = t // 1_000_000_000
             counts = all_by_second.get(sec)
             if counts is None:
@@ -281,6 +368,7 @@ class Sender:
             real = flags & 1
             if real:
                 self.real_sent += 1
+                per_real[identity] += 1
                 counts[3] += 1
             self._late_seen += 1
             if len(samples) < LATENESS_SAMPLES:
@@ -325,6 +413,42 @@ class Sender:
             if msg is None or isinstance(msg, control.Stop):
                 self.running = False
                 return
+            if isinstance(msg, control.AddSenderIdentities):
+                self.add_identities(msg)
+            elif isinstance(msg, control.IdentityStatsRequest):
+                self.ctl.send(self.per_identity.reply(msg, len(self.identities)))
+            elif isinstance(msg, control.RemoveIdentities):
+                gone = set(msg.identities)
+                for link in {self.link_of[i] for i in gone if i < len(self.link_of)}:
+                    link.leave(gone)
+
+    def add_identities(self, msg: control.AddSenderIdentities) -> None:
+        """Append identities (global indexes go on from ours) and register them at their providers,
+        on the existing link to each, or a new one."""
+        first = len(self.identities)
+        self.identities = [*self.identities, *msg.identities]
+        if self.taker is not None:  # the C scan holds a view of `ready`: release it to grow it
+            self.taker.close()
+        self.ready.extend(bytes(len(msg.identities)))
+        self.per_identity.grow(len(msg.identities))
+        self.setup.providers = msg.providers
+        by_key = {link.endpoint.key: link for link in self.links}
+        joining: dict[int, list[int]] = {}
+        for k, ident in enumerate(msg.identities):
+            joining.setdefault(ident.provider, []).append(first + k)
+        for p, members in joining.items():
+            endpoint = msg.providers[p]
+            link = by_key.get(endpoint.key)
+            if link is None:
+                link = ProviderLink(self, [], endpoint)
+                self.links.append(link)
+                asyncio.get_running_loop().create_task(link.connect_forever())
+            self.link_of.extend([None] * (first + len(msg.identities) - len(self.link_of)))
+            for i in members:
+                self.link_of[i] = link
+            link.join(members)
+        if self.taker is not None:
+            self.taker = self._new_taker()
 
     async def run(self) -> None:
         for link in self.links:

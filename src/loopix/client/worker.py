@@ -93,7 +93,8 @@ class Worker:
         self.first, self.step = setup.first, setup.step
         self.provider_keys = setup.provider_keys
         classes = [StreamRates(c.payload, c.loop, c.drop) for c in setup.rate_classes]
-        rates = [classes[i.rates] for i in self.identities]
+        rates = self.rates = [classes[i.rates] for i in self.identities]
+        self.removed: set[int] = set()  # global indexes of identities that left: their events are skipped
         share = setup.share
         # the schedule starts when this process can build it, not when the coordinator spawned it
         start_ns = max(setup.start_ns, time.monotonic_ns())
@@ -106,6 +107,7 @@ class Worker:
         # runs on cold caches: 2.2 packets per C call at 1,000 packets/s per worker before this).
         self.rebuild_at_ns = self.lookahead_ns // 2
         self.next_event = self.clock.next() if self.clock and self.clock.total_rate > 0 else None
+        self.last_event_ns = start_ns
         self.seq = 0
         self.built = [0, 0, 0]
         self.build_errors = 0
@@ -128,6 +130,26 @@ class Worker:
             self.paused = False
         elif isinstance(msg, control.Stop):
             self.running = False
+        elif isinstance(msg, control.AddWorkerIdentities):
+            self.add_identities(msg)
+        elif isinstance(msg, control.RemoveIdentities):
+            self.removed.update(msg.identities)
+            for identity in msg.identities:
+                self.pending.pop(identity, None)
+
+    def add_identities(self, msg: control.AddWorkerIdentities) -> None:
+        """Append identities to the clock. The unused next event is drawn again from the last
+        event sent at the new total rate (memoryless: the schedule stays Poisson for everyone)."""
+        classes = [StreamRates(c.payload, c.loop, c.drop) for c in msg.rate_classes]
+        self.identities = [*self.identities, *msg.identities]
+        self.rates.extend(classes[i.rates] for i in msg.identities)
+        self.provider_keys = msg.provider_keys
+        if self.clock is None:
+            self.clock = PoissonClock(self.rates, self.last_event_ns, share=self.setup.share, rng=self.rng)
+        else:
+            self.clock.set_rates(self.rates, self.setup.share)
+            self.clock.now_ns = self.last_event_ns
+        self.next_event = self.clock.next() if self.clock.total_rate > 0 else None
 
     # -- building --
     def fill(self, slot: int, local: int, identity: int, stream: int):
@@ -184,6 +206,9 @@ class Worker:
             t, local, stream = self.next_event
             self.next_event = self.clock.next()
             identity = self.first + local * self.step
+            self.last_event_ns = t
+            if self.removed and identity in self.removed:
+                continue  # thinning by identity: everyone else's streams stay Poisson
             if self.paused and (stream != _PAYLOAD or not self.pending.get(identity)):
                 continue
             if not self.routes.usable:

@@ -1,0 +1,347 @@
+"""`loopix.Fleet`: many identities in one client, each able to send and receive real messages.
+
+    async with loopix.Fleet.load("fleet/") as fleet:        # `loopix-client init --fleet fleet/`
+        print(fleet.address("0"))
+        inbox = fleet.messages()                             # (identity, message), from now on
+        await fleet.send_message("0", b"hello", fleet.address("7"))
+        async for identity, message in inbox:
+            ...
+    loopix.Fleet.load("fleet/").start()                      # blocking, like `run --fleet`
+
+The machinery is `loopix.Client`'s: one coordinator, its workers and sender, where a client is the
+fleet of one identity. Identities are named by the fleet (`"0"`, `"1"`, ... for a keystore; the
+directory names for the per-identity layout); an int is taken as its decimal name.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+
+from loopix.client import control
+from loopix.client.api import Client, IdentityLock, MessageStream, Subscription, runtime_options
+from loopix.client.coordinator import ClientError, Coordinator, Identity, Stats
+from loopix.wire.socket_api import ClientAddress
+
+from .store import FleetContents, FleetIdentity, FleetStore, load_identities
+
+__all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "IdentityStats", "UnknownIdentityError"]
+
+log = logging.getLogger("loopix.fleet")
+
+LOCK_FILE = "fleet.lock"
+WATCH_INTERVAL_S = 0.5  # how often a running fleet looks for identities added or removed by `fleet add|remove`
+DEFAULT_QUEUE_MESSAGES = 100_000
+DEFAULT_QUEUE_BYTES = 256 * 2**20
+
+
+class UnknownIdentityError(ClientError, ValueError):
+    """An identity the fleet does not have: the caller's mistake."""
+
+
+IdentityName = str | int
+
+
+class IdentityStats(msgspec.Struct, frozen=True):
+    """One identity's traffic since the fleet started: packets sent per stream (payload includes
+    the real ones), packets received from its provider, loops back and their mean round trip,
+    and whole messages sent and received."""
+
+    identity: str
+    sent_payload: int
+    sent_loop: int
+    sent_drop: int
+    real_sent: int
+    packets_received: int
+    loops_back: int
+    rtt_mean_ms: float | None
+    messages_sent: int
+    messages_received: int
+
+
+class FleetMessages:
+    """`(identity, message)` for every message any identity receives, from its making on.
+
+    Bounded (count and bytes): an application that stops reading loses the oldest, counted in
+    `dropped`, instead of growing memory without limit.
+    """
+
+    def __init__(self, fleet: Fleet, max_messages: int, max_bytes: int):
+        self._fleet = fleet
+        self._items: deque[tuple[str, bytes]] = deque()
+        self._bytes = 0
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.dropped = 0
+        self._ready = asyncio.Event()
+        self._ended = False
+        fleet._coord.message_listeners.append(self._on_message)
+        fleet._streams.append(self)
+
+    def _on_message(self, index: int, data: bytes) -> None:
+        self._items.append((self._fleet._names[index], data))
+        self._bytes += len(data)
+        while len(self._items) > 1 and (len(self._items) > self.max_messages or self._bytes > self.max_bytes):
+            self._bytes -= len(self._items.popleft()[1])
+            self.dropped += 1
+        self._ready.set()
+
+    def end(self) -> None:
+        self._ended = True
+        self._ready.set()
+
+    def __aiter__(self) -> FleetMessages:
+        return self
+
+    async def __anext__(self) -> tuple[str, bytes]:
+        while not self._items:
+            if self._ended:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        name, data = self._items.popleft()
+        self._bytes -= len(data)
+        return name, data
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        coord = self._fleet._coord
+        if coord is not None and self._on_message in coord.message_listeners:
+            coord.message_listeners.remove(self._on_message)
+        if self in self._fleet._streams:
+            self._fleet._streams.remove(self)
+        self.end()
+
+
+class Fleet:
+    """The identities of one fleet directory, run by one client process tree."""
+
+    def __init__(self, contents: FleetContents, *, trace_path: str | None = None, workers: int | None = None,
+                 directory_url: str | None = None, lock: bool = True):
+        self.root = Path(contents.root)
+        self.layout = contents.layout
+        self.config = contents.config
+        self._names = [m.name for m in contents.members]  # by coordinator index; a name that left stays
+        self._index = {name: i for i, name in enumerate(self._names)}  # the members now
+        self._identities = [self._identity(m) for m in contents.members]
+        self._seen_seq = contents.max_seq
+        self._store: FleetStore | None = None
+        self._watch: asyncio.Task | None = None
+        self._queries = None
+        n = len(self._names)
+        self._messages_out = array.array("Q", bytes(8 * n))  # per coordinator index
+        self._messages_in = array.array("Q", bytes(8 * n))
+        self._options = runtime_options(contents.config, trace_path=trace_path, workers=workers,
+                                         directory_url=directory_url)
+        # registering costs X25519 on both ends: ~2-5k identities/s on a loaded 2-core box
+        self._options.start_timeout_s = max(self._options.start_timeout_s, 20.0 + len(self._names) / 1000)
+        self._coord: Coordinator | None = None
+        self._streams: list[FleetMessages] = []
+        self._lock = IdentityLock(self.root / LOCK_FILE, f"fleet {self.root}") if lock else None
+        self.on_waiting: Callable[[str], None] | None = None
+
+    @classmethod
+    def load(cls, root: str | Path, **kwargs) -> Fleet:
+        """The fleet under `root`: a keystore (`init --fleet`) or one directory per identity."""
+        return cls(load_identities(root), **kwargs)
+
+    # -- lifecycle (as Client) --
+    async def __aenter__(self) -> Fleet:
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._coord = Coordinator(self._identities, self._options)
+            self._coord.on_waiting = self.on_waiting
+            await self._coord.start()
+            self._coord.message_listeners.append(self._count_message)
+            if self.layout == "keystore":
+                self._store = FleetStore(self.root)
+                version = self._store.data_version()
+                self._sync()  # what changed since the load
+                self._watch = asyncio.create_task(self._watch_store(version))
+            await self._serve_queries()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _serve_queries(self) -> None:
+        """`loopix-client fleet stats DIR` asks through DIR/fleet.sock (see query.py)."""
+        from .query import QueryServer
+
+        try:
+            self._queries = await QueryServer(self, self.root).start()
+        except OSError as exc:  # e.g. a path too long for a Unix socket: stats from the API only
+            log.warning("fleet %s: no stats socket (%s); `fleet stats` will not reach this fleet",
+                        self.root, exc.strerror or exc)
+
+    async def close(self) -> None:
+        try:
+            if self._queries is not None:
+                await self._queries.close()
+                self._queries = None
+            if self._watch is not None:
+                self._watch.cancel()
+                await asyncio.gather(self._watch, return_exceptions=True)
+            if self._store is not None:
+                self._store.close()
+            if self._coord is not None:
+                await self._coord.stop()
+        finally:
+            for stream in list(self._streams):
+                stream.end()
+            if self._lock is not None:
+                self._lock.release()
+
+    start = Client.start  # blocking run with the status line: the same code for one or many
+    _run_forever = Client._run_forever
+
+    # -- who --
+    @property
+    def names(self) -> list[str]:
+        """Every identity's name, in the fleet's order."""
+        return list(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _identity(self, member: FleetIdentity) -> Identity:
+        t = self.config.traffic
+        return Identity(member.keys, member.provider, t.payload_rate, t.loop_rate, t.drop_rate)
+
+    # -- joining and leaving while running --
+    async def add(self, count: int) -> list[str]:
+        """`count` new identities: written to the keystore, then running (no restart)."""
+        if self._store is None:
+            raise ClientError("identities join a running keystore fleet (init --fleet DIR --count N)")
+        names = self._store.add(count)
+        self._sync()
+        return names
+
+    async def remove(self, names: list[IdentityName]) -> None:
+        """Delete identities from the keystore and stop them (their keys are gone)."""
+        if self._store is None:
+            raise ClientError("identities leave a running keystore fleet (init --fleet DIR --count N)")
+        names = [str(n) for n in names]
+        for name in names:
+            self._resolve(name)
+        self._store.remove(names)
+        self._sync()
+
+    def _sync(self) -> None:
+        """Bring the running identities in line with the keystore."""
+        added, now, self._seen_seq = self._store.changes_since(self._seen_seq)
+        joining = [m for m in added if m.name not in self._index]
+        if joining:
+            indexes = self._coord.add_identities([self._identity(m) for m in joining])
+            self._messages_out.frombytes(bytes(8 * len(joining)))
+            self._messages_in.frombytes(bytes(8 * len(joining)))
+            for i, m in zip(indexes, joining, strict=True):
+                self._names.append(m.name)
+                self._index[m.name] = i
+        leaving = [name for name in self._index if name not in now]
+        if leaving:
+            self._coord.remove_identities([self._index.pop(name) for name in leaving])
+
+    async def _watch_store(self, version: int) -> None:
+        """`loopix-client fleet add|remove DIR` from another process: seen here within a poll."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = self._store.data_version()
+            if now != version:
+                version = now
+                try:
+                    self._sync()
+                except ClientError as exc:  # e.g. a pinned provider not in the topology: say, go on
+                    log.error("fleet %s: could not apply the keystore's change: %s", self.root, exc)
+
+    def _resolve(self, identity: IdentityName) -> int:
+        name = str(identity)
+        index = self._index.get(name)
+        if index is None:
+            shown = name if len(name) <= 40 else name[:37] + "..."
+            raise UnknownIdentityError(f"no identity {shown!r} in the fleet {self.root}")
+        return index
+
+    def address(self, identity: IdentityName) -> str:
+        """`<client key>@<provider key>` of one identity (known once the fleet has started)."""
+        index = self._resolve(identity)
+        if self._coord is None or not self._coord.provider_of:
+            raise ClientError("addresses are known once the fleet has started")
+        return str(ClientAddress(*self._coord.address_of(index)))
+
+    @property
+    def stats(self) -> Stats:
+        return self._coord.stats if self._coord else Stats()
+
+    # -- messages --
+    async def send_message(self, identity: IdentityName, message: bytes, recipient: str | ClientAddress) -> None:
+        """Encrypt, fragment and queue `message` from `identity` to `recipient`; returns once queued."""
+        index = self._resolve(identity)
+        if self._coord is None or not self._coord.running:
+            raise ClientError("the fleet is not running")
+        if isinstance(recipient, str):
+            try:
+                recipient = ClientAddress.parse(recipient)
+            except ValueError as e:
+                raise ValueError(f"bad recipient address: {e}") from None
+        self._coord.send_message(index, bytes(message), recipient.client_key, recipient.provider_key)
+        self._messages_out[index] += 1
+
+    @property
+    def messages_sent_total(self) -> int:
+        return sum(self._messages_out)
+
+    def _count_message(self, index: int, data: bytes) -> None:
+        self._messages_in[index] += 1
+
+    # -- per-identity counters (on request: they live in flat arrays, mostly in the sender) --
+    def _stats_of(self, row: control.IdentityCounters) -> IdentityStats:
+        i = row.identity
+        rtt = row.rtt_sum_ns / row.loops_back / 1e6 if row.loops_back else None
+        return IdentityStats(self._names[i], *row.sent, row.real_sent, row.received, row.loops_back, rtt,
+                             self._messages_out[i], self._messages_in[i])
+
+    async def identity_stats(self, *identities: IdentityName) -> list[IdentityStats]:
+        """Counters of the named identities (UnknownIdentityError for a name not in the fleet)."""
+        indexes = [self._resolve(i) for i in identities]
+        if self._coord is None:
+            raise ClientError("the fleet is not running")
+        reply = await self._coord.identity_stats(indexes)
+        return [self._stats_of(row) for row in reply.identities]
+
+    async def top_identities(self, k: int = 10) -> list[IdentityStats]:
+        """The `k` identities with the most packets sent and received."""
+        if self._coord is None:
+            raise ClientError("the fleet is not running")
+        reply = await self._coord.identity_stats([], top=k)
+        return [self._stats_of(row) for row in reply.top]
+
+    def messages(self, max_messages: int = DEFAULT_QUEUE_MESSAGES,
+                 max_bytes: int = DEFAULT_QUEUE_BYTES) -> FleetMessages:
+        """`async for identity, message in fleet.messages()`: every identity's, from this call on."""
+        if self._coord is None:
+            raise ClientError("the fleet is not running")
+        return FleetMessages(self, max_messages, max_bytes)
+
+    def subscribe(self, identity: IdentityName) -> Subscription:
+        """One identity's messages (`ReceivedMessage` objects), from this call on."""
+        index = self._resolve(identity)
+        if self._coord is None:
+            raise ClientError("the fleet is not running")
+        return Subscription(self._coord, index)
+
+    def messages_for(self, identity: IdentityName) -> AsyncIterator[bytes]:
+        """One identity's messages as bytes, from this call on."""
+        return MessageStream(self.subscribe(identity))

@@ -67,3 +67,15 @@ def test_shares_split_the_rate():
 def test_negative_rate_refused():
     with pytest.raises(ValueError):
         PoissonClock([StreamRates(-1, 0, 0)], 0)
+
+
+def test_setting_now_restarts_the_clock_from_there():
+    """The worker rewinds the clock to its last sent event when identities join: the events drawn
+    ahead in C are dropped and the next one follows the new time."""
+    clock = PoissonClock([StreamRates(1000, 0, 0)], 0, rng=Csprng.seeded(3))
+    for _ in range(10):
+        clock.next()
+    clock.now_ns = 5_000_000_000
+    t, _, _ = clock.next()
+    assert 5_000_000_000 < t < 5_000_000_000 + 100_000_000  # Exp(1 ms): 100 ms is never reached
+    assert clock.now_ns == t

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
 import time
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ import msgspec
 import pytest
 
 from conftest import DEADLINE, make_testnet_fixture, wait_until, wait_until_async
+from loopix.csprng import Csprng
 from loopix.sphinx import Hop, build_packet, keypair
 from loopix.testnet.directory import ProviderPresence, Registry
 from loopix.testnet.inbox import Inbox
@@ -362,7 +362,7 @@ class FleetClient:
 
 def route(net: Testnet) -> tuple[list[Hop], bytes]:
     topo = net.topology()
-    nodes = topo.choose_route(random.Random(1), net.nodes["provider-1"].public_key)
+    nodes = topo.choose_route(Csprng.seeded(1), net.nodes["provider-1"].public_key)
     return [Hop(n.pub_key, n.sphinx_address) for n in nodes], nodes[0].sphinx_address
 
 

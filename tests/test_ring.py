@@ -114,3 +114,61 @@ def test_attach_checks_the_size():
             Ring.attach(ring.fd)
     finally:
         ring.close()
+
+
+def test_due_taker_gathers_due_slots_per_link():
+    """The sender's bulk read: due slots of ready identities, their bytes per link in ring order,
+    unready ones consumed and counted, the first slot not yet due stops the scan."""
+    from loopix.client.ring import DueTaker
+
+    ring = Ring.create(8, slot_size_for(40))
+    ready = bytearray([1, 1, 0, 1])  # identity 2 is not connected
+    taker = DueTaker([ring], ready, [0, 1, 0, 1], 2, max_due=16, per_link=3)
+    try:
+        # slots: (time, identity, stream, flags); the last is not due at now = 100
+        slots = [(10, 0, 0, 1), (20, 1, 1, 0), (30, 2, 2, 0), (40, 3, 0, 0), (50, 0, 2, 0), (500, 1, 0, 0)]
+        for i, (t, ident, stream, flags) in enumerate(slots):
+            ring.write_meta(i, t, ident, stream, 40, seq=i, flags=flags)
+            ring.wire_view(i)[:40] = bytes([i]) * 40
+        ring.publish(len(slots))
+        due: list = []
+        read, next_ns, unconnected = taker.take(0, 0, 100, 16, due)
+        assert (read, next_ns, unconnected) == (5, 500, [0, 0, 1])  # identity 2's slot, stream 2
+        assert due == [(10, 0, 0, 1), (20, 1, 1, 0), (40, 3, 0, 0), (50, 0, 2, 0)]
+        assert taker.gathered(0) == bytes([0]) * 40 + bytes([4]) * 40
+        assert taker.gathered(1) == bytes([1]) * 40 + bytes([3]) * 40
+        assert taker.gathered(0) == b""  # reset after each call
+        # room limits the slots taken; nothing due at an early now
+        due = []
+        assert taker.take(0, 0, 100, 2, due)[0] == 2 and len(due) == 2
+        assert taker.take(0, 0, 5, 16, []) == (0, 10, None)
+    finally:
+        taker.close()
+        ring.close()
+    assert ring.fd == -1  # the C views were released, so the ring unmapped and closed
+
+
+def test_due_taker_region_full_and_bad_slots():
+    from loopix.client.ring import DueTaker
+
+    ring = Ring.create(8, slot_size_for(40))
+    taker = DueTaker([ring], bytearray([1]), [0], 1, max_due=16, per_link=2)
+    try:
+        full = ring.slot_size - SLOT_META_SIZE  # the region holds per_link packets of a full slot
+        for i in range(4):
+            ring.write_meta(i, 10, 0, 0, full, seq=i)
+        ring.publish(4)
+        due: list = []
+        assert taker.take(0, 0, 100, 16, due)[0] == 2 and len(due) == 2  # two fit the region
+        assert len(taker.gathered(0)) == 2 * full
+        assert taker.take(0, 2, 100, 16, due)[0] == 4
+        ring.write_meta(4, 10, 0, 0, full + 1, seq=4)  # longer than a slot can hold
+        ring.publish(5)
+        with pytest.raises(RuntimeError, match="corrupt"):
+            taker.take(0, 4, 100, 16, [])
+        ring.write_meta(4, 10, 0, 3, full, seq=4)  # no stream 3
+        with pytest.raises(RuntimeError, match="corrupt"):
+            taker.take(0, 4, 100, 16, [])
+    finally:
+        taker.close()
+        ring.close()

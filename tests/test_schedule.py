@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
 from loopix.client.schedule import PoissonClock, StreamRates
+from loopix.csprng import Csprng
 
 
 def ks_exponential(samples: list[float], rate: float) -> float:
@@ -35,7 +35,9 @@ def gaps_by_stream(clock: PoissonClock, n_events: int) -> dict[tuple[int, int], 
 
 @pytest.mark.parametrize("uniform", [True, False])
 def test_per_stream_rates_and_exponential_gaps(uniform):
-    rng = random.Random(7)
+    # a fixed stream: KS at alpha = 0.01 rejects ~1 % of streams by chance (80 seeds x 12 streams
+    # of the uniform case gave 13 rejections in 960), and a stream of seed 7 is one of them
+    rng = Csprng.seeded(11)
     if uniform:
         rates = [StreamRates(50, 5, 5)] * 4
     else:
@@ -58,10 +60,22 @@ def test_per_stream_rates_and_exponential_gaps(uniform):
 
 
 def test_shares_split_the_rate():
-    clock = PoissonClock([StreamRates(100, 0, 0)], 0, share=0.25, rng=random.Random(1))
+    clock = PoissonClock([StreamRates(100, 0, 0)], 0, share=0.25, rng=Csprng.seeded(1))
     assert clock.total_rate == pytest.approx(25)
 
 
 def test_negative_rate_refused():
     with pytest.raises(ValueError):
         PoissonClock([StreamRates(-1, 0, 0)], 0)
+
+
+def test_setting_now_restarts_the_clock_from_there():
+    """The worker rewinds the clock to its last sent event when identities join: the events drawn
+    ahead in C are dropped and the next one follows the new time."""
+    clock = PoissonClock([StreamRates(1000, 0, 0)], 0, rng=Csprng.seeded(3))
+    for _ in range(10):
+        clock.next()
+    clock.now_ns = 5_000_000_000
+    t, _, _ = clock.next()
+    assert 5_000_000_000 < t < 5_000_000_000 + 100_000_000  # Exp(1 ms): 100 ms is never reached
+    assert clock.now_ns == t

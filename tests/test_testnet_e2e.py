@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import socket
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import DEADLINE, make_testnet_fixture, wait_until
+from loopix.csprng import Csprng
 from loopix.sphinx import Hop, build_packet, keypair
 from loopix.testnet.launcher import Testnet
 from loopix.wire.ack import ACK_PREFIX_SIZE
@@ -56,7 +56,7 @@ def counter(net: Testnet, name: str, key: str, sub: str | None = None) -> int:
 def route(net: Testnet, provider: str) -> tuple[list[Hop], bytes]:
     """Hops mix-1 → mix-2 → mix-3 → provider, from the directory's topology."""
     topo = net.topology()
-    nodes = topo.choose_route(random.Random(1), net.nodes[provider].public_key)
+    nodes = topo.choose_route(Csprng.seeded(1), net.nodes[provider].public_key)
     hops = [Hop(n.pub_key, n.sphinx_address) for n in nodes]
     return hops, nodes[0].sphinx_address
 

@@ -1,13 +1,13 @@
 """Topology JSON (both directory spellings), route choice, and the base64url key helpers."""
 
 import os
-import random
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loopix.csprng import Csprng
 from loopix.topology import (
     MixNode,
     Provider,
@@ -210,7 +210,7 @@ def test_layers_and_route():
     assert list(layers) == [1, 2, 3]
     assert [n.pub_key for n in layers[1]] == [key(1), key(4)]
     provider = topo.providers[0]
-    rng = random.Random(7)
+    rng = Csprng.seeded(7)
     seen_first = set()
     for _ in range(200):
         route = topo.choose_route(rng, provider)
@@ -218,8 +218,8 @@ def test_layers_and_route():
         assert route[-1] is provider
         seen_first.add(route[0].pub_key)
     assert seen_first == {key(1), key(4)}
-    assert topo.choose_route(random.Random(1), key(9))[-1] is provider
-    assert topo.choose_route(random.Random(1), k64(9))[-1] is provider
+    assert topo.choose_route(Csprng.seeded(1), key(9))[-1] is provider
+    assert topo.choose_route(Csprng.seeded(1), k64(9))[-1] is provider
     assert topo.provider_by_key(k64(9)) is provider
     assert topo.provider_by_key(key(8)) is None
     assert topo.provider_by_key("not base64!") is None
@@ -227,26 +227,26 @@ def test_layers_and_route():
 
 def test_route_is_reproducible_with_a_seed():
     topo = parse_topology(orjson.dumps(V004))
-    a = topo.choose_route(random.Random(3), key(9))
-    b = topo.choose_route(random.Random(3), key(9))
+    a = topo.choose_route(Csprng.seeded(3), key(9))
+    b = topo.choose_route(Csprng.seeded(3), key(9))
     assert a == b
 
 
 def test_route_errors():
     provider = Provider("1.2.3.4:5", key(9), [])
     with pytest.raises(TopologyError, match="no mixnodes"):
-        Topology([], [provider]).choose_route(random.Random(), provider)
+        Topology([], [provider]).choose_route(Csprng(), provider)
     gap = Topology([MixNode("1.2.3.4:1", key(1), 1), MixNode("1.2.3.4:3", key(3), 3)], [provider])
     with pytest.raises(TopologyError, match=r"layer\(s\) 2 are empty"):
-        gap.choose_route(random.Random(), provider)
+        gap.choose_route(Csprng(), provider)
     with pytest.raises(TopologyError, match="contiguous"):
         _ = gap.num_layers
     no_first = Topology([MixNode("1.2.3.4:2", key(2), 2)], [provider])
     with pytest.raises(TopologyError, match=r"layer\(s\) 1 are empty"):
-        no_first.choose_route(random.Random(), provider)
+        no_first.choose_route(Csprng(), provider)
     ok = Topology([MixNode("1.2.3.4:1", key(1), 1)], [provider])
     with pytest.raises(TopologyError, match="not in the topology"):
-        ok.choose_route(random.Random(), key(8))
+        ok.choose_route(Csprng(), key(8))
 
 
 # --- base64url -----------------------------------------------------------------------------------
@@ -305,17 +305,16 @@ def test_invalid_utf8_inside_a_string_is_a_topology_error():
         parse_topology(b'{"mixNodes": [{"host": "\xff\xfe", "pubKey": "x", "layer": 1}]}')
 
 
-def test_worker_routes_are_topology_routes():
-    """One implementation of route choice: the worker's routes and `choose_route` draw the same
-    mixnodes from the same random stream."""
+def test_worker_routes_use_the_topology_layers():
+    """What a usable topology is has one home (route_layers): the worker's route table takes its
+    layers from there (its draws are tested in test_plan.py)."""
     from loopix.client.coordinator import topology_update
     from loopix.client.worker import Routes
 
     topo = parse_topology(orjson.dumps(V004))
-    routes = Routes(topology_update(topo), random.Random(11))
-    rng = random.Random(11)
-    for _ in range(50):
-        expected = [n.pub_key for n in topo.choose_route(rng, key(9))[:-1]]
-        assert [m.public_key for m in routes.mixes()] == expected
+    routes = Routes(topology_update(topo), Csprng.seeded(11))
+    assert routes.usable
+    assert [[m.public_key for m in layer] for layer in routes.layers] == [
+        [n.pub_key for n in layer] for layer in topo.layers().values()]
     gap = Topology([MixNode("1.2.3.4:1", key(1), 1), MixNode("1.2.3.4:3", key(3), 3)], topo.providers)
-    assert not Routes(topology_update(gap), random.Random()).usable
+    assert not Routes(topology_update(gap), Csprng()).usable

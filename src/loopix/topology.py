@@ -11,10 +11,11 @@ import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
+from loopix.csprng import Csprng, require_csprng
 from loopix.sphinx.constants import KEY_SIZE, MAX_PATH_LENGTH
 from loopix.wire.address import AddressError, encode_node_address, format_host, parse_host
 from loopix.wire.b64 import B64Error, b64url_decode, b64url_encode
@@ -43,10 +44,6 @@ class TopologyError(ValueError):
     """A topology document that cannot be used, or a route that cannot be built from it."""
 
 
-class _Choice(Protocol):
-    def choice(self, seq: Sequence[Any], /) -> Any: ...
-
-
 N = TypeVar("N")
 
 
@@ -66,13 +63,13 @@ def route_layers(nodes: Iterable[N], layer_of: Callable[[N], int]) -> tuple[tupl
     return tuple(tuple(layers[n]) for n in range(1, top + 1))
 
 
-def choose_mixes(layers: Sequence[Sequence[N]], rng: _Choice) -> list[N]:
+def choose_mixes(layers: Sequence[Sequence[N]], rng: Csprng) -> list[N]:
     """Route choice, the one implementation: one mixnode drawn from each layer, in layer order.
     The caller appends the last hop (the recipient's provider, or any provider for drop cover).
 
-    Routes are what an observer links messages by: outside tests `rng` must be a cryptographic
-    RNG. `rng` needs only `.choice`."""
-    choice = rng.choice
+    Routes are what an observer links messages by, so `rng` must be a `Csprng` (docs/randomness.md):
+    anything else, a `random.Random` above all, is a TypeError."""
+    choice = require_csprng(rng, "a route").choice
     return [choice(layer) for layer in layers]
 
 
@@ -170,11 +167,11 @@ class Topology(msgspec.Struct, frozen=True, dict=True):
                 return provider
         return None
 
-    def choose_route(self, rng: _Choice, recipient_provider: Provider | bytes | str) -> list[Node]:
+    def choose_route(self, rng: Csprng, recipient_provider: Provider | bytes | str) -> list[Node]:
         """One random mixnode per layer 1..L, in order, then the recipient's provider.
 
-        `rng` needs only `.choice`; use `random.SystemRandom()` outside tests, since predictable
-        routes weaken unlinkability.
+        `rng` is a `Csprng` (`Csprng()` keys itself from the OS): predictable routes weaken
+        unlinkability, so a `random.Random` is refused.
         """
         if not isinstance(recipient_provider, Provider):
             found = self.provider_by_key(recipient_provider)

@@ -24,6 +24,8 @@ Targets:
   directory  directory request bodies (presence, metrics) decoded and handed to a registry that
              authenticates presence: only BadRequest (and its 403/409 kinds) may come out
   socketapi  socket API JSON and binary requests, and the TCP frame decoder in fuzzed cuts
+  plan       the worker's bulk draws (lx_clock_draw, lx_draw_routes) on fuzzed shapes and rates, and
+             the sender's ring scan (lx_take_due) over fuzzed ring memory
 """
 
 from __future__ import annotations
@@ -197,6 +199,79 @@ def t_batch(data: bytes) -> None:
         for i in range(count):
             if status[i] != 0:  # a failed slot is zeroed
                 assert not any(out[i * stride : i * stride + psize])
+
+
+_RATES = [0.0, 1.0, 1e6, -1.0, float("nan"), float("inf"), 1e-300]
+
+
+def t_plan(data: bytes) -> None:
+    r = Reader(data)
+    rng = ffi.new("lx_rng *")
+    lib.lx_rng_seed(rng, r.take(32))
+    # the Poisson clock
+    clock = ffi.new("lx_clock *")
+    clock.total_rate = _RATES[r.int(0, len(_RATES) - 1)]
+    n_entries = r.int(0, 7)
+    cumulative = ffi.new("double[]", [_RATES[r.int(0, len(_RATES) - 1)] + k for k in range(max(n_entries, 1))])
+    if r.int(0, 1):
+        clock.cumulative, clock.n_entries = cumulative, n_entries
+    else:
+        clock.n_identities = r.int(0, 3)
+        clock.stream_cum = [_RATES[r.int(0, len(_RATES) - 1)] for _ in range(3)]
+    count = r.int(0, 300)
+    times = ffi.new("uint64_t[]", max(count, 1))
+    ids = ffi.new("uint32_t[]", max(count, 1))
+    streams = ffi.new("uint8_t[]", max(count, 1))
+    if lib.lx_clock_draw(clock, rng, count, times, ids, streams) == 0:
+        for i in range(count):
+            assert streams[i] < 3 and (i == 0 or times[i] >= times[i - 1])
+            if clock.cumulative != ffi.NULL:
+                assert 3 * ids[i] + streams[i] < n_entries
+            else:
+                assert ids[i] < clock.n_identities
+    # routes and delays
+    table = ffi.new("lx_route_table *")
+    table.n_layers = r.int(0, 6)
+    keep = []
+    for layer in range(5):
+        size = r.int(0, 3)
+        records = ffi.new("uint8_t[]", r.take(64 * max(size, 1)))
+        keep.append(records)
+        table.layer_size[layer] = size
+        table.layer_hops[layer] = records if r.int(0, 7) else ffi.NULL
+    n_providers = r.int(0, 3)
+    providers = ffi.new("uint8_t[]", r.take(64 * max(n_providers, 1)))
+    table.n_providers, table.provider_hops = n_providers, providers
+    table.mean_delay_ns = _RATES[r.int(0, len(_RATES) - 1)] * 1e6
+    n = r.int(0, 40)
+    specs = ffi.new("lx_packet_spec[]", max(n, 1))
+    last = ffi.new("uint32_t[]", [[0, 1, 5, 0xFFFFFFFF][r.int(0, 3)] for _ in range(max(n, 1))])
+    if lib.lx_draw_routes(rng, table, specs, n, last) == 0:
+        for i in range(n):
+            assert specs[i].n_hops == table.n_layers + 1 and specs[i].hops[table.n_layers].delay_ns == 0
+    # the sender's ring scan over raw ring memory
+    slots, slot_size = r.int(1, 8), [16, 32, 64, 96][r.int(0, 3)]
+    ring = bytearray(r.take(192 + slots * slot_size))
+    n_ids, n_links = r.int(0, 4), r.int(0, 3)
+    ready = ffi.new("uint8_t[]", r.take(max(n_ids, 1)))
+    link_of = ffi.new("uint32_t[]", [r.int(0, 3) for _ in range(max(n_ids, 1))])
+    cap = r.int(0, 200)
+    out = ffi.new("uint8_t[]", max(n_links * cap, 1))
+    out_len = ffi.new("uint64_t[]", max(n_links, 1))
+    max_due = r.int(0, 10)
+    due = ffi.new("lx_due[]", max(max_due, 1))
+    ctx = ffi.new("lx_take_ctx *")
+    ring_c = ffi.from_buffer(ring)
+    ctx.ring, ctx.slots, ctx.slot_size, ctx.n_identities = ring_c, slots, slot_size, n_ids
+    ctx.ready, ctx.link_of, ctx.n_links, ctx.out, ctx.link_cap = ready, link_of, n_links, out, cap
+    ctx.out_len, ctx.due, ctx.max_due = out_len, due, max_due
+    read = r.int(0, 20)
+    write = read + r.int(0, 10)
+    taken = lib.lx_take_due(ctx, read, write, r.int(0, 1 << 63), r.int(0, 12))
+    if taken >= 0:
+        assert taken <= max_due and read <= ctx.new_read <= write
+        assert all(out_len[k] <= cap for k in range(n_links))
+    ffi.release(ring_c)
 
 
 def t_keys(data: bytes) -> None:
@@ -403,6 +478,7 @@ TARGETS = {
     "framing": t_framing,
     "directory": t_directory,
     "socketapi": t_socketapi,
+    "plan": t_plan,
 }
 
 
@@ -455,6 +531,8 @@ def seeds() -> dict[str, list[bytes]]:
     out["socketapi"].append(b'{"type":"send","message":"hi","recipient":"x"}')
     out["socketapi"].append(b"\x01")
     out["socketapi"].append(b"\x00" + bytes(64) + (2).to_bytes(8, "big") + b"hi")
+    out["plan"].append(bytes(range(32)) + bytes([2, 3, 1, 200, 0, 3, 2, 2, 1, 1, 1, 0, 0]) + bytes(400))
+    out["plan"].append(bytes(32) + bytes([1, 1]) + bytes(600))
     return out
 
 

@@ -23,11 +23,13 @@ import mmap
 import os
 import struct
 
+from loopix.sphinx._sphinx_c import ffi, lib
+
 HEADER_SIZE = 192
 SLOT_META_SIZE = 32
 _U64 = struct.Struct("<Q")
 _META = struct.Struct("<QIBBxxIxxxxQ")
-assert _META.size == SLOT_META_SIZE
+assert _META.size == SLOT_META_SIZE == lib.LX_SLOT_META and HEADER_SIZE == lib.LX_RING_HEADER
 _WRITE, _READ, _HORIZON, _SHAPE = 0, 64, 128, 136
 _SHAPE_FMT = struct.Struct("<II")
 
@@ -136,3 +138,76 @@ class Ring:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_DUE = struct.Struct("=QIBBxx")  # lx_due: scheduled_ns, identity, stream, flags
+
+
+class DueTaker:
+    """The sender's side of its rings in bulk: one C call per ring and round (csrc/ringscan.c) takes
+    every due slot, copies the wire bytes of ready identities into one run per provider link, and
+    gives the due slots' metadata as (scheduled_ns, identity, stream, flags) tuples; no Python step
+    per packet between the ring and the socket write.
+
+    `ready` is the sender's per-identity flag bytearray (read live by C; never resized), `link_of`
+    the link index of each identity."""
+
+    def __init__(self, rings: list[Ring], ready: bytearray, link_of: list[int], n_links: int,
+                 max_due: int, per_link: int = 256):
+        assert _DUE.size == ffi.sizeof("lx_due")
+        self.rings = rings
+        self._closed = False
+        self._rings_c = [ffi.from_buffer(r.buf) for r in rings]
+        self._ready = ffi.from_buffer(ready)
+        self._n_identities = len(ready)
+        self._link_of = ffi.new("uint32_t[]", link_of or [0])
+        self.n_links = n_links
+        self.link_cap = per_link * max(((r.slot_size - SLOT_META_SIZE) for r in rings), default=0)
+        self.out = bytearray(max(1, n_links * self.link_cap))
+        self._out_c = ffi.from_buffer(self.out)
+        self._out_view = memoryview(self.out)
+        self.out_len = ffi.new("uint64_t[]", max(1, n_links))
+        self.max_due = max_due
+        self._due = ffi.new("lx_due[]", max_due)
+        self._due_buf = ffi.buffer(self._due)
+        self._ctx = []  # one lx_take_ctx per ring: the fixed arguments, set once
+        for k, ring in enumerate(rings):
+            c = ffi.new("lx_take_ctx *")
+            c.ring, c.slots, c.slot_size = self._rings_c[k], ring.slots, ring.slot_size
+            c.n_identities, c.ready, c.link_of = self._n_identities, self._ready, self._link_of
+            c.n_links, c.out, c.link_cap, c.out_len = n_links, self._out_c, self.link_cap, self.out_len
+            c.due, c.max_due = self._due, max_due
+            self._ctx.append(c)
+
+    def take(self, k: int, read: int, now_ns: int, room: int, due: list) -> tuple[int, int, list[int] | None]:
+        """Due slots of ring k from `read` (at most `room`), their metadata appended to `due`.
+        Returns (new read index, time of the first slot not yet due or 0, slots of unconnected
+        identities consumed per stream, or None when there were none)."""
+        c = self._ctx[k]
+        n = lib.lx_take_due(c, read, self.rings[k].write_index, now_ns, room)
+        if n < 0:
+            raise RuntimeError(f"ring {k} holds a slot it cannot (corrupt metadata at index {read}+)")
+        if n:
+            due.extend(_DUE.iter_unpack(self._due_buf[: n * _DUE.size]))
+        u = c.unconnected
+        return c.new_read, c.next_ns, (list(u) if u[0] or u[1] or u[2] else None)
+
+    def gathered(self, link: int) -> bytes:
+        """The wire bytes gathered for `link` since the last call (and resets it)."""
+        n = self.out_len[link]
+        if not n:
+            return b""
+        self.out_len[link] = 0
+        start = link * self.link_cap
+        return bytes(self._out_view[start : start + n])
+
+    def close(self) -> None:
+        """Release the C views, so the rings' memory can be unmapped (and `ready` grown)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._out_view.release()
+        self._ctx = []
+        for c in (*self._rings_c, self._ready, self._out_c):
+            ffi.release(c)
+        self._rings_c = []

@@ -23,13 +23,13 @@ import contextlib
 import heapq
 import logging
 import os
-import random
 import socket
 import sys
 import time
 
 import uvloop
 
+from loopix.csprng import Csprng
 from loopix.wire import provider as pp
 
 from . import control
@@ -273,7 +273,7 @@ class Sender:
         self.lateness_us: list[float] = []
         self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
-        self.rng = random.Random()
+        self.rng = Csprng()  # pull times are seen by the provider: docs/randomness.md
         # packets due while their identity's connection was down: (t, identity, stream, flags, seq, bytes)
         self.held: collections.deque[tuple[int, int, int, int, int, bytes]] = collections.deque()
         self.ready_generation = 0

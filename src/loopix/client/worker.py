@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import random
 import socket
 import sys
 import time
@@ -19,12 +18,13 @@ from operator import attrgetter
 import msgspec
 
 from loopix import sphinx
+from loopix.csprng import Csprng
 from loopix.topology import choose_mixes, route_layers
 from loopix.wire.ack import ACK_PAYLOAD_SIZE, ACK_PREFIX_SIZE, inner_size
 
 from . import control
 from .acks import COVER_REF, AckCodec
-from .messages import LoopCodec, drop_payload
+from .messages import LoopCodec
 from .profiling import run_profiled
 from .ring import SLOT_META_SIZE, Ring
 from .schedule import PoissonClock, Stream, StreamRates
@@ -38,7 +38,7 @@ class Routes:
     """The current topology as the builder needs it; routes come from topology.choose_mixes (one
     random mixnode per layer), then a provider."""
 
-    def __init__(self, topo: control.TopologyUpdate, rng: random.Random):
+    def __init__(self, topo: control.TopologyUpdate, rng: Csprng):
         self.rng = rng
         layers = route_layers(topo.mixnodes, _layer_of)
         self.layers = () if isinstance(layers, str) else layers  # no route through a broken topology
@@ -58,14 +58,10 @@ class Worker:
         self.setup = setup
         self.ring = ring
         self.ctl = ctl
-        self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.rng = Csprng()  # routes, delays, schedule and drop payloads: docs/randomness.md
         self.identities = setup.identities
         self.routes = Routes(setup.topology, self.rng)
         self.loops = LoopCodec(setup.loop_key)
-        # Drop cover is discarded by the provider that unwraps it, and every hop before sees it only
-        # under Sphinx's per-hop encryption, so one random payload per worker does as well as fresh
-        # randomness per packet (which costs a getrandom call each).
-        self.drop = drop_payload(setup.payload_size)
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
         self.payload_size = setup.payload_size
         self.inner_size = inner_size(setup.payload_size)  # after the SURB-ack prefix
@@ -196,7 +192,7 @@ class Worker:
             else:
                 provider = self.rng.choice(routes.provider_list)
                 destination = sphinx.DROP_COVER_DESTINATION
-                payload = self.drop
+                payload = self.rng.bytes(self.payload_size)  # fresh per packet, from the CSPRNG
         mixes = routes.mixes()
         hop_bytes = routes.hop_bytes
         hops = [hop_bytes[m.public_key] for m in mixes]
@@ -236,7 +232,7 @@ class Worker:
         hops = [hop_bytes[m.public_key] for m in mixes]
         hops.append(hop_bytes[self.rng.choice(routes.provider_list).public_key])
         off = slot * self.payload_size
-        self.builder.messages[off : off + self.payload_size] = self.drop
+        self.rng.fill(self.builder.arena, off, self.payload_size)
         self.builder.set_packet_fast(slot, hops, [0] * len(hops), sphinx.DROP_COVER_DESTINATION,
                                      self.payload_size, off)
         return frag.first_hop, frag.ref, frag.route_delay_ns, frag.packet

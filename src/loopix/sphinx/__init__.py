@@ -272,6 +272,7 @@ class PacketBuilder:
         self.status = ffi.new("int32_t[]", capacity)
         self.messages = bytearray(message_arena or capacity * payload_size)
         self._messages_c = ffi.from_buffer(self.messages)
+        self.arena = self._messages_c  # the message arena as a C pointer (for in-place fills)
         self._spec_view = memoryview(ffi.buffer(self.specs))
 
     def set_packet(self, i, route, destination, message, delays_ns, identifier=_ZERO_IDENTIFIER,
@@ -308,6 +309,24 @@ class PacketBuilder:
         ident = base + lay.identifier
         view[ident : ident + IDENTIFIER_SIZE] = _ZERO_IDENTIFIER
         _U32.pack_into(view, base + lay.use_ephemeral_secret, 0)
+
+    def set_message(self, i: int, destination: bytes, message_len: int, message_offset: int) -> None:
+        """Everything of slot i but the route: for workers whose routes and delays are drawn in C
+        (`lx_draw_routes`), with the message already in the arena at message_offset."""
+        lay, view = _SpecLayout, self._spec_view
+        base = i * lay.size
+        _U32.pack_into(view, base + lay.message_len, message_len)
+        _U64.pack_into(view, base + lay.message_offset, message_offset)
+        dest = base + lay.destination
+        view[dest : dest + len(destination)] = destination
+        ident = base + lay.identifier
+        view[ident : ident + IDENTIFIER_SIZE] = _ZERO_IDENTIFIER
+        _U32.pack_into(view, base + lay.use_ephemeral_secret, 0)
+
+    def first_hop_address(self, i: int) -> memoryview:
+        """The address of slot i's first hop (where the packet goes on the wire)."""
+        at = i * _SpecLayout.size + _SpecLayout.hops + _SpecLayout.hop_address
+        return self._spec_view[at : at + NODE_ADDRESS_SIZE]
 
     def build(self, count: int, out, stride: int | None = None) -> int:
         """Build specs[0:count] into `out` (packet i at i*stride). Returns how many succeeded; the

@@ -82,14 +82,69 @@ ffibuilder.cdef(
     int crypto_scalarmult(unsigned char *q, const unsigned char *n, const unsigned char *p);
     int crypto_scalarmult_base(unsigned char *q, const unsigned char *n);
     void randombytes_buf(void * const buf, const size_t size);
+    typedef struct { uint8_t key[32]; } lx_rng;
+    int lx_rng_seed(lx_rng *r, const uint8_t *seed);
+    void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n);
+    void lx_rng_set_path(int path);
+    int lx_rng_path(void);
+    void lx_rng_doubles(lx_rng *r, double *out, size_t n);
+    void lx_rng_exponentials(lx_rng *r, double *out, size_t n);
+    int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n);
+    #define LX_HOP_RECORD 64
+    #define LX_ANY_PROVIDER 0xffffffff
+    typedef struct {
+        uint64_t now_ns;
+        double total_rate;
+        uint32_t n_identities;
+        uint32_t n_entries;
+        double stream_cum[3];
+        const double *cumulative;
+    } lx_clock;
+    int lx_clock_draw(lx_clock *c, lx_rng *r, size_t count, uint64_t *t, uint32_t *identity, uint8_t *stream);
+    typedef struct {
+        uint32_t n_layers;
+        uint32_t layer_size[5];
+        const uint8_t *layer_hops[5];
+        uint32_t n_providers;
+        const uint8_t *provider_hops;
+        double mean_delay_ns;
+    } lx_route_table;
+    int lx_draw_routes(lx_rng *r, const lx_route_table *t, lx_packet_spec *specs, size_t count,
+                       const uint32_t *provider);
+    #define LX_RING_HEADER 192
+    #define LX_SLOT_META 32
+    typedef struct {
+        uint64_t scheduled_ns;
+        uint32_t identity;
+        uint8_t stream;
+        uint8_t flags;
+    } lx_due;
+    typedef struct {
+        const uint8_t *ring;
+        uint64_t slots;
+        uint32_t slot_size;
+        uint32_t n_identities;
+        const uint8_t *ready;
+        const uint32_t *link_of;
+        uint32_t n_links;
+        uint8_t *out;
+        uint64_t link_cap;
+        uint64_t *out_len;
+        lx_due *due;
+        uint64_t max_due;
+        uint64_t new_read;
+        uint64_t next_ns;
+        uint64_t unconnected[3];
+    } lx_take_ctx;
+    long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
     """
 )
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include "x25519.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c")],
+    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include "ringscan.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c"), str(CSRC / "ringscan.c")],
     include_dirs=[str(CSRC)],
-    libraries=["sodium", "crypto", "pthread"],
+    libraries=["sodium", "crypto", "pthread", "m"],
     # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", *shlex.split(os.environ.get("LOOPIX_CFLAGS", ""))],
     extra_link_args=shlex.split(os.environ.get("LOOPIX_LDFLAGS", "")),

@@ -1,0 +1,158 @@
+"""CPU per packet of each stage of the client (workers, sender, coordinator) at paced rates, against
+the bare C build cost measured in the same run, and what those costs project for more cores.
+
+    .venv/bin/python benchmarks/bench_stages.py [--rates 2000,5000] [--seconds 8] [--rounds 3]
+        [--identities 200] [--baseline-python /work/main/.venv/bin/python]
+
+Each round, alternating: the bare C build (one process building 4-hop packets in batches of 32, CPU
+time per packet), then the whole client at each rate writing to a discarding provider on loopback
+(SinkNet: 3×2 mixnodes, 4-hop routes, payload:loop:drop 60:20:20, drop cover). Over a window after
+a warm-up: CPU seconds of each process from /proc (the coordinator is this process, with the
+in-process directory of SinkNet, which is idle between topology fetches), packets counted at the
+sink, and the sender's lateness samples (a reservoir of <= 2,000 per second, pooled over seconds of
+equal rate). Medians over rounds. Each client run is a child process; with --baseline-python the
+same measurement runs, alternating, under another interpreter (another checkout's build, e.g.
+main's), so before and after are side by side in one run.
+
+The projection for N cores is arithmetic on the medians, not a measurement: with one sender and
+one coordinator (today) the rate is bounded by N cores / (worker + sender + coordinator µs) and by
+each single process's own 1 s / µs per packet; the bare all-core C build is N / bare µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import uvloop
+
+from _pipeline import SinkNet, c_build_us
+from bench_schedule import cpu_seconds
+from loopix import sphinx
+from loopix.client.coordinator import Coordinator, Identity, RuntimeOptions
+from loopix.keys import generate_keypair
+from loopix.wire import provider as pp
+
+SPLIT = (0.6, 0.2, 0.2)
+
+
+def bare_cpu_us(seconds: float = 2.0) -> float:
+    """CPU µs per packet of the bare batch build in this process."""
+    t0, c0 = time.monotonic(), time.process_time()
+    n = 0
+    while time.monotonic() - t0 < seconds:
+        c_build_us(320)
+        n += 320
+    return (time.process_time() - c0) / n * 1e6
+
+
+async def paced(rate: float, seconds: float, identities: int, warmup: float) -> dict:
+    frame = pp.SEND_OVERHEAD + sphinx.packet_size(2048)
+    per = rate / identities
+    lateness: list[float] = []
+    async with SinkNet() as net:
+        ids = [Identity(generate_keypair(), None, per * SPLIT[0], per * SPLIT[1], per * SPLIT[2])
+               for _ in range(identities)]
+        coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, mean_hop_delay_ms=50.0))
+        await coord.start()
+        try:
+            await asyncio.sleep(warmup)
+            recording = [True]
+            coord.stats_listeners.append(lambda _s, msg: recording[0] and lateness.extend(msg.lateness_us))
+            workers = [c.proc.pid for c in coord.workers if c is not None]
+            sender = coord.sender.proc.pid
+            w0, s0 = sum(map(cpu_seconds, workers)), cpu_seconds(sender)
+            c0, b0, t0 = time.process_time(), net.sink_bytes(), time.monotonic()
+            await asyncio.sleep(seconds)
+            w1, s1 = sum(map(cpu_seconds, workers)), cpu_seconds(sender)
+            c1, b1, t1 = time.process_time(), net.sink_bytes(), time.monotonic()
+            recording[0] = False
+            stats = coord.stats
+        finally:
+            await coord.stop()
+    packets = (b1 - b0) / frame
+    late = sorted(lateness)
+    return {
+        "pps": packets / (t1 - t0),
+        "worker_us": (w1 - w0) / packets * 1e6,
+        "sender_us": (s1 - s0) / packets * 1e6,
+        "coord_us": (c1 - c0) / packets * 1e6,
+        "p99_ms": late[min(len(late) - 1, int(0.99 * len(late)))] / 1e3 if late else float("nan"),
+        "errors": stats.build_errors,
+        "unconnected": stats.dropped_unconnected,
+    }
+
+
+def child(python: str, rate: float, args) -> dict:
+    """One paced run in a child process of `python` (this file, --child)."""
+    out = subprocess.run([python, os.path.abspath(__file__), "--child", str(rate), "--seconds", str(args.seconds),
+                          "--warmup", str(args.warmup), "--identities", str(args.identities)],
+                         capture_output=True, text=True, timeout=args.seconds + args.warmup + 120,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    if out.returncode != 0:
+        raise SystemExit(f"child run under {python} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summary(name: str, rate: float, runs: list[dict], bare: list[float]) -> None:
+    m = {k: statistics.median(x[k] for x in runs) for k in ("pps", "worker_us", "sender_us", "coord_us", "p99_ms")}
+    total = m["worker_us"] + m["sender_us"] + m["coord_us"]
+    ratios = [x["worker_us"] / bare[k] for k, x in enumerate(runs)]  # each against its round's bare build
+    print(f"{name:9} {rate:6.0f}/s: {m['pps']:6.0f}/s sent; workers {m['worker_us']:.1f} us, per round "
+          f"{[round(x, 2) for x in ratios]} x bare, median {statistics.median(ratios):.2f} (target <= 1.1); "
+          f"sender {m['sender_us']:.1f} us (target <= 5); coordinator {m['coord_us']:.1f} us; "
+          f"lateness p99 {m['p99_ms']:.3f} ms (target <= 1)")
+    b = statistics.median(bare)
+    for cores in (2, 16, 64):
+        today = min(cores * 1e6 / total, 1e6 / m["sender_us"], 1e6 / max(m["coord_us"], 1e-9))
+        print(f"    projection, {cores:2} cores: client {today:8.0f}/s (one sender, one coordinator) "
+              f"vs bare all-core C {cores * 1e6 / b:8.0f}/s = {today / (cores * 1e6 / b):.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="2000,5000")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--identities", type=int, default=200)
+    ap.add_argument("--baseline-python", default=None, help="also run under this interpreter, alternating")
+    ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup))))
+        return
+    rates = [float(r) for r in args.rates.split(",")]
+    builds = {"this": sys.executable}
+    if args.baseline_python:
+        builds["baseline"] = args.baseline_python
+    bare: list[float] = []
+    runs: dict[tuple[str, float], list[dict]] = {(b, r): [] for b in builds for r in rates}
+    for rnd in range(args.rounds):
+        bare.append(bare_cpu_us())
+        print(f"round {rnd + 1}: bare C build {bare[-1]:.1f} CPU us/packet (load {os.getloadavg()[0]:.2f})",
+              flush=True)
+        for rate in rates:
+            order = list(builds.items()) if rnd % 2 == 0 else list(reversed(builds.items()))
+            for name, python in order:
+                r = child(python, rate, args)
+                runs[(name, rate)].append(r)
+                print(f"  {name:8} {rate:6.0f}/s asked, {r['pps']:6.0f}/s at the sink: workers {r['worker_us']:6.1f}  "
+                      f"sender {r['sender_us']:5.1f}  coordinator {r['coord_us']:5.1f} CPU us/packet  "
+                      f"lateness p99 {r['p99_ms']:.3f} ms  build errors {r['errors']}  "
+                      f"unconnected {r['unconnected']}  (load {os.getloadavg()[0]:.2f})", flush=True)
+    print(f"\nmedians over {args.rounds} rounds; bare C build {statistics.median(bare):.1f} CPU us/packet "
+          f"(this build's C core); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
+    for rate in rates:
+        for name in builds:
+            summary(name, rate, runs[(name, rate)], bare)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,8 +24,9 @@ from loopix.sphinx._sphinx_c import ffi
 from _pipeline import c_build_us
 from loopix import sphinx
 from loopix.client import control
+from loopix.client.plan import ANY_PROVIDER
+from loopix.client.plan import RouteTable as Routes
 from loopix.client.schedule import PoissonClock, StreamRates
-from loopix.client.worker import ANY_PROVIDER, Routes
 from loopix.csprng import Csprng
 
 PAYLOAD = 2048

@@ -236,7 +236,7 @@ def _worker_setup(n_identities: int = 4, rate: float = 1000.0, cover: str = "dro
     ids = [control.IdentityInfo(sphinx.keypair()[1], 0, 0) for _ in range(n_identities)]
     return control.WorkerSetup(
         worker_index=0, workers=1, payload_size=2048, mean_hop_delay_ms=50.0, payload_cover=cover,
-        lookahead_ms=50.0, batch_size=64, start_ns=time.monotonic_ns(), loop_key=os.urandom(32),
+        lookahead_ms=50.0, batch_size=64, start_ns=time.monotonic_ns(), loop_key=os.urandom(32), ack_key=os.urandom(32),
         identities=ids, provider_keys=[pk], rate_classes=[control.RateClass(rate, rate / 4, rate / 4)],
         topology=control.TopologyUpdate(mixes, providers), wire_header=pp.send_header(2048 + 365),
     )

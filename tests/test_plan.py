@@ -1,4 +1,4 @@
-"""The worker's bulk route and delay draws (csrc/plan.c through client/worker.Routes): packets built
+"""The worker's bulk route and delay draws (csrc/plan.c through client/plan.RouteTable): packets built
 on drawn routes unwrap hop by hop with the real node keys, along one mixnode per layer."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from loopix.sphinx._sphinx_c import ffi
 
 from loopix import sphinx
 from loopix.client import control
-from loopix.client.worker import ANY_PROVIDER, Routes
+from loopix.client.plan import ANY_PROVIDER
+from loopix.client.plan import RouteTable as Routes
 from loopix.csprng import Csprng
 
 

@@ -7,11 +7,11 @@ objects with a fake clock, without sockets or sleeps.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import msgspec
 
+from loopix.csprng import Csprng
 from loopix.sphinx import Final, Forward, Rejected
 
 __all__ = ["Deliver", "Drop", "ForwardNow", "Hold", "HopPolicy", "PresenceDebounce"]
@@ -76,7 +76,7 @@ class HopPolicy:
         self._max_delay_ns = int(max_delay * 1e9)
         self.max_queue = max_queue
         self.drop_rate = drop_rate
-        self.draw = draw or random.SystemRandom().random
+        self.draw = draw or Csprng().random  # which packets a fault drops: docs/randomness.md
 
     def decide(self, result: Forward | Final | Rejected, now: float, held: int) -> HopAction:
         """The action for `result` at time `now`, with `held` packets already waiting."""

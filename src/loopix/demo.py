@@ -171,7 +171,8 @@ def _demo() -> int:
 
         say("Creating two identities, each with its own provider")
         for name, provider in (("alice", providers[0]), ("bob", providers[-1])):
-            p = Proc(name, ["init", "--id", name, "--directory", topology_url, "--provider", b64url_encode(provider)], env)
+            # "--provider=KEY": a base64url key may start with "-"
+            p = Proc(name, ["init", "--id", name, "--directory", topology_url, f"--provider={b64url_encode(provider)}"], env)
             procs.append(p)  # stopped with the rest if we are interrupted meanwhile
             if p.proc.wait(30) != 0:
                 raise SystemExit(f"init {name} failed")

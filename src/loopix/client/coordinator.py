@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from loopix import sphinx
+from loopix.csprng import Csprng
 from loopix.keys import KeyPair
 from loopix.sphinx.surb import ReplyBlock, make_reply_block, use_reply_block
 from loopix.topology import Topology
@@ -249,7 +249,7 @@ class Coordinator:
         self.ack_rtt_us = HdrHistogram(1, 3_600_000_000, 3)
         self.acks_invalid = 0
         # anonymous replies (client/replies.py)
-        self.rng = random.SystemRandom()  # routes and delays of SURBs and reply acks
+        self.rng = Csprng()  # routes and delays of SURBs and reply acks: docs/randomness.md
         self.reply_keys = ReplyKeys()  # as the original sender
         self.surbs = SurbStore()  # as the replier
         self.reply_frags: dict[int, tuple[int, bytes, bytes]] = {}  # ref -> (identity, tag, fragment)

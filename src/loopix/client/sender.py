@@ -1,15 +1,16 @@
 """The sender: a uvloop process that puts every packet on the wire at its scheduled instant.
 
-It reads the workers' rings (each already in schedule order), writes each packet when its time
-comes over the identity's persistent provider connection (all packets due together in one write),
-and handles what the provider pushes back: returning loops are recognised and timed here, real
-fragments go up to the coordinator. Started as `python -m loopix.client.sender CONTROL_FD`; the ring
-file descriptors are inherited and named in its setup message. It exits when the control socket
-closes, so it never outlives the coordinator.
+The timing loop is C (client/pacer.py, csrc/pacer.c) in a thread of this process: it reads the
+workers' rings (each already in schedule order), sleeps on the kernel's absolute high-resolution timer
+until the next packet is due, writes every packet due together over the identity's persistent
+provider connection (one sendmsg per link) and counts what it sent in flat arrays. This event loop
+keeps the protocol: it connects and registers, writes its frames through the pacer (so they never
+interleave with packets), handles what the provider pushes back (returning loops are recognised and
+timed here, real fragments go up to the coordinator), holds real packets due while their link is down,
+and reports the pacer's counts once per interval. Started as `python -m loopix.client.sender
+CONTROL_FD`; the ring file descriptors are inherited and named in its setup message. It exits when
+the control socket closes, so it never outlives the coordinator.
 
-Timing: uvloop's timers have millisecond granularity, so the sender sleeps on a timer until about two
-milliseconds before the next packet is due, then sleeps the rest on the kernel's high-resolution
-timer (blocking the loop for at most a few ms) and yields to the loop for the last few tens of µs.
 It runs SCHED_FIFO where allowed (see raise_priority). Packets are never sent early; lateness is
 measured and reported.
 """
@@ -34,20 +35,14 @@ from loopix.wire import provider as pp
 
 from . import control
 from .messages import LoopCodec
+from .pacer import SEND_FULL, Pacer
 from .profiling import run_profiled
 from .ring import Ring
 from .schedule import Stream
 from .trace import TraceWriter
 
-LOOP = Stream.LOOP.value
-
 log = logging.getLogger("loopix.sender")
 
-TIMER_SLACK_NS = 3_000_000  # sleep on the event loop's timer only when the next packet is further
-TIMER_EARLY_NS = 2_000_000  # ...and wake this much before it (uvloop timers have 1 ms granularity)
-NAP_MIN_NS = 60_000  # below this, yield to the loop instead of sleeping
-NAP_EARLY_NS = 40_000  # wake this much early from a nap (the kernel adds its timer slack)
-MAX_PER_ROUND = 1024
 REGISTER_CHUNK = 512  # REGISTERs in flight per link: a fleet registers in chunks, not one 10 MB burst
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
@@ -55,6 +50,10 @@ STATS_INTERVAL_S = 1.0
 SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
 HOLD_MAX = 8192  # real packets due while their provider connection is down wait, at most this many...
 HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
+HELD_HANDOFF = 1024  # real packets the pacer can hand over per drain (SENT_REPORT_INTERVAL_S) before it waits
+SENT_REFS_CAP = 1 << 17  # real fragments sent per drain the pacer can note before it waits
+TRACE_CAP = 1 << 16  # trace records per drain
+LINK_BUFFER = 4 << 20  # bytes buffered per provider link when its socket is full; beyond, the link waits
 
 
 class ProviderLink(asyncio.Protocol):
@@ -65,8 +64,9 @@ class ProviderLink(asyncio.Protocol):
     of thousands costs one socket per provider, not one per identity.
     """
 
-    def __init__(self, sender: Sender, members: list[int], endpoint: control.ProviderEndpoint):
+    def __init__(self, sender: Sender, members: list[int], endpoint: control.ProviderEndpoint, number: int):
         self.sender = sender
+        self.number = number  # the pacer's index of this link
         self.members = members
         self.endpoint = endpoint
         self.index_of = {sender.identities[i].public_key: i for i in members}
@@ -93,10 +93,24 @@ class ProviderLink(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # every write goes through the pacer, on its own descriptor of this socket
+        self.sender.pacer.set_link(self.number, os.dup(sock.fileno()))
         self.proto = pp.FleetClientSide(self.endpoint.key, push=self.sender.setup.push)
-        transport.write(self.proto.send_hello())
+        self.write(self.proto.send_hello())
+
+    def write(self, data: bytes) -> None:
+        """A frame to the provider, in order with the packets the pacer writes."""
+        if self.sender.pacer.send(self.number, data) == SEND_FULL and self.transport is not None:
+            log.warning("provider %s:%d does not read (%d bytes waiting); reconnecting",
+                        self.endpoint.host, self.endpoint.port, LINK_BUFFER)
+            self.drop()
+
+    def drop(self) -> None:
+        """Close this connection: the pacer stops writing to it at once (then connection_lost)."""
+        self.sender.pacer.set_link(self.number, -1)
+        if self.transport is not None:
+            self.transport.close()
 
     def _set_ready(self, identity: int, ready: bool) -> None:
         """Registered here or not; the identity is ready if any of its links (home, standby) is,
@@ -145,13 +159,13 @@ class ProviderLink(asyncio.Protocol):
                 case pp.ProviderError(reason=reason) | pp.ProtocolError(reason=reason):
                     log.warning("provider %s:%d closed the session: %s",
                                 self.endpoint.host, self.endpoint.port, reason)
-                    self.transport.close()
+                    self.drop()
                     return
         if acks and not proto.closed:
             # the fragments reach the coordinator (one local socket, in order) before the provider
             # may delete them
             sender.flush_received()
-            self.transport.write(proto.send_ack(acks))
+            self.write(proto.send_ack(acks))
 
     def _register_more(self) -> None:
         """Keep up to REGISTER_CHUNK registrations in flight until every member is registered."""
@@ -165,7 +179,7 @@ class ProviderLink(asyncio.Protocol):
             except pp.ProtocolStateError:  # not challenged yet: ChallengeReceived starts over with every member
                 queue.extendleft(reversed(take))
                 return
-            self.transport.write(frames)
+            self.write(frames)
 
     def join(self, identities: list[int]) -> None:
         """Identities joining a running link: registered now if the session is up, else with the
@@ -189,9 +203,10 @@ class ProviderLink(asyncio.Protocol):
     def pull(self, identity: int) -> None:
         if self.transport is None or self.proto is None or identity not in self.registered:
             return
-        self.transport.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
+        self.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
 
     def connection_lost(self, exc) -> None:
+        self.sender.pacer.set_link(self.number, -1)
         for i in self.members:
             self._set_ready(i, False)
         self.transport = None
@@ -206,7 +221,7 @@ class ProviderLink(asyncio.Protocol):
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
-            self.transport.close()
+            self.drop()
 
 
 class IdentityCounts:
@@ -249,29 +264,24 @@ class Sender:
         members: dict[int, list[int]] = {}
         for i, ident in enumerate(self.identities):
             members.setdefault(ident.provider, []).append(i)
-        self.links = [ProviderLink(self, m, setup.providers[p]) for p, m in members.items()]
+        self.links = [ProviderLink(self, m, setup.providers[p], n) for n, (p, m) in enumerate(members.items())]
         self.link_of: list[ProviderLink] = [None] * len(self.identities)  # type: ignore[list-item]
+        self.link_index = array.array("I", bytes(4 * len(self.identities)))  # link_of as the pacer reads it
         self.links_of: list[list[ProviderLink]] = [[] for _ in self.identities]  # home first
         for link in self.links:
             for i in link.members:
                 self.link_of[i] = link
+                self.link_index[i] = link.number
                 self.links_of[i].append(link)
         self.loops = LoopCodec(setup.loop_key)
         self.trace = TraceWriter(setup.trace_path) if setup.trace_path else None
         self.running = True
         self.connected = 0
-        self.sent = [0, 0, 0]
-        self.real_sent = 0
-        self.dropped_unconnected = 0
-        self.unsent_by_stream = [0, 0, 0]  # due while the identity's provider link was down
+        self.given_up = [0, 0, 0]  # held real packets dropped (HOLD_MAX, HOLD_MAX_NS), by stream
         self.received = 0
         self.loops_back = 0
-        self.loops_sent_by_second: dict[int, int] = {}
-        self.sent_by_second: dict[int, list[int]] = {}
         self.loop_back_sent_ns: list[int] = []
         self.loop_back_rtt_ns: list[int] = []
-        self.lateness_us: list[float] = []
-        self._late_seen = 0
         self._received: dict[int, list[bytes]] = {}
         self.rng = Csprng()  # pull times are seen by the provider: docs/randomness.md
         # packets due while their identity's connection was down: (t, identity, stream, flags, seq, bytes)
@@ -279,17 +289,26 @@ class Sender:
         self.ready_generation = 0
         self._held_generation = 0
         self._held_check_ns = 0
-        self.sent_refs: list[int] = []
-        self.sent_ref_ns: list[int] = []
         self.unsent_refs: list[int] = []
         # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
         self.per_identity = IdentityCounts(len(self.identities))
+        self.pacer = Pacer(self.rings, samples=LATENESS_SAMPLES, refs_cap=SENT_REFS_CAP,
+                           trace_cap=TRACE_CAP if self.trace is not None else 0, held_cap=HELD_HANDOFF,
+                           link_buffer=LINK_BUFFER)
+        with self.pacer.locked():
+            self._bind_pacer()
+
+    def _bind_pacer(self) -> None:
+        """The per-identity arrays the pacer reads and counts into (with its lock held)."""
+        counts = self.per_identity
+        self.pacer.bind(self.ready, self.link_index, counts.sent, counts.real_sent)
 
     def link_state_changed(self, identity: int) -> None:
         ready_links = [link for link in self.links_of[identity] if identity in link.registered]
         ready = bool(ready_links)
         if ready_links:
             self.link_of[identity] = ready_links[0]
+            self.link_index[identity] = ready_links[0].number  # before the ready flag: the pacer reads both
         if self.ready[identity] != ready:
             self.ready[identity] = ready
             self.connected += 1 if ready else -1
@@ -302,7 +321,7 @@ class Sender:
         link = next((lk for lk in self.links if lk.endpoint.key == msg.provider.key), None)
         new = link is None
         if new:
-            link = ProviderLink(self, [], msg.provider)
+            link = ProviderLink(self, [], msg.provider, len(self.links))
             self.links.append(link)
         ids = [i for i in msg.identities if link not in self.links_of[i]]
         for i in ids:
@@ -333,123 +352,62 @@ class Sender:
             self.ctl.send(control.Received(identity, payloads))
         self._received.clear()
 
-    # -- sending --
-    async def pump(self) -> None:
-        rings, link_of, ready = self.rings, self.link_of, self.ready
-        reads = [r.read_index for r in rings]
-        mono = time.monotonic_ns
-        trace = self.trace
-        sent = self.sent
-        while self.running:
-            now = mono()
-            next_t = -1
-            batch: dict[ProviderLink, list[memoryview]] = {}
-            due: list[tuple[int, int, int, int, int]] = []
-            if self.held and (self.ready_generation != self._held_generation or now >= self._held_check_ns):
-                self._release_held(now, batch, due)
-            for k, ring in enumerate(rings):
-                r, w = reads[k], ring.write_index
-                while r < w and len(due) < MAX_PER_ROUND:
-                    t, identity, stream, flags, wire_len, seq = ring.peek(r)
-                    if t > now:
-                        if next_t < 0 or t < next_t:
-                            next_t = t
-                        break
-                    if ready[identity]:
-                        batch.setdefault(link_of[identity], []).append(ring.wire_bytes(r, wire_len))
-                        due.append((t, identity, stream, flags, seq))
-                    elif flags & 1:  # a real packet waits for the link (bounded)
-                        self._hold(t, identity, stream, flags, seq, bytes(ring.wire_bytes(r, wire_len)))
-                    else:  # stale cover sent in a burst later would be overhead, and visible
-                        self.dropped_unconnected += 1
-                        self.unsent_by_stream[stream] += 1
-                    r += 1
-                reads[k] = r
-            if due:
-                actual = mono()
-                for link, views in batch.items():
-                    link.transport.write(b"".join(views))
-                del batch
-                for k, ring in enumerate(rings):
-                    ring.release(reads[k])
-                self._account(due, actual, sent, trace)
-                await asyncio.sleep(0)
-                continue
-            for k, ring in enumerate(rings):  # slots of unconnected identities were consumed too
-                ring.release(reads[k])
-            if next_t < 0:
-                await asyncio.sleep(0.001)  # rings empty: the workers run ahead, so poll gently
-                continue
-            wait = next_t - mono()
-            if wait > TIMER_SLACK_NS:
-                await asyncio.sleep((wait - TIMER_EARLY_NS) / 1e9)
-            elif wait > NAP_MIN_NS:
-                # the kernel's high-resolution timer, blocking the loop for at most ~3 ms
-                time.sleep((wait - NAP_EARLY_NS) / 1e9)
-            else:
-                await asyncio.sleep(0)
+    # -- sending: the pacer writes; here only what waits for a link --
+    def drain_held(self) -> None:
+        for item in self.pacer.take_held():
+            self._hold(item)
 
-    def _hold(self, t: int, identity: int, stream: int, flags: int, seq: int, data: bytes) -> None:
+    def _hold(self, item: tuple[int, int, int, int, int, bytes]) -> None:
         """A real packet due while its connection is down waits for it (bounded: HOLD_MAX,
         HOLD_MAX_NS); its lateness, when it finally goes, is the wait. Cover due meanwhile is dropped
-        and counted: sent late in a burst it would cover nothing and stand out."""
+        and counted by the pacer: sent late in a burst it would cover nothing and stand out."""
         if len(self.held) >= HOLD_MAX:
             self._give_up(self.held.popleft())
-        self.held.append((t, identity, stream, flags, seq, data))
+        self.held.append(item)
 
     def _give_up(self, item) -> None:
-        self.dropped_unconnected += 1
-        self.unsent_by_stream[item[2]] += 1
+        self.given_up[item[2]] += 1
         if item[3] & 1:
             self.unsent_refs.append(item[4])
 
-    def _release_held(self, now: int, batch, due) -> None:
+    def release_held(self, now: int) -> None:
+        """Held packets whose identity is ready again go out through the pacer's queue of their link
+        (in order with its writes) and are accounted as it accounts its own; too old ones are given up."""
+        if not self.held or (self.ready_generation == self._held_generation and now < self._held_check_ns):
+            return
         self._held_generation = self.ready_generation
         self._held_check_ns = now + 100_000_000
-        ready, link_of = self.ready, self.link_of
+        self.report_sent()  # room for these refs and trace records in the pacer's buffers
+        self.drain_trace()
+        ready, link_of, pacer = self.ready, self.link_of, self.pacer
         keep: collections.deque = collections.deque()
         for item in self.held:
             t, identity, stream, flags, seq, data = item
-            if ready[identity]:
-                batch.setdefault(link_of[identity], []).append(data)
-                due.append((t, identity, stream, flags, seq))
+            if ready[identity] and pacer.send(link_of[identity].number, data) == 0:
+                if not pacer.account(t, time.monotonic_ns(), identity, stream, flags, seq):
+                    log.error("held packet sent but not accounted (the pacer's buffers are full)")
             elif now - t > HOLD_MAX_NS:
                 self._give_up(item)
             else:
                 keep.append(item)
+                if ready[identity]:  # its link's buffer is full: try again at the next report
+                    self._held_check_ns = now
         self.held = keep
 
-    def _account(self, due, actual: int, sent: list[int], trace: TraceWriter | None) -> None:
-        samples = self.lateness_us
-        by_second = self.loops_sent_by_second
-        per_sent, per_real = self.per_identity.sent, self.per_identity.real_sent
-        all_by_second = self.sent_by_second
-        for t, identity, stream, flags, seq in due:
-            sent[stream] += 1
-            per_sent[stream][identity] += 1
-            sec = t // 1_000_000_000
-            counts = all_by_second.get(sec)
-            if counts is None:
-                counts = all_by_second[sec] = [0, 0, 0, 0]
-            counts[stream] += 1
-            if stream == LOOP:
-                by_second[sec] = by_second.get(sec, 0) + 1
-            real = flags & 1
-            if real:
-                self.real_sent += 1
-                self.sent_refs.append(seq)
-                self.sent_ref_ns.append(actual)
-                per_real[identity] += 1
-                counts[3] += 1
-            self._late_seen += 1
-            if len(samples) < LATENESS_SAMPLES:
-                samples.append((actual - t) / 1e3)
-            else:  # reservoir sampling keeps an unbiased sample of the interval
-                j = self.rng.randrange(self._late_seen)
-                if j < LATENESS_SAMPLES:
-                    samples[j] = (actual - t) / 1e3
-            if trace is not None:
-                trace.add(t, actual, identity, stream, bool(real))
+    def drain_trace(self) -> None:
+        if self.trace is not None:
+            self.trace.add_records(self.pacer.take_trace())
+
+    def check_pacer(self) -> bool:
+        """False (and the coordinator told) when the pacer stopped on a ring it cannot read."""
+        error = self.pacer.totals()["error"]
+        if not error and (self.pacer.alive or not self.running):
+            return True
+        message = f"the sender's pacer stopped (ring error {error})"
+        log.error(message)
+        self.ctl.send(control.Fatal(message))
+        self.running = False
+        return False
 
     # -- pulling (Loopix clients that do not take pushes) --
     async def pull_loop(self) -> None:
@@ -462,30 +420,45 @@ class Sender:
             self.link_of[identity].pull(identity)
 
     def report_sent(self) -> None:
-        if self.sent_refs or self.unsent_refs:
-            self.ctl.send(control.FragmentsSent(self.sent_refs, self.sent_ref_ns, self.unsent_refs))
-            self.sent_refs, self.sent_ref_ns, self.unsent_refs = [], [], []
+        refs, sent_ns = self.pacer.take_refs()
+        if refs or self.unsent_refs:
+            self.ctl.send(control.FragmentsSent(refs, sent_ns, self.unsent_refs))
+            self.unsent_refs = []
 
     async def sent_loop(self) -> None:
         while self.running:
             await asyncio.sleep(SENT_REPORT_INTERVAL_S)
+            self.drain_held()
+            self.release_held(time.monotonic_ns())
             self.report_sent()
+            self.drain_trace()
+
+    def stats(self) -> control.SenderStats:
+        """What was sent since start (totals) and in this interval (seconds, samples), from the pacer."""
+        totals = self.pacer.totals()
+        seconds = self.pacer.take_seconds()
+        late_ns, _ = self.pacer.take_lateness()
+        unsent = [a + b for a, b in zip(totals["unconnected"], self.given_up, strict=True)]
+        stats = control.SenderStats(
+            sent=totals["sent"], real_sent=totals["real_sent"], loops_back=self.loops_back,
+            loops_sent_by_second={sec: n[1] for sec, n in seconds if n[1]},
+            loop_back_sent_ns=self.loop_back_sent_ns, loop_back_rtt_ns=self.loop_back_rtt_ns,
+            lateness_us=[ns / 1e3 for ns in late_ns], connected=self.connected,
+            dropped_unconnected=sum(unsent), received=self.received, unsent_by_stream=unsent,
+            sent_by_second=dict(seconds),
+        )
+        self.loop_back_sent_ns, self.loop_back_rtt_ns = [], []
+        return stats
 
     async def stats_loop(self) -> None:
         while self.running:
             await asyncio.sleep(STATS_INTERVAL_S)
+            if not self.check_pacer():
+                return
             self.flush_received()
-            self.ctl.send(control.SenderStats(
-                sent=list(self.sent), real_sent=self.real_sent, loops_back=self.loops_back,
-                loops_sent_by_second=self.loops_sent_by_second, loop_back_sent_ns=self.loop_back_sent_ns,
-                loop_back_rtt_ns=self.loop_back_rtt_ns, lateness_us=self.lateness_us, connected=self.connected,
-                dropped_unconnected=self.dropped_unconnected, received=self.received,
-                unsent_by_stream=list(self.unsent_by_stream), sent_by_second=self.sent_by_second,
-            ))
-            self.sent_by_second = {}
-            self.lateness_us, self._late_seen = [], 0
-            self.loops_sent_by_second, self.loop_back_sent_ns, self.loop_back_rtt_ns = {}, [], []
+            self.ctl.send(self.stats())
             if self.trace is not None:
+                self.drain_trace()
                 self.trace.flush()
 
     async def control_loop(self) -> None:
@@ -510,8 +483,12 @@ class Sender:
         on the existing link to each, or a new one."""
         first = len(self.identities)
         self.identities = [*self.identities, *msg.identities]
-        self.ready.extend(bytes(len(msg.identities)))
-        self.per_identity.grow(len(msg.identities))
+        with self.pacer.locked():  # the pacer reads these arrays: not while they move
+            self.pacer.unbind()
+            self.ready.extend(bytes(len(msg.identities)))
+            self.per_identity.grow(len(msg.identities))
+            self.link_index.frombytes(bytes(4 * len(msg.identities)))
+            self._bind_pacer()
         self.setup.providers = msg.providers
         by_key = {link.endpoint.key: link for link in self.links}
         joining: dict[int, list[int]] = {}
@@ -521,31 +498,36 @@ class Sender:
             endpoint = msg.providers[p]
             link = by_key.get(endpoint.key)
             if link is None:
-                link = ProviderLink(self, [], endpoint)
+                link = ProviderLink(self, [], endpoint, len(self.links))
                 self.links.append(link)
                 asyncio.get_running_loop().create_task(link.connect_forever())
             self.link_of.extend([None] * (first + len(msg.identities) - len(self.link_of)))
             self.links_of.extend([] for _ in range(first + len(msg.identities) - len(self.links_of)))
             for i in members:
                 self.link_of[i] = link
+                self.link_index[i] = link.number
                 self.links_of[i].append(link)
             link.join(members)
 
     async def run(self) -> None:
         for link in self.links:
             asyncio.get_running_loop().create_task(link.connect_forever())
-        tasks = [asyncio.create_task(c) for c in (self.pump(), self.stats_loop(), self.pull_loop(),
-                                                       self.sent_loop())]
+        self.pacer.start()
+        tasks = [asyncio.create_task(c) for c in (self.stats_loop(), self.pull_loop(), self.sent_loop())]
         try:
             await self.control_loop()
         finally:
             self.running = False
+            self.pacer.stop()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.flush_received()
+            self.report_sent()
+            self.drain_trace()
             for link in self.links:
                 link.close()
+            self.pacer.close()
             if self.trace is not None:
                 self.trace.close()
             for ring in self.rings:

@@ -137,12 +137,54 @@ ffibuilder.cdef(
         uint64_t unconnected[3];
     } lx_take_ctx;
     long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
+    #define LX_PACE_MAX_RINGS 256
+    #define LX_PACE_SECONDS 64
+    #define LX_PACE_TRACE_RECORD 24
+    #define LX_PACE_SEND_FULL -2
+    #define LX_PACE_NO_LINK -3
+    typedef struct lx_pacer lx_pacer;
+    typedef struct {
+        uint64_t sent[3];
+        uint64_t real_sent;
+        uint64_t unconnected[3];
+        uint64_t held;
+        uint64_t wakeups;
+        uint64_t writes;
+        uint64_t stalls;
+        uint64_t write_errors;
+        uint64_t dropped_bytes;
+        int64_t error;
+    } lx_pace_totals;
+    typedef struct {
+        uint64_t sec;
+        uint64_t n[4];
+    } lx_pace_second;
+    lx_pacer *lx_pacer_new(uint32_t max_samples, uint32_t refs_cap, uint32_t trace_cap, uint32_t held_cap,
+                           uint32_t held_slot, uint64_t link_buffer, const uint8_t *seed);
+    void lx_pacer_free(lx_pacer *p);
+    int lx_pacer_add_ring(lx_pacer *p, uint8_t *ring, uint64_t slots, uint32_t slot_size);
+    void lx_pacer_lock(lx_pacer *p);
+    void lx_pacer_unlock(lx_pacer *p);
+    void lx_pacer_set_identities(lx_pacer *p, uint32_t n, const uint8_t *ready, const uint32_t *link_of,
+                                 uint64_t *sent0, uint64_t *sent1, uint64_t *sent2, uint64_t *real_sent);
+    int lx_pacer_set_link(lx_pacer *p, uint32_t link, int fd);
+    long lx_pacer_send(lx_pacer *p, uint32_t link, const uint8_t *data, size_t len);
+    int lx_pacer_account(lx_pacer *p, uint64_t scheduled_ns, uint64_t actual_ns, uint32_t identity, uint8_t stream,
+                         uint8_t flags, uint64_t seq);
+    void lx_pacer_run(lx_pacer *p);
+    void lx_pacer_stop(lx_pacer *p);
+    void lx_pacer_totals(lx_pacer *p, lx_pace_totals *out);
+    long lx_pacer_take_seconds(lx_pacer *p, lx_pace_second *out, size_t cap);
+    long lx_pacer_take_lateness(lx_pacer *p, int64_t *out, size_t cap, uint64_t *seen);
+    long lx_pacer_take_refs(lx_pacer *p, uint64_t *seq, uint64_t *sent_ns, size_t cap);
+    long lx_pacer_take_trace(lx_pacer *p, uint8_t *out, size_t cap);
+    long lx_pacer_take_held(lx_pacer *p, uint8_t *out, size_t cap);
     """
 )
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include "ringscan.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c"), str(CSRC / "ringscan.c")],
+    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include "ringscan.h"\n#include "pacer.h"\n#include <sodium.h>\n',
+    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c"), str(CSRC / "ringscan.c"), str(CSRC / "pacer.c")],
     include_dirs=[str(CSRC)],
     libraries=["sodium", "crypto", "pthread", "m"],
     # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 
@@ -81,12 +82,18 @@ class Pacer:
 
     def set_link(self, link: int, fd: int) -> None:
         """fd is the pacer's from now on (a dup of the transport's socket: it stays valid however the
-        transport closes its own); -1 when the link is down."""
+        transport closes its own); -1 when the link is down. After close: nothing to do."""
+        if self._p is None:
+            if fd >= 0:
+                os.close(fd)
+            return
         if lib.lx_pacer_set_link(self._p, link, fd) != 0:
             raise ValueError(f"bad link {link}")
 
     def send(self, link: int, data: bytes) -> int:
         """0, or SEND_FULL (the peer does not read: drop the connection) or NO_LINK."""
+        if self._p is None:
+            return NO_LINK
         return lib.lx_pacer_send(self._p, link, data, len(data))
 
     def account(self, scheduled_ns: int, actual_ns: int, identity: int, stream: int, flags: int, seq: int) -> bool:

@@ -52,6 +52,7 @@ struct lx_pacer {
     int stop;
     uint32_t n_rings;
     lx_ring_ref rings[LX_PACE_MAX_RINGS];
+    uint64_t min_gap_ns; /* wake-ups at least this far apart: packets due within it share a write */
     uint32_t n_links;
     lx_link *links;
     uint64_t link_buffer;
@@ -338,8 +339,19 @@ static lx_round pace_round(lx_pacer *p, uint64_t now) {
             p->tot.error = LX_ERR_PARAM;
             return res;
         }
-        if (r == w) res.empty = 1;
-        while (r < w) {
+        while (1) {
+            if (r == w) { /* empty: nothing is due before the horizon (stored after the write index) */
+                uint64_t h = __atomic_load_n((uint64_t *)(rr->base + 128), __ATOMIC_ACQUIRE);
+                uint64_t w2 = __atomic_load_n((uint64_t *)rr->base, __ATOMIC_ACQUIRE);
+                if (w2 != w) {
+                    res.more = 1; /* published meanwhile: look again at once */
+                } else if (h > now) {
+                    if (!res.next_ns || h < res.next_ns) res.next_ns = h;
+                } else {
+                    res.empty = 1;
+                }
+                break;
+            }
             if (n >= ROUND_MAX) {
                 res.more = 1;
                 break;
@@ -435,9 +447,13 @@ void lx_pacer_run(lx_pacer *p) {
         if (r.empty && wake > now + POLL_NS) wake = now + POLL_NS;
         if (r.next_ns && r.next_ns < wake) wake = r.next_ns;
         if (r.backlog && wake > now + BACKLOG_NS) wake = now + BACKLOG_NS;
+        uint64_t gap = __atomic_load_n(&p->min_gap_ns, __ATOMIC_RELAXED);
+        if (wake < now + gap) wake = now + gap;
         sleep_until(wake);
     }
 }
+
+void lx_pacer_set_min_gap(lx_pacer *p, uint64_t ns) { __atomic_store_n(&p->min_gap_ns, ns, __ATOMIC_RELAXED); }
 
 void lx_pacer_stop(lx_pacer *p) { __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE); }
 

@@ -68,6 +68,9 @@ int lx_pacer_account(lx_pacer *p, uint64_t scheduled_ns, uint64_t actual_ns, uin
 /* The loop; returns after lx_pacer_stop or a corrupt ring (totals.error). */
 void lx_pacer_run(lx_pacer *p);
 void lx_pacer_stop(lx_pacer *p);
+/* Wake-ups at least ns apart (0: at each due packet): packets due within it go in one write per link,
+ * each up to ns late. Fewer wake-ups and writes per packet at the cost of that much lateness. */
+void lx_pacer_set_min_gap(lx_pacer *p, uint64_t ns);
 
 /* Collection (each takes the lock): totals so far; the per-second buckets, lateness reservoir
  * (ns; *seen: packets it samples), sent real refs and trace records since the last take (reset). */

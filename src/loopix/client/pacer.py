@@ -99,6 +99,9 @@ class Pacer:
     def account(self, scheduled_ns: int, actual_ns: int, identity: int, stream: int, flags: int, seq: int) -> bool:
         return lib.lx_pacer_account(self._p, scheduled_ns, actual_ns, identity, stream, flags, seq) == 0
 
+    def set_min_gap(self, ns: int) -> None:
+        lib.lx_pacer_set_min_gap(self._p, ns)
+
     # -- the thread --
     def start(self) -> None:
         self._thread = threading.Thread(target=lib.lx_pacer_run, args=(self._p,), name="pacer", daemon=True)

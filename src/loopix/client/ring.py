@@ -9,6 +9,7 @@ Layout: a 192-byte header, then `slots` slots of `slot_size` bytes.
     header  [0, 8)     write index (u64, only the producer stores it)
             [64, 72)   read index (u64, only the consumer stores it)
             [128, 136) horizon_ns: the producer has built every event scheduled before this time
+                       (stored after the write index; the sender sleeps on it while the ring is empty)
             [136, 140) slots, [140, 144) slot_size (u32, for attaching with a check)
     slot    [0, 8)     scheduled_ns (u64)     [8, 12) identity (u32)    [12] stream (u8)
             [13] flags (u8)                   [16, 20) wire_len (u32)   [24, 32) seq (u64)
@@ -110,9 +111,11 @@ class Ring:
         return self.buf[start : start + (count - 1) * self.slot_size + self.slot_size - SLOT_META_SIZE]
 
     def publish(self, new_write_index: int, horizon_ns: int | None = None) -> None:
+        """The write index first, then the horizon: a consumer that reads the horizon, then the write
+        index, and finds no slot, knows nothing is due before that horizon (csrc/pacer.c)."""
+        _U64.pack_into(self.buf, _WRITE, new_write_index)
         if horizon_ns is not None:
             _U64.pack_into(self.buf, _HORIZON, horizon_ns)
-        _U64.pack_into(self.buf, _WRITE, new_write_index)
 
     def set_horizon(self, horizon_ns: int) -> None:
         _U64.pack_into(self.buf, _HORIZON, horizon_ns)

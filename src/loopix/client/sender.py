@@ -295,6 +295,8 @@ class Sender:
         self.pacer = Pacer(self.rings, samples=LATENESS_SAMPLES, refs_cap=SENT_REFS_CAP,
                            trace_cap=TRACE_CAP if self.trace is not None else 0, held_cap=HELD_HANDOFF,
                            link_buffer=LINK_BUFFER)
+        lib_gap = int(os.environ.get("LOOPIX_SENDER_MIN_GAP_US", "0")) * 1000
+        self.pacer.set_min_gap(lib_gap)
         with self.pacer.locked():
             self._bind_pacer()
 
@@ -525,6 +527,10 @@ class Sender:
             self.flush_received()
             self.report_sent()
             self.drain_trace()
+            totals = self.pacer.totals()
+            log.info("pacer: %d packets in %d wake-ups and %d writes; %d write errors, %d bytes dropped "
+                     "with their connection", sum(totals["sent"]), totals["wakeups"], totals["writes"],
+                     totals["write_errors"], totals["dropped_bytes"])
             for link in self.links:
                 link.close()
             self.pacer.close()

@@ -173,6 +173,7 @@ ffibuilder.cdef(
                          uint8_t flags, uint64_t seq);
     void lx_pacer_run(lx_pacer *p);
     void lx_pacer_stop(lx_pacer *p);
+    void lx_pacer_set_min_gap(lx_pacer *p, uint64_t ns);
     void lx_pacer_totals(lx_pacer *p, lx_pace_totals *out);
     long lx_pacer_take_seconds(lx_pacer *p, lx_pace_second *out, size_t cap);
     long lx_pacer_take_lateness(lx_pacer *p, int64_t *out, size_t cap, uint64_t *seen);

@@ -66,11 +66,11 @@ async def paced(rate: float, seconds: float, identities: int, warmup: float) -> 
             recording = [True]
             coord.stats_listeners.append(lambda _s, msg: recording[0] and lateness.extend(msg.lateness_us))
             workers = [c.proc.pid for c in coord.workers if c is not None]
-            sender = coord.sender.proc.pid
-            w0, s0 = sum(map(cpu_seconds, workers)), cpu_seconds(sender)
+            senders = [c.proc.pid for c in (getattr(coord, "senders", None) or [coord.sender])]  # baseline: one
+            w0, s0 = sum(map(cpu_seconds, workers)), sum(map(cpu_seconds, senders))
             c0, b0, t0 = time.process_time(), net.sink_bytes(), time.monotonic()
             await asyncio.sleep(seconds)
-            w1, s1 = sum(map(cpu_seconds, workers)), cpu_seconds(sender)
+            w1, s1 = sum(map(cpu_seconds, workers)), sum(map(cpu_seconds, senders))
             c1, b1, t1 = time.process_time(), net.sink_bytes(), time.monotonic()
             recording[0] = False
             stats = coord.stats

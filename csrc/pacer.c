@@ -56,7 +56,7 @@ struct lx_pacer {
     uint32_t n_links;
     lx_link *links;
     uint64_t link_buffer;
-    uint32_t n_ids;
+    uint32_t n_ids, id_first, id_step; /* the ring's identity i is our identity (i - first) / step */
     const uint8_t *ready;
     const uint32_t *link_of;
     uint64_t *id_sent[3];
@@ -103,6 +103,7 @@ lx_pacer *lx_pacer_new(uint32_t max_samples, uint32_t refs_cap, uint32_t trace_c
     lx_pacer *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     pthread_mutex_init(&p->mu, NULL);
+    p->id_step = 1;
     p->max_samples = max_samples;
     p->refs_cap = refs_cap;
     p->trace_cap = trace_cap;
@@ -148,6 +149,20 @@ int lx_pacer_add_ring(lx_pacer *p, uint8_t *ring, uint64_t slots, uint32_t slot_
     r->slot_size = slot_size;
     r->read = __atomic_load_n((uint64_t *)(ring + 64), __ATOMIC_ACQUIRE);
     return LX_OK;
+}
+
+void lx_pacer_set_id_map(lx_pacer *p, uint32_t first, uint32_t step) {
+    pthread_mutex_lock(&p->mu);
+    p->id_first = first;
+    p->id_step = step ? step : 1;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Our index of the ring's identity, or UINT32_MAX when it is not one of ours. */
+static uint32_t local_id(const lx_pacer *p, uint32_t identity) {
+    if (identity < p->id_first || (identity - p->id_first) % p->id_step) return UINT32_MAX;
+    uint32_t i = (identity - p->id_first) / p->id_step;
+    return i < p->n_ids ? i : UINT32_MAX;
 }
 
 void lx_pacer_lock(lx_pacer *p) { pthread_mutex_lock(&p->mu); }
@@ -277,14 +292,15 @@ static double uniform(lx_pacer *p) {
 /* The accounting of one sent packet (its second's bucket was reserved by the caller). Lock held. */
 static void account(lx_pacer *p, const lx_taken *k, uint64_t actual) {
     uint8_t s = k->stream, real = k->flags & 1;
+    uint32_t i = local_id(p, k->identity);
     p->tot.sent[s]++;
-    if (k->identity < p->n_ids && p->id_sent[s]) p->id_sent[s][k->identity]++;
+    if (i != UINT32_MAX && p->id_sent[s]) p->id_sent[s][i]++;
     lx_pace_second *b = &p->sec[(k->t / NS) % LX_PACE_SECONDS];
     b->n[s]++;
     if (real) {
         p->tot.real_sent++;
         b->n[3]++;
-        if (k->identity < p->n_ids && p->id_real) p->id_real[k->identity]++;
+        if (i != UINT32_MAX && p->id_real) p->id_real[i]++;
         if (p->n_refs < p->refs_cap) {
             p->ref_seq[p->n_refs] = k->seq;
             p->ref_ns[p->n_refs++] = actual;
@@ -368,10 +384,10 @@ static lx_round pace_round(lx_pacer *p, uint64_t now) {
                 p->tot.error = LX_ERR_PARAM;
                 return res;
             }
-            uint32_t link = 0;
-            int ready = identity < p->n_ids && p->ready && p->ready[identity];
+            uint32_t link = 0, i = local_id(p, identity);
+            int ready = i != UINT32_MAX && p->ready && p->ready[i];
             if (ready) {
-                link = p->link_of[identity];
+                link = p->link_of[i];
                 ready = link < p->n_links && p->links[link].fd >= 0;
             }
             if (ready) {

@@ -50,10 +50,14 @@ int lx_pacer_add_ring(lx_pacer *p, uint8_t *ring, uint64_t slots, uint32_t slot_
 /* The lock the loop holds while it scans and writes; held by Python around lx_pacer_set_identities. */
 void lx_pacer_lock(lx_pacer *p);
 void lx_pacer_unlock(lx_pacer *p);
-/* Per identity: ready flag, link index, and the counters the loop adds to (sent per stream, real).
+/* Per identity (our index): ready flag, link index, and the counters the loop adds to (sent per stream, real).
  * Call with the lock held; the arrays must stay valid until the next call. */
 void lx_pacer_set_identities(lx_pacer *p, uint32_t n, const uint8_t *ready, const uint32_t *link_of,
                              uint64_t *sent0, uint64_t *sent1, uint64_t *sent2, uint64_t *real_sent);
+
+/* The rings name identities globally; this pacer's identity i is the ring's first + i * step (a sender
+ * that owns every step-th identity of the client). Default 0, 1. */
+void lx_pacer_set_id_map(lx_pacer *p, uint32_t first, uint32_t step);
 
 /* The connection of a link: fd (the pacer owns it from now on and closes it) or -1 when it is down.
  * Bytes still buffered for the previous connection are dropped (counted). */
@@ -61,7 +65,8 @@ int lx_pacer_set_link(lx_pacer *p, uint32_t link, int fd);
 /* Python's frames to a link, in order with the pacer's writes. 0 or LX_PACE_SEND_FULL / LX_PACE_NO_LINK
  * (nothing taken) or LX_ERR_PARAM. */
 long lx_pacer_send(lx_pacer *p, uint32_t link, const uint8_t *data, size_t len);
-/* One packet Python sent itself (a held one), accounted as the loop accounts its own. */
+/* One packet Python sent itself (a held one; identity as the ring names it), accounted as the loop
+ * accounts its own. */
 int lx_pacer_account(lx_pacer *p, uint64_t scheduled_ns, uint64_t actual_ns, uint32_t identity, uint8_t stream,
                      uint8_t flags, uint64_t seq);
 

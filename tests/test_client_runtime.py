@@ -32,7 +32,7 @@ def test_streams_trace_and_clean_shutdown(tmp_path):
             coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2,
                                                     mean_hop_delay_ms=5.0, trace_path=str(trace)))
             await coord.start()
-            kids = {c.proc.pid for c in [coord.sender, *coord.workers]}
+            kids = {c.proc.pid for c in [*coord.senders, *coord.workers]}
             assert len(kids) == 3 and kids <= children_of(os.getpid())
             await wait_until_async(lambda: sum(coord.stats.sent) >= 300, "300 packets sent", 30)
             await coord.stop()
@@ -69,7 +69,7 @@ def test_killed_worker_is_replaced_and_shutdown_stays_clean():
                 "the worker to be restarted", 20)
             sent = sum(coord.stats.sent)
             await wait_until_async(lambda: sum(coord.stats.sent) > sent + 50, "traffic after the restart", 20)
-            kids = {c.proc.pid for c in [coord.sender, *coord.workers]}
+            kids = {c.proc.pid for c in [*coord.senders, *coord.workers]}
             await coord.stop()
             assert not (kids & children_of(os.getpid()))
 
@@ -97,3 +97,43 @@ def test_unknown_provider_is_refused():
                 await coord.start()
 
     uvloop.run(scenario())
+
+
+def test_two_senders_share_the_identities_and_their_stats_add_up(tmp_path):
+    trace = tmp_path / "trace.bin"
+
+    async def scenario():
+        async with SinkNet() as net:
+            ids = [Identity(generate_keypair(), None, 40.0, 20.0, 20.0) for _ in range(4)]
+            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2, senders=2,
+                                                    mean_hop_delay_ms=5.0, trace_path=str(trace)))
+            await coord.start()
+            assert coord.n_senders == 2 and len(coord.senders) == 2
+            kids = {c.proc.pid for c in [*coord.senders, *coord.workers]}
+            assert len(kids) == 4 and kids <= children_of(os.getpid())
+            await wait_until_async(lambda: sum(coord.stats.sent) >= 400, "400 packets sent", 30)
+            assert coord.stats.connected == 4
+            reply = await coord.identity_stats([0, 1, 2, 3], top=2)
+            assert [r.identity for r in reply.identities] == [0, 1, 2, 3] and len(reply.top) == 2
+            assert all(sum(r.sent) > 0 for r in reply.identities)
+            await coord.stop()
+            assert not (kids & children_of(os.getpid()))
+            records = read_trace(str(trace))  # one file: the second sender's records appended at stop
+            assert not (tmp_path / "trace.bin.1").exists()
+            await wait_until_async(lambda: net.sink_bytes() >= len(records) * FRAME, "the sink to count them", 10)
+            assert net.sink_bytes() == len(records) * FRAME
+            return coord.stats, records
+
+    stats, records = uvloop.run(scenario())
+    assert {r.identity for r in records} == {0, 1, 2, 3}
+    assert all(r.actual_ns >= r.scheduled_ns for r in records)
+    assert sum(stats.sent) <= len(records)  # the last interval's packets are in the trace, not yet in the stats
+
+
+def test_sender_count_divides_the_workers_and_needs_partitioned_identities():
+    from loopix.client.coordinator import sender_count
+
+    assert sender_count(4, 8, partitioned=False) == 1
+    assert sender_count(0, 8, partitioned=True) == 1 and sender_count(0, 64, partitioned=True) == 8
+    assert sender_count(3, 8, partitioned=True) == 2  # a divisor: sender k owns identities i % n == k
+    assert sender_count(16, 4, partitioned=True) == 4  # at most one per worker

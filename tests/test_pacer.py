@@ -193,3 +193,27 @@ def test_a_corrupt_slot_stops_the_pacer_with_an_error():
         assert h.pacer.totals()["error"] != 0
     finally:
         h.close()
+
+
+def test_merged_sender_stats_sum_counts_and_weight_lateness_by_packets():
+    from loopix.client import control
+    from loopix.client.coordinator import merge_sender_stats
+    from loopix.csprng import Csprng
+
+    def report(sent, late, seen, seconds):
+        return control.SenderStats(sent=sent, real_sent=sent[0], loops_back=1, loops_sent_by_second={7: sent[1]},
+                                   loop_back_sent_ns=[1], loop_back_rtt_ns=[2], lateness_us=late, connected=2,
+                                   dropped_unconnected=1, received=3, unsent_by_stream=[1, 0, 0],
+                                   sent_by_second=seconds, lateness_seen=seen)
+
+    a = report([30, 10, 5], [1.0] * 2000, 3000, {7: [30, 10, 5, 30]})
+    b = report([10, 5, 5], [2.0] * 1000, 1000, {7: [10, 5, 5, 10], 8: [1, 0, 0, 0]})
+    m = merge_sender_stats([[a], [b]], [a, b], Csprng())
+    assert m.sent == [40, 15, 10] and m.real_sent == 40 and m.connected == 4 and m.received == 6
+    assert m.sent_by_second == {7: [40, 15, 10, 40], 8: [1, 0, 0, 0]} and m.loops_sent_by_second == {7: 15}
+    assert m.unsent_by_stream == [2, 0, 0] and m.dropped_unconnected == 2 and m.lateness_seen == 4000
+    # one uniform sample of the 4,000 packets: 3/4 from the first sender's, 1/4 from the second's
+    assert m.lateness_us.count(1.0) == 1500 and m.lateness_us.count(2.0) == 500
+    small = merge_sender_stats([[report([1, 0, 0], [5.0], 1, {})], [report([1, 0, 0], [6.0], 1, {})]],
+                               [a, b], Csprng())
+    assert sorted(small.lateness_us) == [5.0, 6.0]  # samples that are every packet are kept whole

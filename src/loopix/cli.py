@@ -103,6 +103,14 @@ def worker_count(text: str) -> int:
     return n
 
 
+def sender_count(text: str) -> int:
+    """Sender processes: at least one; more than 1024 is surely a typo."""
+    n = _int(text, "senders")
+    if not 1 <= n <= 1024:
+        raise ValueError(f"must be 1 to 1024, got {n}")
+    return n
+
+
 def positive_count(text: str) -> int:
     n = _int(text, "count")
     if n < 1:
@@ -490,6 +498,10 @@ def _add_client_options(p: argparse.ArgumentParser, id_required: bool = True) ->
     p.add_argument("--workers", metavar="N", type=_arg(worker_count), default=None,
                    help="packet-building processes, 1 to 1024 (default: the config's runtime.workers, "
                    "where 0 means one per core)")
+    p.add_argument("--senders", metavar="N", type=_arg(sender_count), default=None,
+                   help="sender processes, 1 to 1024, each owning a share of the identities (with --fleet, "
+                   "when there are at least as many identities as workers; default: the config's "
+                   "runtime.senders, where 0 means one per 8 workers)")
     p.add_argument("--trace", metavar="FILE",
                    help="write one binary record per packet sent to FILE, replacing it (default: none; docs/trace.md)")
     p.add_argument("--status-interval", metavar="DURATION", type=_arg(status_interval), default=5.0,

@@ -173,6 +173,12 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`[runtime]`: how the client uses this machine, not what it looks like on the wire."""
 
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0  # packet builders; 0 = number of cores
+    # sender processes, each owning a share of the identities (several only when identities >= workers);
+    # 0 = one per 8 workers (docs/client-stages.md)
+    senders: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    # the sender's wake-ups at least this far apart: packets due within it share one write, each up to
+    # this much later (fewer wake-ups and writes per packet); 0 = wake at each due packet
+    sender_min_gap_us: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     topology_refresh_s: Positive = 5.0
 
     def __post_init__(self) -> None:

@@ -139,6 +139,11 @@ class SenderSetup(msgspec.Struct, tag=True):
     trace_path: str | None
     push: bool = True
     fetch_rate: float = 0.0
+    # with several senders, this one owns the client's identities first, first + step, ...: identities[j]
+    # is the client's first + j * step (the rings name them so)
+    first: int = 0
+    step: int = 1
+    min_gap_us: int = 0  # wake-ups at least this far apart (client/pacer.py); 0: at each due packet
 
 
 class Received(msgspec.Struct, tag=True):
@@ -160,6 +165,7 @@ class SenderStats(msgspec.Struct, tag=True):
     unsent_by_stream: list[int] = []  # dropped_unconnected per stream: the provider link was down
     # scheduled second (monotonic) -> [payload, loop, drop, of which real] sent, this interval
     sent_by_second: dict[int, list[int]] = {}
+    lateness_seen: int = 0  # packets lateness_us is a uniform sample of (to merge senders' samples)
 
 
 class Failover(msgspec.Struct, tag=True):

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from .replies import (
 )
 from .ring import Ring, slot_size_for
 from .topology_source import TopologyRefused, TopologySource
+from .trace import MAGIC as TRACE_MAGIC
 
 log = logging.getLogger("loopix.coordinator")
 
@@ -83,6 +85,8 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     mean_hop_delay_ms: float = 50.0
     payload_cover: str = "drop"
     workers: int = 0
+    senders: int = 0  # sender processes; 0: chosen from the workers (sender_count)
+    sender_min_gap_us: int = 0  # the sender's wake-ups at least this far apart (client/pacer.py)
     push: bool = True
     fetch_rate: float = 1.0
     topology_refresh_s: float = 5.0
@@ -209,6 +213,22 @@ def topology_update(topo: Topology) -> control.TopologyUpdate:
     return control.TopologyUpdate(mixnodes, providers)
 
 
+WORKERS_PER_SENDER = 8  # measured (docs/client-stages.md): a worker ~200 µs a packet, a sender ~15-25
+
+
+def sender_count(asked: int, workers: int, partitioned: bool) -> int:
+    """How many sender processes: one unless the identities are partitioned over the workers; else as
+    asked (0: one per WORKERS_PER_SENDER workers), at most one per worker, and a divisor of the
+    workers, so that sender s owns workers s, s + n, ... and exactly the identities i with i % n == s."""
+    if not partitioned:
+        return 1
+    want = asked or -(-workers // WORKERS_PER_SENDER)
+    want = max(1, min(want, workers))
+    while workers % want:
+        want -= 1
+    return want
+
+
 class Child:
     """A worker or sender process with its control channel."""
 
@@ -239,7 +259,7 @@ class Coordinator:
         self.stats = Stats()
         self.rings: list[Ring] = []
         self.workers: list[Child | None] = []
-        self.sender: Child | None = None
+        self.senders: list[Child] = []
         self.tasks: list[asyncio.Task] = []
         self.refs = itertools.count(1)
         self.outstanding: list[dict[int, control.Fragment]] = []
@@ -272,9 +292,12 @@ class Coordinator:
         self.on_waiting = None  # called once with a line for the user while the directory is not there
         self._worker_stats: dict[int, control.WorkerStats] = {}
         self._sender_connected = asyncio.Event()
+        self._sender_stats: list[list[control.SenderStats]] = []  # per sender, not yet merged
+        self._sender_totals: list[control.SenderStats | None] = []  # per sender, the last report
         self.packet_size = sphinx.packet_size(options.payload_size)
         # decided once: identities that join later keep the split (see add_identities)
         self.partitioned = len(identities) >= self.n_workers
+        self.n_senders = sender_count(options.senders, self.n_workers, self.partitioned)
         self.removed: set[int] = set()
         self._stats_waiters: dict[int, asyncio.Future] = {}
         self._paused = options.start_paused  # what a restarted worker starts as
@@ -287,7 +310,8 @@ class Coordinator:
         try:
             self._start_children()
             self.running = True
-            self.tasks.append(asyncio.create_task(self._read_sender()))
+            for k in range(self.n_senders):
+                self.tasks.append(asyncio.create_task(self._read_sender(k)))
             for i in range(self.n_workers):
                 self.tasks.append(asyncio.create_task(self._read_worker(i)))
             self.tasks.append(asyncio.create_task(self._refresh_topology()))
@@ -356,17 +380,52 @@ class Coordinator:
             host, port = self.topology.provider_by_key(key).address
             endpoints.append(control.ProviderEndpoint(key, host, port))
         index = {key: i for i, key in enumerate(self.provider_keys)}
-        sender_ids = [control.SenderIdentity(ident.keys.secret, ident.keys.public, index[self.provider_of[i]])
-                      for i, ident in enumerate(self.identities)]
-        ours, theirs = socket.socketpair()
-        fds = [theirs.fileno()] + [r.fd for r in self.rings]
-        proc = spawn("loopix.client.sender", fds, [str(theirs.fileno())])
-        theirs.close()
-        self.sender = Child("sender", proc, None)
-        self._pending_sender = (ours, control.SenderSetup(
-            identities=sender_ids, providers=endpoints, loop_key=self.loop_key, ring_fds=[r.fd for r in self.rings],
-            trace_path=self.opts.trace_path, push=self.opts.push, fetch_rate=self.opts.fetch_rate))
+        n = self.n_senders
+        self.senders, self._pending_senders = [], []
+        self._sender_stats, self._sender_totals = [[] for _ in range(n)], [None] * n
+        for k in range(n):  # sender k: the rings of workers k, k + n, ... and identities k, k + n, ...
+            sender_ids = [control.SenderIdentity(ident.keys.secret, ident.keys.public, index[self.provider_of[i]])
+                          for i, ident in enumerate(self.identities) if i % n == k]
+            rings = [r.fd for w, r in enumerate(self.rings) if w % n == k]
+            ours, theirs = socket.socketpair()
+            proc = spawn("loopix.client.sender", [theirs.fileno(), *rings], [str(theirs.fileno())])
+            theirs.close()
+            self.senders.append(Child(f"sender {k}" if n > 1 else "sender", proc, None))
+            self._pending_senders.append((ours, control.SenderSetup(
+                identities=sender_ids, providers=endpoints, loop_key=self.loop_key, ring_fds=rings,
+                trace_path=self.trace_part(k), push=self.opts.push,
+                fetch_rate=self.opts.fetch_rate,
+                first=k, step=n, min_gap_us=self.opts.sender_min_gap_us)))
         self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
+
+    @property
+    def sender(self) -> Child | None:
+        """The first sender (the only one unless identities are partitioned over several)."""
+        return self.senders[0] if self.senders else None
+
+    def sender_of(self, identity: int) -> int:
+        return identity % self.n_senders
+
+    def trace_part(self, k: int) -> str | None:
+        """Sender k's trace file: the trace itself for the first, PATH.k for the others (appended to
+        PATH at stop)."""
+        path = self.opts.trace_path
+        return path if path is None or k == 0 else f"{path}.{k}"
+
+    def _merge_traces(self) -> None:
+        """One trace file, whatever the number of senders: the others' records appended to the first's."""
+        if self.opts.trace_path is None or self.n_senders == 1:
+            return
+        with open(self.opts.trace_path, "ab") as out:
+            for k in range(1, self.n_senders):
+                part = self.trace_part(k)
+                try:
+                    with open(part, "rb") as f:
+                        if f.read(len(TRACE_MAGIC)) == TRACE_MAGIC:
+                            shutil.copyfileobj(f, out)
+                except FileNotFoundError:
+                    continue
+                os.unlink(part)
 
     def _spawn_worker(self, w: int):
         ours, theirs = socket.socketpair()
@@ -400,7 +459,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         self.running = False
-        children = [c for c in [self.sender, *self.workers] if c is not None]
+        children = [c for c in [*self.senders, *self.workers] if c is not None]
         for child in children:
             child.stopping = True
             if child.chan is not None:
@@ -422,6 +481,8 @@ class Coordinator:
         for ring in self.rings:
             ring.close()
         self.rings = []
+        if children:
+            self._merge_traces()
         for queues in self.subscribers.values():
             for q in queues:
                 q.put_nowait(None)
@@ -442,18 +503,19 @@ class Coordinator:
                 child.chan.send(msg)
 
     # -- children --
-    async def _read_sender(self) -> None:
-        ours, setup = self._pending_sender
-        self._pending_sender = None  # a fleet's setup holds every key once more: not kept once sent
+    async def _read_sender(self, k: int) -> None:
+        ours, setup = self._pending_senders[k]
+        self._pending_senders[k] = None  # a fleet's setup holds every key once more: not kept once sent
         chan = await control.ControlChannel.open(ours)
-        self.sender.chan = chan
+        child = self.senders[k]
+        child.chan = chan
         chan.send(setup)
         del setup
         while True:
             msg = await chan.recv()
             if msg is None:
-                if self.running and not self.sender.stopping:
-                    self.fatal = "the sender process exited"
+                if self.running and not child.stopping:
+                    self.fatal = f"the {child.name} process exited"
                     log.error(self.fatal)
                     self._sender_connected.set()
                 return
@@ -466,7 +528,7 @@ class Coordinator:
                 for ref in msg.unsent:
                     retx.unsent(ref)
             elif isinstance(msg, control.SenderStats):
-                self._on_sender_stats(msg)
+                self._on_sender_stats(k, msg)
             elif isinstance(msg, control.IdentityStatsReply):
                 waiter = self._stats_waiters.pop(msg.ref, None)
                 if waiter is not None and not waiter.done():
@@ -476,18 +538,29 @@ class Coordinator:
 
     async def identity_stats(self, indexes: list[int], top: int = 0,
                              timeout_s: float = 5.0) -> control.IdentityStatsReply:
-        """Per-identity counters from the sender (they live there: no copy per identity here)."""
-        if not self.running or self.sender is None or self.sender.chan is None:
+        """Per-identity counters from the senders (they live there: no copy per identity here); with
+        several, each answers for its own and the top ones are the top of theirs."""
+        if not self.running or not self.senders or any(c.chan is None for c in self.senders):
             raise ClientError("the client is not running")
-        ref = next(self.refs)
-        waiter = self._stats_waiters[ref] = asyncio.get_running_loop().create_future()
-        self.sender.chan.send(control.IdentityStatsRequest(ref, list(indexes), top))
+        refs = [next(self.refs) for _ in self.senders]
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in refs]
+        for ref, waiter, child in zip(refs, waiters, self.senders, strict=True):
+            self._stats_waiters[ref] = waiter
+            child.chan.send(control.IdentityStatsRequest(ref, list(indexes), top))
         try:
-            return await asyncio.wait_for(waiter, timeout_s)
+            replies = await asyncio.wait_for(asyncio.gather(*waiters), timeout_s)
         except TimeoutError:
             raise ClientError(f"the sender did not answer within {timeout_s:g}s") from None
         finally:
-            self._stats_waiters.pop(ref, None)
+            for ref in refs:
+                self._stats_waiters.pop(ref, None)
+        if len(replies) == 1:
+            return replies[0]
+        rows = {r.identity: r for reply in replies for r in reply.identities}
+        tops = [r for reply in replies for r in reply.top]
+        tops.sort(key=lambda r: sum(r.sent) + r.received, reverse=True)
+        return control.IdentityStatsReply(refs[0], [rows[i] for i in indexes if i in rows], tops[:top])
 
     async def _read_worker(self, w: int) -> None:
         while True:
@@ -540,8 +613,9 @@ class Coordinator:
         """A killed child closes its control socket; this only catches the rare hang at exit."""
         while self.running:
             await asyncio.sleep(0.5)
-            if self.sender and self.sender.proc.poll() is not None and not self.sender.stopping:
-                self.fatal = f"the sender process exited with code {self.sender.proc.returncode}"
+            for child in self.senders:
+                if child.proc.poll() is not None and not child.stopping:
+                    self.fatal = f"the {child.name} process exited with code {child.proc.returncode}"
 
     async def _refresh_topology(self) -> None:
         while self.running:
@@ -590,8 +664,10 @@ class Coordinator:
             msg = control.Failover(ids, control.ProviderEndpoint(key, host, port))
             log.warning("%d identities' provider left the topology; registering them at %s:%d too",
                         len(ids), host, port)
-            if self.sender is not None and self.sender.chan is not None:
-                self.sender.chan.send(msg)
+            for k, child in enumerate(self.senders):
+                ours = [i for i in ids if self.sender_of(i) == k]
+                if ours and child.chan is not None:
+                    child.chan.send(control.Failover(ours, msg.provider))
             self._tell_workers(msg)
 
     def _resolve(self, frag: control.Fragment) -> control.Fragment:
@@ -846,7 +922,16 @@ class Coordinator:
                 prev = old[i] if old and len(old) > i else 0
                 total[i] += n - prev if n >= prev else n
 
-    def _on_sender_stats(self, msg: control.SenderStats) -> None:
+    def _on_sender_stats(self, k: int, msg: control.SenderStats) -> None:
+        """Each sender reports once a second; with several, their reports are merged (counts summed,
+        lateness samples combined in proportion to the packets each stands for) once all have come."""
+        if self.n_senders > 1:
+            self._sender_stats[k].append(msg)
+            self._sender_totals[k] = msg
+            if not all(self._sender_stats):
+                return
+            msg = merge_sender_stats(self._sender_stats, self._sender_totals, self.rng)
+            self._sender_stats = [[] for _ in range(self.n_senders)]
         s = self.stats
         if msg.unsent_by_stream:
             s.unsent_link_down = list(msg.unsent_by_stream)
@@ -900,9 +985,11 @@ class Coordinator:
         endpoints = [control.ProviderEndpoint(key, *self.topology.provider_by_key(key).address)
                      for key in self.provider_keys]
         new = range(first, len(self.identities))
-        self.sender.chan.send(control.AddSenderIdentities(
-            [control.SenderIdentity(self.identities[i].keys.secret, self.identities[i].keys.public,
-                                    index[self.provider_of[i]]) for i in new], endpoints))
+        for k, child in enumerate(self.senders):  # each its own, in order: their indexes go on from its last
+            child.chan.send(control.AddSenderIdentities(
+                [control.SenderIdentity(self.identities[i].keys.secret, self.identities[i].keys.public,
+                                        index[self.provider_of[i]]) for i in new if self.sender_of(i) == k],
+                endpoints))
         for w, child in enumerate(self.workers):
             classes: dict[tuple[float, float, float], int] = {}
             infos = []
@@ -925,7 +1012,8 @@ class Coordinator:
             return
         self.removed.update(gone)
         msg = control.RemoveIdentities(gone)
-        self.sender.chan.send(msg)
+        for child in self.senders:
+            child.chan.send(msg)
         self._tell_workers(msg)
         for i in gone:
             self.reassemblers.pop(i, None)
@@ -941,6 +1029,51 @@ class Coordinator:
     def address_of(self, identity: int) -> tuple[bytes, bytes]:
         """(client key, provider key) of one of ours."""
         return self.identities[identity].keys.public, self.provider_of[identity]
+
+
+def merge_sender_stats(pending: list[list[control.SenderStats]], last: list[control.SenderStats],
+                       rng: Csprng) -> control.SenderStats:
+    """Several senders' reports as one: totals summed over each one's last report; the intervals'
+    per-second counts summed; loops back concatenated; lateness as one uniform sample of every packet
+    the reports stand for (each report's sample thinned to its share of lateness_seen), never an
+    average of percentiles."""
+    reports = [m for ms in pending for m in ms]
+    by_second: dict[int, list[int]] = {}
+    loops_by_second: dict[int, int] = {}
+    for m in reports:
+        for sec, n in m.sent_by_second.items():
+            acc = by_second.setdefault(sec, [0, 0, 0, 0])
+            for i, x in enumerate(n):
+                acc[i] += x
+        for sec, n in m.loops_sent_by_second.items():
+            loops_by_second[sec] = loops_by_second.get(sec, 0) + n
+    seen = sum(m.lateness_seen for m in reports)
+    # a report whose sample is short of its packets had a full reservoir: that size is the budget
+    budget = max((len(m.lateness_us) for m in reports if len(m.lateness_us) < m.lateness_seen), default=0)
+    lateness: list[float] = []
+    for m in reports:
+        sample = list(m.lateness_us)
+        if budget and m.lateness_seen:
+            keep = min(len(sample), round(budget * m.lateness_seen / seen))
+            for j in range(keep):  # a uniform subsample: partial Fisher-Yates from the CSPRNG
+                x = j + rng.randrange(len(sample) - j)
+                sample[j], sample[x] = sample[x], sample[j]
+            sample = sample[:keep]
+        lateness.extend(sample)
+
+    def total(name: str) -> int:
+        return sum(getattr(m, name) for m in last)
+
+    return control.SenderStats(
+        sent=[sum(m.sent[i] for m in last) for i in range(3)], real_sent=total("real_sent"),
+        loops_back=total("loops_back"), loops_sent_by_second=loops_by_second,
+        loop_back_sent_ns=[x for m in reports for x in m.loop_back_sent_ns],
+        loop_back_rtt_ns=[x for m in reports for x in m.loop_back_rtt_ns],
+        lateness_us=lateness, connected=total("connected"), dropped_unconnected=total("dropped_unconnected"),
+        received=total("received"),
+        unsent_by_stream=[sum(m.unsent_by_stream[i] for m in last if m.unsent_by_stream) for i in range(3)],
+        sent_by_second=by_second, lateness_seen=seen,
+    )
 
 
 def choose_standby(identity: int, home: bytes, providers: list[bytes]) -> bytes | None:

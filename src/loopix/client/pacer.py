@@ -80,6 +80,10 @@ class Pacer:
         self._bound = c
         lib.lx_pacer_set_identities(self._p, n, *c)
 
+    def set_id_map(self, first: int, step: int) -> None:
+        """The rings' identity first + i * step is our identity i (a sender owning every step-th one)."""
+        lib.lx_pacer_set_id_map(self._p, first, step)
+
     def set_link(self, link: int, fd: int) -> None:
         """fd is the pacer's from now on (a dup of the transport's socket: it stays valid however the
         transport closes its own); -1 when the link is down. After close: nothing to do."""

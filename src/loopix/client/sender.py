@@ -240,17 +240,20 @@ class IdentityCounts:
         for a in (*self.sent, self.real_sent, self.received, self.loops_back, self.rtt_sum_ns):
             a.frombytes(zeros)
 
-    def row(self, i: int) -> control.IdentityCounters:
-        return control.IdentityCounters(i, [s[i] for s in self.sent], self.real_sent[i], self.received[i],
-                                        self.loops_back[i], self.rtt_sum_ns[i])
+    def row(self, i: int, first: int = 0, step: int = 1) -> control.IdentityCounters:
+        return control.IdentityCounters(first + i * step, [s[i] for s in self.sent], self.real_sent[i],
+                                        self.received[i], self.loops_back[i], self.rtt_sum_ns[i])
 
-    def reply(self, req: control.IdentityStatsRequest, n: int) -> control.IdentityStatsReply:
-        rows = [self.row(i) for i in req.identities if 0 <= i < n]
+    def reply(self, req: control.IdentityStatsRequest, n: int, first: int = 0, step: int = 1) -> control.IdentityStatsReply:
+        """Rows of the requested identities (the client's indexes) that are ours, and our top ones."""
+        ours = [(g - first) // step for g in req.identities if g >= first and (g - first) % step == 0]
+        rows = [self.row(i, first, step) for i in ours if i < n]
         top = []
         if req.top > 0:
             p, lo, d = self.sent
             r = self.received  # traffic: packets sent and received
-            top = [self.row(i) for i in heapq.nlargest(req.top, range(n), key=lambda i: p[i] + lo[i] + d[i] + r[i])]
+            top = [self.row(i, first, step)
+                   for i in heapq.nlargest(req.top, range(n), key=lambda i: p[i] + lo[i] + d[i] + r[i])]
         return control.IdentityStatsReply(req.ref, rows, top)
 
 
@@ -259,6 +262,7 @@ class Sender:
         self.setup = setup
         self.ctl = ctl
         self.rings = [Ring.attach(fd) for fd in setup.ring_fds]
+        self.first, self.step = setup.first, setup.step  # our identity j is the client's first + j * step
         self.identities = setup.identities
         self.ready = bytearray(len(self.identities))  # registered and connected, per identity
         members: dict[int, list[int]] = {}
@@ -295,8 +299,8 @@ class Sender:
         self.pacer = Pacer(self.rings, samples=LATENESS_SAMPLES, refs_cap=SENT_REFS_CAP,
                            trace_cap=TRACE_CAP if self.trace is not None else 0, held_cap=HELD_HANDOFF,
                            link_buffer=LINK_BUFFER)
-        lib_gap = int(os.environ.get("LOOPIX_SENDER_MIN_GAP_US", "0")) * 1000
-        self.pacer.set_min_gap(lib_gap)
+        self.pacer.set_min_gap(setup.min_gap_us * 1000)
+        self.pacer.set_id_map(self.first, self.step)
         with self.pacer.locked():
             self._bind_pacer()
 
@@ -351,7 +355,7 @@ class Sender:
 
     def flush_received(self) -> None:
         for identity, payloads in self._received.items():
-            self.ctl.send(control.Received(identity, payloads))
+            self.ctl.send(control.Received(self.first + identity * self.step, payloads))
         self._received.clear()
 
     # -- sending: the pacer writes; here only what waits for a link --
@@ -385,16 +389,27 @@ class Sender:
         keep: collections.deque = collections.deque()
         for item in self.held:
             t, identity, stream, flags, seq, data = item
-            if ready[identity] and pacer.send(link_of[identity].number, data) == 0:
+            i = self.ours(identity)
+            if i < 0:  # not one of ours: cannot happen with the coordinator's split; never sent
+                self._give_up(item)
+            elif ready[i] and pacer.send(link_of[i].number, data) == 0:
                 if not pacer.account(t, time.monotonic_ns(), identity, stream, flags, seq):
                     log.error("held packet sent but not accounted (the pacer's buffers are full)")
             elif now - t > HOLD_MAX_NS:
                 self._give_up(item)
             else:
                 keep.append(item)
-                if ready[identity]:  # its link's buffer is full: try again at the next report
+                if ready[i]:  # its link's buffer is full: try again at the next report
                     self._held_check_ns = now
         self.held = keep
+
+    def ours(self, identity: int) -> int:
+        """Our index of the client's identity, or -1."""
+        j, r = divmod(identity - self.first, self.step)
+        return j if identity >= self.first and r == 0 and j < len(self.identities) else -1
+
+    def ours_of(self, identities: list[int]) -> list[int]:
+        return [j for j in map(self.ours, identities) if j >= 0]
 
     def drain_trace(self) -> None:
         if self.trace is not None:
@@ -439,7 +454,7 @@ class Sender:
         """What was sent since start (totals) and in this interval (seconds, samples), from the pacer."""
         totals = self.pacer.totals()
         seconds = self.pacer.take_seconds()
-        late_ns, _ = self.pacer.take_lateness()
+        late_ns, seen = self.pacer.take_lateness()
         unsent = [a + b for a, b in zip(totals["unconnected"], self.given_up, strict=True)]
         stats = control.SenderStats(
             sent=totals["sent"], real_sent=totals["real_sent"], loops_back=self.loops_back,
@@ -447,7 +462,7 @@ class Sender:
             loop_back_sent_ns=self.loop_back_sent_ns, loop_back_rtt_ns=self.loop_back_rtt_ns,
             lateness_us=[ns / 1e3 for ns in late_ns], connected=self.connected,
             dropped_unconnected=sum(unsent), received=self.received, unsent_by_stream=unsent,
-            sent_by_second=dict(seconds),
+            sent_by_second=dict(seconds), lateness_seen=seen,
         )
         self.loop_back_sent_ns, self.loop_back_rtt_ns = [], []
         return stats
@@ -470,13 +485,15 @@ class Sender:
                 self.running = False
                 return
             if isinstance(msg, control.Failover):
-                self.failover(msg)
+                ours = self.ours_of(msg.identities)
+                if ours:
+                    self.failover(control.Failover(ours, msg.provider))
             elif isinstance(msg, control.AddSenderIdentities):
                 self.add_identities(msg)
             elif isinstance(msg, control.IdentityStatsRequest):
-                self.ctl.send(self.per_identity.reply(msg, len(self.identities)))
+                self.ctl.send(self.per_identity.reply(msg, len(self.identities), self.first, self.step))
             elif isinstance(msg, control.RemoveIdentities):
-                gone = set(msg.identities)
+                gone = set(self.ours_of(msg.identities))
                 for link in {self.link_of[i] for i in gone if i < len(self.link_of)}:
                     link.leave(gone)
 

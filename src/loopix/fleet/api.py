@@ -124,7 +124,7 @@ class Fleet:
     """The identities of one fleet directory, run by one client process tree."""
 
     def __init__(self, contents: FleetContents, *, trace_path: str | None = None, workers: int | None = None,
-                 directory_url: str | None = None, lock: bool = True):
+                 directory_url: str | None = None, lock: bool = True, senders: int | None = None):
         self.root = Path(contents.root)
         self.layout = contents.layout
         self.config = contents.config
@@ -139,7 +139,7 @@ class Fleet:
         self._messages_out = array.array("Q", bytes(8 * n))  # per coordinator index
         self._messages_in = array.array("Q", bytes(8 * n))
         self._options = runtime_options(contents.config, trace_path=trace_path, workers=workers,
-                                         directory_url=directory_url)
+                                         directory_url=directory_url, senders=senders)
         # registering costs X25519 on both ends: ~2-5k identities/s on a loaded 2-core box
         self._options.start_timeout_s = max(self._options.start_timeout_s, 20.0 + len(self._names) / 1000)
         self._coord: Coordinator | None = None

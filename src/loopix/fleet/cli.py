@@ -68,7 +68,8 @@ def _load(args: argparse.Namespace):
     if args.id:
         raise UsageError("give --id or --fleet, not both")
     try:
-        fleet = Fleet.load(args.fleet, trace_path=args.trace, workers=args.workers, directory_url=args.directory)
+        fleet = Fleet.load(args.fleet, trace_path=args.trace, workers=args.workers, directory_url=args.directory,
+                           senders=getattr(args, "senders", None))
     except (FleetError, ClientError) as exc:
         raise CliError(str(exc)) from None
     fleet.on_waiting = lambda line: print(line, file=sys.stderr, flush=True)

@@ -51,6 +51,7 @@ class LoadTestOptions(msgspec.Struct, kw_only=True):
     mean_hop_delay_ms: float = 20.0
     packet_payload_size: int = 2048
     workers: int = 0
+    senders: int = 0  # 0: chosen from the workers (client/coordinator.py sender_count)
     thresholds: list[str] = []
     out_dir: str | None = None
     metrics_port: int | None = None
@@ -171,8 +172,8 @@ async def send_messages(coord: Coordinator, metrics: LoadMetrics, rate: float, s
 def run_processes(coord: Coordinator, testnet=None) -> dict[str, tuple[str, int]]:
     """{name: (role, pid)} of every process of the run, as of now (workers restart)."""
     procs = {"coordinator": ("coordinator", os.getpid())}
-    if coord.sender is not None:
-        procs["sender"] = ("sender", coord.sender.proc.pid)
+    for k, s in enumerate(coord.senders):
+        procs["sender" if k == 0 else f"sender-{k}"] = ("sender", s.proc.pid)
     for i, w in enumerate(coord.workers):
         if w is not None:
             procs[f"worker-{i}"] = ("worker", w.proc.pid)
@@ -267,7 +268,8 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
         directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
-        workers=opts.workers, start_timeout_s=max(30.0, opts.identities / 200), start_paused=True,
+        workers=opts.workers, senders=opts.senders, start_timeout_s=max(30.0, opts.identities / 200),
+        start_paused=True,
         directory_key=directory_key))
     await coord.start()
     try:

@@ -167,6 +167,7 @@ ffibuilder.cdef(
     void lx_pacer_unlock(lx_pacer *p);
     void lx_pacer_set_identities(lx_pacer *p, uint32_t n, const uint8_t *ready, const uint32_t *link_of,
                                  uint64_t *sent0, uint64_t *sent1, uint64_t *sent2, uint64_t *real_sent);
+    void lx_pacer_set_id_map(lx_pacer *p, uint32_t first, uint32_t step);
     int lx_pacer_set_link(lx_pacer *p, uint32_t link, int fd);
     long lx_pacer_send(lx_pacer *p, uint32_t link, const uint8_t *data, size_t len);
     int lx_pacer_account(lx_pacer *p, uint64_t scheduled_ns, uint64_t actual_ns, uint32_t identity, uint8_t stream,

@@ -2,7 +2,7 @@
 the bare C build cost measured in the same run, and what those costs project for more cores.
 
     .venv/bin/python benchmarks/bench_stages.py [--rates 2000,5000] [--seconds 8] [--rounds 3]
-        [--identities 200] [--baseline-python /work/main/.venv/bin/python]
+        [--identities 200] [--baseline-python /work/main/.venv/bin/python] [--variants 0:1,300:1]
 
 Each round, alternating: the bare C build (one process building 4-hop packets in batches of 32, CPU
 time per packet), then the whole client at each rate writing to a discarding provider on loopback
@@ -12,11 +12,14 @@ in-process directory of SinkNet, which is idle between topology fetches), packet
 sink, and the sender's lateness samples (a reservoir of <= 2,000 per second, pooled over seconds of
 equal rate). Medians over rounds. Each client run is a child process; with --baseline-python the
 same measurement runs, alternating, under another interpreter (another checkout's build, e.g.
-main's), so before and after are side by side in one run.
+main's), so before and after are side by side in one run. --variants adds runs of this build with
+other sender settings (MIN_GAP_US:SENDERS each: the pacer's minimum gap between wake-ups, and the
+number of sender processes), alternating with the rest.
 
-The projection for N cores is arithmetic on the medians, not a measurement: with one sender and
-one coordinator (today) the rate is bounded by N cores / (worker + sender + coordinator µs) and by
-each single process's own 1 s / µs per packet; the bare all-core C build is N / bare µs.
+The projection for N cores is arithmetic on the medians, not a measurement: the rate is bounded by
+N cores / (worker + sender + coordinator µs) and by each single process's own 1 s / µs per packet:
+the coordinator's always, the sender's when there is one (with senders scaled, --senders, each owns
+a share of the packets); the bare all-core C build is N / bare µs.
 """
 
 from __future__ import annotations
@@ -52,14 +55,17 @@ def bare_cpu_us(seconds: float = 2.0) -> float:
     return (time.process_time() - c0) / n * 1e6
 
 
-async def paced(rate: float, seconds: float, identities: int, warmup: float) -> dict:
+async def paced(rate: float, seconds: float, identities: int, warmup: float, gap_us: int = 0, senders: int = 0) -> dict:
     frame = pp.SEND_OVERHEAD + sphinx.packet_size(2048)
     per = rate / identities
     lateness: list[float] = []
     async with SinkNet() as net:
         ids = [Identity(generate_keypair(), None, per * SPLIT[0], per * SPLIT[1], per * SPLIT[2])
                for _ in range(identities)]
-        coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, mean_hop_delay_ms=50.0))
+        opts = RuntimeOptions(directory_url=net.topology_url, mean_hop_delay_ms=50.0)
+        if gap_us or senders:  # this build only (the baseline has neither)
+            opts.sender_min_gap_us, opts.senders = gap_us, senders
+        coord = Coordinator(ids, opts)
         await coord.start()
         try:
             await asyncio.sleep(warmup)
@@ -89,10 +95,11 @@ async def paced(rate: float, seconds: float, identities: int, warmup: float) -> 
     }
 
 
-def child(python: str, rate: float, args) -> dict:
+def child(python: str, rate: float, args, variant: tuple[int, int] = (0, 0)) -> dict:
     """One paced run in a child process of `python` (this file, --child)."""
     out = subprocess.run([python, os.path.abspath(__file__), "--child", str(rate), "--seconds", str(args.seconds),
-                          "--warmup", str(args.warmup), "--identities", str(args.identities)],
+                          "--warmup", str(args.warmup), "--identities", str(args.identities),
+                          "--variant", f"{variant[0]}:{variant[1]}"],
                          capture_output=True, text=True, timeout=args.seconds + args.warmup + 120,
                          cwd=os.path.dirname(os.path.abspath(__file__)))
     if out.returncode != 0:
@@ -110,9 +117,12 @@ def summary(name: str, rate: float, runs: list[dict], bare: list[float]) -> None
           f"lateness p99 {m['p99_ms']:.3f} ms (target <= 1)")
     b = statistics.median(bare)
     for cores in (2, 16, 64):
-        today = min(cores * 1e6 / total, 1e6 / m["sender_us"], 1e6 / max(m["coord_us"], 1e-9))
-        print(f"    projection, {cores:2} cores: client {today:8.0f}/s (one sender, one coordinator) "
-              f"vs bare all-core C {cores * 1e6 / b:8.0f}/s = {today / (cores * 1e6 / b):.2f}")
+        bare_all = cores * 1e6 / b
+        scaled = min(cores * 1e6 / total, 1e6 / max(m["coord_us"], 1e-9))
+        one = min(scaled, 1e6 / m["sender_us"])
+        print(f"    projection, {cores:2} cores: client {one:8.0f}/s with one sender, {scaled:8.0f}/s with senders "
+              f"scaled (one coordinator) vs bare all-core C {bare_all:8.0f}/s = {one / bare_all:.2f} / "
+              f"{scaled / bare_all:.2f}")
 
 
 def main() -> None:
@@ -123,15 +133,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--identities", type=int, default=200)
     ap.add_argument("--baseline-python", default=None, help="also run under this interpreter, alternating")
+    ap.add_argument("--variants", default="", help="MIN_GAP_US:SENDERS,... more runs of this build")
     ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="0:0", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup))))
+        gap, senders = (int(x) for x in args.variant.split(":"))
+        print(json.dumps(uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup, gap, senders))))
         return
     rates = [float(r) for r in args.rates.split(",")]
-    builds = {"this": sys.executable}
+    builds = {"this": (sys.executable, (0, 0))}
+    for v in filter(None, args.variants.split(",")):
+        gap, senders = (int(x) for x in v.split(":"))
+        builds[f"gap{gap}/s{senders}"] = (sys.executable, (gap, senders))
     if args.baseline_python:
-        builds["baseline"] = args.baseline_python
+        builds["baseline"] = (args.baseline_python, (0, 0))
     bare: list[float] = []
     runs: dict[tuple[str, float], list[dict]] = {(b, r): [] for b in builds for r in rates}
     for rnd in range(args.rounds):
@@ -140,8 +156,8 @@ def main() -> None:
               flush=True)
         for rate in rates:
             order = list(builds.items()) if rnd % 2 == 0 else list(reversed(builds.items()))
-            for name, python in order:
-                r = child(python, rate, args)
+            for name, (python, variant) in order:
+                r = child(python, rate, args, variant)
                 runs[(name, rate)].append(r)
                 print(f"  {name:8} {rate:6.0f}/s asked, {r['pps']:6.0f}/s at the sink: workers {r['worker_us']:6.1f}  "
                       f"sender {r['sender_us']:5.1f}  coordinator {r['coord_us']:5.1f} CPU us/packet  "

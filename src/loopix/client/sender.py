@@ -545,7 +545,7 @@ class Sender:
             self.report_sent()
             self.drain_trace()
             totals = self.pacer.totals()
-            log.info("pacer: %d packets in %d wake-ups and %d writes; %d write errors, %d bytes dropped "
+            log.debug("pacer: %d packets in %d wake-ups and %d writes; %d write errors, %d bytes dropped "
                      "with their connection", sum(totals["sent"]), totals["wakeups"], totals["writes"],
                      totals["write_errors"], totals["dropped_bytes"])
             for link in self.links:

@@ -337,14 +337,10 @@ def write_capacity(out_dir: str | Path, result: CapacityResult) -> Path:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def add_capacity_arguments(p: argparse.ArgumentParser, typed: Callable) -> None:
-    from .command import _rate, duration
-
-    def positive(text: str) -> float:
-        value = _rate(text)
-        if value <= 0:
-            raise ValueError(f"must be greater than 0, got {text!r}")
-        return value
+def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
+    from loopix.argtypes import argtype as typed
+    from loopix.argtypes import duration
+    from loopix.argtypes import positive_number as positive
 
     g = p.add_argument_group("capacity search (--find-capacity)")
     g.add_argument("--find-capacity", action="store_true",

@@ -84,8 +84,10 @@ def real_search(tmp_path_factory):
     opts = LoadTestOptions(identities=20, payload_rate=1.0, loop_rate=1.0, drop_rate=1.0, mean_hop_delay_ms=5.0,
                            workers=1, live=False, layers=1, mixnodes_per_layer=1, providers=1,
                            thresholds=["rate_loop<175/s"])
+    # judged by the threshold alone: on a machine busy with other work the verdict may rightly call
+    # a step saturated (the verdict's rules have their own tests)
     settings = CapacitySettings(start_rate=300, factor=2, step_s=3, warmup_s=1, precision=0.34, max_steps=4,
-                                confirm=False)
+                                confirm=False, accept="saturated")
     result = uvloop.run(find_capacity(opts, settings))
     out = tmp_path_factory.mktemp("capacity")
     write_capacity(out, result)

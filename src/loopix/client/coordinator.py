@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from .replies import (
 from .ring import Ring, slot_size_for
 from .topology_source import TopologyRefused, TopologySource
 from .trace import MAGIC as TRACE_MAGIC
+from .trace import RECORD as TRACE_RECORD
 
 log = logging.getLogger("loopix.coordinator")
 
@@ -423,7 +423,11 @@ class Coordinator:
                 try:
                     with open(part, "rb") as f:
                         if f.read(len(TRACE_MAGIC)) == TRACE_MAGIC:
-                            shutil.copyfileobj(f, out)
+                            left = os.fstat(f.fileno()).st_size - len(TRACE_MAGIC)
+                            left -= left % TRACE_RECORD.size  # whole records only (a killed sender's tail)
+                            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                                out.write(chunk)
+                                left -= len(chunk)
                 except FileNotFoundError:
                     continue
                 os.unlink(part)

@@ -50,8 +50,8 @@ STATS_INTERVAL_S = 1.0
 SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
 HOLD_MAX = 8192  # real packets due while their provider connection is down wait, at most this many...
 HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
-HELD_HANDOFF = 1024  # real packets the pacer can hand over per drain (SENT_REPORT_INTERVAL_S) before it waits
-SENT_REFS_CAP = 1 << 17  # real fragments sent per drain the pacer can note before it waits
+HELD_HANDOFF = 256  # real packets the pacer can hand over per drain (SENT_REPORT_INTERVAL_S) before it waits
+SENT_REFS_CAP = 1 << 16  # real fragments sent per drain the pacer can note before it waits
 TRACE_CAP = 1 << 16  # trace records per drain
 LINK_BUFFER = 4 << 20  # bytes buffered per provider link when its socket is full; beyond, the link waits
 

@@ -294,6 +294,7 @@ class Sender:
         self._held_generation = 0
         self._held_check_ns = 0
         self.unsent_refs: list[int] = []
+        self._dropped_bytes = 0
         # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
         self.per_identity = IdentityCounts(len(self.identities))
         self.pacer = Pacer(self.rings, samples=LATENESS_SAMPLES, refs_cap=SENT_REFS_CAP,
@@ -453,6 +454,10 @@ class Sender:
     def stats(self) -> control.SenderStats:
         """What was sent since start (totals) and in this interval (seconds, samples), from the pacer."""
         totals = self.pacer.totals()
+        if totals["dropped_bytes"] > self._dropped_bytes:  # written into a connection that then broke
+            log.warning("%d bytes of packets were lost with broken provider connections (%d write errors)",
+                        totals["dropped_bytes"] - self._dropped_bytes, totals["write_errors"])
+            self._dropped_bytes = totals["dropped_bytes"]
         seconds = self.pacer.take_seconds()
         late_ns, seen = self.pacer.take_lateness()
         unsent = [a + b for a, b in zip(totals["unconnected"], self.given_up, strict=True)]

@@ -137,3 +137,24 @@ def test_unwrap_gives_typed_results_equal_to_process_packet():
     assert second[0] == sphinx.process_packet(s2, first[0].packet)
     bad = sphinx.PacketProcessor(sphinx.keypair()[0], 1).unwrap(packets[0], 1, size, out)
     assert bad == [sphinx.Rejected("bad_mac")]
+
+
+def test_pacer_header_matches_the_cffi_declarations():
+    """csrc/pacer.h (the sender's C timing loop) declares what _build.py gives cffi."""
+    text = (SPHINX_H.parent / "pacer.h").read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    header = FFI()
+    header.cdef("\n".join(lines))
+    built = header.dlopen(_sphinx_c.__file__)
+    for struct in ("lx_pace_totals", "lx_pace_second"):
+        assert _layout(ffi, struct) == _layout(header, struct)
+    names = sorted(set(re.findall(r"^\w[\w ]*?\*?\s*\b(lx_pacer_\w+)\(", text, re.M)))
+    assert "lx_pacer_run" in names and "lx_pacer_send" in names and len(names) >= 15
+    for name in names:  # the opaque lx_pacer prints as a struct from one side
+        ours = ffi.typeof(getattr(lib, name)).cname.replace("struct lx_pacer", "lx_pacer")
+        assert ours == header.typeof(getattr(built, name)).cname.replace(
+            "struct lx_pacer", "lx_pacer"
+        ), name
+    defines = {m[1]: int(m[2]) for m in _DEFINE.finditer(text)}
+    for name in ("LX_PACE_SECONDS", "LX_PACE_TRACE_RECORD", "LX_PACE_SEND_FULL", "LX_PACE_NO_LINK"):
+        assert getattr(lib, name) == defines[name], name

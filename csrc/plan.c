@@ -123,12 +123,16 @@ static uint64_t draw_route(const lx_route_table *t, const double *v, uint32_t p,
     return sum;
 }
 
-static void set_message(lx_packet_spec *s, const uint8_t *destination, uint32_t len, uint64_t offset) {
+/* Everything of a spec but its route; its ephemeral secret comes from the CSPRNG (the batch draws
+ * them all at once) rather than one getrandom call per packet. */
+static void set_message(lx_packet_spec *s, const uint8_t *destination, uint32_t len, uint64_t offset,
+                        const uint8_t *secret) {
     s->message_len = len;
     s->message_offset = offset;
     memcpy(s->destination, destination, 32);
     memset(s->identifier, 0, sizeof s->identifier);
-    s->use_ephemeral_secret = 0;
+    memcpy(s->ephemeral_secret, secret, 32);
+    s->use_ephemeral_secret = 1;
 }
 
 static int check_batch(const lx_batch *b, size_t count, const uint8_t *slots, uint64_t slot_size) {
@@ -191,6 +195,13 @@ static void encode_loop(const lx_batch *b, lx_rng *r, uint8_t *m, size_t len, ui
     lx_rng_bytes(r, m + LX_LOOP_MIN, len - LX_LOOP_MIN); /* padding */
 }
 
+/* The ephemeral secrets did their job once the packets are built: wipe them (they would unwrap). */
+static void wipe_secrets(lx_batch *b, size_t count, size_t n_acks) {
+    sodium_memzero(b->secrets, 32 * (count + n_acks));
+    for (size_t i = 0; i < count; i++) sodium_memzero(b->specs[i].ephemeral_secret, 32);
+    for (size_t k = 0; k < n_acks; k++) sodium_memzero(b->ack_specs[k].ephemeral_secret, 32);
+}
+
 long lx_worker_batch(lx_batch *b, lx_rng *r, size_t count, uint8_t *slots, uint64_t slot_size) {
     if (!b || !r) return LX_ERR_PARAM;
     int rc = check_batch(b, count, slots, slot_size);
@@ -205,7 +216,9 @@ long lx_worker_batch(lx_batch *b, lx_rng *r, size_t count, uint8_t *slots, uint6
     size_t n_acks = 0;
     for (size_t i = 0; i < count; i++) n_acks += b->kind[i] == LX_SLOT_REAL || b->kind[i] == LX_SLOT_LOOP;
     lx_rng_doubles(r, b->uniforms, per * (count + n_acks));
+    lx_rng_bytes(r, b->secrets, 32 * (count + n_acks));
     const double *u = b->uniforms;
+    const uint8_t *x = b->secrets;
     n_acks = 0;
     for (size_t i = 0; i < count; i++) {
         uint8_t k = b->kind[i];
@@ -219,29 +232,37 @@ long lx_worker_batch(lx_batch *b, lx_rng *r, size_t count, uint8_t *slots, uint6
             delay += draw_route(t, u, b->own_provider[b->local[i]], a);
             u += per;
             set_message(a, b->identity_keys + 32 * (size_t)b->local[i], LX_ACK_PAYLOAD,
-                        (uint64_t)LX_ACK_PAYLOAD * n_acks);
+                        (uint64_t)LX_ACK_PAYLOAD * n_acks, x);
+            x += 32;
             b->ack_refs[n_acks] = k == LX_SLOT_REAL ? b->seq[i] : 0; /* 0: cover (COVER_REF) */
             b->ack_of[n_acks++] = (uint32_t)i;
         }
         b->route_delay_ns[i] = delay;
         if (k == LX_SLOT_REAL) {
-            set_message(&b->specs[i], b->destinations + 32 * i, LX_ACK_PREFIX + b->message_len[i], ps * i);
+            set_message(&b->specs[i], b->destinations + 32 * i, LX_ACK_PREFIX + b->message_len[i], ps * i, x);
         } else if (k == LX_SLOT_LOOP) {
             encode_loop(b, r, m + LX_ACK_PREFIX, ps - LX_ACK_PREFIX, b->identity[i], b->seq[i], b->t[i]);
-            set_message(&b->specs[i], b->identity_keys + 32 * (size_t)b->local[i], (uint32_t)ps, ps * i);
+            set_message(&b->specs[i], b->identity_keys + 32 * (size_t)b->local[i], (uint32_t)ps, ps * i, x);
         } else {
             lx_rng_bytes(r, m, ps); /* fresh per packet */
-            set_message(&b->specs[i], b->drop_destination, (uint32_t)ps, ps * i);
+            set_message(&b->specs[i], b->drop_destination, (uint32_t)ps, ps * i, x);
         }
+        x += 32;
         b->status[i] = LX_OK;
     }
     /* the acks, then each behind its first hop at the front of its packet's message */
     if (n_acks) {
-        if ((rc = encode_acks(b, r, n_acks)) != LX_OK) return rc;
+        if ((rc = encode_acks(b, r, n_acks)) != LX_OK) {
+            wipe_secrets(b, count, n_acks);
+            return rc;
+        }
         long n = lx_build_batch(b->ack_specs, n_acks, b->ack_messages, (size_t)LX_ACK_PAYLOAD * n_acks,
                                 LX_ACK_PAYLOAD, b->ack_out, (size_t)LX_ACK_PACKET * n_acks, LX_ACK_PACKET,
                                 b->ack_status);
-        if (n < 0) return n;
+        if (n < 0) {
+            wipe_secrets(b, count, n_acks);
+            return n;
+        }
     }
     for (size_t k = 0; k < n_acks; k++) {
         uint8_t *m = b->messages + ps * b->ack_of[k];
@@ -252,6 +273,7 @@ long lx_worker_batch(lx_batch *b, lx_rng *r, size_t count, uint8_t *slots, uint6
     const size_t at = LX_SLOT_META + hl + 32;
     long n = lx_build_batch(b->specs, count, b->messages, ps * count, ps, slots + at,
                             (count - 1) * slot_size + pkt, slot_size, b->status);
+    wipe_secrets(b, count, n_acks);
     if (n < 0) return n;
     for (size_t k = 0; k < n_acks; k++)
         if (b->ack_status[k] != LX_OK && b->status[b->ack_of[k]] == LX_OK) b->status[b->ack_of[k]] = b->ack_status[k];

@@ -73,6 +73,7 @@ typedef struct {
     uint64_t *ack_refs;            /* capacity: the ref each ack names */
     uint32_t *ack_of;              /* capacity: the slot each ack belongs to */
     double *uniforms;              /* capacity * 2 * (2 * LX_MAX_HOPS + 1) */
+    uint8_t *secrets;              /* capacity * 2 * 32: each packet's ephemeral secret */
     const uint8_t *identity_keys;  /* 32 bytes per local identity (loop destinations) */
     const uint32_t *own_provider;  /* per local identity: its provider's index in the table */
     uint32_t n_identities;

@@ -153,6 +153,11 @@ def test_worker_batch_builds_real_loop_and_drop_packets_with_their_acks():
         assert batch.run(Csprng.seeded(9), len(kinds), ring, 3) == len(kinds)
         assert list(batch.built) == [2, 2, 2] and list(batch.failed) == [0, 0, 0]
         acks, loops = AckCodec(ack_key), LoopCodec(loop_key)
+        # ephemeral secrets from the CSPRNG: a fresh alpha per packet, and wiped after the build
+        alphas = {bytes(ring.wire_view(3 + i)[36:68]) for i in range(len(kinds))}
+        assert len(alphas) == len(kinds)
+        assert bytes(ffi.buffer(batch._c.secrets, 2 * 8 * 32)) == bytes(2 * 8 * 32)
+        assert all(bytes(batch._c.specs[i].ephemeral_secret) == bytes(32) for i in range(len(kinds)))
         for i, k in enumerate(kinds):
             assert batch.placed[i] == i
             t, identity, stream, flags, wire_len, seq = ring.peek(3 + i)
@@ -183,8 +188,8 @@ def test_worker_batch_builds_real_loop_and_drop_packets_with_their_acks():
 
 
 def test_worker_batch_refuses_bad_slots_without_writing():
-    """A slot naming an identity or provider the batch does not have is refused as a whole (a bug in
-    the caller), and nothing is written to the ring."""
+    """A slot naming an identity or provider the batch does not have, or a run past the ring's end,
+    is refused as a whole (a bug in the caller), and nothing is written to the ring."""
     from loopix.client.plan import LOOP, REAL, BatchError, WorkerBatch
     from loopix.client.ring import Ring, slot_size_for
 
@@ -201,6 +206,9 @@ def test_worker_batch_refuses_bad_slots_without_writing():
             with pytest.raises(BatchError):
                 batch.run(Csprng(), 1, ring, 0)
             assert bytes(ring.wire_view(0)[:64]) == bytes(64)
+        batch.local[0], batch.provider[0] = 0, 0
+        with pytest.raises(BatchError, match="do not fit"):
+            batch.run(Csprng(), 2, ring, 7)  # would run past the ring's last slot
     finally:
         batch.release()
         ring.close()

@@ -98,6 +98,7 @@ class WorkerBatch:
         c.blocks = array("uint8_t", capacity * 16)
         c.ack_refs, c.ack_of = array("uint64_t", capacity), array("uint32_t", capacity)
         c.uniforms = array("double", capacity * 2 * (2 * sphinx.MAX_PATH_LENGTH + 1))
+        c.secrets = array("uint8_t", capacity * 2 * sphinx.KEY_SIZE)
         c.ack_key, c.loop_key = ack_key, loop_key
         c.drop_destination = sphinx.DROP_COVER_DESTINATION
         self._header = array("uint8_t", len(wire_header))
@@ -145,6 +146,8 @@ class WorkerBatch:
     def run(self, rng: Csprng, count: int, ring: Ring, start: int) -> int:
         """Plan and build slots 0..count into ring slots start.. (contiguous: the caller keeps count
         within `contiguous_free`); returns how many were written (failures close up)."""
+        if not 0 <= count <= self.capacity or start % ring.slots + count > ring.slots:
+            raise BatchError(f"{count} slots from ring index {start} do not fit the batch or the ring")
         if ring is not self._ring:
             self.release()
             self._ring, self._ring_c = ring, ffi.from_buffer(ring.buf, require_writable=True)

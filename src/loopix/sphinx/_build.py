@@ -134,6 +134,7 @@ ffibuilder.cdef(
         uint64_t *ack_refs;
         uint32_t *ack_of;
         double *uniforms;
+        uint8_t *secrets;
         const uint8_t *identity_keys;
         const uint32_t *own_provider;
         uint32_t n_identities;

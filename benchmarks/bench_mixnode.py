@@ -70,9 +70,11 @@ def build_packets(count: int, mix_public: bytes, mix_port: int, sink_port: int) 
     return out
 
 
-def c_unwrap_seconds(secret: bytes, packets: list[bytes], clock=time.perf_counter, batch_size: int = 128) -> float:
+def c_unwrap_seconds(secret: bytes, packets: list[bytes], clock=time.perf_counter, batch_size: int = 128,
+                     passes: int = 3, best: bool = True) -> float:
     """Per-packet time of the C batch unwrap alone, in batches of `batch_size` (the node's default
-    batch) over 2,048 packets (best of 3)."""
+    batch) over 2,048 packets: the best of `passes` passes, or (best=False) their mean, which is
+    what a node's CPU over a whole run is comparable with."""
     from loopix.sphinx import PacketProcessor
 
     size = len(packets[0])
@@ -81,13 +83,13 @@ def c_unwrap_seconds(secret: bytes, packets: list[bytes], clock=time.perf_counte
     data, out = b"".join(some), bytearray(batch_size * size)
     view = memoryview(data)
     samples = []
-    for _ in range(3):
+    for _ in range(passes):
         t = clock()
         for start in range(0, len(some), batch_size):
             n = min(batch_size, len(some) - start)
             proc.process(view[start * size : (start + n) * size], n, size, out)
         samples.append((clock() - t) / len(some))
-    return min(samples)
+    return min(samples) if best else statistics.fmean(samples)
 
 
 # --- roles run as their own processes ------------------------------------------------------------
@@ -169,7 +171,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: int, size: int,
-            profile: str | None = None):
+            profile: str | None = None, python: str = sys.executable):
     me = [sys.executable, __file__]
     spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--native", "-r", "250", "-f", "raw",
            "-o", profile, "--"] if profile else []
@@ -179,7 +181,7 @@ def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: 
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     mix = subprocess.Popen(
-        [*spy, sys.executable, "-m", "loopix.testnet.mixnode", "--port", str(mix_port), "--layer", "1",
+        [*spy, python, "-m", "loopix.testnet.mixnode", "--port", str(mix_port), "--layer", "1",
          "--key-file", str(key_file)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -214,6 +216,8 @@ def main() -> int:
     parser.add_argument("--packets", type=int, default=15000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--target", type=float, default=0.7)
+    parser.add_argument("--baseline-python", metavar="PYTHON",
+                        help="also run the mixnode under this interpreter (another checkout's build), alternating")
     parser.add_argument("--py-spy", metavar="FILE", help="record the mixnode of the last run with py-spy "
                         "(collapsed stacks to FILE; its CPU figures then include py-spy's sampling)")
     parser.add_argument("--role", choices=["sink", "feed"], help=argparse.SUPPRESS)
@@ -244,13 +248,27 @@ def main() -> int:
         frames.write_bytes(b"".join(encode_frame(p) for p in packets))
         print(f"built {len(packets)} packets of {size} bytes in {time.perf_counter() - t:.1f}s")
         rates, floors, c_rates, cpu_rates, cpu_floors, c_cpu_rates = [], [], [], [], [], []
+        base_cpu_rates: list[float] = []
         for run in range(args.runs):
             floors.append(1 / (2 * x25519_seconds()))
             cpu_floors.append(1 / (2 * x25519_seconds(clock=time.process_time)))
             c_rates.append(1 / c_unwrap_seconds(pair.secret, packets))
-            c_cpu_rates.append(1 / c_unwrap_seconds(pair.secret, packets, clock=time.process_time))
+            c_before = c_unwrap_seconds(pair.secret, packets, clock=time.process_time, passes=2, best=False)
             profile = args.py_spy if args.py_spy and run == args.runs - 1 else None
+            # this build's mixnode and (with --baseline-python) the baseline's, order alternating
+            b = None
+            if args.baseline_python and run % 2 == 1:
+                b = one_run(key_file, mix_port, sink_port, frames, len(packets), size, None, args.baseline_python)
             r = one_run(key_file, mix_port, sink_port, frames, len(packets), size, profile)
+            if args.baseline_python and run % 2 == 0:
+                b = one_run(key_file, mix_port, sink_port, frames, len(packets), size, None, args.baseline_python)
+            # the C alone around the nodes' runs, averaged like a node's CPU over its run
+            c_after = c_unwrap_seconds(pair.secret, packets, clock=time.process_time, passes=2, best=False)
+            c_cpu_rates.append(2 / (c_before + c_after))
+            if b is not None:
+                base_cpu_rates.append(b["count"] / b["cpu"] if b["cpu"] > 0 else 0.0)
+                print(f"  baseline mixnode: {base_cpu_rates[-1]:,.0f} per CPU-second, "
+                      f"node/C {base_cpu_rates[-1] / c_cpu_rates[-1]:.2f}")
             rate = (r["count"] - 1) / r["seconds"] if r["seconds"] > 0 else 0.0
             rates.append(rate)
             cpu_rates.append(r["count"] / r["cpu"] if r["cpu"] > 0 else 0.0)
@@ -279,6 +297,10 @@ def main() -> int:
         f"C {statistics.median(c_cpu_rates):,.0f}; per run {[round(x, 3) for x in per_run]}, "
         f"median {statistics.median(per_run):.3f} (target >= 0.95); load {os.getloadavg()[0]:.2f}"
     )
+    if base_cpu_rates:
+        base = [n / c for n, c in zip(base_cpu_rates, c_cpu_rates, strict=True)]
+        print(f"baseline mixnode ({args.baseline_python}) vs the same C runs: per run "
+              f"{[round(x, 3) for x in base]}, median {statistics.median(base):.3f}")
     return 0 if max(ratio, cpu_ratio) >= args.target else 1
 
 

@@ -165,9 +165,16 @@ def _child_pid(pid: int, timeout: float = 10.0) -> int:
 
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
+    user, system = _cpu_split(pid)
+    return user + system
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, from /proc (Linux): the kernel's share is the socket work."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: int, size: int,
@@ -191,12 +198,15 @@ def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: 
         assert sink.stdout.readline().strip() == "ready"
         _wait_port(mix_port)
         mix_pid = _child_pid(mix.pid) if spy else mix.pid
-        cpu0 = _cpu_seconds(mix_pid)
+        user0, sys0 = _cpu_split(mix_pid)
+        cpu0 = user0 + sys0
         feed = subprocess.Popen(
             [*me, "--role", "feed", "--port", str(mix_port), "--file", str(frames)]
         )
         result = json.loads(sink.stdout.readline())
-        result["cpu"] = _cpu_seconds(mix_pid) - cpu0
+        user1, sys1 = _cpu_split(mix_pid)
+        result["cpu"] = user1 + sys1 - cpu0
+        result["system"] = sys1 - sys0
     finally:
         for p in (feed, mix, sink):
             if p is not None and p.poll() is None:
@@ -249,6 +259,7 @@ def main() -> int:
         print(f"built {len(packets)} packets of {size} bytes in {time.perf_counter() - t:.1f}s")
         rates, floors, c_rates, cpu_rates, cpu_floors, c_cpu_rates = [], [], [], [], [], []
         base_cpu_rates: list[float] = []
+        system_us: list[float] = []
         for run in range(args.runs):
             floors.append(1 / (2 * x25519_seconds()))
             cpu_floors.append(1 / (2 * x25519_seconds(clock=time.process_time)))
@@ -272,8 +283,9 @@ def main() -> int:
             rate = (r["count"] - 1) / r["seconds"] if r["seconds"] > 0 else 0.0
             rates.append(rate)
             cpu_rates.append(r["count"] / r["cpu"] if r["cpu"] > 0 else 0.0)
+            system_us.append(r["system"] / max(r["count"], 1) * 1e6)
             print(f"run {run + 1}: {r['count']} forwarded in {r['seconds']:.2f}s = {rate:,.0f} pkt/s"
-                  f" wall, {cpu_rates[-1]:,.0f} per mixnode CPU-second"
+                  f" wall, {cpu_rates[-1]:,.0f} per mixnode CPU-second (of which kernel {system_us[-1]:.1f} us/packet)"
                   f" (floor {floors[-1]:,.0f}; C batch unwrap {c_cpu_rates[-1]:,.0f} per CPU-second,"
                   f" node/C {cpu_rates[-1] / c_cpu_rates[-1]:.2f}; load {os.getloadavg()[0]:.2f})")  # fmt: skip
     pps, floor = statistics.median(rates), statistics.median(floors)
@@ -297,6 +309,8 @@ def main() -> int:
         f"C {statistics.median(c_cpu_rates):,.0f}; per run {[round(x, 3) for x in per_run]}, "
         f"median {statistics.median(per_run):.3f} (target >= 0.95); load {os.getloadavg()[0]:.2f}"
     )
+    print(f"the mixnode's kernel time (socket reads and writes): {statistics.median(system_us):.1f} us/packet "
+          f"(median), against {1e6 / statistics.median(c_cpu_rates):.1f} us for the C unwrap")
     if base_cpu_rates:
         base = [n / c for n, c in zip(base_cpu_rates, c_cpu_rates, strict=True)]
         print(f"baseline mixnode ({args.baseline_python}) vs the same C runs: per run "

@@ -6,7 +6,8 @@ the bare C build cost measured in the same run, and what those costs project for
 
 Each round, alternating: the bare C build (one process building 4-hop packets in batches of 32, CPU
 time per packet; and of the same work, which adds the SURB-ack packet each loop carries: 0.2 acks
-per packet in this mix, each a 4-hop packet with a 21-byte payload), then the whole client at each rate writing to a discarding provider on loopback
+per packet in this mix, each a 4-hop packet with a 21-byte payload), measured again by each child
+just before its paced run with its own build's C core (the workers' ratios are to that), then the whole client at each rate writing to a discarding provider on loopback
 (SinkNet: 3×2 mixnodes, 4-hop routes, payload:loop:drop 60:20:20, drop cover). Over a window after
 a warm-up: CPU seconds of each process from /proc (the coordinator is this process, with the
 in-process directory of SinkNet, which is idle between topology fetches), packets counted at the
@@ -106,8 +107,9 @@ def child(python: str, rate: float, args) -> dict:
 def summary(name: str, rate: float, runs: list[dict], bare: list[float], same: list[float]) -> None:
     m = {k: statistics.median(x[k] for x in runs) for k in ("pps", "worker_us", "sender_us", "coord_us", "p99_ms")}
     total = m["worker_us"] + m["sender_us"] + m["coord_us"]
-    ratios = [x["worker_us"] / bare[k] for k, x in enumerate(runs)]  # each against its round's bare build
-    same_ratios = [x["worker_us"] / same[k] for k, x in enumerate(runs)]
+    # each against the bare build its own child process measured just before (its own C core)
+    ratios = [x["worker_us"] / x["bare_us"] for x in runs]
+    same_ratios = [x["worker_us"] / x["same_us"] for x in runs]
     print(f"{name:9} {rate:6.0f}/s: {m['pps']:6.0f}/s sent; workers {m['worker_us']:.1f} us, per round "
           f"{[round(x, 2) for x in ratios]} x bare, median {statistics.median(ratios):.2f} (target <= 1.1); "
           f"per round {[round(x, 2) for x in same_ratios]} x the bare build of the same work (packets "
@@ -132,7 +134,10 @@ def main() -> None:
     ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup))))
+        # this build's own bare C build first (its C core may differ from the parent's)
+        bare, ack = bare_cpu_us(1.5), bare_cpu_us(0.75, ACK_PAYLOAD_SIZE)
+        result = uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup))
+        print(json.dumps({**result, "bare_us": bare, "same_us": bare + ACKS_PER_PACKET * ack}))
         return
     rates = [float(r) for r in args.rates.split(",")]
     builds = {"this": sys.executable}
@@ -153,7 +158,9 @@ def main() -> None:
             for name, python in order:
                 r = child(python, rate, args)
                 runs[(name, rate)].append(r)
-                print(f"  {name:8} {rate:6.0f}/s asked, {r['pps']:6.0f}/s at the sink: workers {r['worker_us']:6.1f}  "
+                print(f"  {name:8} {rate:6.0f}/s asked, {r['pps']:6.0f}/s at the sink: workers {r['worker_us']:6.1f} "
+                      f"(own bare C {r['bare_us']:.1f}, same work {r['same_us']:.1f}: "
+                      f"{r['worker_us'] / r['bare_us']:.2f} x, {r['worker_us'] / r['same_us']:.2f} x)  "
                       f"sender {r['sender_us']:5.1f}  coordinator {r['coord_us']:5.1f} CPU us/packet  "
                       f"lateness p99 {r['p99_ms']:.3f} ms  build errors {r['errors']}  "
                       f"unconnected {r['unconnected']}  (load {os.getloadavg()[0]:.2f})", flush=True)

@@ -81,8 +81,9 @@ __all__ = [
 
 _U64 = struct.Struct("=Q")
 # lx_processed as bytes: status, kind, delay_ns, message_offset, message_len, next_address,
-# destination, identifier, replay_tag (checked against the compiler's layout below)
-_PROCESSED = struct.Struct("=iiQQQ32s32s16s32s")
+# (destination at 64, identifier at 96: read only for a Final), replay_tag; checked against the
+# compiler's layout below
+_PROCESSED = struct.Struct("=iiQQQ32s48x32s")
 assert _PROCESSED.size == ffi.sizeof("lx_processed") and [
     ffi.offsetof("lx_processed", f)
     for f in ("status", "kind", "delay_ns", "message_offset", "message_len", "next_address", "destination",
@@ -387,15 +388,17 @@ class PacketProcessor:
         append = typed.append
         view = memoryview(out)
         start = 0
-        for status, kind, delay, m_off, m_len, nxt, dest, ident, tag in _PROCESSED.iter_unpack(
-            self._results_view[: count * _PROCESSED.size]
-        ):
+        results = self._results_view
+        at = 0
+        for status, kind, delay, m_off, m_len, nxt, tag in _PROCESSED.iter_unpack(results[: count * _PROCESSED.size]):
             if status:
                 append(_REJECTED.get(status, _REJECTED_OTHER))
             elif kind == _FORWARD:
                 append(Forward(nxt, delay, bytes(view[start : start + packet_len]), tag))
             else:
                 m = start + m_off
-                append(Final(dest, ident, bytes(view[m : m + m_len]), tag))
+                append(Final(results[at + 64 : at + 96].tobytes(), results[at + 96 : at + 112].tobytes(),
+                             bytes(view[m : m + m_len]), tag))
             start += packet_len
+            at += _PROCESSED.size
         return typed

@@ -81,7 +81,8 @@ class Worker:
         self.build_errors_by_stream = [0, 0, 0]  # events the schedule asked for and we could not build
         self.no_route_by_stream = [0, 0, 0]
         self.running = True
-        self.paused = setup.paused  # while paused only payload events that carry a real fragment go out
+        # cover only for events due before this; after it only payload events carrying a real fragment
+        self.cover_until_ns = setup.cover_until_ns
 
     def set_routes(self, topo: control.TopologyUpdate) -> None:
         self.routes = Routes(topo, self.rng)
@@ -107,9 +108,9 @@ class Worker:
         elif isinstance(msg, control.Failover):
             self.move(msg.identities, msg.provider.key)
         elif isinstance(msg, control.Pause):
-            self.paused = True
+            self.cover_until_ns = min(self.cover_until_ns, msg.from_ns)
         elif isinstance(msg, control.Resume):
-            self.paused = False
+            self.cover_until_ns = control.COVER_FOREVER
         elif isinstance(msg, control.Stop):
             self.running = False
         elif isinstance(msg, control.AddWorkerIdentities):
@@ -185,7 +186,8 @@ class Worker:
         room = min(room, b.capacity)
         kind, stream_of, local_of, identity_of, t_of, seq_of = b.kind, b.stream, b.local, b.identity, b.t, b.seq
         own, first, step, cover = self.own_provider, self.first, self.step, self.payload_cover
-        pending, removed, paused, usable = self.pending, self.removed, self.paused, self.routes.usable
+        pending, removed, usable = self.pending, self.removed, self.routes.usable
+        cover_until = self.cover_until_ns
         reals: list[tuple[int, control.Fragment]] = []
         n = 0
         last_t = 0
@@ -196,7 +198,7 @@ class Worker:
             last_t = t
             if removed and identity in removed:
                 continue  # thinning by identity: everyone else's streams stay Poisson
-            if paused and (stream != _PAYLOAD or not pending.get(identity)):
+            if t >= cover_until and (stream != _PAYLOAD or not pending.get(identity)):
                 continue
             if not usable:
                 self.no_route += 1

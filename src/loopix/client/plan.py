@@ -1,7 +1,7 @@
 """A worker's batch in C (csrc/plan.c): the route table of the current topology, and `WorkerBatch`,
 which plans and builds a whole batch into the ring in one call (`lx_worker_batch`): routes, ack
 routes and per-hop delays from the worker's CSPRNG, drop payloads, loop and SURB-ack payloads, the ack
-packets, the packets, and each ring slot's prefix and metadata. Python sets five numbers per slot and
+packets, the packets, and each ring slot's prefix and metadata. Python sets six numbers per slot and
 reads back only what concerns real fragments (their route delays, for the retransmission timer).
 
 `RouteTable.draw` (`lx_draw_routes`) is the routes-only call, for tests and benchmarks.

@@ -212,3 +212,49 @@ def test_worker_batch_refuses_bad_slots_without_writing():
     finally:
         batch.release()
         ring.close()
+
+
+def test_worker_batch_delays_are_exponential_and_read_back_whole():
+    """KS at alpha = 0.01: each mix hop's delay in a batch's packets and acks is Exp(mean), and the
+    route delay read back for a loop is the sum of its six (packet and ack), i.e. Erlang(6, mean)."""
+    import math
+
+    from loopix.client.plan import LOOP, WorkerBatch
+    from loopix.client.ring import Ring, slot_size_for
+
+    def ks(sample, cdf) -> float:
+        xs = sorted(sample)
+        n = len(xs)
+        return max(max(cdf(x) - i / n, (i + 1) / n - cdf(x)) for i, x in enumerate(xs))
+
+    topo, _ = _net()
+    routes = Routes(topo, Csprng.seeded(12))
+    mean = 1e6
+    routes.table.mean_delay_ns = mean
+    batch = WorkerBatch(128, 2048, b"", os.urandom(32), os.urandom(32))
+    batch.set_table(routes)
+    batch.set_identities([sphinx.keypair()[1]], [0])
+    ring = Ring.create(128, slot_size_for(32 + sphinx.packet_size(2048)))
+    rng = Csprng.seeded(13)
+    hops, sums = [], []
+    try:
+        for _ in range(4):
+            for i in range(128):
+                batch.kind[i], batch.stream[i], batch.local[i], batch.identity[i] = LOOP, 1, 0, 0
+                batch.t[i], batch.seq[i] = 1, i
+            assert batch.run(rng, 128, ring, 0) == 128
+            for i in range(128):
+                six = [s[i].hops[k].delay_ns for s in (batch._c.specs, batch._c.ack_specs) for k in range(3)]
+                assert batch._c.specs[i].hops[3].delay_ns == batch._c.ack_specs[i].hops[3].delay_ns == 0
+                assert batch.route_delay_ns[i] == sum(six)
+                hops += [d / mean for d in six]
+                sums.append(batch.route_delay_ns[i] / mean)
+    finally:
+        batch.release()
+        ring.close()
+    assert ks(hops, lambda x: 1 - math.exp(-x)) < 1.63 / math.sqrt(len(hops))
+
+    def erlang6(x: float) -> float:
+        return 1 - math.exp(-x) * sum(x**k / math.factorial(k) for k in range(6))
+
+    assert ks(sums, erlang6) < 1.63 / math.sqrt(len(sums))

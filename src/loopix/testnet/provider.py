@@ -479,6 +479,7 @@ class Provider(Node):
         """Every registered key (live or idle): the same set as `registrations.registered`."""
         self.quota = InboxQuota(limits, inbox.usage())
         self._admitted_new = False
+        self._closed = False
         self._idle_now: list[bytes] = []
         """Keys released since their last-seen time was written (one transaction per loop turn)."""
         self.sessions: dict[bytes, set[ClientSession]] = {}
@@ -526,7 +527,7 @@ class Provider(Node):
 
     def _released(self, key: bytes) -> None:
         """A connection let `key` go: idle from now if no other connection holds it."""
-        if not self._live(key) and key in self.registered:
+        if not self._live(key) and key in self.registered and not self._closed:
             self.registrations.released(key, time.time())
             if not self._idle_now:
                 asyncio.get_running_loop().call_soon(self._write_idle)
@@ -534,7 +535,7 @@ class Provider(Node):
 
     def _write_idle(self) -> None:
         keys, self._idle_now = self._idle_now, []
-        if keys:
+        if keys and not self._closed:
             self.inbox.touch_clients(keys, time.time())
 
     def unregister_keys(self, keys: tuple[bytes, ...], session: ClientSession) -> None:
@@ -743,6 +744,11 @@ class Provider(Node):
         if self._announce_timer is not None:
             self._announce_timer.cancel()
         await super().close()
+        # keys still held count as seen now (their connections end with us), then the file closes
+        self._idle_now.extend(self.sessions)
+        self._idle_now.extend(self.fleet_routes)
+        self._write_idle()
+        self._closed = True
         self.inbox.close()
 
 

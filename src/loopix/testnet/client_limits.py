@@ -6,8 +6,9 @@ carries them out. docs/hostile-input.md lists the limits and their defaults.
 
 - `RegistrationTable`: at most `max_clients` registered keys per provider. A key held by a live
   connection is *live*; any other is *idle* since its last connection ended. An idle key expires
-  after `registration_ttl_s`. When the table is full, a new key takes the place of the key idle the
-  longest (its stored mail goes with it, counted); only when every key is live is a new key refused.
+  after `registration_ttl_s`. When the table is full, a new key takes the place of the keys idle the
+  longest (up to `EVICT_BATCH` at once; their stored mail goes with them, counted); only when every
+  key is live is a new key refused.
 - `InboxQuota`: at most `inbox_max_messages` messages and `inbox_max_bytes` bytes stored per
   client; a message beyond either is refused (and, having no SURB-ack sent, is retransmitted by
   its sender later).
@@ -33,8 +34,8 @@ __all__ = [
 class ClientLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A provider's per-client limits (the provider's command-line options of the same names)."""
 
-    max_clients: int = 200_000
-    """Registered keys per provider (live and idle). ~200 bytes of memory each while live."""
+    max_clients: int = 150_000
+    """Registered keys per provider (live and idle). ~300 bytes of memory each while live."""
     registration_ttl_s: float = 86_400.0
     """An idle registration (no connection holds the key) is forgotten after this, with its mail."""
     inbox_max_messages: int = 10_000
@@ -62,6 +63,8 @@ class ClientLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 DEFAULT_CLIENT_LIMITS: Final = ClientLimits()
+EVICT_BATCH: Final = 64
+"""Idle registrations given up at once when a new key finds the provider full."""
 
 
 class Admit(msgspec.Struct, frozen=True, gc=False):
@@ -110,8 +113,9 @@ class RegistrationTable:
             return Admit(new=False)
         if len(self.registered) < self.limits.max_clients:
             return Admit(new=True)
-        if self.idle:
-            return Admit(new=True, evict=(next(iter(self.idle)),))
+        if self.idle:  # a batch, so a stream of new keys costs one SQLite commit per batch
+            it = iter(self.idle)
+            return Admit(new=True, evict=tuple(next(it) for _ in range(min(EVICT_BATCH, len(self.idle)))))
         return Refuse(f"provider full: {self.limits.max_clients} clients registered, all connected")
 
     def held(self, key: bytes) -> None:

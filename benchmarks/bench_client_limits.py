@@ -170,7 +170,9 @@ async def registrations(args: argparse.Namespace) -> int:
     writers = []
     try:
         await wait_listening(port, time.monotonic() + 20)
-        pulling = threading.Thread(target=valid_client_thread, args=(port, provider_pk, stop, stats))
+        pulling = threading.Thread(
+            target=valid_client_thread, args=(port, provider_pk, stop, stats)
+        )
         pulling.start()
         if not await asyncio.to_thread(stats["registered"].wait, 30):
             raise RuntimeError("the valid client could not register")
@@ -187,8 +189,10 @@ async def registrations(args: argparse.Namespace) -> int:
         a, r, w = await fleet_connection(port, provider_pk, extra)
         writers.append(w)
         rss1 = rss_mb(proc.pid)
-        print(f"  {accepted:,} identities registered live, {refused:,} refused; then {len(extra):,} "
-              f"more while all are live: {a:,} accepted, {r:,} refused ({time.monotonic() - t0:.1f} s)")
+        print(
+            f"  {accepted:,} identities registered live, {refused:,} refused; then {len(extra):,} "
+            f"more while all are live: {a:,} accepted, {r:,} refused ({time.monotonic() - t0:.1f} s)"
+        )
         print(f"  provider RSS {rss0:.0f} -> {rss1:.0f} MB (growth {rss1 - rss0:+.0f} MB)")
         for w in writers:
             w.close()
@@ -197,8 +201,10 @@ async def registrations(args: argparse.Namespace) -> int:
         a2, r2, w = await fleet_connection(port, provider_pk, more)
         writers.append(w)
         rss2 = rss_mb(proc.pid)
-        print(f"  after the flood disconnected, {len(more):,} new identities: {a2:,} accepted "
-              f"(idle registrations gave way), {r2:,} refused; provider RSS {rss2:.0f} MB")
+        print(
+            f"  after the flood disconnected, {len(more):,} new identities: {a2:,} accepted "
+            f"(idle registrations gave way), {r2:,} refused; provider RSS {rss2:.0f} MB"
+        )
         # inbox stuffing: packets for a client that never reads, into the provider's node side
         victim, victim_writer = await quiet_client(port, provider_pk)
         writers.append(victim_writer)
@@ -224,14 +230,24 @@ async def registrations(args: argparse.Namespace) -> int:
         db.close()
         sw.close()
         rss4 = rss_mb(proc.pid)
-        print(f"  inbox stuffing: {args.stuff:,} packets of 1 KiB for one client in "
-              f"{time.monotonic() - t1:.1f} s; {stored:,} stored now (quota 10,000 messages, 16 MiB)")
+        print(
+            f"  inbox stuffing: {args.stuff:,} packets of 1 KiB for one client in "
+            f"{time.monotonic() - t1:.1f} s; {stored:,} stored now (quota 10,000 messages, 16 MiB)"
+        )
         print(f"  provider RSS {rss3:.0f} -> {rss4:.0f} MB (growth {rss4 - rss3:+.0f} MB)")
         stop.set()
         await asyncio.to_thread(pulling.join, 30)
-        print(f"  valid client: {stats['pulls']:,} pulls answered during the floods, slowest "
-              f"{stats['slowest'] * 1e3:.0f} ms; {load()}")
-        if rss1 - rss0 > 50 or rss4 - rss3 > 50 or r == 0 or a2 == 0 or stored != min(args.stuff, 10_000):
+        print(
+            f"  valid client: {stats['pulls']:,} pulls answered during the floods, slowest "
+            f"{stats['slowest'] * 1e3:.0f} ms; {load()}"
+        )
+        if (
+            rss1 - rss0 > 50
+            or rss4 - rss3 > 50
+            or r == 0
+            or a2 == 0
+            or stored != min(args.stuff, 10_000)
+        ):
             status = 1
     finally:
         stop.set()
@@ -300,10 +316,14 @@ async def socket_flood(args: argparse.Namespace) -> int:
     server.close()
     await server.wait_closed()
     budget = server.budget
-    print(f"  {client.accepted:,} of {n:,} messages accepted ({client.bytes / (1 << 20):.0f} MiB) in "
-          f"{took:.1f} s; queue peak {budget.peak_messages} messages, {budget.peak_bytes / (1 << 20):.1f} MiB "
-          f"(bound: 1,024 per connection, 16 MiB)")
-    print(f"  process RSS {rss0:.0f} -> peak {peak_rss:.0f} MB (growth {peak_rss - rss0:+.0f} MB); {load()}")
+    print(
+        f"  {client.accepted:,} of {n:,} messages accepted ({client.bytes / (1 << 20):.0f} MiB) in "
+        f"{took:.1f} s; queue peak {budget.peak_messages} messages, {budget.peak_bytes / (1 << 20):.1f} MiB "
+        f"(bound: 1,024 per connection, 16 MiB)"
+    )
+    print(
+        f"  process RSS {rss0:.0f} -> peak {peak_rss:.0f} MB (growth {peak_rss - rss0:+.0f} MB); {load()}"
+    )
     return 0 if client.accepted == n and budget.peak_bytes <= 16 << 20 else 1
 
 

@@ -115,7 +115,9 @@ class RegistrationTable:
             return Admit(new=True)
         if self.idle:  # a batch, so a stream of new keys costs one SQLite commit per batch
             it = iter(self.idle)
-            return Admit(new=True, evict=tuple(next(it) for _ in range(min(EVICT_BATCH, len(self.idle)))))
+            return Admit(
+                new=True, evict=tuple(next(it) for _ in range(min(EVICT_BATCH, len(self.idle))))
+            )
         return Refuse(f"provider full: {self.limits.max_clients} clients registered, all connected")
 
     def held(self, key: bytes) -> None:

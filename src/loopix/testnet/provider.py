@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from loopix.argtypes import argtype, count, positive_number
 from loopix.sphinx.constants import DROP_COVER_DESTINATION
 from loopix.testnet.client_limits import (
     DEFAULT_CLIENT_LIMITS,
@@ -782,33 +783,33 @@ def main(argv: list[str] | None = None) -> int:
     defaults = DEFAULT_CLIENT_LIMITS
     parser.add_argument(
         "--max-clients",
-        type=int,
+        type=argtype(count(1)),
         default=defaults.max_clients,
         help="registered clients per provider; when full, the registration idle the longest "
         f"gives way (default {defaults.max_clients})",
     )
     parser.add_argument(
         "--registration-ttl",
-        type=float,
+        type=argtype(positive_number),
         default=defaults.registration_ttl_s,
         help="seconds a registration no connection holds is kept, with its mail "
         f"(default {defaults.registration_ttl_s:g})",
     )
     parser.add_argument(
         "--inbox-max-messages",
-        type=int,
+        type=argtype(count(1)),
         default=defaults.inbox_max_messages,
         help=f"stored messages per client (default {defaults.inbox_max_messages})",
     )
     parser.add_argument(
         "--inbox-max-bytes",
-        type=int,
+        type=argtype(count(1)),
         default=defaults.inbox_max_bytes,
         help=f"stored bytes per client (default {defaults.inbox_max_bytes})",
     )
     parser.add_argument(
         "--message-max-age",
-        type=float,
+        type=argtype(positive_number),
         default=defaults.message_max_age_s,
         help="seconds a stored, unacknowledged message is kept "
         f"(default {defaults.message_max_age_s:g})",

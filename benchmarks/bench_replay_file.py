@@ -24,6 +24,27 @@ from loopix.fileio import write_private_file
 from loopix.testnet.node import ReplayFilter
 
 
+class _SetsOnly:
+    """`ReplayFilter.seen` as it was before the buffers, for the side-by-side figure."""
+
+    __slots__ = ("_current", "_previous", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+
+    def seen(self, tag: bytes) -> bool:
+        if tag in self._current or tag in self._previous:
+            return True
+        current = self._current
+        current.add(tag)
+        if len(current) >= self.capacity:
+            self._previous = current
+            self._current = set()
+        return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--capacity", type=int, default=100_000)
@@ -36,15 +57,10 @@ def main() -> int:
     for tag in tags:
         replay.seen(tag)
     seen_us = (time.process_time() - t) / len(tags) * 1e6
-    current: set[bytes] = set()  # side by side: `seen` with the sets only (the code before)
-    previous: set[bytes] = set()
+    before = _SetsOnly(args.capacity)  # side by side: `seen` as it was, sets only
     t = time.process_time()
     for tag in tags:
-        if tag in current or tag in previous:
-            continue
-        current.add(tag)
-        if len(current) >= args.capacity:
-            previous, current = current, set()
+        before.seen(tag)
     sets_only_us = (time.process_time() - t) / len(tags) * 1e6
     dumps, dump_cpu, walks, writes, loads = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
@@ -73,7 +89,7 @@ def main() -> int:
           f"{statistics.median(walks) * 1e3:.1f} ms of CPU")
     print(f"  write + fsync in a thread: {statistics.median(writes) * 1e3:.1f} ms; "
           f"load at start: {statistics.median(loads) * 1e3:.0f} ms")
-    print(f"  per packet: `seen` {seen_us:.2f} us of CPU (a sets-only check, the code before, inlined: "
+    print(f"  per packet: `seen` {seen_us:.2f} us of CPU (the sets-only check before: "
           f"{sets_only_us:.2f} us); one snapshot costs as much as {dump_ms * 1e3 / seen_us:,.0f} checks")
     return 0
 

@@ -6,9 +6,11 @@ two connections both see every message. A bad request is answered with an error 
 stays open; only a TCP length prefix beyond the limit closes it, since framing is then lost.
 
 The client is duck-typed (the real one is `loopix.client.api.Client`):
-`client.address -> str`, `await client.send_message(message: bytes, recipient: str)` (raises
-`ValueError` for a bad recipient, returns once queued) and `client.subscribe()` returning an async
-iterator of objects with `.data: bytes`, closed with `aclose()`.
+`client.address -> str`, `await client.send_message(message: bytes, recipient: str, on_done=f)`
+(raises `ValueError` for a bad recipient, returns once queued, calls `f()` once the message has
+left its send queue: the servers bound what applications have queued, socket_budget.py) and
+`client.subscribe()` returning an async iterator of objects with `.data: bytes`, closed with
+`aclose()`.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class SocketClient(Protocol):
     @property
     def address(self) -> str: ...
 
-    async def send_message(self, message: bytes, recipient: str) -> None: ...
+    async def send_message(self, message: bytes, recipient: str, *, on_done: Any = None) -> None: ...
 
     # optional: `send_message(..., reply_surbs=N)` and `reply(sender_tag, message)` (anonymous
     # replies); a client without them answers those requests with an error line

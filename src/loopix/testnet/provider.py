@@ -297,8 +297,9 @@ class ClientSession:
         """The fleet client gives these keys up for good: forget them (and their mail, unless
         another connection holds them), answer UNREGISTERED."""
         self._write(self.side.send_unregistered(keys))
-        self.delivery.forget(set(keys))
         self.provider.unregister_keys(keys, self)
+        if self.delivery.forget(set(keys)) and self.side.push:
+            self._push_round()  # their in-flight pushes no longer hold the window
 
     # --- delivery ---
 

@@ -156,6 +156,8 @@ class ProviderLink(asyncio.Protocol):
                     if self.refusals_logged < 5:
                         self.refusals_logged += 1
                         log.warning("provider refused identity %s: %s", identity, reason)
+                case pp.KeysUnregistered():
+                    pass  # identities that left (leave): nothing of theirs is kept here
                 case pp.ProviderError(reason=reason) | pp.ProtocolError(reason=reason):
                     log.warning("provider %s:%d closed the session: %s",
                                 self.endpoint.host, self.endpoint.port, reason)
@@ -191,8 +193,14 @@ class ProviderLink(asyncio.Protocol):
         self._register_more()
 
     def leave(self, identities: set[int]) -> None:
-        """Identities leaving: not ready any more, and what arrives for them is acked and dropped."""
+        """Identities leaving: not ready any more, and what arrives for them is acked and dropped.
+        The provider is asked to forget them (UNREGISTER); if the link is down, their registration
+        expires there on its own (docs/hostile-input.md)."""
         ids = self.sender.identities
+        if self.transport is not None and self.proto is not None and not self.proto.closed:
+            with contextlib.suppress(pp.ProtocolStateError):  # not challenged yet: nothing registered
+                self.transport.write(self.proto.send_unregister(
+                    ids[i].public_key for i in identities if ids[i].public_key in self.index_of))
         for i in identities:
             self._set_ready(i, False)
             self.index_of.pop(ids[i].public_key, None)
@@ -499,7 +507,7 @@ class Sender:
                 self.ctl.send(self.per_identity.reply(msg, len(self.identities), self.first, self.step))
             elif isinstance(msg, control.RemoveIdentities):
                 gone = set(self.ours_of(msg.identities))
-                for link in {self.link_of[i] for i in gone if i < len(self.link_of)}:
+                for link in {lk for i in gone if i < len(self.links_of) for lk in self.links_of[i]}:
                     link.leave(gone)
 
     def add_identities(self, msg: control.AddSenderIdentities) -> None:

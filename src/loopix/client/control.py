@@ -119,12 +119,6 @@ class WorkerStats(msgspec.Struct, tag=True):
     no_route_by_stream: list[int] = []
 
 
-class SenderIdentity(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    secret_key: bytes
-    public_key: bytes
-    provider: int  # index into SenderSetup.providers
-
-
 class ProviderEndpoint(msgspec.Struct, frozen=True, array_like=True):
     key: bytes
     host: str
@@ -132,7 +126,14 @@ class ProviderEndpoint(msgspec.Struct, frozen=True, array_like=True):
 
 
 class SenderSetup(msgspec.Struct, tag=True):
-    identities: list[SenderIdentity]
+    """The sender's identities come flat (a fleet has 100,000): identity i's secret and public keys
+    are the 32-byte slots [32i, 32i + 32) of `secrets` and `publics`, and its provider is
+    `providers[provider_of[i]]` (`provider_of`: the bytes of an array("H"), native order: both
+    ends are on this machine)."""
+
+    secrets: bytes
+    publics: bytes
+    provider_of: bytes
     providers: list[ProviderEndpoint]
     loop_key: bytes
     ring_fds: list[int]
@@ -184,9 +185,12 @@ class AddWorkerIdentities(msgspec.Struct, tag=True):
 
 
 class AddSenderIdentities(msgspec.Struct, tag=True):
-    """Identities joining the running sender, appended to its own; `providers` is the whole list."""
+    """Identities joining the running sender, appended to its own, flat as in SenderSetup;
+    `providers` is the whole list."""
 
-    identities: list[SenderIdentity]
+    secrets: bytes
+    publics: bytes
+    provider_of: bytes
     providers: list[ProviderEndpoint]
 
 

@@ -13,6 +13,7 @@ ring, and the real fragments it had not yet built are dealt again.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import itertools
@@ -29,7 +30,6 @@ from hdrh.histogram import HdrHistogram
 
 from loopix import sphinx
 from loopix.csprng import Csprng
-from loopix.keys import KeyPair
 from loopix.sphinx.surb import ReplyBlock, make_reply_block, use_reply_block
 from loopix.topology import Topology
 from loopix.wire import provider as pp
@@ -38,6 +38,7 @@ from loopix.wire.b64 import b64url_encode
 
 from . import control
 from .acks import AckCodec, AckConfig, Retransmissions
+from .identities import Identity, IdentityTable
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
 from .replies import (
     MAX_REPLY_SURBS,
@@ -65,16 +66,6 @@ class ClientError(Exception):
 
 class RecipientError(ClientError, ValueError):
     """A message we cannot send as asked (unknown provider, too large): the caller's mistake."""
-
-
-class Identity(msgspec.Struct):
-    """One client identity run by this coordinator."""
-
-    keys: KeyPair
-    provider_key: bytes | None = None  # None: chosen from the topology
-    payload_rate: float = 50.0
-    loop_rate: float = 5.0
-    drop_rate: float = 5.0
 
 
 class RuntimeOptions(msgspec.Struct, kw_only=True):
@@ -224,10 +215,10 @@ def spawn(module: str, fds: list[int], args: list[str]) -> subprocess.Popen:
 
 
 class Coordinator:
-    def __init__(self, identities: list[Identity], options: RuntimeOptions):
-        if not identities:
+    def __init__(self, identities: list[Identity] | IdentityTable, options: RuntimeOptions):
+        self.identities = IdentityTable.of(identities)  # flat: a fleet has 100,000
+        if not len(self.identities):
             raise ClientError("no identity to run")
-        self.identities = identities
         self.opts = options
         self.n_workers = options.workers or os.cpu_count() or 1
         self.loop_key = os.urandom(32)
@@ -274,7 +265,7 @@ class Coordinator:
         self._sender_connected = asyncio.Event()
         self.packet_size = sphinx.packet_size(options.payload_size)
         # decided once: identities that join later keep the split (see add_identities)
-        self.partitioned = len(identities) >= self.n_workers
+        self.partitioned = len(self.identities) >= self.n_workers
         self.removed: set[int] = set()
         self._stats_waiters: dict[int, asyncio.Future] = {}
         self._paused = options.start_paused  # what a restarted worker starts as
@@ -334,18 +325,19 @@ class Coordinator:
     def _assign_providers(self) -> None:
         providers = sorted(self.topology.providers, key=lambda p: p.pub_key)
         self.provider_of = []
-        for i, ident in enumerate(self.identities):
-            if ident.provider_key is not None:
-                if self.topology.provider_by_key(ident.provider_key) is None:
-                    raise ClientError(f"provider {sphinx_key(ident.provider_key)} is not in the topology")
-                self.provider_of.append(ident.provider_key)
+        for i in range(len(self.identities)):
+            pinned = self.identities.pinned(i)
+            if pinned is not None:
+                if self.topology.provider_by_key(pinned) is None:
+                    raise ClientError(f"provider {sphinx_key(pinned)} is not in the topology")
+                self.provider_of.append(pinned)
             else:  # round robin over the providers, stable for a given key set
                 self.provider_of.append(providers[i % len(providers)].pub_key)
         self.provider_keys = sorted(set(self.provider_of))
 
     def _start_children(self) -> None:
         wire_len = pp.SEND_OVERHEAD + self.packet_size
-        total_rate = sum(i.payload_rate + i.loop_rate + i.drop_rate for i in self.identities)
+        total_rate = self.identities.total_rate()
         per_worker = total_rate / self.n_workers
         slots = max(256, int(per_worker * self.opts.lookahead_ms / 1000 * 3) + 4 * self.opts.batch_size)
         self.rings = [Ring.create(slots, slot_size_for(wire_len), f"loopix-ring-{w}") for w in range(self.n_workers)]
@@ -355,18 +347,24 @@ class Coordinator:
         for key in self.provider_keys:
             host, port = self.topology.provider_by_key(key).address
             endpoints.append(control.ProviderEndpoint(key, host, port))
-        index = {key: i for i, key in enumerate(self.provider_keys)}
-        sender_ids = [control.SenderIdentity(ident.keys.secret, ident.keys.public, index[self.provider_of[i]])
-                      for i, ident in enumerate(self.identities)]
         ours, theirs = socket.socketpair()
         fds = [theirs.fileno()] + [r.fd for r in self.rings]
         proc = spawn("loopix.client.sender", fds, [str(theirs.fileno())])
         theirs.close()
         self.sender = Child("sender", proc, None)
+        ids = self.identities
         self._pending_sender = (ours, control.SenderSetup(
-            identities=sender_ids, providers=endpoints, loop_key=self.loop_key, ring_fds=[r.fd for r in self.rings],
+            secrets=bytes(ids.secrets), publics=bytes(ids.publics),
+            provider_of=self._provider_indexes(range(len(ids))), providers=endpoints, loop_key=self.loop_key, ring_fds=[r.fd for r in self.rings],
             trace_path=self.opts.trace_path, push=self.opts.push, fetch_rate=self.opts.fetch_rate))
         self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
+
+    def _provider_indexes(self, identities: range) -> bytes:
+        """Each identity's provider as an index into provider_keys: array("H") bytes, as the
+        sender takes them."""
+        index = {key: i for i, key in enumerate(self.provider_keys)}
+        provider_of = self.provider_of
+        return array.array("H", [index[provider_of[i]] for i in identities]).tobytes()
 
     def _spawn_worker(self, w: int):
         ours, theirs = socket.socketpair()
@@ -378,11 +376,11 @@ class Coordinator:
         provider_index = {key: i for i, key in enumerate(self.provider_keys)}
         classes: dict[tuple[float, float, float], int] = {}
         infos = []
-        for k in range(first, len(self.identities), step):
-            ident = self.identities[k]
-            rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
+        ids = self.identities
+        for k in range(first, len(ids), step):
+            rates = ids.rates(k)
             ends_at = self.standby_of.get(k, self.provider_of[k])  # where its loops and acks go
-            infos.append(control.IdentityInfo(ident.keys.public, provider_index[ends_at],
+            infos.append(control.IdentityInfo(ids.public(k), provider_index[ends_at],
                                               classes.setdefault(rates, len(classes))))
         setup = control.WorkerSetup(
             worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
@@ -496,6 +494,7 @@ class Coordinator:
             child = Child(f"worker {w}", proc, chan)
             self.workers[w] = child
             chan.send(setup)
+            del setup  # a fleet's setup holds every key of the worker's share: not kept once sent
             if self.removed:
                 chan.send(control.RemoveIdentities(sorted(self.removed)))
             redeal = list(self.outstanding[w].values())
@@ -684,7 +683,7 @@ class Coordinator:
     def _on_received(self, msg: control.Received) -> None:
         reasm = self.reassemblers.get(msg.identity)
         if reasm is None:
-            reasm = self.reassemblers[msg.identity] = Reassembler(self.identities[msg.identity].keys.secret)
+            reasm = self.reassemblers[msg.identity] = Reassembler(self.identities.secret(msg.identity))
         now = time.monotonic()
         now_ns = time.monotonic_ns()
         for payload in msg.payloads:
@@ -774,7 +773,7 @@ class Coordinator:
 
     def _make_surb(self, identity: int, tag: bytes) -> Surb:
         route, delays = self._route(identity)
-        block = make_reply_block(route, self.identities[identity].keys.public, delays)
+        block = make_reply_block(route, self.identities.public(identity), delays)
         surb = Surb(block.to_bytes(), os.urandom(16), os.urandom(32))
         self.reply_keys.add(surb.surb_id, surb.key, tag, identity, time.monotonic())
         return surb
@@ -826,7 +825,7 @@ class Coordinator:
     def _reply_packet(self, identity: int, ref: int, surb: Surb, fragment: bytes) -> control.Fragment:
         """A whole packet through `surb` carrying `fragment`, with a SURB-ack back to us."""
         route, delays = self._route(identity)
-        me = self.identities[identity].keys.public
+        me = self.identities.public(identity)
         ack = sphinx.build_packet(route, me, self.ack_codec.encode(ref), delays, payload_size=ACK_PAYLOAD_SIZE)
         message = route[0].address + ack + seal_reply_fragment(surb, fragment)
         block = ReplyBlock.from_bytes(surb.block)
@@ -876,22 +875,23 @@ class Coordinator:
             listener(s, msg)
 
     # -- identities joining and leaving a running client --
-    def add_identities(self, identities: list[Identity]) -> range:
+    def add_identities(self, identities: list[Identity] | IdentityTable) -> range:
         """Join identities while running: registered at their providers (the topology's, round
         robin as at start, unless pinned) and given streams on the schedule. Returns their indexes."""
         if not self.running:
             raise ClientError("the client is not running")
+        joining = IdentityTable.of(identities)
         first = len(self.identities)
         providers = sorted(self.topology.providers, key=lambda p: p.pub_key)
         chosen = []
-        for k, ident in enumerate(identities):
-            key = ident.provider_key
+        for k in range(len(joining)):
+            key = joining.pinned(k)
             if key is None:
                 key = providers[(first + k) % len(providers)].pub_key
             elif self.topology.provider_by_key(key) is None:
                 raise ClientError(f"provider {sphinx_key(key)} is not in the topology")
             chosen.append(key)
-        self.identities.extend(identities)
+        new = self.identities.extend_table(joining)
         self.provider_of.extend(chosen)
         for key in dict.fromkeys(chosen):
             if key not in self.provider_keys:
@@ -899,19 +899,17 @@ class Coordinator:
         index = {key: i for i, key in enumerate(self.provider_keys)}
         endpoints = [control.ProviderEndpoint(key, *self.topology.provider_by_key(key).address)
                      for key in self.provider_keys]
-        new = range(first, len(self.identities))
         self.sender.chan.send(control.AddSenderIdentities(
-            [control.SenderIdentity(self.identities[i].keys.secret, self.identities[i].keys.public,
-                                    index[self.provider_of[i]]) for i in new], endpoints))
+            bytes(joining.secrets), bytes(joining.publics), self._provider_indexes(new), endpoints))
+        ids = self.identities
         for w, child in enumerate(self.workers):
             classes: dict[tuple[float, float, float], int] = {}
             infos = []
             for i in new:
                 if self.partitioned and i % self.n_workers != w:
                     continue
-                ident = self.identities[i]
-                rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
-                infos.append(control.IdentityInfo(ident.keys.public, index[self.provider_of[i]],
+                rates = ids.rates(i)
+                infos.append(control.IdentityInfo(ids.public(i), index[self.provider_of[i]],
                                                   classes.setdefault(rates, len(classes))))
             if infos and child is not None and child.chan is not None:
                 child.chan.send(control.AddWorkerIdentities(infos, list(self.provider_keys),
@@ -940,7 +938,7 @@ class Coordinator:
 
     def address_of(self, identity: int) -> tuple[bytes, bytes]:
         """(client key, provider key) of one of ours."""
-        return self.identities[identity].keys.public, self.provider_of[identity]
+        return self.identities.public(identity), self.provider_of[identity]
 
 
 def choose_standby(identity: int, home: bytes, providers: list[bytes]) -> bytes | None:

@@ -26,10 +26,12 @@ import msgspec
 
 from loopix.client import control
 from loopix.client.api import Client, IdentityLock, MessageStream, Subscription, runtime_options
-from loopix.client.coordinator import ClientError, Coordinator, Identity, Stats
+from loopix.client.coordinator import ClientError, Coordinator, Stats
+from loopix.client.identities import IdentityTable
 from loopix.wire.socket_api import ClientAddress
 
-from .store import FleetContents, FleetIdentity, FleetStore, load_identities
+from .names import NameIndex
+from .store import FleetContents, FleetRows, FleetStore, load_identities
 
 __all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "IdentityStats", "UnknownIdentityError"]
 
@@ -84,7 +86,7 @@ class FleetMessages:
         fleet._streams.append(self)
 
     def _on_message(self, index: int, data: bytes) -> None:
-        self._items.append((self._fleet._names[index], data))
+        self._items.append((self._fleet._names.name(index), data))
         self._bytes += len(data)
         while len(self._items) > 1 and (len(self._items) > self.max_messages or self._bytes > self.max_bytes):
             self._bytes -= len(self._items.popleft()[1])
@@ -128,10 +130,11 @@ class Fleet:
         self.root = Path(contents.root)
         self.layout = contents.layout
         self.config = contents.config
-        self._names = [m.name for m in contents.members]  # by coordinator index; a name that left stays
-        self._index = {name: i for i, name in enumerate(self._names)}  # the members now
-        self._identities = [self._identity(m) for m in contents.members]
-        self._seen_seq = contents.max_seq
+        self._names = NameIndex()  # name <-> coordinator index; a name that left keeps its index
+        for name in contents.rows.names:
+            self._names.append(name)
+        self._identities = self._table(contents.rows)  # flat: no object per identity
+        self._seen_seq, self._removals = contents.max_seq, contents.removals
         self._store: FleetStore | None = None
         self._watch: asyncio.Task | None = None
         self._queries = None
@@ -211,14 +214,24 @@ class Fleet:
     @property
     def names(self) -> list[str]:
         """Every identity's name, in the fleet's order."""
-        return list(self._index)
+        return self._names.names()
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._names)
 
-    def _identity(self, member: FleetIdentity) -> Identity:
+    def _table(self, rows: FleetRows, only: list[int] | None = None) -> IdentityTable:
+        """The rows (or those at positions `only`) as the coordinator keeps them, at the fleet's rates."""
         t = self.config.traffic
-        return Identity(member.keys, member.provider, t.payload_rate, t.loop_rate, t.drop_rate)
+        rates = (t.payload_rate, t.loop_rate, t.drop_rate)
+        table = IdentityTable()
+        if only is None:
+            table.extend(rows.secrets, rows.publics, rates, rows.pinned)
+        else:
+            k = 32
+            table.extend(b"".join(rows.secrets[i * k:(i + 1) * k] for i in only),
+                         b"".join(rows.publics[i * k:(i + 1) * k] for i in only), rates,
+                         {j: rows.pinned[i] for j, i in enumerate(only) if i in rows.pinned})
+        return table
 
     # -- joining and leaving while running --
     async def add(self, count: int) -> list[str]:
@@ -241,18 +254,25 @@ class Fleet:
 
     def _sync(self) -> None:
         """Bring the running identities in line with the keystore."""
-        added, now, self._seen_seq = self._store.changes_since(self._seen_seq)
-        joining = [m for m in added if m.name not in self._index]
+        changes = self._store.changes_since(self._seen_seq, self._removals)
+        added = changes.added
+        joining = [k for k, name in enumerate(added.names) if name not in self._names]
         if joining:
-            indexes = self._coord.add_identities([self._identity(m) for m in joining])
+            table = self._table(added, None if len(joining) == len(added) else joining)
+            indexes = self._coord.add_identities(table)
             self._messages_out.frombytes(bytes(8 * len(joining)))
             self._messages_in.frombytes(bytes(8 * len(joining)))
-            for i, m in zip(indexes, joining, strict=True):
-                self._names.append(m.name)
-                self._index[m.name] = i
-        leaving = [name for name in self._index if name not in now]
-        if leaving:
-            self._coord.remove_identities([self._index.pop(name) for name in leaving])
+            for i, k in zip(indexes, joining, strict=True):
+                if self._names.append(added.names[k]) != i:
+                    raise RuntimeError("fleet names and coordinator indexes went out of step")
+        self._seen_seq, self._removals = changes.max_seq, changes.removals
+        if changes.names is not None:  # some were removed since the last look: who?
+            now = changes.names
+            leaving = [i for i in self._names.indexes() if self._names.name(i) not in now]
+            if leaving:
+                self._coord.remove_identities(leaving)
+                for i in leaving:
+                    self._names.remove(i)
 
     async def _watch_store(self, version: int) -> None:
         """`loopix-client fleet add|remove DIR` from another process: seen here within a poll."""
@@ -268,7 +288,7 @@ class Fleet:
 
     def _resolve(self, identity: IdentityName) -> int:
         name = str(identity)
-        index = self._index.get(name)
+        index = self._names.get(name)
         if index is None:
             shown = name if len(name) <= 40 else name[:37] + "..."
             raise UnknownIdentityError(f"no identity {shown!r} in the fleet {self.root}")
@@ -310,7 +330,7 @@ class Fleet:
     def _stats_of(self, row: control.IdentityCounters) -> IdentityStats:
         i = row.identity
         rtt = row.rtt_sum_ns / row.loops_back / 1e6 if row.loops_back else None
-        return IdentityStats(self._names[i], *row.sent, row.real_sent, row.received, row.loops_back, rtt,
+        return IdentityStats(self._names.name(i), *row.sent, row.real_sent, row.received, row.loops_back, rtt,
                              self._messages_out[i], self._messages_in[i])
 
     async def identity_stats(self, *identities: IdentityName) -> list[IdentityStats]:

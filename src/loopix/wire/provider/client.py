@@ -3,7 +3,7 @@ one connection (`FleetClientSide`). Every state change goes through `states.tran
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableSet, Sequence
 
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
@@ -209,21 +209,28 @@ class FleetClientSide(_ClientBase):
     pipelined after the first `send_register_many` (the provider handles them in order).
     One identity is simply a fleet of one.
 
-    Memory: one 32-byte key per identity in `registered_keys` (or `pending` until answered).
+    Memory: one 32-byte key per identity in `registered_keys` (or `pending` until answered),
+    unless the caller gives a more compact set-like.
     A provider without fleet support answers REGISTERED; that becomes a `ProtocolError`.
     """
 
     _TABLE = FLEET_CLIENT_TRANSITIONS
 
     def __init__(
-        self, provider_key: bytes, *, push: bool = True, max_frame: int = CLIENT_MAX_FRAME
+        self,
+        provider_key: bytes,
+        *,
+        push: bool = True,
+        max_frame: int = CLIENT_MAX_FRAME,
+        registered: MutableSet[bytes] | None = None,
     ) -> None:
         super().__init__(provider_key, push, max_frame)
         self._flags = bytes((FLAG_FLEET | (0 if push else FLAG_NO_PUSH),))
         self.pending: set[bytes] = set()
         """Keys sent in a REGISTER and not answered yet."""
-        self.registered_keys: set[bytes] = set()
-        """Keys the provider accepted on this connection (and has not taken back)."""
+        self.registered_keys: MutableSet[bytes] = set() if registered is None else registered
+        """Keys the provider accepted on this connection (and has not taken back). `registered`:
+        an empty set-like to keep them in instead (a large fleet keeps a flag per identity)."""
 
     def __repr__(self) -> str:
         return (

@@ -30,7 +30,7 @@ import uvloop
 
 from loopix import config as cfg
 from loopix.cli import init_client
-from loopix.fleet.store import _new_keys, create_fleet
+from loopix.fleet.store import create_fleet, new_keys
 from loopix.testnet.sink import SinkNet
 
 
@@ -68,7 +68,7 @@ def bench_init(count: int, repeat: int, dirs: int, work: Path) -> None:
         sizes.append(disk_bytes(root))
         shutil.rmtree(root)
     t0 = time.perf_counter()
-    _new_keys(count)
+    new_keys(count)
     keys_only = time.perf_counter() - t0
     home = work / "dirs"
     t0 = time.perf_counter()

@@ -163,6 +163,13 @@ class SenderStats(msgspec.Struct, tag=True):
     sent_by_second: dict[int, list[int]] = {}
 
 
+class SenderConnected(msgspec.Struct, tag=True):
+    """How many identities are registered and connected now: sent within CONNECTED_REPORT_S of a
+    change (identities joining register in seconds; the once-a-second stats would lag by up to one)."""
+
+    connected: int
+
+
 class Failover(msgspec.Struct, tag=True):
     """To the sender: register `identities` (global indexes) at this standby provider too. To a
     worker: their loops and acks now end at this provider."""
@@ -243,7 +250,7 @@ class Resume(msgspec.Struct, tag=True):
 
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsSent | FragmentsFailed
-    | WorkerStats | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal | Failover
+    | WorkerStats | SenderSetup | Received | SenderStats | SenderConnected | Stop | Pause | Resume | Fatal | Failover
     | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities | IdentityStatsRequest | IdentityStatsReply
 )
 _encoder = msgspec.msgpack.Encoder()

@@ -465,6 +465,10 @@ class Coordinator:
                     retx.unsent(ref)
             elif isinstance(msg, control.SenderStats):
                 self._on_sender_stats(msg)
+            elif isinstance(msg, control.SenderConnected):
+                self.stats.connected = msg.connected
+                if msg.connected >= len(self.identities):
+                    self._sender_connected.set()
             elif isinstance(msg, control.IdentityStatsReply):
                 waiter = self._stats_waiters.pop(msg.ref, None)
                 if waiter is not None and not waiter.done():

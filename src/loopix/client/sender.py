@@ -55,6 +55,7 @@ REGISTER_CHUNK = 512  # REGISTERs in flight per link: a fleet registers in chunk
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
+CONNECTED_REPORT_S = 0.05  # a change in how many identities are connected reaches the coordinator this soon
 SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
 HOLD_MAX = 8192  # real packets due while their provider connection is down wait, at most this many...
 HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
@@ -379,6 +380,7 @@ class Sender:
         self.links: list[ProviderLink] = []
         self.link_of: list[ProviderLink] = [None] * n  # type: ignore[list-item]  # the one it sends through
         self.home_of = array.array("H", bytes(2 * n))  # index into links of each identity's home link
+        self._connected_report: asyncio.TimerHandle | None = None
         self.standby_of: dict[int, list[ProviderLink]] = {}  # the few with a standby link (failover)
         self._join(range(n), provider_of, setup.providers)
         self.loops = LoopCodec(setup.loop_key)
@@ -458,6 +460,13 @@ class Sender:
             self.connected += 1 if ready else -1
             if ready:
                 self.ready_generation += 1
+            if not self._connected_report:
+                self._connected_report = asyncio.get_running_loop().call_later(
+                    CONNECTED_REPORT_S, self._report_connected)
+
+    def _report_connected(self) -> None:
+        self._connected_report = None
+        self.ctl.send(control.SenderConnected(self.connected))
 
     def failover(self, msg: control.Failover) -> None:
         """Register these identities at a standby provider too (their home is gone from the

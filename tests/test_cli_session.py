@@ -21,6 +21,7 @@ import pytest
 import websockets
 
 from _procs import alive, children_of
+from conftest import wait_until
 from loopix import config as cfg
 from loopix.cli import init_client
 from loopix.testnet.launcher import Testnet
@@ -228,8 +229,7 @@ def test_ctrl_c_early_in_a_loadtest_leaves_no_testnet_keys(dirs):
     home, tmp = dirs
     cli = Cli(["loadtest", "--identities", "2", "--duration", "5s"], home, tmp)
     cli.wait_for("starting a testnet")
-    time.sleep(0.3)  # keys being made, nodes starting
-    kids = descendants(cli.proc.pid)
+    kids = wait_until(lambda: descendants(cli.proc.pid), "the testnet's first node process")  # nodes starting
     cli.interrupt()
     assert not any("Traceback" in line for line in cli.out + cli.err), cli.err
     deadline = time.monotonic() + 10

@@ -104,7 +104,7 @@ def test_add_and_remove_keep_names_stable(tmp_path, capsys):
     (["init", "--fleet", "{d}/x"], "--fleet needs --count N"),
     (["init", "--count", "3"], "--count and the rates go with --fleet DIR"),
     (["init", "--payload-rate", "1"], "--count and the rates go with --fleet DIR"),
-    (["init", "--fleet", "{d}/x", "--count", "1", "--drop-rate", "-1"], "must be 0 or more"),
+    (["init", "--fleet", "{d}/x", "--count", "1", "--drop-rate", "-1"], "must be a finite number >= 0"),
     (["init", "--fleet", "{d}/x", "--count", "2", "--id", "a"], "not both"),
     (["fleet", "add", "{d}/ok", "--count", "0"], "must be at least 1, got 0"),
     (["fleet", "remove", "{d}/ok", "nobody"], "no identity 'nobody' in the fleet"),

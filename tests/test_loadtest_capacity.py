@@ -83,9 +83,11 @@ def real_search(tmp_path_factory):
     """A short real search on a small embedded testnet, failing on a threshold we know the answer to."""
     opts = LoadTestOptions(identities=20, payload_rate=1.0, loop_rate=1.0, drop_rate=1.0, mean_hop_delay_ms=5.0,
                            workers=1, live=False, layers=1, mixnodes_per_layer=1, providers=1,
-                           thresholds=["rate_loop<200/s"])
+                           thresholds=["rate_loop<175/s"])
+    # judged by the threshold alone: on a machine busy with other work the verdict may rightly call
+    # a step saturated (the verdict's rules have their own tests)
     settings = CapacitySettings(start_rate=300, factor=2, step_s=3, warmup_s=1, precision=0.34, max_steps=4,
-                                confirm=False)
+                                confirm=False, accept="saturated")
     result = uvloop.run(find_capacity(opts, settings))
     out = tmp_path_factory.mktemp("capacity")
     write_capacity(out, result)
@@ -96,11 +98,13 @@ def test_a_real_search_finds_where_a_threshold_breaks(real_search):
     result, out = real_search
     assert isinstance(result, CapacityResult) and not result.interrupted
     # up 300 -> 600 (fails: rate_loop is a third of the aggregate, 200 loops/s breaks
-    # "rate_loop<200/s"), then bisect once: 450 passes, and 600/450 is within the precision
+    # "rate_loop<175/s"), then bisect once: 450 passes, and 600/450 is within the precision. The loop
+    # count of a 3 s step is Poisson: 175/s is 3.5 sd above 150/s and 3 sd below 200/s, so the
+    # outcome of each step is not left to chance.
     assert [s.rate for s in result.steps] == [300, 450, 600]
     assert result.capacity == 450 and result.per_identity_at_capacity == {
         "payload": 7.5, "loop": 7.5, "drop": 7.5}
-    assert result.first_failure is not None and "rate_loop<200/s" in result.first_failure.failed[0]
+    assert result.first_failure is not None and "rate_loop<175/s" in result.first_failure.failed[0]
     for s in result.steps:
         assert s.achieved == pytest.approx(s.rate, rel=0.2)  # open loop: the rate asked is sent
         assert s.rtt_p50_ms is not None and s.cpu_busiest is not None

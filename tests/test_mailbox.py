@@ -10,6 +10,7 @@ import logging
 import pytest
 from websockets.asyncio.client import connect
 
+from conftest import wait_until_async
 from loopix.mailbox import BoundedMessages, Mailbox
 from loopix.sockets import serve_tcp, serve_websocket
 from loopix.wire.socket_api import Received, decode_response
@@ -44,8 +45,7 @@ def test_held_messages_go_to_the_next_websocket_connection(caplog):
             with caplog.at_level(logging.WARNING, logger="loopix.mailbox"):
                 for i in range(5):
                     client.push(f"m{i}".encode())
-                await asyncio.sleep(0.05)
-            assert mailbox.dropped == 2
+                await wait_until_async(lambda: mailbox.dropped == 2, lambda: f"dropped {mailbox.dropped}, not 2")
             assert "no application is connected" in caplog.text and "dropped 2 so far" in caplog.text
             async with connect(f"ws://127.0.0.1:{server.port}/mix") as ws:
                 got = [(await ws_json(ws))["message"] for _ in range(3)]
@@ -53,8 +53,7 @@ def test_held_messages_go_to_the_next_websocket_connection(caplog):
                 client.push(b"live")
                 assert (await ws_json(ws))["message"] == "live"
             # disconnected again: held once more, for the next one
-            while mailbox._outlets:
-                await asyncio.sleep(0.005)
+            await wait_until_async(lambda: not mailbox._outlets, "the closed connection to leave the mailbox")
             client.push(b"later")
             async with connect(f"ws://127.0.0.1:{server.port}/mix") as ws:
                 assert (await ws_json(ws)) == {"type": "received", "message": "later"}

@@ -12,6 +12,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from conftest import wait_until_async
 from loopix.sockets import SocketServer, check_loopback, serve_tcp, serve_websocket
 from loopix.wire.socket_api import (
     ClientAddress,
@@ -81,8 +82,8 @@ class FakeClient:
             sub.queue.put_nowait(None)
 
     async def wait_subscribers(self, n: int) -> None:
-        while len(self.subscriptions) != n:
-            await asyncio.sleep(0.005)
+        await wait_until_async(lambda: len(self.subscriptions) == n,
+                               lambda: f"{len(self.subscriptions)} subscribers, not {n}", interval=0.005)
 
     async def next_sent(self) -> tuple[bytes, str]:
         return await asyncio.wait_for(self.sent.get(), TIMEOUT)

@@ -31,9 +31,8 @@ try:  # Ctrl-C while the modules load is an interruption like any other: quiet, 
         import tempfile
         from collections.abc import Callable, Sequence
         from pathlib import Path
-        from typing import NoReturn
 
-        from loopix import __version__, keys
+        from loopix import __version__, argtypes, keys
         from loopix import config as cfg
         from loopix.units import UnitError, parse_duration
 except KeyboardInterrupt:
@@ -57,57 +56,11 @@ class UsageError(CliError):
     """Options that do not go together: printed as one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors instead of the usage block."""
+# --- option values (checks in loopix.argtypes) -----------------------------------------------
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _arg(convert: Callable[[str], object]) -> Callable[[str], object]:
-    """Wrap a ValueError-raising validator as an argparse `type=`, keeping its message."""
-
-    def parse(text: str) -> object:
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = convert.__name__
-    return parse
-
-
-# --- option values ------------------------------------------------------------------------
-
-
-def _int(text: str, what: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise ValueError(f"{what} must be a whole number, got {text!r}") from None
-
-
-def port_number(text: str) -> int:
-    """A TCP port, 0 (any free port) to 65535."""
-    port = _int(text, "port")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0 (any free port) to 65535, got {port}")
-    return port
-
-
-def worker_count(text: str) -> int:
-    """Packet workers: at least one; more than 1024 is surely a typo."""
-    n = _int(text, "workers")
-    if not 1 <= n <= 1024:
-        raise ValueError(f"must be 1 to 1024, got {n}")
-    return n
-
-
-def positive_count(text: str) -> int:
-    n = _int(text, "count")
-    if n < 1:
-        raise ValueError(f"must be at least 1, got {n}")
-    return n
+port_number = argtypes.port
+worker_count = argtypes.count(1, 1024, "workers")  # more than 1024 is surely a typo
+positive_count = argtypes.count(1, what="count")
 
 
 MIN_STATUS_INTERVAL_S = 0.1
@@ -210,14 +163,14 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--id",
-        type=_arg(cfg.validate_client_id),
+        type=argtypes.argtype(cfg.validate_client_id),
         default=None,
         help="client id, [A-Za-z0-9_-]{1,64} (default: 8 random letters)",
     )
     p.add_argument(
         "--directory",
         metavar="URL",
-        type=_arg(cfg.validate_directory_url),
+        type=argtypes.argtype(cfg.validate_directory_url),
         default=None,
         help="directory URL: its base (http://host:port/, as `testnet` prints it) or its topology "
         "URL (default: the testnet running under this LOOPIX_HOME if there is one, else "
@@ -226,14 +179,14 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--provider",
         metavar="KEY",
-        type=_arg(_provider_key),
+        type=argtypes.argtype(_provider_key),
         default=None,
         help="provider public key, base64url (default: none; `run` picks one from the topology)",
     )
     p.add_argument(
         "--directory-key",
         metavar="KEY",
-        type=_arg(_directory_key),
+        type=argtypes.argtype(_directory_key),
         default=None,
         help="the directory's Ed25519 key, base64url, to check its topology signature against "
         "(default: the local testnet's, when --directory is that testnet; otherwise unpinned, "
@@ -246,7 +199,7 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fleet", metavar="DIR", default=None,
                    help="create a fleet instead: --count identities in one keystore, DIR/fleet.db")
-    p.add_argument("--count", metavar="N", type=_arg(positive_count), default=None,
+    p.add_argument("--count", metavar="N", type=argtypes.argtype(positive_count), default=None,
                    help="with --fleet: how many identities (at least 1)")
     from loopix.fleet.cli import add_fleet_rate_options
 
@@ -482,19 +435,19 @@ STATUS_LINE_HELP = (
 
 
 def _add_client_options(p: argparse.ArgumentParser, id_required: bool = True) -> None:
-    p.add_argument("--id", required=id_required, type=_arg(cfg.validate_client_id),
+    p.add_argument("--id", required=id_required, type=argtypes.argtype(cfg.validate_client_id),
                    help="client id, as given to `init` (its config: $LOOPIX_HOME/clients/ID/config/)")
-    p.add_argument("--directory", metavar="URL", type=_arg(cfg.validate_directory_url), default=None,
+    p.add_argument("--directory", metavar="URL", type=argtypes.argtype(cfg.validate_directory_url), default=None,
                    help="directory URL, base or topology (default: the config's "
                    "client.directory_server_topology)")
-    p.add_argument("--workers", metavar="N", type=_arg(worker_count), default=None,
+    p.add_argument("--workers", metavar="N", type=argtypes.argtype(worker_count), default=None,
                    help="packet-building processes, 1 to 1024 (default: the config's runtime.workers, "
                    "where 0 means one per core)")
     p.add_argument("--trace", metavar="FILE",
                    help="write one binary record per packet sent to FILE, replacing it (default: none; docs/trace.md)")
-    p.add_argument("--status-interval", metavar="DURATION", type=_arg(status_interval), default=5.0,
+    p.add_argument("--status-interval", metavar="DURATION", type=argtypes.argtype(status_interval), default=5.0,
                    help=STATUS_HELP)
-    p.add_argument("--metrics-port", metavar="PORT", type=_arg(port_number), default=None,
+    p.add_argument("--metrics-port", metavar="PORT", type=argtypes.argtype(port_number), default=None,
                    help="with --fleet: the fleet's totals for Prometheus at http://127.0.0.1:PORT/metrics "
                    "(default: none)")
 
@@ -525,15 +478,15 @@ def _add_socket(sub: argparse._SubParsersAction) -> None:
                    "name the sending identity, received messages the receiving one (docs/socket-api.md)")
     p.add_argument("--socket", choices=("websocket", "tcp"), default="websocket",
                    help="kind of socket (default websocket)")
-    p.add_argument("--port", type=_arg(port_number), default=DEFAULT_PORT,
+    p.add_argument("--port", type=argtypes.argtype(port_number), default=DEFAULT_PORT,
                    help=f"loopback port, 0 for any free port (default {DEFAULT_PORT})")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (e.g. http://localhost:3000) whose pages may use the websocket;"
                         " repeatable. By default browser pages are refused")
-    p.add_argument("--hold-messages", metavar="N", type=_arg(positive_count), default=DEFAULT_HOLD_MESSAGES,
+    p.add_argument("--hold-messages", metavar="N", type=argtypes.argtype(positive_count), default=DEFAULT_HOLD_MESSAGES,
                    help="received messages kept while no application is connected; the oldest is "
                    f"dropped (and counted) beyond this (default {DEFAULT_HOLD_MESSAGES})")
-    p.add_argument("--hold-bytes", metavar="SIZE", type=_arg(byte_size), default=DEFAULT_HOLD_BYTES,
+    p.add_argument("--hold-bytes", metavar="SIZE", type=argtypes.argtype(byte_size), default=DEFAULT_HOLD_BYTES,
                    help="the same cap in bytes, e.g. 512KiB, 64MiB (default 64MiB)")
     p.set_defaults(handler=_cmd_socket)
 
@@ -721,12 +674,12 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: one subparser per entry of `_COMMANDS`."""
-    parser = _Parser(prog=PROG, description="A Loopix-style mix network client. Clients live in "
+    parser = argtypes.OneLineParser(prog=PROG, description="A Loopix-style mix network client. Clients live in "
                      "$LOOPIX_HOME/clients/ID/config/ (LOOPIX_HOME defaults to ~/.loopix).",
                      epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(
-        title="commands", metavar="COMMAND", dest="command", required=True, parser_class=_Parser
+        title="commands", metavar="COMMAND", dest="command", required=True, parser_class=argtypes.OneLineParser
     )
     for add in _COMMANDS:
         add(sub)

@@ -7,22 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from loopix import argtypes
 from loopix import config as cfg
-from loopix.cli import CliError, UsageError, _arg, positive_count
+from loopix.argtypes import argtype
+from loopix.cli import CliError, UsageError, positive_count
 
 from .store import FleetError, FleetStore, check_count, create_fleet
 
 SHOWN_ADDRESSES = 20
-
-
-def _rate(text: str) -> float:
-    try:
-        rate = float(text)
-    except ValueError:
-        raise ValueError(f"a rate is a number of packets per second, got {text!r}") from None
-    if not 0 <= rate < float("inf"):
-        raise ValueError(f"a rate must be 0 or more packets per second, got {text!r}")
-    return rate
 
 
 _RATES = (("payload", 50.0), ("loop", 5.0), ("drop", 5.0))
@@ -30,7 +22,7 @@ _RATES = (("payload", 50.0), ("loop", 5.0), ("drop", 5.0))
 
 def add_fleet_rate_options(p: argparse.ArgumentParser) -> None:
     for stream, default in _RATES:
-        p.add_argument(f"--{stream}-rate", metavar="PER_S", type=_arg(_rate), default=None,
+        p.add_argument(f"--{stream}-rate", metavar="PER_S", type=argtype(argtypes.rate), default=None,
                        help=f"with --fleet: each identity's {stream} stream, packets/s (default {default:g}; "
                        "0 turns it off)")
 
@@ -172,12 +164,12 @@ def add_fleet_parser(sub: argparse._SubParsersAction, epilog: str) -> None:
     ls.add_argument("dir", metavar="DIR")
     add = actions.add_parser("add", help="make N more identities")
     add.add_argument("dir", metavar="DIR")
-    add.add_argument("--count", metavar="N", required=True, type=_arg(positive_count),
+    add.add_argument("--count", metavar="N", required=True, type=argtype(positive_count),
                      help="how many identities to add (at least 1)")
     st = actions.add_parser("stats", help="a running fleet's counters, per identity and top by traffic")
     st.add_argument("dir", metavar="DIR")
     st.add_argument("ids", metavar="ID", nargs="*", help="identities to show")
-    st.add_argument("--top", metavar="K", type=_arg(positive_count), default=None,
+    st.add_argument("--top", metavar="K", type=argtype(positive_count), default=None,
                     help="also the K identities with the most packets sent and received "
                     "(default: 10 when no ID is given)")
     rm = actions.add_parser("remove", help="delete identities (their keys are lost)")

@@ -38,7 +38,8 @@ class CapacitySettings(msgspec.Struct, frozen=True, kw_only=True):
     step_s: float = 10.0  # measured part of a step
     warmup_s: float = 5.0  # load before it, not measured
     precision: float = 0.1  # bisect until (first fail - last pass) / last pass <= this
-    accept: Literal["ok", "degraded"] = "degraded"  # the worst verdict a passing step may have
+    # the worst verdict a passing step may have; "saturated": judged by the thresholds alone
+    accept: Literal["ok", "degraded", "saturated"] = "degraded"
     confirm: bool = True  # run a failing rate again: it fails only if both runs fail
     max_steps: int = 16
 
@@ -337,14 +338,10 @@ def write_capacity(out_dir: str | Path, result: CapacityResult) -> Path:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def add_capacity_arguments(p: argparse.ArgumentParser, typed: Callable) -> None:
-    from .command import _rate, duration
-
-    def positive(text: str) -> float:
-        value = _rate(text)
-        if value <= 0:
-            raise ValueError(f"must be greater than 0, got {text!r}")
-        return value
+def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
+    from loopix.argtypes import argtype as typed
+    from loopix.argtypes import duration
+    from loopix.argtypes import positive_number as positive
 
     g = p.add_argument_group("capacity search (--find-capacity)")
     g.add_argument("--find-capacity", action="store_true",
@@ -359,8 +356,9 @@ def add_capacity_arguments(p: argparse.ArgumentParser, typed: Callable) -> None:
                    help="unmeasured load before each step (default 5s)")
     g.add_argument("--capacity-precision", type=typed(positive), default=10.0, metavar="PERCENT",
                    help="stop bisecting when the interval is within this %% of the answer (default 10)")
-    g.add_argument("--capacity-accept", choices=("ok", "degraded"), default="degraded",
-                   help="the worst verdict a passing step may have (default degraded: fail on saturated)")
+    g.add_argument("--capacity-accept", choices=("ok", "degraded", "saturated"), default="degraded",
+                   help="the worst verdict a passing step may have (default degraded: fail on saturated; "
+                   "saturated: judge by the thresholds alone)")
 
 
 def run_capacity_command(args: argparse.Namespace, opts) -> int:

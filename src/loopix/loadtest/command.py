@@ -10,13 +10,13 @@ still written, marked interrupted), never with a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import socket
 import sys
 import tempfile
 from pathlib import Path
 
-from loopix.units import UnitError, parse_duration
+from loopix.argtypes import argtype, count, duration, fixed_port, rate
+from loopix.units import UnitError
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "add_parser", "run_command"]
 
@@ -26,53 +26,6 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 class CommandError(Exception):
     """A check that failed before the run: one line, exit status 1."""
-
-
-def _type(convert):
-    def parse(text: str):
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = getattr(convert, "__name__", "value")
-    return parse
-
-
-def duration(text: str) -> float:
-    """Seconds from "30s", "2m", "500ms": a unit is required (loopix.units)."""
-    return parse_duration(text)
-
-
-def _count(minimum: int):
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return count
-
-
-def _rate(text: str) -> float:
-    """Packets (or messages) per second: finite and not negative."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number per second, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(1)(text)
-    if value > 65535:
-        raise ValueError(f"port must be 1..65535, got {value}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,33 +40,33 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "violated, 130 interrupted (the report is still written). Across machines: `loadtest --master "
         "--expect-workers N ...` and `loadtest --worker --master-host H` run it on Locust "
         "(`loopix-client loadtest --master --help`, docs/distributed.md).")
-    p.add_argument("--identities", type=_type(_count(1)), default=100, help="at least 1 (default 100)")
-    p.add_argument("--duration", type=_type(duration), default=60.0, help="e.g. 60s, 2m (default 60s)")
+    p.add_argument("--identities", type=argtype(count(1)), default=100, help="at least 1 (default 100)")
+    p.add_argument("--duration", type=argtype(duration), default=60.0, help="e.g. 60s, 2m (default 60s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--testnet", action="store_true", help="start an embedded testnet (the default)")
-    where.add_argument("--directory", type=_type(cfg.validate_directory_url), help="a running network's topology URL")
-    p.add_argument("--payload-rate", type=_type(_rate), default=2.0, help="per identity, packets/s (default 2)")
-    p.add_argument("--loop-rate", type=_type(_rate), default=1.0, help="per identity (default 1)")
-    p.add_argument("--drop-rate", type=_type(_rate), default=1.0, help="per identity (default 1)")
-    p.add_argument("--messages", type=_type(_rate), default=0.0, metavar="RATE",
+    where.add_argument("--directory", type=argtype(cfg.validate_directory_url), help="a running network's topology URL")
+    p.add_argument("--payload-rate", type=argtype(rate), default=2.0, help="per identity, packets/s (default 2)")
+    p.add_argument("--loop-rate", type=argtype(rate), default=1.0, help="per identity (default 1)")
+    p.add_argument("--drop-rate", type=argtype(rate), default=1.0, help="per identity (default 1)")
+    p.add_argument("--messages", type=argtype(rate), default=0.0, metavar="RATE",
                    help="real messages per second between random pairs of identities (default 0)")
-    p.add_argument("--message-size", type=_type(_count(1)), default=1024)
-    p.add_argument("--mean-hop-delay-ms", type=_type(_rate), default=20.0)
-    p.add_argument("--workers", type=_type(_count(0)), default=0, help="packet workers (default: cores)")
+    p.add_argument("--message-size", type=argtype(count(1)), default=1024)
+    p.add_argument("--mean-hop-delay-ms", type=argtype(rate), default=20.0)
+    p.add_argument("--workers", type=argtype(count(0)), default=0, help="packet workers (default: cores)")
     p.add_argument("--threshold", action="append", default=[], type=argparse_threshold,
                    help='e.g. "rtt_p99<2s", "loss<0.1%%" (durations need a unit); any violated: exit 99')
     p.add_argument("--out", metavar="DIR", help="write summary.json, history.csv, nodes.csv, resources.csv, "
                    "report.html (checked before the run)")
     p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
-    p.add_argument("--metrics-port", type=_type(_port), help="serve Prometheus metrics on 127.0.0.1:PORT")
-    p.add_argument("--grace", type=_type(duration), default=None,
+    p.add_argument("--metrics-port", type=argtype(fixed_port), help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--grace", type=argtype(duration), default=None,
                    help="how long to wait for stragglers after the load, e.g. 5s (default: from the delays)")
-    p.add_argument("--layers", type=_type(_count(1)), default=3, help="embedded testnet: mix layers")
-    p.add_argument("--mixnodes-per-layer", type=_type(_count(1)), default=2)
-    p.add_argument("--providers", type=_type(_count(1)), default=2)
+    p.add_argument("--layers", type=argtype(count(1)), default=3, help="embedded testnet: mix layers")
+    p.add_argument("--mixnodes-per-layer", type=argtype(count(1)), default=2)
+    p.add_argument("--providers", type=argtype(count(1)), default=2)
     from .capacity import add_capacity_arguments
 
-    add_capacity_arguments(p, _type)
+    add_capacity_arguments(p)
     p.set_defaults(handler=run_command)
     return p
 

@@ -28,6 +28,7 @@ import aiohttp
 import msgspec
 
 from loopix import directory_auth, keys
+from loopix.argtypes import argtype, fraction
 from loopix.fileio import write_private_file
 from loopix.sphinx import PacketProcessor
 from loopix.testnet.decisions import Deliver, Drop, ForwardNow, Hold, HopPolicy
@@ -812,7 +813,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap on a hop delay, s (default %(default)s)")
     parser.add_argument("--max-queue", type=int, default=default("max_queue"),
                         help="delayed packets at most (default %(default)s)")
-    parser.add_argument("--drop-rate", type=_fraction, default=default("drop_rate"),
+    parser.add_argument("--drop-rate", type=argtype(fraction), default=default("drop_rate"),
                         help="fault injection: drop this fraction (0..1) of packets to forward")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--prometheus-port", type=int, default=default("prometheus_port"),
@@ -833,16 +834,6 @@ _FLAGS_TO_CONFIG = ("host", "port", "directory", "presence_interval", "metrics_i
                     "replay_capacity", "max_delay", "max_queue", "prometheus_port", "identity_file",
                     "directory_key", "max_connections", "idle_timeout", "replay_file",
                     "drop_rate")
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def node_config_from_args(args: argparse.Namespace) -> NodeConfig:

@@ -12,80 +12,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from loopix import config as cfg
+from loopix.argtypes import (
+    OneLineParser,
+    argtype,
+    count,
+    duration,
+    fixed_port,
+    positive_number,
+    rate,
+)
 from loopix.loadtest.thresholds import argparse_threshold
-from loopix.units import parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
 EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """One line for a usage error, not the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {value}")
-    return value
-
-
-def _packet_workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (one per core) or more, got {value}")
-    return value
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"a rate is a finite number >= 0, got {text!r}")
-    return value
 
 
 def _url(text: str) -> str:
@@ -96,32 +39,32 @@ def _url(text: str) -> str:
 
 
 def build_parser(prog: str = "python -m loopix.loadtest.distributed") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog,
+    p = OneLineParser(prog=prog,
                                 description="Distributed loopix load tests on Locust (docs/distributed.md).")
-    sub = p.add_subparsers(dest="role", required=True, metavar="ROLE", parser_class=_Parser)
+    sub = p.add_subparsers(dest="role", required=True, metavar="ROLE", parser_class=OneLineParser)
     m = sub.add_parser("master", help="hand out the shares, merge, report, apply thresholds")
-    m.add_argument("--expect-workers", type=_positive_int, required=True)
-    m.add_argument("--expect-timeout", type=_duration, default=60.0,
+    m.add_argument("--expect-workers", type=argtype(count(1)), required=True)
+    m.add_argument("--expect-timeout", type=argtype(duration), default=60.0,
                    help="give up when fewer workers connected by then (default 60s)")
     m.add_argument("--directory", type=_url, required=True, help="the network's topology URL")
-    m.add_argument("--identities", type=_positive_int, default=100, help="over all workers")
-    m.add_argument("--duration", type=_duration, default=60.0)
-    m.add_argument("--payload-rate", type=_rate, default=2.0)
-    m.add_argument("--loop-rate", type=_rate, default=1.0)
-    m.add_argument("--drop-rate", type=_rate, default=1.0)
-    m.add_argument("--mean-hop-delay-ms", type=_positive_float, default=20.0)
-    m.add_argument("--workers", type=_packet_workers, default=0, help="packet workers per machine (0: cores)")
-    m.add_argument("--grace", type=_duration, default=None)
+    m.add_argument("--identities", type=argtype(count(1)), default=100, help="over all workers")
+    m.add_argument("--duration", type=argtype(duration), default=60.0)
+    m.add_argument("--payload-rate", type=argtype(rate), default=2.0)
+    m.add_argument("--loop-rate", type=argtype(rate), default=1.0)
+    m.add_argument("--drop-rate", type=argtype(rate), default=1.0)
+    m.add_argument("--mean-hop-delay-ms", type=argtype(positive_number), default=20.0)
+    m.add_argument("--workers", type=argtype(count(0)), default=0, help="packet workers per machine (0: cores)")
+    m.add_argument("--grace", type=argtype(duration), default=None)
     m.add_argument("--threshold", action="append", default=[], type=argparse_threshold)
     m.add_argument("--out", metavar="DIR", help="write the loopix report (summary.json, ...)")
-    m.add_argument("--event-budget", type=_positive_float, default=100.0,
+    m.add_argument("--event-budget", type=argtype(positive_number), default=100.0,
                    help="Locust request events per second per worker (sampled; default 100)")
     m.add_argument("--bind-host", default="*", help="Locust master bind host (default all)")
-    m.add_argument("--port", type=_port, default=5557, help="Locust master port (default 5557)")
+    m.add_argument("--port", type=argtype(fixed_port), default=5557, help="Locust master port (default 5557)")
     m.add_argument("--web", action="store_true", help="keep Locust's web UI (default headless)")
     w = sub.add_parser("worker", help="run this machine's share in a child process")
     w.add_argument("--master-host", required=True)
-    w.add_argument("--port", type=_port, default=5557)
+    w.add_argument("--port", type=argtype(fixed_port), default=5557)
     sub.add_parser("locustfile", help="print the path of the shipped locustfile")
     return p
 

@@ -19,15 +19,6 @@ _LEN = struct.Struct(">I")
 MAX_CONTROL_MESSAGE = 64 * 2**20
 
 
-class IdentityInfo(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """What a worker needs to build one identity's packets (indexes keep it small: a fleet has
-    many thousands of these)."""
-
-    public_key: bytes
-    provider: int  # index into WorkerSetup.provider_keys
-    rates: int  # index into WorkerSetup.rate_classes
-
-
 class RateClass(msgspec.Struct, frozen=True, array_like=True):
     payload: float
     loop: float
@@ -62,7 +53,12 @@ class WorkerSetup(msgspec.Struct, tag=True):
     batch_size: int
     start_ns: int
     loop_key: bytes
-    identities: list[IdentityInfo]  # the ones this worker runs: global index = first + i * step
+    # the identities this worker runs, flat (a fleet has 100,000): its i-th (global index first +
+    # i * step) has the public key at [32i, 32i + 32) of public_keys, provider_keys[provider_of[i]]
+    # and rate_classes[rate_of[i]] (provider_of, rate_of: array("H") bytes, native order)
+    public_keys: bytes
+    provider_of: bytes
+    rate_of: bytes
     provider_keys: list[bytes]
     rate_classes: list[RateClass]
     topology: TopologyUpdate
@@ -184,9 +180,12 @@ class Stop(msgspec.Struct, tag=True):
 
 class AddWorkerIdentities(msgspec.Struct, tag=True):
     """Identities joining a running worker, appended to its own (global indexes go on as in its
-    setup); `provider_keys` is the whole list now, `identities[i].rates` indexes `rate_classes`."""
+    setup), flat as in WorkerSetup; `provider_keys` is the whole list now, `rate_of` indexes
+    `rate_classes`."""
 
-    identities: list[IdentityInfo]
+    public_keys: bytes
+    provider_of: bytes
+    rate_of: bytes
     provider_keys: list[bytes]
     rate_classes: list[RateClass]
 

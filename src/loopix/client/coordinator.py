@@ -366,6 +366,17 @@ class Coordinator:
         provider_of = self.provider_of
         return array.array("H", [index[provider_of[i]] for i in identities]).tobytes()
 
+    def _worker_share(self, indexes: range) -> tuple[bytes, bytes, bytes]:
+        """Identities for a worker, flat (control.WorkerSetup): public keys, the provider their loops
+        and acks end at (the standby after a failover) and their rate class."""
+        ids = self.identities
+        provider_index = {key: i for i, key in enumerate(self.provider_keys)}
+        publics = ids.publics
+        keys = b"".join(publics[k * 32:(k + 1) * 32] for k in indexes)
+        provider_of = array.array("H", [provider_index[self.standby_of.get(k, self.provider_of[k])] for k in indexes])
+        rate_of = array.array("H", [ids.rate_class(k) for k in indexes])
+        return keys, provider_of.tobytes(), rate_of.tobytes()
+
     def _spawn_worker(self, w: int):
         ours, theirs = socket.socketpair()
         proc = spawn("loopix.client.worker", [theirs.fileno(), self.rings[w].fd],
@@ -373,21 +384,14 @@ class Coordinator:
         theirs.close()
         partitioned = self.partitioned
         first, step = (w, self.n_workers) if partitioned else (0, 1)
-        provider_index = {key: i for i, key in enumerate(self.provider_keys)}
-        classes: dict[tuple[float, float, float], int] = {}
-        infos = []
-        ids = self.identities
-        for k in range(first, len(ids), step):
-            rates = ids.rates(k)
-            ends_at = self.standby_of.get(k, self.provider_of[k])  # where its loops and acks go
-            infos.append(control.IdentityInfo(ids.public(k), provider_index[ends_at],
-                                              classes.setdefault(rates, len(classes))))
+        public_keys, provider_of, rate_of = self._worker_share(range(first, len(self.identities), step))
         setup = control.WorkerSetup(
             worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
             mean_hop_delay_ms=self.opts.mean_hop_delay_ms, payload_cover=self.opts.payload_cover,
             lookahead_ms=self.opts.lookahead_ms, batch_size=self.opts.batch_size,
-            start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
-            provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
+            start_ns=time.monotonic_ns(), loop_key=self.loop_key, public_keys=public_keys,
+            provider_of=provider_of, rate_of=rate_of, provider_keys=self.provider_keys,
+            rate_classes=[control.RateClass(*r) for r in self.identities.rate_classes],
             topology=topology_update(self.topology),
             wire_header=pp.send_header(self.packet_size),
             ack_key=self.ack_codec.key,
@@ -900,24 +904,17 @@ class Coordinator:
         for key in dict.fromkeys(chosen):
             if key not in self.provider_keys:
                 self.provider_keys.append(key)  # appended: the indexes children hold stay valid
-        index = {key: i for i, key in enumerate(self.provider_keys)}
         endpoints = [control.ProviderEndpoint(key, *self.topology.provider_by_key(key).address)
                      for key in self.provider_keys]
         self.sender.chan.send(control.AddSenderIdentities(
             bytes(joining.secrets), bytes(joining.publics), self._provider_indexes(new), endpoints))
-        ids = self.identities
+        rate_classes = [control.RateClass(*r) for r in self.identities.rate_classes]
         for w, child in enumerate(self.workers):
-            classes: dict[tuple[float, float, float], int] = {}
-            infos = []
-            for i in new:
-                if self.partitioned and i % self.n_workers != w:
-                    continue
-                rates = ids.rates(i)
-                infos.append(control.IdentityInfo(ids.public(i), index[self.provider_of[i]],
-                                                  classes.setdefault(rates, len(classes))))
-            if infos and child is not None and child.chan is not None:
-                child.chan.send(control.AddWorkerIdentities(infos, list(self.provider_keys),
-                                                            [control.RateClass(*r) for r in classes]))
+            share = range(new.start + (w - new.start) % self.n_workers, new.stop, self.n_workers) \
+                if self.partitioned else new
+            if share and child is not None and child.chan is not None:
+                child.chan.send(control.AddWorkerIdentities(*self._worker_share(share), list(self.provider_keys),
+                                                            rate_classes))
         return new
 
     def remove_identities(self, indexes: list[int]) -> None:

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Iterable
 
+import msgspec
 import uvloop
 
 from loopix.csprng import Csprng
@@ -372,7 +373,7 @@ class Sender:
         # identities, flat (a fleet has 100,000): keys in 32-byte slots, found by key through KeyIndex
         self.secrets, self.publics = setup.secrets, setup.publics
         provider_of = array.array("H", setup.provider_of)
-        setup.secrets = setup.publics = setup.provider_of = b""  # kept once, here
+        self.setup = msgspec.structs.replace(setup, secrets=b"", publics=b"", provider_of=b"")  # kept once, here
         n = len(self.publics) // KEY
         self.keys = KeyIndex()
         self.keys.add(self.publics, range(n))

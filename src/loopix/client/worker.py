@@ -7,6 +7,7 @@ control socket closes (so it never outlives the coordinator).
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import os
@@ -19,6 +20,7 @@ import msgspec
 
 from loopix import sphinx
 from loopix.csprng import Csprng
+from loopix.keys import KEY_SIZE
 from loopix.topology import choose_mixes, route_layers
 from loopix.wire.ack import ACK_PAYLOAD_SIZE, ACK_PREFIX_SIZE, inner_size
 
@@ -59,7 +61,9 @@ class Worker:
         self.ring = ring
         self.ctl = ctl
         self.rng = Csprng()  # routes, delays, schedule and drop payloads: docs/randomness.md
-        self.identities = setup.identities
+        # our identities, flat: the i-th's public key at [32i, 32i + 32), its provider's index
+        self.public_keys = setup.public_keys
+        self.provider_of = array.array("H", setup.provider_of)
         self.routes = Routes(setup.topology, self.rng)
         self.loops = LoopCodec(setup.loop_key)
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
@@ -81,9 +85,12 @@ class Worker:
         # (fewer identities than workers: one identity can use every core). Identity i here is
         # global identity first + i * step.
         self.first, self.step = setup.first, setup.step
+        rate_of = setup.rate_of
         self.provider_keys = setup.provider_keys
         classes = [StreamRates(c.payload, c.loop, c.drop) for c in setup.rate_classes]
-        rates = self.rates = [classes[i.rates] for i in self.identities]
+        rates = self.rates = [classes[c] for c in array.array("H", rate_of)]
+        # the keys are kept once, above (they grow as identities join): not in the setup too
+        self.setup = msgspec.structs.replace(setup, public_keys=b"", provider_of=b"", rate_of=b"")
         self.removed: set[int] = set()  # global indexes of identities that left: their events are skipped
         share = setup.share
         # the schedule starts when this process can build it, not when the coordinator spawned it
@@ -129,8 +136,9 @@ class Worker:
         """Append identities to the clock. The unused next event is drawn again from the last
         event sent at the new total rate (memoryless: the schedule stays Poisson for everyone)."""
         classes = [StreamRates(c.payload, c.loop, c.drop) for c in msg.rate_classes]
-        self.identities = [*self.identities, *msg.identities]
-        self.rates.extend(classes[i.rates] for i in msg.identities)
+        self.public_keys += msg.public_keys
+        self.provider_of.frombytes(msg.provider_of)
+        self.rates.extend(classes[c] for c in array.array("H", msg.rate_of))
         self.provider_keys = msg.provider_keys
         if self.clock is None:
             self.clock = PoissonClock(self.rates, self.last_event_ns, share=self.setup.share, rng=self.rng)
@@ -145,12 +153,10 @@ class Worker:
         if provider_key not in keys:
             keys.append(provider_key)
         index = keys.index(provider_key)
-        ids = list(self.identities)
         for identity in identities:
             local, rest = divmod(identity - self.first, self.step)
-            if rest == 0 and 0 <= local < len(ids):
-                ids[local] = msgspec.structs.replace(ids[local], provider=index)
-        self.identities = ids
+            if rest == 0 and 0 <= local < len(self.provider_of):
+                self.provider_of[local] = index
 
     # -- building --
     def delays(self, hops: int) -> list[int]:
@@ -164,7 +170,8 @@ class Worker:
     def fill(self, slot: int, local: int, identity: int, stream: int):
         """Fill builder slot `slot` for one event of our identity `local` (global `identity`);
         returns (first hop address, fragment ref or -1) or None when there is no route."""
-        me = self.identities[local]
+        me_key = self.public_keys[local * KEY_SIZE:(local + 1) * KEY_SIZE]
+        me_provider = self.provider_of[local]
         routes = self.routes
         ref = -1
         kind = stream
@@ -184,10 +191,10 @@ class Worker:
                 kind = self.payload_cover
         if ref < 0:
             if kind == _LOOP:
-                provider = routes.providers.get(self.provider_keys[me.provider])
+                provider = routes.providers.get(self.provider_keys[me_provider])
                 if provider is None:
                     return None
-                destination = me.public_key
+                destination = me_key
                 payload = self.loops.encode(identity, self.seq, self._event_ns, self.inner_size)
             else:
                 provider = self.rng.choice(routes.provider_list)
@@ -202,7 +209,7 @@ class Worker:
         route_delay = sum(delays)
         size = len(payload)
         if kind != _DROP or ref >= 0:  # real fragments and loops carry a SURB-ack
-            own = routes.providers.get(self.provider_keys[me.provider])
+            own = routes.providers.get(self.provider_keys[me_provider])
             if own is None:  # our provider left the topology: keep the fragment for later
                 if ref >= 0:
                     self.pending[identity].appendleft(frag)
@@ -216,7 +223,7 @@ class Worker:
             ack_off = k * ACK_PAYLOAD_SIZE
             self.ack_builder.messages[ack_off : ack_off + ACK_PAYLOAD_SIZE] = self.acks.encode(
                 ref if ref >= 0 else COVER_REF)
-            self.ack_builder.set_packet_fast(k, ack_hops, ack_delays, me.public_key, ACK_PAYLOAD_SIZE, ack_off)
+            self.ack_builder.set_packet_fast(k, ack_hops, ack_delays, me_key, ACK_PAYLOAD_SIZE, ack_off)
             self.ack_slots.append((slot, ack_mixes[0].address))
             self.builder.messages[off + ACK_PREFIX_SIZE : off + ACK_PREFIX_SIZE + size] = payload
             size += ACK_PREFIX_SIZE

@@ -31,7 +31,7 @@ from loopix.client.identities import IdentityTable
 from loopix.wire.socket_api import ClientAddress
 
 from .names import NameIndex
-from .store import FleetContents, FleetRows, FleetStore, load_identities
+from .store import FleetContents, FleetRows, FleetStore, check_count, load_identities, new_keys
 
 __all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "IdentityStats", "UnknownIdentityError"]
 
@@ -131,8 +131,7 @@ class Fleet:
         self.layout = contents.layout
         self.config = contents.config
         self._names = NameIndex()  # name <-> coordinator index; a name that left keeps its index
-        for name in contents.rows.names:
-            self._names.append(name)
+        self._names.extend(contents.rows.names)  # unique in either layout (extend checks any out of order)
         self._identities = self._table(contents.rows)  # flat: no object per identity
         self._seen_seq, self._removals = contents.max_seq, contents.removals
         self._store: FleetStore | None = None
@@ -238,7 +237,9 @@ class Fleet:
         """`count` new identities: written to the keystore, then running (no restart)."""
         if self._store is None:
             raise ClientError("identities join a running keystore fleet (init --fleet DIR --count N)")
-        names = self._store.add(count)
+        check_count(count)
+        keys = await asyncio.to_thread(new_keys, count)  # the X25519s, off the event loop
+        names = self._store.add(count, keys)
         self._sync()
         return names
 
@@ -262,9 +263,8 @@ class Fleet:
             indexes = self._coord.add_identities(table)
             self._messages_out.frombytes(bytes(8 * len(joining)))
             self._messages_in.frombytes(bytes(8 * len(joining)))
-            for i, k in zip(indexes, joining, strict=True):
-                if self._names.append(added.names[k]) != i:
-                    raise RuntimeError("fleet names and coordinator indexes went out of step")
+            if self._names.extend([added.names[k] for k in joining]) != indexes:
+                raise RuntimeError("fleet names and coordinator indexes went out of step")
         self._seen_seq, self._removals = changes.max_seq, changes.removals
         if changes.names is not None:  # some were removed since the last look: who?
             now = changes.names

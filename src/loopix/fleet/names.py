@@ -57,6 +57,23 @@ class NameIndex:
         self._count += 1
         return i
 
+    def extend(self, names: list[str]) -> range:
+        """New members, none of them present (the caller checked); returns their indexes. Names that
+        go on the numbers in order are taken in bulk."""
+        first = len(self._value)
+        values = [_number(n) for n in names]
+        last = self._numbers[-1] if self._numbers else -1
+        if all(v > last for v in values[:1]) and all(a < b for a, b in itertools.pairwise(values)):
+            self._numbers.extend(values)
+            self._number_index.extend(range(first, first + len(values)))
+            self._value.extend(values)
+            self._present.extend(b"\x01" * len(values))
+            self._count += len(values)
+        else:
+            for name in names:
+                self.append(name)
+        return range(first, len(self._value))
+
     def get(self, name: str) -> int | None:
         """The index of a member by name, or None."""
         i = self._other_index.get(name)

@@ -17,6 +17,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -105,20 +106,34 @@ def check_count(count: int) -> int:
     return count
 
 
-def new_keys(count: int) -> tuple[bytes, bytes]:
+def new_keys(count: int, threads: int | None = None) -> tuple[bytes, bytes]:
     """`count` key pairs as (secrets, publics), each `count` 32-byte slots end to end: one CSPRNG
     read for every secret, and the public keys from the C core's fixed-base X25519 (libsodium's
     Edwards tables behind a table of the base point: about half the cost of crypto_scalarmult_base,
-    and no Python object per key)."""
+    and no Python object per key), split over `threads` (default: one per CPU; cffi releases the
+    GIL during each call)."""
     from loopix.sphinx._sphinx_c import ffi, lib
 
     secrets = os.urandom(KEY_SIZE * count)
     out = ffi.new("uint8_t[]", KEY_SIZE * count)
     src = ffi.from_buffer(secrets)
     base = lib.lx_x25519_base
-    for off in range(0, KEY_SIZE * count, KEY_SIZE):
-        if base(out + off, src + off) != 0:  # only for a scalar that is 0 mod the group order
-            raise FleetError("key generation failed")
+
+    def part(first: int, stop: int) -> bool:
+        for off in range(first * KEY_SIZE, stop * KEY_SIZE, KEY_SIZE):
+            if base(out + off, src + off) != 0:  # only for a scalar that is 0 mod the group order
+                return False
+        return True
+
+    threads = max(1, min(threads or os.cpu_count() or 1, count // 1000 or 1))
+    if threads == 1:
+        ok = [part(0, count)]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            bounds = [count * t // threads for t in range(threads + 1)]
+            ok = list(pool.map(part, bounds[:-1], bounds[1:]))
+    if not all(ok):
+        raise FleetError("key generation failed")
     return secrets, ffi.buffer(out)[:]
 
 
@@ -286,10 +301,14 @@ class FleetStore:
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM identities").fetchone()[0]
 
-    def add(self, count: int) -> list[str]:
-        """`count` new identities, named on from the highest sequence number; one transaction."""
+    def add(self, count: int, keys: tuple[bytes, bytes] | None = None) -> list[str]:
+        """`count` new identities, named on from the highest sequence number; one transaction.
+        `keys`: their key pairs as new_keys gives them (made here if not given)."""
         check_count(count)
-        keys = new_keys(count)
+        if keys is None:
+            keys = new_keys(count)
+        elif len(keys[0]) != KEY_SIZE * count or len(keys[1]) != KEY_SIZE * count:
+            raise ValueError(f"keys for {count} identities expected")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

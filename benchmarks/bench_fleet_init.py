@@ -52,6 +52,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def config(directory: str = cfg.DEFAULT_DIRECTORY, rate: float = 0.2) -> cfg.ClientConfig:
     return cfg.ClientConfig(client=cfg.ClientSection(id="fleet", directory_server_topology=directory),
                             traffic=cfg.TrafficSection(payload_rate=rate, loop_rate=rate, drop_rate=rate),
@@ -77,6 +84,7 @@ def bench_init(count: int, repeat: int, dirs: int, work: Path) -> None:
     per_dir_s = (time.perf_counter() - t0) / dirs
     per_dir_bytes = disk_bytes(home) / dirs
     med = statistics.median(times)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
     print(f"init --fleet --count {count}: median {med:.2f} s of {repeat} ({', '.join(f'{t:.2f}' for t in times)}), "
           f"{statistics.median(sizes) / 1e6:.1f} MB on disk ({statistics.median(sizes) / count:.0f} B/identity); "
           f"targets <= 10 s, <= 100 MB")
@@ -86,7 +94,7 @@ def bench_init(count: int, repeat: int, dirs: int, work: Path) -> None:
           f"and {per_dir_bytes * count / statistics.median(sizes):.0f}x smaller per identity")
 
 
-async def running_fleet(root: Path, add: int) -> dict:
+async def running_fleet(root: Path, add: int, sink_pid: int) -> dict:
     import loopix
 
     gc.collect()
@@ -102,9 +110,12 @@ async def running_fleet(root: Path, add: int) -> dict:
 
         await asyncio.sleep(3.0)  # steady state: stats rounds, rings in use
         parts = measure()
-        added_s = after = None
+        added_s = after = add_cpu = None
         if add:
             target = len(fleet) + add
+            pids = {"coordinator": os.getpid(), "sender": fleet._coord.sender.proc.pid, "sink": sink_pid,
+                    **{f"worker{i}": w.proc.pid for i, w in enumerate(fleet._coord.workers)}}
+            cpu0 = {k: cpu_s(p) for k, p in pids.items()}
             t0 = time.monotonic()
             await fleet.add(add)
             while fleet.stats.connected < target:
@@ -112,11 +123,12 @@ async def running_fleet(root: Path, add: int) -> dict:
                     raise RuntimeError(f"only {fleet.stats.connected}/{target} connected after 120 s")
                 await asyncio.sleep(0.02)
             added_s = time.monotonic() - t0
+            add_cpu = {k: cpu_s(p) - cpu0[k] for k, p in pids.items()}
             await asyncio.sleep(3.0)
             after = measure()
         inbox.close()
     return {"n": len(fleet), "rss_kib": parts, "total_kib": sum(parts.values()), "add_s": added_s,
-            "after_kib": after}
+            "after_kib": after, "add_cpu_s": add_cpu}
 
 
 def bench_running(n: int, add: int, work: Path) -> None:
@@ -125,8 +137,8 @@ def bench_running(n: int, add: int, work: Path) -> None:
             one, many = work / "one", work / "many"
             create_fleet(one, 1, config(net.topology_url))
             create_fleet(many, n, config(net.topology_url))
-            base = await running_fleet(one, 0)
-            r = await running_fleet(many, add)
+            base = await running_fleet(one, 0, net.sink.pid)
+            r = await running_fleet(many, add, net.sink.pid)
             return base, r
 
     base, r = uvloop.run(both())
@@ -134,7 +146,11 @@ def bench_running(n: int, add: int, work: Path) -> None:
     print(f"running fleet of {n}: private RSS {r['total_kib']} KiB {r['rss_kib']}; of 1: {base['total_kib']} KiB; "
           f"{per:.0f} bytes/identity above the fleet of 1 {base['rss_kib']} (target <= 1024)")
     if add:
-        print(f"  Fleet.add({add}) to the running {n}: all {add} registered in {r['add_s']:.2f} s (target <= 5 s)")
+        print(f"  Fleet.add({add}) to the running {n}: all {add} registered in {r['add_s']:.2f} s (target <= 5 s); "
+              f"load average {os.getloadavg()[0]:.1f}")
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["add_cpu_s"].items())
+        print(f"    CPU seconds in those {r['add_s']:.2f} s: {cpu} (the sink stands in for the provider: "
+              "its share is the provider's checking of every registration)")
         total = sum(r["after_kib"].values())
         per = (total - base["total_kib"]) * 1024 / (n + add - 1)
         print(f"  the fleet of {n + add} after it: private RSS {total} KiB {r['after_kib']}; {per:.0f} bytes/identity "

@@ -43,6 +43,9 @@ class TopologyUpdate(msgspec.Struct, tag=True):
     providers: list[ProviderInfo]
 
 
+COVER_FOREVER = (1 << 63) - 1  # cover_until_ns of a worker that is not paused
+
+
 class WorkerSetup(msgspec.Struct, tag=True):
     worker_index: int
     workers: int
@@ -64,7 +67,7 @@ class WorkerSetup(msgspec.Struct, tag=True):
     topology: TopologyUpdate
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
     ack_key: bytes = b""  # SURB-ack payload key (client/acks.py)
-    paused: bool = False  # start without cover traffic (see Pause) until Resume
+    cover_until_ns: int = COVER_FOREVER  # cover only for events due before this (0: none; see Pause)
     first: int = 0
     step: int = 1
     share: float = 1.0  # of each identity's rates: 1 when workers split the identities, 1/W otherwise
@@ -233,8 +236,12 @@ class RemoveIdentities(msgspec.Struct, tag=True):
 
 
 class Pause(msgspec.Struct, tag=True):
-    """Stop cover traffic: from now on only payload-stream events that carry a queued real fragment
-    become packets, so accepted messages still go out (what is in the rings goes out too)."""
+    """Stop cover traffic: of the events due at or after `from_ns` (0: from now on) only payload-stream
+    events that carry a queued real fragment become packets, so accepted messages still go out (what
+    is in the rings goes out too). A load test asks for this ahead of its end, so that the workers,
+    which build up to a lookahead in advance, never build cover due after it."""
+
+    from_ns: int = 0
 
 
 class Fatal(msgspec.Struct, tag=True):

@@ -268,7 +268,8 @@ class Coordinator:
         self.partitioned = len(self.identities) >= self.n_workers
         self.removed: set[int] = set()
         self._stats_waiters: dict[int, asyncio.Future] = {}
-        self._paused = options.start_paused  # what a restarted worker starts as
+        # what a restarted worker starts with (see control.Pause)
+        self._cover_until_ns = 0 if options.start_paused else control.COVER_FOREVER
 
     # -- start/stop --
     async def start(self) -> None:
@@ -395,7 +396,7 @@ class Coordinator:
             topology=topology_update(self.topology),
             wire_header=pp.send_header(self.packet_size),
             ack_key=self.ack_codec.key,
-            paused=self._paused,
+            cover_until_ns=self._cover_until_ns,
             first=first, step=step, share=1.0 if partitioned else 1.0 / self.n_workers,
         )
         return ours, proc, setup
@@ -428,14 +429,14 @@ class Coordinator:
             for q in queues:
                 q.put_nowait(None)
 
-    def pause(self) -> None:
-        """Stop cover traffic; queued real messages still go out on their payload slots (a load
-        test's end: the rings drain, the receive path stays)."""
-        self._paused = True
-        self._tell_workers(control.Pause())
+    def pause(self, from_ns: int = 0) -> None:
+        """Stop cover traffic for events due from `from_ns` on (0: now); queued real messages still
+        go out on their payload slots (a load test's end: the rings drain, the receive path stays)."""
+        self._cover_until_ns = min(self._cover_until_ns, from_ns)
+        self._tell_workers(control.Pause(from_ns))
 
     def resume(self) -> None:
-        self._paused = False
+        self._cover_until_ns = control.COVER_FOREVER
         self._tell_workers(control.Resume())
 
     def _tell_workers(self, msg) -> None:

@@ -108,7 +108,8 @@ class Worker:
         self.build_errors_by_stream = [0, 0, 0]  # events the schedule asked for and we could not build
         self.no_route_by_stream = [0, 0, 0]
         self.running = True
-        self.paused = setup.paused  # while paused only payload events that carry a real fragment go out
+        # cover only for events due before this; after it only payload events carrying a real fragment
+        self.cover_until_ns = setup.cover_until_ns
 
     # -- control --
     def handle(self, msg) -> None:
@@ -120,9 +121,9 @@ class Worker:
         elif isinstance(msg, control.Failover):
             self.move(msg.identities, msg.provider.key)
         elif isinstance(msg, control.Pause):
-            self.paused = True
+            self.cover_until_ns = min(self.cover_until_ns, msg.from_ns)
         elif isinstance(msg, control.Resume):
-            self.paused = False
+            self.cover_until_ns = control.COVER_FOREVER
         elif isinstance(msg, control.Stop):
             self.running = False
         elif isinstance(msg, control.AddWorkerIdentities):
@@ -279,7 +280,7 @@ class Worker:
             self.last_event_ns = t
             if self.removed and identity in self.removed:
                 continue  # thinning by identity: everyone else's streams stay Poisson
-            if self.paused and (stream != _PAYLOAD or not self.pending.get(identity)):
+            if t >= self.cover_until_ns and (stream != _PAYLOAD or not self.pending.get(identity)):
                 continue
             if not self.routes.usable:
                 self.no_route += 1

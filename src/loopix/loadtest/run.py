@@ -328,10 +328,13 @@ async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url
             coord.stats_listeners.append(feed.on_stats)
             coord.message_listeners.append(feed.on_message)
             coord.resume()
+            end_load = metrics.start_ns + int(opts.duration_s * 1e9)
+            # the workers build up to a lookahead ahead: told now, they build no cover due after the
+            # end, so the rates are the packets due in [start, end) over exactly the duration
+            coord.pause(from_ns=end_load)
             sender = asyncio.create_task(
                 send_messages(coord, metrics, opts.messages_rate, opts.message_size, stop_messages))
             with live:
-                end_load = metrics.start_ns + int(opts.duration_s * 1e9)
                 # after the grace period, one more node report so their counters include the drain
                 end_all = end_load + int((metrics.grace_s + NODE_REPORT_INTERVAL_S + 0.5) * 1e9)
                 paused = False
@@ -347,7 +350,7 @@ async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url
                     if not paused and (now >= end_load or interrupted):
                         coord.pause()
                         stop_messages.set()
-                        metrics.end_load(now)
+                        metrics.end_load(min(now, end_load))
                         paused = True
                     metrics.record_node_counters(await fetch_node_counters(http, base_url))
                     metrics.record_resources(sampler.sample((now - metrics.start_ns) / 1e9,

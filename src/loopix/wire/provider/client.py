@@ -210,7 +210,8 @@ def _shared_secret(secret: bytes, provider_key: bytes) -> bytes:
     out = ffi.new("uint8_t[32]")
     if lib.lx_x25519_keyed(out, bytes(k), provider_key) == 0:
         return ffi.buffer(out)[:]
-    return crypto_scalarmult(secret, provider_key)  # a key the table path refuses: the ladder decides
+    # a key the table path refuses (not of prime order): the ladder decides, as before
+    return crypto_scalarmult(secret, provider_key)
 
 
 class FleetClientSide(_ClientBase):

@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from loopix.client import control
-from loopix.client.api import Client, IdentityLock, MessageStream, Subscription, runtime_options
+from loopix.client.api import IdentityLock, MessageStream, Runner, Subscription, runtime_options
 from loopix.client.coordinator import ClientError, Coordinator, Stats
 from loopix.client.identities import IdentityTable
 from loopix.wire.socket_api import ClientAddress
@@ -122,7 +122,7 @@ class FleetMessages:
         self.end()
 
 
-class Fleet:
+class Fleet(Runner):
     """The identities of one fleet directory, run by one client process tree."""
 
     def __init__(self, contents: FleetContents, *, trace_path: str | None = None, workers: int | None = None,
@@ -154,26 +154,19 @@ class Fleet:
         """The fleet under `root`: a keystore (`init --fleet`) or one directory per identity."""
         return cls(load_identities(root), **kwargs)
 
-    # -- lifecycle (as Client) --
+    # -- lifecycle (Runner's, as for a Client) --
     async def __aenter__(self) -> Fleet:
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            self._coord = Coordinator(self._identities, self._options)
-            self._coord.on_waiting = self.on_waiting
-            await self._coord.start()
-            self._coord.message_listeners.append(self._count_message)
-            if self.layout == "keystore":
-                self._store = FleetStore(self.root)
-                version = self._store.data_version()
-                self._sync()  # what changed since the load
-                self._watch = asyncio.create_task(self._watch_store(version))
-            await self._serve_queries()
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        await self._open(self._identities, self._options, self._started)
         return self
+
+    async def _started(self) -> None:
+        self._coord.message_listeners.append(self._count_message)
+        if self.layout == "keystore":
+            self._store = FleetStore(self.root)
+            version = self._store.data_version()
+            self._sync()  # what changed since the load
+            self._watch = asyncio.create_task(self._watch_store(version))
+        await self._serve_queries()
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
@@ -205,9 +198,6 @@ class Fleet:
                 stream.end()
             if self._lock is not None:
                 self._lock.release()
-
-    start = Client.start  # blocking run with the status line: the same code for one or many
-    _run_forever = Client._run_forever
 
     # -- who --
     @property

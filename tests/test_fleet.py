@@ -304,6 +304,19 @@ def test_a_thousand_identities_message_each_other_through_the_fleet_socket(testn
 
 
 
+def registered_at_a_provider(net: Testnet, key: bytes) -> bool:
+    """Whether any provider of the testnet keeps a registration of `key` (read from its inbox file)."""
+    for info in net.nodes.values():
+        if info.kind == "provider":
+            db = sqlite3.connect(f"file:{Path(info.key_dir) / 'inbox.sqlite'}?mode=ro", uri=True)
+            try:
+                if db.execute("SELECT 1 FROM clients WHERE key = ?", (key,)).fetchone():
+                    return True
+            finally:
+                db.close()
+    return False
+
+
 def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path, capsys):
     """`fleet add|remove` from the CLI (another connection to the keystore) and `Fleet.add` while
     running: the new identities send and receive, the removed one is gone, the rest go on."""
@@ -330,9 +343,15 @@ def test_identities_join_and_leave_a_running_fleet(testnet, tmp_path, capsys):
             await wait_until_async(lambda: len(fleet) == 13, "the running fleet to see 3 more identities")
             await exchange(fleet, inbox, [("10", "0"), ("0", "12"), ("11", "11")])
             assert await fleet.add(2) == ["13", "14"]
+            gone = [ClientAddress.parse(fleet.address(n)).client_key for n in ("1", "13")]
+            await wait_until_async(lambda: all(registered_at_a_provider(testnet, k) for k in gone),
+                                   "identities 1 and 13 registered")
             assert main(["fleet", "remove", str(root), "1", "13"]) == 0
             await wait_until_async(lambda: "1" not in fleet.names and "13" not in fleet.names,
                                    "the running fleet to drop identities 1 and 13")
+            # they left for good: unregistered, so their providers forgot them (UNREGISTER)
+            await wait_until_async(lambda: not any(registered_at_a_provider(testnet, k) for k in gone),
+                                   "the providers to forget identities 1 and 13")
             with pytest.raises(UnknownIdentityError):
                 await fleet.send_message("1", b"x", fleet.address("0"))
             await exchange(fleet, inbox, [("14", "2"), ("2", "14"), ("9", "10")])

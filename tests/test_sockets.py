@@ -64,11 +64,13 @@ class FakeClient:
         self.subscriptions: set[FakeSubscription] = set()
         self.refuse: Exception | None = None
 
-    async def send_message(self, message: bytes, recipient: str) -> None:
+    async def send_message(self, message: bytes, recipient: str, on_done=None) -> None:
         assert isinstance(message, bytes) and isinstance(recipient, str)
         if self.refuse is not None:
             raise self.refuse
         await self.sent.put((message, recipient))
+        if on_done is not None:
+            on_done()  # gone at once: the queue bound never holds these tests back
 
     def subscribe(self) -> FakeSubscription:
         return FakeSubscription(self)
@@ -505,12 +507,14 @@ class ReplyingClient(FakeClient):
         self.with_surbs: asyncio.Queue[int] = asyncio.Queue()
         self.replies: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
 
-    async def send_message(self, message: bytes, recipient: str, reply_surbs: int = 0) -> None:
-        await super().send_message(message, recipient)
+    async def send_message(self, message: bytes, recipient: str, reply_surbs: int = 0, on_done=None) -> None:
+        await super().send_message(message, recipient, on_done)
         await self.with_surbs.put(reply_surbs)
 
-    async def reply(self, sender_tag: bytes, message: bytes) -> None:
+    async def reply(self, sender_tag: bytes, message: bytes, on_done=None) -> None:
         await self.replies.put((sender_tag, message))
+        if on_done is not None:
+            on_done()
 
 
 def test_websocket_reply_fields():
@@ -531,3 +535,123 @@ def test_websocket_reply_fields():
             assert await asyncio.wait_for(client.replies.get(), TIMEOUT) == (tag, b"back")
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# --- the send-queue bound -----------------------------------------------------------------------
+
+
+class SlowClient(FakeClient):
+    """Keeps every accepted message 'in its send queue' until the test lets it go (`drain`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[tuple[bytes, Callable[[], None]]] = []
+        self.accepted: list[bytes] = []
+        self.peak = 0
+
+    async def send_message(self, message: bytes, recipient: str, on_done=None) -> None:
+        assert on_done is not None  # every send through the socket API is tracked
+        self.accepted.append(message)
+        self.queued.append((message, on_done))
+        self.peak = max(self.peak, len(self.queued))
+
+    def drain(self, n: int) -> None:
+        for _, done in self.queued[:n]:
+            done()
+        del self.queued[:n]
+
+
+async def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "websocket"])
+def test_a_flood_is_held_at_the_queue_bound_and_every_accepted_message_is_sent(kind):
+    """Two applications push 20x the bound over real sockets; the client never holds more than
+    the bound, reading pauses, and each message is accepted exactly once, in order."""
+    from loopix.socket_budget import QueueLimits
+
+    size, per_app = 16 << 10, 160  # 2.5 MiB per application; the connection bound is 4 messages
+    limits = QueueLimits(connection_messages=8, connection_bytes=4 * size, total_messages=6, total_bytes=1 << 20)
+
+    async def app_tcp(port: int, tag: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(per_app):
+            frame = encode_binary_request(Send(bytes([tag]) + i.to_bytes(4, "big") + bytes(size - 5), BOB))
+            writer.write(len(frame).to_bytes(8, "big") + frame)
+            await writer.drain()  # blocks while the server does not read
+        writer.close()
+
+    async def app_ws(port: int, tag: int) -> None:
+        async with connect(f"ws://127.0.0.1:{port}/mix") as ws:
+            for i in range(per_app):
+                await ws.send(encode_binary_request(Send(bytes([tag]) + i.to_bytes(4, "big") + bytes(size - 5), BOB)))
+
+    async def main() -> None:
+        client = SlowClient()
+        serve = serve_tcp if kind == "tcp" else serve_websocket
+        server = await serve(client, "127.0.0.1", 0, queue_limits=limits)
+        app = app_tcp if kind == "tcp" else app_ws
+        apps = [asyncio.create_task(app(server.port, tag)) for tag in (1, 2)]
+        try:
+            await _wait_for(lambda: len(client.queued) == 6, "the total bound to fill")
+            for _ in range(20):  # the applications keep writing; the server takes nothing more
+                await asyncio.sleep(0)
+            assert len(client.accepted) == 6 and server.budget.messages == 6
+            while len(client.accepted) < 2 * per_app:
+                before = len(client.accepted)
+                client.drain(3)
+                await _wait_for(lambda before=before: len(client.accepted) > before, "room to be taken")
+            client.drain(len(client.queued))
+            await asyncio.gather(*apps)
+        finally:
+            for task in apps:
+                task.cancel()
+            server.close()
+            await server.wait_closed()
+        assert client.peak <= 6 and server.budget.peak_messages <= 6
+        assert server.budget.peak_bytes <= 6 * size and server.budget.messages == 0
+        for tag in (1, 2):  # every message once, in the order its application sent it
+            mine = [int.from_bytes(m[1:5], "big") for m in client.accepted if m[0] == tag]
+            assert mine == list(range(per_app))
+
+    uvloop.run(main())
+
+
+def test_per_connection_bound_and_refused_sends_do_not_count():
+    from loopix.socket_budget import ConnectionUse, QueueLimits, SendBudget
+
+    budget = SendBudget(QueueLimits(connection_messages=2, connection_bytes=100, total_messages=3, total_bytes=1000))
+    a, b = ConnectionUse(), ConnectionUse()
+    assert budget.fits(a, 5000)  # alone, a message beyond the byte bound still goes
+    budget.take(a, 60)
+    assert not budget.fits(a, 41) and budget.fits(a, 40)
+    budget.take(a, 40)
+    assert not budget.fits(a, 1)  # two messages
+    assert budget.fits(b, 10)
+    budget.take(b, 10)
+    assert not budget.fits(ConnectionUse(), 1)  # three in all
+    budget.give_back(a, 60)
+    assert budget.fits(b, 10) and (budget.messages, budget.bytes) == (2, 50)
+
+    async def main() -> None:
+        client = FakeClient()
+        client.refuse = ValueError("bad recipient")
+        server = await serve_tcp(client, "127.0.0.1", 0, queue_limits=QueueLimits(total_messages=1))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for _ in range(3):  # each refused send gives its room back, or the second would wait
+                frame = encode_binary_request(Send(b"x", BOB))
+                writer.write(len(frame).to_bytes(8, "big") + frame)
+                async with asyncio.timeout(TIMEOUT):
+                    length = int.from_bytes(await reader.readexactly(8), "big")
+                    assert isinstance(decode_response(await reader.readexactly(length)), ErrorResponse)
+            assert server.budget.messages == 0
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    uvloop.run(main())

@@ -191,6 +191,33 @@ def test_replayed_packet_is_dropped(net):
     asyncio.run(main())
 
 
+def test_replayed_packet_is_refused_by_a_restarted_mixnode(net):
+    """The launcher gives each node a replay file (0600, beside its key): a packet captured before
+    a restart is refused after it, not forwarded again."""
+    replay_file = os.path.join(net.nodes["mix-1-1"].key_dir, "replay.bin")
+    sk, pk = keypair()
+
+    async def main():
+        client = await connect(net, "provider-2", sk)
+        packet = packet_for(net, "provider-2", pk, b"captured")
+        send_raw(net, "mix-1-1", packet)
+        assert (await client.expect(Delivered)).message == b"captured"
+        net.restart("mix-1-1")  # SIGTERM: the filter is saved at shutdown
+        assert os.stat(replay_file).st_mode & 0o777 == 0o600
+        tags = (os.path.getsize(replay_file) - 5 - 32) // 32  # magic, node key, 32-byte tags
+        assert tags >= 1
+        wait_until(  # the first report of the new process: it loaded the file
+            lambda: counter(net, "mix-1-1", "replay_tags_loaded") == tags, "restarted node's metrics"
+        )
+        send_raw(net, "mix-1-1", packet)  # the replay, to the restarted node
+        wait_until(lambda: counter(net, "mix-1-1", "dropped", "replay") > 0, "replay drop counted")
+        with pytest.raises(TimeoutError):
+            await client.next_event(timeout=0.5)
+        await client.close()
+
+    asyncio.run(main())
+
+
 def test_corrupt_frame_closes_only_that_connection(net):
     sk, pk = keypair()
 

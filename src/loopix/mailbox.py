@@ -135,8 +135,8 @@ class Mailbox:
     async def send_message(self, message: bytes, recipient: str, **options: Any) -> None:
         await self.client.send_message(message, recipient, **options)
 
-    async def reply(self, sender_tag: bytes, message: bytes) -> None:
-        await self.client.reply(sender_tag, message)
+    async def reply(self, sender_tag: bytes, message: bytes, **options: Any) -> None:
+        await self.client.reply(sender_tag, message, **options)
 
     def subscribe(self) -> _Outlet:
         """A new connection: it gets the held messages first, then everything that arrives."""

@@ -6,9 +6,11 @@ two connections both see every message. A bad request is answered with an error 
 stays open; only a TCP length prefix beyond the limit closes it, since framing is then lost.
 
 The client is duck-typed (the real one is `loopix.client.api.Client`):
-`client.address -> str`, `await client.send_message(message: bytes, recipient: str)` (raises
-`ValueError` for a bad recipient, returns once queued) and `client.subscribe()` returning an async
-iterator of objects with `.data: bytes`, closed with `aclose()`.
+`client.address -> str`, `await client.send_message(message: bytes, recipient: str, on_done=f)`
+(raises `ValueError` for a bad recipient, returns once queued, calls `f()` once the message has
+left its send queue: the servers bound what applications have queued, socket_budget.py) and
+`client.subscribe()` returning an async iterator of objects with `.data: bytes`, closed with
+`aclose()`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as _HttpRequest
 from websockets.http11 import Response as _HttpResponse
 
+from loopix.socket_budget import ConnectionUse, QueueLimits, SendBudget
 from loopix.wire.socket_api import (
     LENGTH_PREFIX_SIZE,
     MAX_MESSAGE_SIZE,
@@ -43,6 +46,7 @@ from loopix.wire.socket_api import (
     Response,
     SelfAddress,
     SelfAddressRequest,
+    Send,
     TcpFrameDecoder,
     decode_binary_request,
     decode_json_request,
@@ -83,7 +87,7 @@ class SocketClient(Protocol):
     @property
     def address(self) -> str: ...
 
-    async def send_message(self, message: bytes, recipient: str) -> None: ...
+    async def send_message(self, message: bytes, recipient: str, *, on_done: Any = None) -> None: ...
 
     # optional: `send_message(..., reply_surbs=N)` and `reply(sender_tag, message)` (anonymous
     # replies); a client without them answers those requests with an error line
@@ -120,6 +124,8 @@ class SocketServer:
         self.kind = kind
         self.host = host
         self.port = port
+        self.budget: SendBudget | None = None
+        """What the connections have in the client's send queue (and the peak), for status."""
 
     @property
     def url(self) -> str:
@@ -147,17 +153,79 @@ class SocketServer:
         return f"<SocketServer {self.url}>"
 
 
+class _Queue:
+    """A server's `SendBudget` with waiting: a connection whose message does not fit waits (and
+    so stops reading) until messages leave the client's queue."""
+
+    def __init__(self, limits: QueueLimits | None) -> None:
+        self.budget = SendBudget(limits)
+        self._changed = asyncio.Event()
+
+    async def admit(self, use: ConnectionUse, size: int) -> Any:
+        """Wait until `size` bytes fit; returns the callback that gives them back (once)."""
+        budget = self.budget
+        while not budget.fits(use, size):
+            await self._changed.wait()
+        budget.take(use, size)
+        given = False
+
+        def done() -> None:
+            nonlocal given
+            if not given:
+                given = True
+                budget.give_back(use, size)
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+        return done
+
+
+def _queued_size(request: Any) -> int | None:
+    """Bytes a request puts in the client's send queue (None: it queues nothing)."""
+    body = getattr(request, "body", request)  # a fleet frame wraps the request
+    if isinstance(body, Send | Reply):
+        return len(body.message)
+    return None
+
+
+def _is_error(response: Any) -> bool:
+    return isinstance(getattr(response, "body", response), ErrorResponse)
+
+
 class _Connection:
     """One connection's view of the client: its subscription and the encoding it spoke last.
 
     Pushed messages follow the encoding of the last frame received (JSON only if the message is
-    UTF-8 text), so an application gets messages in the form it uses itself.
+    UTF-8 text), so an application gets messages in the form it uses itself. A send is admitted
+    by the server's queue bound first (`handle`), and `on_done` goes with it to the client.
     """
+
+    queue: _Queue | None = None
+    on_done: Any = None
 
     def __init__(self, client: SocketClient, encoding: Encoding, max_message_size: int) -> None:
         self.client = client
         self.encoding = encoding
         self.max_message_size = max_message_size
+        self.use = ConnectionUse()
+
+    async def handle(self, request: Any) -> Any:
+        """`answer`, after waiting for room in the queue if the request queues a message."""
+        size = _queued_size(request)
+        if size is None or self.queue is None:
+            return await self.answer(request)
+        done = await self.queue.admit(self.use, size)
+        self.on_done = done
+        try:
+            response = await self.answer(request)
+        except BaseException:
+            done()
+            raise
+        finally:
+            self.on_done = None
+        if _is_error(response):  # not queued: it does not count
+            done()
+        return response
 
     async def answer(self, request: Request | ErrorResponse) -> Response | None:
         """Carry out a decoded request; failures become error responses, never exceptions."""
@@ -172,13 +240,14 @@ class _Connection:
             except Exception as exc:
                 return ErrorResponse(f"the address is not available: {exc}")
         try:
+            done = {} if self.on_done is None else {"on_done": self.on_done}
             if isinstance(request, Reply):
-                await self.client.reply(request.sender_tag, request.message)
+                await self.client.reply(request.sender_tag, request.message, **done)
             elif request.reply_surbs:
                 await self.client.send_message(request.message, str(request.recipient),
-                                               reply_surbs=request.reply_surbs)
+                                               reply_surbs=request.reply_surbs, **done)
             else:
-                await self.client.send_message(request.message, str(request.recipient))
+                await self.client.send_message(request.message, str(request.recipient), **done)
         except ValueError as exc:  # the application's mistake (bad recipient, too large): one line
             log.warning("send refused: %s", exc)
             return ErrorResponse(str(exc))
@@ -273,11 +342,13 @@ async def serve_websocket(
     origins: Sequence[str | None] | None = None,
     max_connections: int = MAX_CONNECTIONS,
     connection: type[_Connection] = _Connection,
+    queue_limits: QueueLimits | None = None,
 ) -> SocketServer:
     """Serve `ws://host:port/mix`. Text frames are JSON, binary frames the tagged encoding.
 
     A connection starts in JSON mode (what Nym's websocket clients speak) until it sends a binary
-    frame. Browser pages are refused (403) unless their Origin is in `origins`: by default only
+    frame. Sends wait for room in the queue bound (`queue_limits`, socket_budget.py); while one
+    waits its connection takes no more frames. Browser pages are refused (403) unless their Origin is in `origins`: by default only
     non-browser clients (no Origin header) get in, so a web page cannot use this client.
     A frame beyond `max_frame_size(max_message_size)` closes the connection (code 1009); beyond
     `max_connections` a new connection is answered 503. The websockets library stops reading a
@@ -286,11 +357,12 @@ async def serve_websocket(
     bind = check_loopback(host)
     allowed: list[str | None] = [None, *(o for o in origins or () if o is not None)]
     live: set[ServerConnection] = set()
+    queue = _Queue(queue_limits)
 
     async def handler(ws: ServerConnection) -> None:
         live.add(ws)
         try:
-            await _websocket_connection(ws, client, max_message_size, connection)
+            await _websocket_connection(ws, client, max_message_size, connection, queue)
         finally:
             live.discard(ws)
 
@@ -304,7 +376,9 @@ async def serve_websocket(
         max_size=max_frame_size(max_message_size), open_timeout=HANDSHAKE_TIMEOUT_S,
     )
     bound = server.sockets[0].getsockname()[1]
-    return _WebsocketServer(server, bind, bound)
+    out = _WebsocketServer(server, bind, bound)
+    out.budget = queue.budget
+    return out
 
 
 async def _ws_send(ws: ServerConnection, encoding: Encoding, data: bytes) -> None:
@@ -313,9 +387,10 @@ async def _ws_send(ws: ServerConnection, encoding: Encoding, data: bytes) -> Non
 
 async def _websocket_connection(
     ws: ServerConnection, client: SocketClient, max_message_size: int,
-    connection: type[_Connection] = _Connection,
+    connection: type[_Connection] = _Connection, queue: _Queue | None = None,
 ) -> None:
     conn = connection(client, Encoding.JSON, max_message_size)
+    conn.queue = queue
     try:
         sub = await _subscribe(client)
     except Exception as exc:
@@ -325,7 +400,7 @@ async def _websocket_connection(
     try:
         async for frame in ws:
             request = conn.decode_text(frame) if isinstance(frame, str) else conn.decode_binary(frame)
-            response = await conn.answer(request)
+            response = await conn.handle(request)
             if response is not None:
                 await _ws_send(ws, *conn.encode(response))
     except ConnectionClosed:
@@ -375,6 +450,7 @@ async def serve_tcp(
     max_message_size: int = MAX_MESSAGE_SIZE,
     max_connections: int = MAX_CONNECTIONS,
     connection: type[_Connection] = _Connection,
+    queue_limits: QueueLimits | None = None,
 ) -> SocketServer:
     """Serve the socket API on TCP: every frame is `u64 BE length ‖ frame`.
 
@@ -382,10 +458,12 @@ async def serve_tcp(
     request's encoding, and a connection starts in binary mode for pushed messages. Beyond
     `max_connections` a connection is closed at accept; a frame left unfinished for
     PARTIAL_FRAME_TIMEOUT_S closes its connection (an idle connection between frames is a
-    subscriber waiting for messages and stays).
+    subscriber waiting for messages and stays). Sends wait for room in the queue bound
+    (`queue_limits`); meanwhile nothing more is read from that connection.
     """
     bind = check_loopback(host)
     holder: list[_TcpServer] = []
+    queue = _Queue(queue_limits)
 
     def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Our own task (not the one asyncio.streams would create) so close() can cancel it cleanly.
@@ -393,12 +471,14 @@ async def serve_tcp(
         if len(server._tasks) >= max_connections:
             writer.transport.abort()  # beyond the cap: refused at once
             return
-        task = asyncio.create_task(_tcp_connection(reader, writer, client, max_message_size, connection))
+        task = asyncio.create_task(
+            _tcp_connection(reader, writer, client, max_message_size, connection, queue))
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
 
     raw = await asyncio.start_server(accept, bind, port)
     server = _TcpServer(raw, bind, raw.sockets[0].getsockname()[1])
+    server.budget = queue.budget
     holder.append(server)
     return server
 
@@ -411,9 +491,10 @@ async def _tcp_write(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 async def _tcp_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: SocketClient,
-    max_message_size: int, connection: type[_Connection] = _Connection,
+    max_message_size: int, connection: type[_Connection] = _Connection, queue: _Queue | None = None,
 ) -> None:
     conn = connection(client, Encoding.BINARY, max_message_size)
+    conn.queue = queue
     decoder = TcpFrameDecoder(max_frame_size(max_message_size))
     sub = None
     pusher = None
@@ -440,7 +521,7 @@ async def _tcp_connection(
                     await _tcp_write(writer, conn.encode(ErrorResponse(frame.message))[1])
                     return
                 request = conn.decode_tcp(frame)
-                response = await conn.answer(request)
+                response = await conn.handle(request)
                 if response is not None:
                     await _tcp_write(writer, conn.encode(response)[1])
     except (ConnectionError, asyncio.CancelledError):

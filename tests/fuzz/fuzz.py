@@ -340,6 +340,8 @@ def _answer(provider, events) -> bytes:
             out += provider.send_refused_key(e.client_key, e.reason)
         elif isinstance(e, _pp.PullRequested):
             out += provider.send_pull_answer(e.client_key, [(1, b"m")])
+        elif isinstance(e, _pp.ClientUnregistered):
+            out += provider.send_unregistered(e.client_keys)
         elif isinstance(e, _pp.ProtocolError):
             out += provider.send_error(e.reason)
             break
@@ -349,6 +351,7 @@ def _answer(provider, events) -> bytes:
 _PROVIDER_EVENTS = (
     _pp.ClientHello, _pp.ClientRegistered, _pp.FleetClientRegistered, _pp.FleetClientRefused,
     _pp.PacketSubmitted, _pp.AckReceived, _pp.PullRequested, _pp.ProtocolError,
+    _pp.ClientUnregistered,
 )
 
 
@@ -517,6 +520,10 @@ def seeds() -> dict[str, list[bytes]]:
     for state in range(5):
         out["provider"].append(bytes([state, 0]) + _pp.MAGIC)
         out["provider"].append(bytes([state, 2, 3, 7]) + bytes([0, 0, 0, 1, 4]) * 3)
+    # UNREGISTER on the fleet: two of its keys and a stranger, then a body that is not keys
+    unregister = b"".join([*PUBLICS[:2], PUBLICS[4]])
+    out["provider"].append(bytes([4, 0]) + (1 + len(unregister)).to_bytes(4, "big") + b"\x0f" + unregister
+                           + bytes([0, 0, 0, 3, 15, 0, 0]))
     pkt = sphinx.build_packet(ROUTE[:2], bytes(32), b"f", [0, 0])
     from loopix.wire.framing import frame_header
 

@@ -275,10 +275,13 @@ class Client(Runner):
         return self._coord.stats if self._coord else Stats()
 
     # -- messages --
-    async def send_message(self, message: bytes, recipient: str | ClientAddress, *, reply_surbs: int = 0) -> None:
+    async def send_message(self, message: bytes, recipient: str | ClientAddress, *, reply_surbs: int = 0,
+                           on_done: Callable[[], None] | None = None) -> None:
         """Encrypt, fragment and queue `message` for `recipient`; returns once queued. With
         `reply_surbs` N > 0 it carries N single-use reply blocks and our sender tag for this
-        recipient, who can answer with `reply(tag, data)` without learning our address."""
+        recipient, who can answer with `reply(tag, data)` without learning our address.
+        `on_done` runs once the message has left the send queue (every packet acknowledged or
+        given up on)."""
         if self._coord is None or not self._coord.running:
             raise ClientError("the client is not running")
         if isinstance(recipient, str):
@@ -287,14 +290,15 @@ class Client(Runner):
             except ValueError as e:
                 raise ValueError(f"bad recipient address: {e}") from None
         self._coord.send_message(0, bytes(message), recipient.client_key, recipient.provider_key,
-                                 reply_surbs=reply_surbs)
+                                 reply_surbs=reply_surbs, on_done=on_done)
 
-    async def reply(self, sender_tag: bytes, message: bytes) -> None:
+    async def reply(self, sender_tag: bytes, message: bytes, *,
+                    on_done: Callable[[], None] | None = None) -> None:
         """Answer the sender behind `sender_tag` (from a ReceivedMessage) through its reply blocks;
         returns once queued. ClientError for a tag that never brought blocks."""
         if self._coord is None or not self._coord.running:
             raise ClientError("the client is not running")
-        self._coord.reply(0, bytes(sender_tag), bytes(message))
+        self._coord.reply(0, bytes(sender_tag), bytes(message), on_done=on_done)
 
     def subscribe(self) -> Subscription:
         if self._coord is None:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
@@ -38,6 +39,7 @@ from loopix.wire.b64 import b64url_encode
 
 from . import control
 from .acks import AckCodec, AckConfig, Retransmissions
+from .completion import Completions
 from .identities import Identity, IdentityTable
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
 from .replies import (
@@ -237,6 +239,7 @@ class Coordinator:
         self.ack_codec = AckCodec()
         self.retransmissions = Retransmissions(options.acks)
         self.unacked: dict[int, control.Fragment] = {}  # ref -> fragment, until its ack comes back
+        self.completions = Completions()  # messages whose sender waits for them to leave the queue
         self.ack_rtt_us = HdrHistogram(1, 3_600_000_000, 3)
         self.acks_invalid = 0
         # anonymous replies (client/replies.py)
@@ -403,6 +406,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         self.running = False
+        self.completions.end_all()
         children = [c for c in [self.sender, *self.workers] if c is not None]
         for child in children:
             child.stopping = True
@@ -632,15 +636,17 @@ class Coordinator:
             for ref in self.retransmissions.abandoned:  # max_retransmissions reached
                 self.unacked.pop(ref, None)
                 self.reply_frags.pop(ref, None)
+                self.completions.ended(ref)
             self.retransmissions.abandoned.clear()
             if frags:
                 self._deal(frags)
 
     # -- messages --
     def send_message(self, identity: int, message: bytes, recipient_key: bytes, recipient_provider: bytes,
-                     reply_surbs: int = 0) -> int:
+                     reply_surbs: int = 0, on_done: Callable[[], None] | None = None) -> int:
         """Encrypt, fragment and queue a message, with `reply_surbs` reply blocks and our sender tag
-        for this recipient; returns how many packets it takes."""
+        for this recipient; returns how many packets it takes. `on_done` runs once every packet of
+        it is acknowledged or given up on (the socket API's queue bound)."""
         if not self.running:
             raise ClientError("the client is not running")
         if self.topology.provider_by_key(recipient_provider) is None:
@@ -665,6 +671,8 @@ class Coordinator:
         for frag in frags:
             self.unacked[frag.ref] = frag
         self.retransmissions.track(f.ref for f in frags)
+        if on_done is not None:
+            self.completions.watch((f.ref for f in frags), on_done)
         self._deal(frags)
         return len(frags)
 
@@ -703,6 +711,7 @@ class Coordinator:
                 elif self.retransmissions.acked_at(ref, now_ns):
                     self.unacked.pop(ref, None)
                     self.reply_frags.pop(ref, None)
+                    self.completions.ended(ref)
                 continue
             reply = self.reply_keys.take(payload, now)
             if reply is not None:  # a reply through one of our blocks
@@ -787,7 +796,8 @@ class Coordinator:
         self.reply_keys.add(surb.surb_id, surb.key, tag, identity, time.monotonic())
         return surb
 
-    def reply(self, identity: int, tag: bytes, message: bytes) -> int:
+    def reply(self, identity: int, tag: bytes, message: bytes,
+              on_done: Callable[[], None] | None = None) -> int:
         """Answer the sender behind `tag` through the blocks it gave us; returns the fragments. The
         last block is kept in reserve: when the others are used up, it carries a request for more
         and the fragments wait (at most 10 s between requests, Nym's default)."""
@@ -802,6 +812,8 @@ class Coordinator:
             self.reply_frags[ref] = (identity, tag, fragment)
             refs.append(ref)
         self.retransmissions.track(refs)
+        if on_done is not None:
+            self.completions.watch(refs, on_done)
         self._send_replies(identity, tag, refs)
         return len(refs)
 

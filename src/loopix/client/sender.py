@@ -152,6 +152,10 @@ class RegisteredKeys:
             self._flags[i] = 0
             self._count -= 1
 
+    def difference_update(self, keys) -> None:
+        for key in keys:
+            self.discard(key)
+
     def __len__(self) -> int:
         return self._count + len(self._others)
 
@@ -258,6 +262,8 @@ class ProviderLink(asyncio.Protocol):
                     if self.refusals_logged < 5:
                         self.refusals_logged += 1
                         log.warning("provider refused identity %s: %s", identity, reason)
+                case pp.KeysUnregistered():
+                    pass  # identities that left (leave): nothing of theirs is kept here
                 case pp.ProviderError(reason=reason) | pp.ProtocolError(reason=reason):
                     log.warning("provider %s:%d closed the session: %s",
                                 self.endpoint.host, self.endpoint.port, reason)
@@ -301,11 +307,16 @@ class ProviderLink(asyncio.Protocol):
         self._register_more()
 
     def leave(self, identities: set[int]) -> None:
-        """Identities leaving: not ready any more, and what arrives for them is acked and dropped."""
-        for i in identities:
-            if i < len(self.member) and self.member[i]:
-                self.member[i] = 0
-                self._set_ready(i, False)
+        """Identities leaving: not ready any more, and what arrives for them is acked and dropped.
+        The provider is asked to forget them (UNREGISTER); if the link is down, their registration
+        expires there on its own (docs/hostile-input.md)."""
+        gone = [i for i in identities if i < len(self.member) and self.member[i]]
+        if gone and self.transport is not None and self.proto is not None and not self.proto.closed:
+            with contextlib.suppress(pp.ProtocolStateError):  # not challenged yet: nothing registered
+                self.transport.write(self.proto.send_unregister(self.sender.public_key(i) for i in gone))
+        for i in gone:
+            self.member[i] = 0
+            self._set_ready(i, False)
         if self._register_next < len(self.to_register):
             rest = self.to_register[self._register_next:]
             self.to_register = array.array("I", (i for i in rest if i not in identities))

@@ -296,8 +296,10 @@ class Fleet(Runner):
         return self._coord.stats if self._coord else Stats()
 
     # -- messages --
-    async def send_message(self, identity: IdentityName, message: bytes, recipient: str | ClientAddress) -> None:
-        """Encrypt, fragment and queue `message` from `identity` to `recipient`; returns once queued."""
+    async def send_message(self, identity: IdentityName, message: bytes, recipient: str | ClientAddress, *,
+                           on_done: Callable[[], None] | None = None) -> None:
+        """Encrypt, fragment and queue `message` from `identity` to `recipient`; returns once queued.
+        `on_done` runs once it has left the send queue (the socket API's bound)."""
         index = self._resolve(identity)
         if self._coord is None or not self._coord.running:
             raise ClientError("the fleet is not running")
@@ -306,7 +308,8 @@ class Fleet(Runner):
                 recipient = ClientAddress.parse(recipient)
             except ValueError as e:
                 raise ValueError(f"bad recipient address: {e}") from None
-        self._coord.send_message(index, bytes(message), recipient.client_key, recipient.provider_key)
+        self._coord.send_message(index, bytes(message), recipient.client_key, recipient.provider_key,
+                                 on_done=on_done)
         self._messages_out[index] += 1
 
     @property

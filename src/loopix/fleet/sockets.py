@@ -90,7 +90,8 @@ class FleetConnection(_Connection):
         fleet: Fleet = self.client.fleet
         try:
             if isinstance(body, Send):
-                await fleet.send_message(identity, body.message, body.recipient)
+                done = {} if self.on_done is None else {"on_done": self.on_done}
+                await fleet.send_message(identity, body.message, body.recipient, **done)
                 return None
             return FleetFrame(identity, SelfAddress(ClientAddress.parse(fleet.address(identity))))
         except ValueError as exc:  # unknown identity, bad recipient, too large: the application's

@@ -51,6 +51,7 @@ DEFAULT_BASE_PORT = 9000  # = loopix.config.DEFAULT_DIRECTORY_PORT: where `init`
 STATE_FILE = "testnet.json"
 IDENTITY_FILE = "identity.key"
 ALLOW_FILE = "allowed-identities"
+REPLAY_FILE = "replay.bin"
 
 
 class TestnetError(RuntimeError):
@@ -139,6 +140,7 @@ class Testnet:
         extra_node_args: dict[str, Sequence[str]] | None = None,
         prometheus_base_port: int | None = None,
         log_to_files: bool = True,
+        replay_files: bool = True,
     ) -> None:
         if layers < 1 or mixnodes_per_layer < 1 or providers < 1:
             raise ValueError("need at least one layer, one mixnode per layer and one provider")
@@ -156,6 +158,9 @@ class Testnet:
         self.extra_node_args = {k: list(v) for k, v in (extra_node_args or {}).items()}  # per node name
         self.prometheus_base_port = prometheus_base_port  # node i serves /metrics on base + i
         self.log_to_files = log_to_files
+        self.replay_files = replay_files
+        """Each node keeps its replay filter in `replay.bin` beside its key (0600), so a restarted
+        node still refuses packets it forwarded before (docs/hostile-input.md)."""
         count = 1 + layers * mixnodes_per_layer + providers
         if base_port is None:
             ports = _free_ports(host, count)
@@ -258,6 +263,8 @@ class Testnet:
             cmd += ["--layer", str(info.layer)]
         else:
             cmd += ["--inbox", str(Path(info.key_dir) / "inbox.sqlite")]
+        if self.replay_files:
+            cmd += ["--replay-file", str(Path(info.key_dir) / REPLAY_FILE)]
         if self.prometheus_base_port:
             cmd += ["--prometheus-port", str(self.prometheus_base_port + list(self.nodes).index(info.name))]
         return cmd + self.node_args + self.extra_node_args.get(info.name, [])

@@ -111,7 +111,7 @@ class ReplayFilter:
     window a replay gets through, as it does in Nym between key rotations without a Bloom filter.
     """
 
-    __slots__ = ("_current", "_previous", "capacity")
+    __slots__ = ("_current", "_current_log", "_previous", "_previous_log", "capacity")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -119,6 +119,10 @@ class ReplayFilter:
         self.capacity = capacity
         self._current: set[bytes] = set()
         self._previous: set[bytes] = set()
+        # each set's tags also in one buffer, so a save (`dump`, on the event loop) is a copy of
+        # two buffers (~2 ms for 200,000 tags) instead of a walk over the sets (~50-90 ms)
+        self._current_log = bytearray()
+        self._previous_log = bytearray()
 
     def seen(self, tag: bytes) -> bool:
         """True if `tag` was seen within the window; otherwise remember it and return False."""
@@ -126,9 +130,11 @@ class ReplayFilter:
             return True
         current = self._current
         current.add(tag)
+        if len(tag) == REPLAY_TAG_SIZE:
+            self._current_log += tag
         if len(current) >= self.capacity:
-            self._previous = current
-            self._current = set()
+            self._previous, self._previous_log = current, self._current_log
+            self._current, self._current_log = set(), bytearray()
         return False
 
     def __len__(self) -> int:
@@ -136,8 +142,7 @@ class ReplayFilter:
 
     def dump(self, key: bytes) -> bytes:
         """The remembered tags, bound to the node's public key `key` (see `load`)."""
-        tags = [*self._previous, *self._current]
-        return REPLAY_MAGIC + key + b"".join(t for t in tags if len(t) == REPLAY_TAG_SIZE)
+        return b"".join((REPLAY_MAGIC, key, self._previous_log, self._current_log))
 
     def load(self, data: bytes, key: bytes) -> int:
         """Remember the tags of a `dump` made under the same key; how many. A dump made under

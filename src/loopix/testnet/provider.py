@@ -24,10 +24,19 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Final
 
+from loopix.argtypes import argtype, count, positive_number
 from loopix.sphinx.constants import DROP_COVER_DESTINATION
+from loopix.testnet.client_limits import (
+    DEFAULT_CLIENT_LIMITS,
+    ClientLimits,
+    InboxQuota,
+    Refuse,
+    RegistrationTable,
+)
 from loopix.testnet.decisions import PresenceDebounce
 from loopix.testnet.delivery import DeliveryPolicy
 from loopix.testnet.inbox import Inbox
@@ -52,6 +61,7 @@ from loopix.wire.provider import (
     AckReceived,
     ClientHello,
     ClientRegistered,
+    ClientUnregistered,
     FleetClientRefused,
     FleetClientRegistered,
     PacketSubmitted,
@@ -74,6 +84,8 @@ PRESENCE_DEBOUNCE: Final = 0.5
 DEFAULT_PRESENCE_CLIENT_LIMIT: Final = 1000
 """Above this many registered clients the presence omits the list (about 57 bytes per client)."""
 TAKEN_OVER: Final = "registered on a newer connection"
+IDLE_WRITE_SLICE: Final = 4096
+"""Last-seen times written per event-loop turn after connections close (~40 ms of SQLite)."""
 
 
 class ClientSession:
@@ -146,7 +158,10 @@ class ClientSession:
                 self.transport.resume_reading()
 
     def _backed_up(self) -> bool:
-        return self._out_bytes + self.transport.get_write_buffer_size() > _PortProtocol.WRITE_HIGH_WATER
+        return (
+            self._out_bytes + self.transport.get_write_buffer_size()
+            > _PortProtocol.WRITE_HIGH_WATER
+        )
 
     def writes_resumed(self) -> None:
         """The client reads again: handle the events held back, then the input after them."""
@@ -200,7 +215,10 @@ class ClientSession:
                     case ClientHello():
                         self._write(self.side.send_challenge())
                     case ClientRegistered(client_key=key):
-                        self._registered(key)
+                        if not self._registered(key):
+                            break
+                    case ClientUnregistered(client_keys=keys):
+                        self._unregistered(keys)
                     case ProtocolError(reason=reason):
                         provider.counters.bump("client_errors")
                         _remote_log.info("client protocol error: %s", reason)
@@ -233,27 +251,55 @@ class ClientSession:
 
     # --- registration ---
 
-    def _registered(self, key: bytes) -> None:
-        """A single registration: a fleet of one key with the connection's window."""
+    def _registered(self, key: bytes) -> bool:
+        """A single registration: a fleet of one key with the connection's window. False if the
+        provider is full (ERROR sent, the connection closes)."""
+        refusal = self.provider.admit(key)
+        if refusal is not None:
+            self._write(self.side.send_error(refusal))
+            self.flush()
+            self.transport.close()
+            return False
         self.key = key
         self.provider.register(key, self)
         self._write(self.side.send_registered())
         if self.side.push:
             self.delivery.has_mail(key)
             self._push_round()
+        return True
 
     def _fleet_registered(self, keys: list[bytes]) -> None:
-        """A batch of proven keys: one SQLite transaction, answers in one write, then pushes."""
+        """A batch of proven keys: one SQLite transaction, answers (in order) in one write, then
+        pushes. Keys the provider-wide limit refuses get REFUSED_KEY."""
         provider = self.provider
         self.delivery.connection_window = provider.fleet_push_window  # the fleet's shared window
-        provider.register_fleet(keys, self)
+        answers: list[bytes | None] = []
+        accepted: list[bytes] = []
+        for key in keys:
+            refusal = provider.admit(key)
+            if refusal is None:
+                accepted.append(key)
+                answers.append(None)
+            else:
+                answers.append(self.side.send_refused_key(key, refusal))
+        if accepted:
+            provider.register_fleet(accepted, self)
         send_registered_key = self.side.send_registered_key
-        self._out.extend(send_registered_key(k) for k in keys)
-        provider.counters.bump("fleet_registered", len(keys))
-        if self.side.push:
-            for key in provider.inbox.recipients_with_mail(keys):
+        taken = iter(accepted)
+        self._out.extend(a if a is not None else send_registered_key(next(taken)) for a in answers)
+        provider.counters.bump("fleet_registered", len(accepted))
+        if self.side.push and accepted:
+            for key in provider.inbox.recipients_with_mail(accepted):
                 self.delivery.has_mail(key)
             self._push_round()
+
+    def _unregistered(self, keys: tuple[bytes, ...]) -> None:
+        """The fleet client gives these keys up for good: forget them (and their mail, unless
+        another connection holds them), answer UNREGISTERED."""
+        self._write(self.side.send_unregistered(keys))
+        self.provider.unregister_keys(keys, self)
+        if self.delivery.forget(set(keys)) and self.side.push:
+            self._push_round()  # their in-flight pushes no longer hold the window
 
     # --- delivery ---
 
@@ -286,7 +332,11 @@ class ClientSession:
 
     def _ack(self, ids: tuple[int, ...]) -> None:
         provider = self.provider
-        deleted = provider.inbox.delete_owned(ids, self.side.client_keys)
+        gone = provider.inbox.delete_owned_sized(ids, self.side.client_keys)
+        removed = provider.quota.removed
+        for recipient, size in gone:
+            removed(recipient, size)
+        deleted = len(gone)
         provider.counters.bump("acked", deleted)
         if deleted < len(ids):
             provider.counters.bump("acks_ignored", len(ids) - deleted)
@@ -416,6 +466,7 @@ class Provider(Node):
         fleet_push_window: int = 4096,
         max_fleet_keys: int = DEFAULT_MAX_FLEET_KEYS,
         presence_client_limit: int = DEFAULT_PRESENCE_CLIENT_LIMIT,
+        limits: ClientLimits = DEFAULT_CLIENT_LIMITS,
     ) -> None:
         super().__init__(config, secret)
         self._secret = secret  # for the sessions' challenge-response; never logged
@@ -426,7 +477,15 @@ class Provider(Node):
         self.fleet_push_window = fleet_push_window
         self.max_fleet_keys = max_fleet_keys
         self.presence_client_limit = presence_client_limit
-        self.registered: set[bytes] = set(inbox.clients())
+        self.limits = limits
+        self.registrations = RegistrationTable(limits, inbox.clients_seen())
+        self.registered: set[bytes] = self.registrations.registered
+        """Every registered key (live or idle): the same set as `registrations.registered`."""
+        self.quota = InboxQuota(limits, inbox.usage())
+        self._admitted_new = False
+        self._closed = False
+        self._idle_now: list[bytes] = []
+        """Keys released since their last-seen time was written (one transaction per loop turn)."""
         self.sessions: dict[bytes, set[ClientSession]] = {}
         self.fleet_routes: dict[bytes, ClientSession] = {}
         """Key → the newest fleet connection that registered it (where its mail is pushed)."""
@@ -443,11 +502,94 @@ class Provider(Node):
 
     # --- clients ---
 
-    def register(self, key: bytes, session: ClientSession) -> None:
-        if key not in self.registered:
-            self.registered.add(key)
-            self.inbox.register_client(key)
+    def admit(self, key: bytes) -> str | None:
+        """Why `key` may not register now (the provider is full of live clients), or None; a
+        registration idle the longest gives way if that makes room."""
+        decision = self.registrations.admit(key)
+        if isinstance(decision, Refuse):
+            self.counters.bump("registrations_refused")
+            return decision.reason
+        if decision.evict:
+            self.counters.bump("registrations_evicted", len(decision.evict))
+            self.forget_clients(list(decision.evict), "registration_evicted")
+        self.registrations.held(key)  # counts against the limit from now on
+        self._admitted_new = self._admitted_new or decision.new
+        return None
+
+    def forget_clients(self, keys: list[bytes], reason: str) -> None:
+        """End these registrations; their stored messages are dropped, counted under `reason`."""
+        for key in keys:
+            self.registrations.forget(key)
+            self.quota.forget(key)
+        gone = self.inbox.forget_clients(keys)
+        if gone:
+            self.counters.drop(reason, gone)
+        self._clients_changed()
+
+    def _live(self, key: bytes) -> bool:
+        return key in self.sessions or key in self.fleet_routes
+
+    def _released(self, key: bytes) -> None:
+        """A connection let `key` go: idle from now if no other connection holds it."""
+        if not self._live(key) and key in self.registered and not self._closed:
+            self.registrations.released(key, time.time())
+            if not self._idle_now:
+                asyncio.get_running_loop().call_soon(self._write_idle)
+            self._idle_now.append(key)
+
+    def _write_idle(self) -> None:
+        """Write the last-seen times of released keys, `IDLE_WRITE_SLICE` per loop turn (a fleet of
+        100,000 disconnecting must not stall everyone else for a second)."""
+        keys = self._idle_now[:IDLE_WRITE_SLICE]
+        del self._idle_now[:IDLE_WRITE_SLICE]
+        if self._idle_now and not self._closed:
+            asyncio.get_running_loop().call_soon(self._write_idle)
+        if keys and not self._closed:
+            self.inbox.touch_clients(keys, time.time())
+
+    def unregister_keys(self, keys: tuple[bytes, ...], session: ClientSession) -> None:
+        """A fleet connection gave `keys` up for good. A key another connection still holds
+        stays registered there; the others are forgotten with their mail (`unregistered`)."""
+        for key in keys:
+            if self.fleet_routes.get(key) is session:
+                del self.fleet_routes[key]
+        gone = [k for k in keys if not self._live(k) and k in self.registered]
+        self.counters.bump("unregistered", len(gone))
+        if gone:
+            self.forget_clients(gone, "unregistered")
+
+    def sweep(self, now: float) -> None:
+        """Forget registrations idle past their TTL and drop messages past their age (`now`:
+        wall-clock seconds)."""
+        expired = self.registrations.expired(now)
+        if expired:
+            self.counters.bump("registrations_expired", len(expired))
+            self.forget_clients(expired, "registration_expired")
+        old = self.inbox.expire(now - self.limits.message_max_age_s)
+        if old:
+            removed = self.quota.removed
+            for recipient, size in old:
+                removed(recipient, size)
+            self.counters.drop("message_expired", len(old))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.sweep_interval_s)
+            self.sweep(time.time())
+
+    async def start(self) -> None:
+        await super().start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._sweep_loop()))
+
+    def _announce_new(self) -> None:
+        if self._admitted_new:
+            self._admitted_new = False
             self._clients_changed()
+
+    def register(self, key: bytes, session: ClientSession) -> None:
+        """A single connection proved `key` (after `admit` allowed it)."""
+        self.inbox.register_client(key, time.time())
+        self._announce_new()
         self.sessions.setdefault(key, set()).add(session)
         fleet = self.fleet_routes.pop(key, None)  # the newest registration wins
         if fleet is not None:
@@ -460,12 +602,8 @@ class Provider(Node):
         and that connection is told with REFUSED_KEY. Single connections of the same key are
         left alone, as two single connections of one key are."""
         self.fleet_sessions.add(session)
-        registered = self.registered
-        new = [k for k in keys if k not in registered]
-        if new:
-            self.inbox.register_clients(new)
-            registered.update(new)
-            self._clients_changed()
+        self.inbox.register_clients(keys, time.time())  # new ones, and last seen for all
+        self._announce_new()
         routes = self.fleet_routes
         taken: dict[ClientSession, list[bytes]] = {}
         for key in keys:
@@ -481,6 +619,7 @@ class Provider(Node):
         """`session` no longer holds `key` (refused there): stop routing its mail there."""
         if self.fleet_routes.get(key) is session:
             del self.fleet_routes[key]
+            self._released(key)
 
     def unregister_fleet(self, session: ClientSession) -> None:
         """A fleet connection closed: drop the routes that still point to it."""
@@ -488,6 +627,7 @@ class Provider(Node):
         for key in session.side.client_keys:
             if routes.get(key) is session:
                 del routes[key]
+                self._released(key)
         self.fleet_sessions.discard(session)
 
     def _clients_changed(self) -> None:
@@ -520,6 +660,7 @@ class Provider(Node):
             sessions.discard(session)
             if not sessions:
                 del self.sessions[key]
+                self._released(key)
 
     def submit(self, first_hop: bytes, packet: bytes) -> None:
         """A packet from a client, into the mixnet (no delay here: the route carries them)."""
@@ -537,6 +678,7 @@ class Provider(Node):
         keep = []
         acks = []
         counters = self.counters
+        quota = self.quota
         for destination, message in finals:
             if destination == DROP_COVER_DESTINATION:
                 counters.bump("drop_cover")
@@ -546,15 +688,19 @@ class Provider(Node):
                 counters.drop("oversize_message")
             else:
                 parts = split_ack(message)
-                if parts is None:  # an ack for our client, or a message without one
-                    keep.append((destination, message))
-                else:
-                    first_hop, ack_packet, inner = parts
-                    keep.append((destination, inner))
+                if parts is not None:
+                    first_hop, ack_packet, message = parts
+                refused = quota.refusal(destination, len(message))
+                if refused is not None:  # no SURB-ack: its sender will send it again later
+                    counters.drop(refused)
+                    continue
+                quota.added(destination, len(message))
+                keep.append((destination, message))
+                if parts is not None:
                     acks.append((first_hop, ack_packet))
         if not keep:
             return
-        self.inbox.store_many(keep)
+        self.inbox.store_many(keep, time.time())
         counters.bump("stored", len(keep))
         if acks:
             counters.bump("acks_sent", len(acks))
@@ -600,12 +746,19 @@ class Provider(Node):
             "connectedClients": len(self.sessions),
             "fleetClients": len(self.fleet_routes),
             "fleetConnections": len(self.fleet_sessions),
+            "idleClients": len(self.registrations.idle),
         }
 
     async def close(self) -> None:
         if self._announce_timer is not None:
             self._announce_timer.cancel()
         await super().close()
+        # keys still held count as seen now (their connections end with us), then the file closes
+        self._idle_now.extend(self.sessions)
+        self._idle_now.extend(self.fleet_routes)
+        self.inbox.touch_clients(self._idle_now, time.time())
+        self._idle_now = []
+        self._closed = True
         self.inbox.close()
 
 
@@ -628,7 +781,50 @@ def main(argv: list[str] | None = None) -> int:
         help="above this many clients, presence posts a count instead of the list "
         f"(default {DEFAULT_PRESENCE_CLIENT_LIMIT})",
     )
+    defaults = DEFAULT_CLIENT_LIMITS
+    parser.add_argument(
+        "--max-clients",
+        type=argtype(count(1)),
+        default=defaults.max_clients,
+        help="registered clients per provider; when full, the registration idle the longest "
+        f"gives way (default {defaults.max_clients})",
+    )
+    parser.add_argument(
+        "--registration-ttl",
+        type=argtype(positive_number),
+        default=defaults.registration_ttl_s,
+        help="seconds a registration no connection holds is kept, with its mail "
+        f"(default {defaults.registration_ttl_s:g})",
+    )
+    parser.add_argument(
+        "--inbox-max-messages",
+        type=argtype(count(1)),
+        default=defaults.inbox_max_messages,
+        help=f"stored messages per client (default {defaults.inbox_max_messages})",
+    )
+    parser.add_argument(
+        "--inbox-max-bytes",
+        type=argtype(count(1)),
+        default=defaults.inbox_max_bytes,
+        help=f"stored bytes per client (default {defaults.inbox_max_bytes})",
+    )
+    parser.add_argument(
+        "--message-max-age",
+        type=argtype(positive_number),
+        default=defaults.message_max_age_s,
+        help="seconds a stored, unacknowledged message is kept "
+        f"(default {defaults.message_max_age_s:g})",
+    )
     args = parser.parse_args(argv)
+    limits = ClientLimits(
+        max_clients=args.max_clients,
+        registration_ttl_s=args.registration_ttl,
+        inbox_max_messages=args.inbox_max_messages,
+        inbox_max_bytes=args.inbox_max_bytes,
+        message_max_age_s=args.message_max_age,
+    )
+    if (problem := limits.check()) is not None:
+        parser.error(problem)
     if not 1 <= args.pull_slots <= 0xFFFF or args.max_message_size < 1:
         parser.error("--pull-slots must be 1..65535 and --max-message-size positive")
     if args.max_fleet_keys < 1 or args.presence_client_limit < 0:
@@ -646,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             max_message_size=args.max_message_size,
             max_fleet_keys=args.max_fleet_keys,
             presence_client_limit=args.presence_client_limit,
+            limits=limits,
         )
 
     return run_node(make, args.log_level)

@@ -31,6 +31,8 @@ so sharing the nonce lets no identity stand in for another. Then, per key:
     provider → client  DELIVER_TO      client_pk(32) || u64 id || message
     client → provider  PULL_FOR        client_pk(32)
     provider → client  PULLED_FOR      client_pk(32) || the PULLED body
+    client → provider  UNREGISTER      client_pk(32) ... (identities leaving for good)
+    provider → client  UNREGISTERED    client_pk(32) ... (those it forgot, with their mail)
 
 SEND and ACK are unchanged (message ids are unique per provider; the provider deletes only ids
 whose recipient is registered on the connection that ACKs). `FleetClientSide` is the client end.
@@ -56,6 +58,7 @@ from .codec import (
     KEY_SIZE,
     MAGIC,
     MAX_ACK_IDS,
+    MAX_UNREGISTER_KEYS,
     NONCE_SIZE,
     PROVIDER_MAX_FRAME,
     SEND_OVERHEAD,
@@ -70,6 +73,7 @@ from .events import (
     ClientEvent,
     ClientHello,
     ClientRegistered,
+    ClientUnregistered,
     Delivered,
     FleetClientEvent,
     FleetClientRefused,
@@ -77,6 +81,7 @@ from .events import (
     InboxMessage,
     KeyRefused,
     KeyRegistered,
+    KeysUnregistered,
     PacketSubmitted,
     ProviderError,
     ProviderEvent,
@@ -98,6 +103,7 @@ __all__ = [
     "KEY_SIZE",
     "MAGIC",
     "MAX_ACK_IDS",
+    "MAX_UNREGISTER_KEYS",
     "NONCE_SIZE",
     "PROVIDER_MAX_FRAME",
     "SEND_OVERHEAD",
@@ -108,6 +114,7 @@ __all__ = [
     "ClientRegistered",
     "ClientSide",
     "ClientState",
+    "ClientUnregistered",
     "Delivered",
     "FleetClientEvent",
     "FleetClientRefused",
@@ -116,6 +123,7 @@ __all__ = [
     "InboxMessage",
     "KeyRefused",
     "KeyRegistered",
+    "KeysUnregistered",
     "MsgType",
     "PacketSubmitted",
     "ProtocolError",

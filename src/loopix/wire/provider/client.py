@@ -21,9 +21,11 @@ from .codec import (
     MsgType,
     check_key,
     encode_ack,
+    encode_keys,
     encode_send,
     frame,
     parse_deliver,
+    parse_keys,
     parse_pulled,
     registration_proof,
 )
@@ -34,6 +36,7 @@ from .events import (
     FleetClientEvent,
     KeyRefused,
     KeyRegistered,
+    KeysUnregistered,
     ProviderError,
     PullResult,
     RegistrationAccepted,
@@ -65,6 +68,7 @@ _FROM_PROVIDER = {
         MsgType.REFUSED_KEY,
         MsgType.DELIVER_TO,
         MsgType.PULLED_FOR,
+        MsgType.UNREGISTERED,
     )
 }
 """The message types a provider sends: any other type from a provider closes the connection."""
@@ -221,7 +225,8 @@ class FleetClientSide(_ClientBase):
     again whenever identities join; each costs two X25519 here and one at the provider). Every key
     is answered by `KeyRegistered` or `KeyRefused`; a refusal ends nothing but that identity.
     Pushed messages arrive as `Delivered(id, message, client_key)`, pulls (`send_pull_for`) as
-    `PullResult(messages, client_key)`. SEND and ACK are as on a single connection and may be
+    `PullResult(messages, client_key)`. Identities leaving for good: `send_unregister(keys)`,
+    answered by `KeysUnregistered`. SEND and ACK are as on a single connection and may be
     pipelined after the first `send_register_many` (the provider handles them in order).
     One identity is simply a fleet of one.
 
@@ -290,6 +295,20 @@ class FleetClientSide(_ClientBase):
         self._move(MsgType.PULL_FOR)
         return frame(MsgType.PULL_FOR, check_key(client_key, "client key"))
 
+    def send_unregister(self, client_keys: Iterable[bytes]) -> bytes:
+        """UNREGISTER for those of `client_keys` registered (or pending) on this connection, b""
+        if none is: the provider forgets them and their stored mail, and answers
+        `KeysUnregistered`. Mail pushed for them before that still arrives (and may be ACKed)."""
+        keys = [
+            k
+            for k in dict.fromkeys(check_key(k, "client key") for k in client_keys)
+            if k in self.registered_keys or k in self.pending
+        ]
+        if not keys:
+            return b""
+        self._move(MsgType.UNREGISTER)
+        return encode_keys(MsgType.UNREGISTER, keys)
+
     def _refusal(self, kind: int) -> str:
         if self.state is not _S.FLEET:
             return f"message type {kind} before any fleet registration"
@@ -322,6 +341,14 @@ class FleetClientSide(_ClientBase):
                 self.pending.discard(body)
                 self.registered_keys.add(body)
                 return KeyRegistered(body)
+            case MsgType.UNREGISTERED:
+                keys = parse_keys(body, "UNREGISTERED")
+                if isinstance(keys, str):
+                    return self._fail(keys)
+                if any(k not in self.registered_keys for k in keys):
+                    return self._fail("UNREGISTERED for a key not registered on this connection")
+                self.registered_keys.difference_update(keys)
+                return KeysUnregistered(keys)
             case _:  # REFUSED_KEY
                 if len(body) < KEY_SIZE:
                     return self._fail("REFUSED_KEY shorter than its key")

@@ -31,6 +31,8 @@ DEFAULT_MAX_FLEET_KEYS: Final = 100_000
 DEFAULT_PULL_SLOTS: Final = 16
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2048
 MAX_ACK_IDS: Final = 4096
+MAX_UNREGISTER_KEYS: Final = 1024
+"""Keys one UNREGISTER (and its UNREGISTERED answer) may name: 32 KiB, under the frame limit."""
 MAX_ERROR_TEXT: Final = 1024
 SEND_OVERHEAD: Final = 4 + 1 + ADDRESS_SIZE
 """Bytes a SEND adds to a packet: length, type, first hop."""
@@ -60,6 +62,8 @@ class MsgType(IntEnum):
     DELIVER_TO = 12
     PULL_FOR = 13
     PULLED_FOR = 14
+    UNREGISTER = 15
+    UNREGISTERED = 16
 
 
 def message_reader(max_frame: int) -> LengthPrefixedReader:
@@ -104,6 +108,22 @@ def parse_ack(body: bytes) -> tuple[int, ...] | str:
     if rest or not n or n > MAX_ACK_IDS:
         return f"ACK body of {len(body)} bytes is not 1..{MAX_ACK_IDS} ids"
     return struct.unpack(f">{n}Q", body)
+
+
+def encode_keys(kind: MsgType, keys: Sequence[bytes]) -> bytes:
+    """UNREGISTER or UNREGISTERED messages for `keys` (split above `MAX_UNREGISTER_KEYS`)."""
+    out = bytearray()
+    for i in range(0, len(keys), MAX_UNREGISTER_KEYS):
+        out += frame(kind, b"".join(keys[i : i + MAX_UNREGISTER_KEYS]))
+    return bytes(out)
+
+
+def parse_keys(body: bytes, what: str) -> tuple[bytes, ...] | str:
+    """The 32-byte keys of an UNREGISTER or UNREGISTERED body, or what is wrong with it."""
+    n, rest = divmod(len(body), KEY_SIZE)
+    if rest or not n or n > MAX_UNREGISTER_KEYS:
+        return f"{what} body of {len(body)} bytes is not 1..{MAX_UNREGISTER_KEYS} keys"
+    return tuple(body[i : i + KEY_SIZE] for i in range(0, len(body), KEY_SIZE))
 
 
 def encode_deliver(message_id: int, message: bytes, client_key: bytes | None = None) -> bytes:

@@ -17,6 +17,7 @@ __all__ = [
     "ClientEvent",
     "ClientHello",
     "ClientRegistered",
+    "ClientUnregistered",
     "Delivered",
     "FleetClientEvent",
     "FleetClientRefused",
@@ -24,6 +25,7 @@ __all__ = [
     "InboxMessage",
     "KeyRefused",
     "KeyRegistered",
+    "KeysUnregistered",
     "PacketSubmitted",
     "ProtocolError",
     "ProviderError",
@@ -88,6 +90,13 @@ class FleetClientRefused(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
+class ClientUnregistered(msgspec.Struct, frozen=True, gc=False):
+    """A fleet client gives up these keys for good (they were registered on this connection);
+    forget them here and answer `send_unregistered(keys)`."""
+
+    client_keys: tuple[bytes, ...]
+
+
 ProviderEvent = (
     ProtocolError
     | ClientHello
@@ -97,6 +106,7 @@ ProviderEvent = (
     | PullRequested
     | FleetClientRegistered
     | FleetClientRefused
+    | ClientUnregistered
 )
 
 # --- what the client machines return -------------------------------------------------------------
@@ -156,6 +166,13 @@ class KeyRefused(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
+class KeysUnregistered(msgspec.Struct, frozen=True, gc=False):
+    """The provider forgot these identities (as asked with `send_unregister`): no more mail for
+    them on this connection, and their registration and stored messages are gone."""
+
+    client_keys: tuple[bytes, ...]
+
+
 ClientEvent = (
     ProtocolError
     | ChallengeReceived
@@ -170,6 +187,7 @@ FleetClientEvent = (
     | ChallengeReceived
     | KeyRegistered
     | KeyRefused
+    | KeysUnregistered
     | ProviderError
     | Delivered
     | PullResult

@@ -30,9 +30,11 @@ from .codec import (
     MsgType,
     check_key,
     encode_deliver,
+    encode_keys,
     error_text,
     frame,
     parse_ack,
+    parse_keys,
     pulled_body,
     registration_proof,
 )
@@ -40,6 +42,7 @@ from .events import (
     AckReceived,
     ClientHello,
     ClientRegistered,
+    ClientUnregistered,
     FleetClientRefused,
     FleetClientRegistered,
     PacketSubmitted,
@@ -61,7 +64,7 @@ __all__ = ["ProviderSide"]
 _S = ProviderState
 _FLEET = ProviderState.FLEET
 _REGISTER = MsgType.REGISTER
-_REQUESTS = (MsgType.SEND, MsgType.ACK, MsgType.PULL, MsgType.PULL_FOR)
+_REQUESTS = (MsgType.SEND, MsgType.ACK, MsgType.PULL, MsgType.PULL_FOR, MsgType.UNREGISTER)
 _FROM_CLIENT = {int(t): t for t in (MsgType.REGISTER, *_REQUESTS)}
 """The message types a client sends: any other type from a client closes the connection."""
 
@@ -71,6 +74,8 @@ def _refusal(state: ProviderState, kind: int) -> str:
     if state is _S.REGISTERED:
         if kind == MsgType.REGISTER:
             return "already registered"
+        if kind == MsgType.UNREGISTER:
+            return "UNREGISTER is for fleet connections (a single one ends by closing)"
         return f"unexpected message type {kind} from a client"
     if state is _S.FLEET:
         if kind == MsgType.PULL:
@@ -94,7 +99,8 @@ class ProviderSide(Machine):
 
     Fleet connections: `FleetClientRegistered` → `send_registered_key(key)`, `FleetClientRefused`
     → `send_refused_key(key, reason)`, any number of times; `PullRequested(client_key)` →
-    `send_pulled_for`; pushes with `send_deliver_to`. An ACK may name ids of any recipient: the I/O
+    `send_pulled_for`; pushes with `send_deliver_to`; `ClientUnregistered(keys)` →
+    `send_unregistered(keys)`. An ACK may name ids of any recipient: the I/O
     layer deletes only those whose recipient is in `client_keys`.
     """
 
@@ -205,6 +211,14 @@ class ProviderSide(Machine):
             return FleetClientRefused(body, "not registered on this connection")
         return PullRequested(body)
 
+    def _on_unregister(self, body: bytes, after: ProviderState) -> ProviderEvent | None:
+        keys = parse_keys(body, "UNREGISTER")
+        if isinstance(keys, str):
+            return self._fail(keys)
+        mine = tuple(dict.fromkeys(k for k in keys if k in self._keys))
+        # keys not (or no longer) registered here are ignored: another connection may hold them
+        return ClientUnregistered(mine) if mine else None
+
     def _on_register(self, body: bytes, after: ProviderState) -> ProviderEvent:
         return self._register(body)
 
@@ -215,11 +229,12 @@ class ProviderSide(Machine):
             self.push = not body[-1] & FLAG_NO_PUSH
         return self._register_fleet(body)
 
-    _ON_MESSAGE: ClassVar[dict[MsgType | Trigger, Callable[..., ProviderEvent]]] = {
+    _ON_MESSAGE: ClassVar[dict[MsgType | Trigger, Callable[..., ProviderEvent | None]]] = {
         MsgType.SEND: _on_send,
         MsgType.ACK: _on_ack,
         MsgType.PULL: _on_pull,
         MsgType.PULL_FOR: _on_pull_for,
+        MsgType.UNREGISTER: _on_unregister,
         MsgType.REGISTER: _on_register,
         REGISTER_FLEET: _on_register_fleet,
     }
@@ -334,6 +349,14 @@ class ProviderSide(Machine):
         key = check_key(client_key, "client key")
         self._keys.discard(key)
         return frame(MsgType.REFUSED_KEY, key + error_text(reason))
+
+    def send_unregistered(self, client_keys: Sequence[bytes]) -> bytes:
+        """UNREGISTERED answering a `ClientUnregistered`; the keys leave `client_keys`."""
+        self._move(MsgType.UNREGISTERED)
+        keys = [check_key(k, "client key") for k in client_keys]
+        for key in keys:
+            self._keys.discard(key)
+        return encode_keys(MsgType.UNREGISTERED, keys) if keys else b""
 
     def send_deliver_to(self, client_key: bytes, message_id: int, message: bytes) -> bytes:
         """Push one stored message to one identity of the fleet."""

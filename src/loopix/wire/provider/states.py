@@ -118,6 +118,8 @@ PROVIDER_TRANSITIONS: Mapping[ProviderState, Mapping[MsgType | Trigger, Provider
                 MsgType.ACK: _P.FLEET,
                 MsgType.PULL_FOR: _P.FLEET,
                 REGISTER_FLEET: _P.FLEET,
+                MsgType.UNREGISTER: _P.FLEET,
+                MsgType.UNREGISTERED: _P.FLEET,
                 MsgType.REGISTERED_KEY: _P.FLEET,
                 MsgType.REFUSED_KEY: _P.FLEET,
                 MsgType.DELIVER_TO: _P.FLEET,
@@ -161,6 +163,8 @@ FLEET_CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[MsgType | Trigger, Client
             _C.CHALLENGED: {REGISTER_FLEET: _C.FLEET},
             _C.FLEET: {
                 REGISTER_FLEET: _C.FLEET,
+                MsgType.UNREGISTER: _C.FLEET,
+                MsgType.UNREGISTERED: _C.FLEET,
                 MsgType.SEND: _C.FLEET,
                 MsgType.ACK: _C.FLEET,
                 MsgType.PULL_FOR: _C.FLEET,

@@ -13,13 +13,13 @@ from loopix.testnet.sink import SinkNet
 __all__ = ["SinkNet", "bare_all_core_rate", "c_build_us"]
 
 
-def c_build_us(n: int) -> float:
+def c_build_us(n: int, payload_size: int = 2048) -> float:
     """Wall µs per packet of n 4-hop packets built in batches of 32 by the C core, in this process."""
     keys = [sphinx.keypair() for _ in range(4)]
     route = [sphinx.Hop(public_key=pk, address=bytes([i]) * 32) for i, (_, pk) in enumerate(keys)]
-    builder = sphinx.PacketBuilder(32)
+    builder = sphinx.PacketBuilder(32, payload_size)
     for i in range(32):
-        builder.set_packet(i, route, bytes(32), os.urandom(2000), [1000] * 4)
+        builder.set_packet(i, route, bytes(32), os.urandom(min(2000, payload_size)), [1000] * 4)
     out = bytearray(builder.packet_size * 32)
     t = time.perf_counter_ns()
     built = 0

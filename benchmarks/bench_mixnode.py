@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -69,20 +70,26 @@ def build_packets(count: int, mix_public: bytes, mix_port: int, sink_port: int) 
     return out
 
 
-def c_unwrap_seconds(secret: bytes, packets: list[bytes]) -> float:
-    """Per-packet time of the C batch unwrap alone (best of 3)."""
+def c_unwrap_seconds(secret: bytes, packets: list[bytes], clock=time.perf_counter, batch_size: int = 128,
+                     passes: int = 3, best: bool = True) -> float:
+    """Per-packet time of the C batch unwrap alone, in batches of `batch_size` (the node's default
+    batch) over 2,048 packets: the best of `passes` passes, or (best=False) their mean, which is
+    what a node's CPU over a whole run is comparable with."""
     from loopix.sphinx import PacketProcessor
 
     size = len(packets[0])
-    batch = packets[:2048]
-    proc = PacketProcessor(secret, len(batch))
-    data, out = b"".join(batch), bytearray(len(batch) * size)
+    some = packets[:2048]
+    proc = PacketProcessor(secret, batch_size)
+    data, out = b"".join(some), bytearray(batch_size * size)
+    view = memoryview(data)
     samples = []
-    for _ in range(3):
-        t = time.perf_counter()
-        proc.process(data, len(batch), size, out)
-        samples.append((time.perf_counter() - t) / len(batch))
-    return min(samples)
+    for _ in range(passes):
+        t = clock()
+        for start in range(0, len(some), batch_size):
+            n = min(batch_size, len(some) - start)
+            proc.process(view[start * size : (start + n) * size], n, size, out)
+        samples.append((clock() - t) / len(some))
+    return min(samples) if best else statistics.fmean(samples)
 
 
 # --- roles run as their own processes ------------------------------------------------------------
@@ -142,22 +149,46 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def _child_pid(pid: int, timeout: float = 10.0) -> int:
+    """The one child of `pid` (the mixnode under py-spy)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.02)
+    raise RuntimeError("py-spy started no mixnode")
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
+    user, system = _cpu_split(pid)
+    return user + system
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, from /proc (Linux): the kernel's share is the socket work."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: int, size: int):
+def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: int, size: int,
+            profile: str | None = None, python: str = sys.executable):
     me = [sys.executable, __file__]
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--native", "-r", "250", "-f", "raw",
+           "-o", profile, "--"] if profile else []
     sink = subprocess.Popen(
         [*me, "--role", "sink", "--port", str(sink_port), "--expect", str(count),
          "--packet-size", str(size)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     mix = subprocess.Popen(
-        [sys.executable, "-m", "loopix.testnet.mixnode", "--port", str(mix_port), "--layer", "1",
+        [*spy, python, "-m", "loopix.testnet.mixnode", "--port", str(mix_port), "--layer", "1",
          "--key-file", str(key_file)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -166,16 +197,20 @@ def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: 
         assert sink.stdout is not None
         assert sink.stdout.readline().strip() == "ready"
         _wait_port(mix_port)
-        cpu0 = _cpu_seconds(mix.pid)
+        mix_pid = _child_pid(mix.pid) if spy else mix.pid
+        user0, sys0 = _cpu_split(mix_pid)
+        cpu0 = user0 + sys0
         feed = subprocess.Popen(
             [*me, "--role", "feed", "--port", str(mix_port), "--file", str(frames)]
         )
         result = json.loads(sink.stdout.readline())
-        result["cpu"] = _cpu_seconds(mix.pid) - cpu0
+        user1, sys1 = _cpu_split(mix_pid)
+        result["cpu"] = user1 + sys1 - cpu0
+        result["system"] = sys1 - sys0
     finally:
         for p in (feed, mix, sink):
             if p is not None and p.poll() is None:
-                p.terminate()
+                p.send_signal(signal.SIGINT) if p is mix and spy else p.terminate()
         for p in (feed, mix, sink):
             if p is not None:
                 try:
@@ -191,6 +226,10 @@ def main() -> int:
     parser.add_argument("--packets", type=int, default=15000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--target", type=float, default=0.7)
+    parser.add_argument("--baseline-python", metavar="PYTHON",
+                        help="also run the mixnode under this interpreter (another checkout's build), alternating")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the mixnode of the last run with py-spy "
+                        "(collapsed stacks to FILE; its CPU figures then include py-spy's sampling)")
     parser.add_argument("--role", choices=["sink", "feed"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, help=argparse.SUPPRESS)
@@ -218,18 +257,37 @@ def main() -> int:
         frames = Path(tmp) / "frames.bin"
         frames.write_bytes(b"".join(encode_frame(p) for p in packets))
         print(f"built {len(packets)} packets of {size} bytes in {time.perf_counter() - t:.1f}s")
-        rates, floors, c_rates, cpu_rates, cpu_floors = [], [], [], [], []
+        rates, floors, c_rates, cpu_rates, cpu_floors, c_cpu_rates = [], [], [], [], [], []
+        base_cpu_rates: list[float] = []
+        system_us: list[float] = []
         for run in range(args.runs):
             floors.append(1 / (2 * x25519_seconds()))
             cpu_floors.append(1 / (2 * x25519_seconds(clock=time.process_time)))
             c_rates.append(1 / c_unwrap_seconds(pair.secret, packets))
-            r = one_run(key_file, mix_port, sink_port, frames, len(packets), size)
+            c_before = c_unwrap_seconds(pair.secret, packets, clock=time.process_time, passes=2, best=False)
+            profile = args.py_spy if args.py_spy and run == args.runs - 1 else None
+            # this build's mixnode and (with --baseline-python) the baseline's, order alternating
+            b = None
+            if args.baseline_python and run % 2 == 1:
+                b = one_run(key_file, mix_port, sink_port, frames, len(packets), size, None, args.baseline_python)
+            r = one_run(key_file, mix_port, sink_port, frames, len(packets), size, profile)
+            if args.baseline_python and run % 2 == 0:
+                b = one_run(key_file, mix_port, sink_port, frames, len(packets), size, None, args.baseline_python)
+            # the C alone around the nodes' runs, averaged like a node's CPU over its run
+            c_after = c_unwrap_seconds(pair.secret, packets, clock=time.process_time, passes=2, best=False)
+            c_cpu_rates.append(2 / (c_before + c_after))
+            if b is not None:
+                base_cpu_rates.append(b["count"] / b["cpu"] if b["cpu"] > 0 else 0.0)
+                print(f"  baseline mixnode: {base_cpu_rates[-1]:,.0f} per CPU-second, "
+                      f"node/C {base_cpu_rates[-1] / c_cpu_rates[-1]:.2f}")
             rate = (r["count"] - 1) / r["seconds"] if r["seconds"] > 0 else 0.0
             rates.append(rate)
             cpu_rates.append(r["count"] / r["cpu"] if r["cpu"] > 0 else 0.0)
+            system_us.append(r["system"] / max(r["count"], 1) * 1e6)
             print(f"run {run + 1}: {r['count']} forwarded in {r['seconds']:.2f}s = {rate:,.0f} pkt/s"
-                  f" wall, {cpu_rates[-1]:,.0f} per mixnode CPU-second"
-                  f" (floor {floors[-1]:,.0f})")  # fmt: skip
+                  f" wall, {cpu_rates[-1]:,.0f} per mixnode CPU-second (of which kernel {system_us[-1]:.1f} us/packet)"
+                  f" (floor {floors[-1]:,.0f}; C batch unwrap {c_cpu_rates[-1]:,.0f} per CPU-second,"
+                  f" node/C {cpu_rates[-1] / c_cpu_rates[-1]:.2f}; load {os.getloadavg()[0]:.2f})")  # fmt: skip
     pps, floor = statistics.median(rates), statistics.median(floors)
     c_alone = statistics.median(c_rates)
     ratio = pps / floor
@@ -245,6 +303,18 @@ def main() -> int:
         f"per CPU-second (robust to other load on the machine): mixnode {cpu_pps:,.0f}, "
         f"floor {cpu_floor:,.0f}, ratio {cpu_ratio:.2f}"
     )
+    per_run = [n / c for n, c in zip(cpu_rates, c_cpu_rates, strict=True)]
+    print(
+        f"per CPU-second, node vs the C batch unwrap alone (batches of 128, as the node, same run): mixnode {cpu_pps:,.0f}, "
+        f"C {statistics.median(c_cpu_rates):,.0f}; per run {[round(x, 3) for x in per_run]}, "
+        f"median {statistics.median(per_run):.3f} (target >= 0.95); load {os.getloadavg()[0]:.2f}"
+    )
+    print(f"the mixnode's kernel time (socket reads and writes): {statistics.median(system_us):.1f} us/packet "
+          f"(median), against {1e6 / statistics.median(c_cpu_rates):.1f} us for the C unwrap")
+    if base_cpu_rates:
+        base = [n / c for n, c in zip(base_cpu_rates, c_cpu_rates, strict=True)]
+        print(f"baseline mixnode ({args.baseline_python}) vs the same C runs: per run "
+              f"{[round(x, 3) for x in base]}, median {statistics.median(base):.3f}")
     return 0 if max(ratio, cpu_ratio) >= args.target else 1
 
 

@@ -5,7 +5,9 @@ the bare C build cost measured in the same run, and what those costs project for
         [--identities 200] [--baseline-python /work/main/.venv/bin/python]
 
 Each round, alternating: the bare C build (one process building 4-hop packets in batches of 32, CPU
-time per packet), then the whole client at each rate writing to a discarding provider on loopback
+time per packet; and of the same work, which adds the SURB-ack packet each loop carries: 0.2 acks
+per packet in this mix, each a 4-hop packet with a 21-byte payload), measured again by each child
+just before its paced run with its own build's C core (the workers' ratios are to that), then the whole client at each rate writing to a discarding provider on loopback
 (SinkNet: 3×2 mixnodes, 4-hop routes, payload:loop:drop 60:20:20, drop cover). Over a window after
 a warm-up: CPU seconds of each process from /proc (the coordinator is this process, with the
 in-process directory of SinkNet, which is idle between topology fetches), packets counted at the
@@ -38,16 +40,18 @@ from loopix import sphinx
 from loopix.client.coordinator import Coordinator, Identity, RuntimeOptions
 from loopix.keys import generate_keypair
 from loopix.wire import provider as pp
+from loopix.wire.ack import ACK_PAYLOAD_SIZE
 
 SPLIT = (0.6, 0.2, 0.2)
+ACKS_PER_PACKET = SPLIT[1]  # loops carry a SURB-ack; payload events are drop cover here (no messages)
 
 
-def bare_cpu_us(seconds: float = 2.0) -> float:
-    """CPU µs per packet of the bare batch build in this process."""
+def bare_cpu_us(seconds: float = 2.0, payload_size: int = 2048) -> float:
+    """CPU µs per packet of the bare batch build (4 hops, batches of 32) in this process."""
     t0, c0 = time.monotonic(), time.process_time()
     n = 0
     while time.monotonic() - t0 < seconds:
-        c_build_us(320)
+        c_build_us(320, payload_size)
         n += 320
     return (time.process_time() - c0) / n * 1e6
 
@@ -100,12 +104,16 @@ def child(python: str, rate: float, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def summary(name: str, rate: float, runs: list[dict], bare: list[float]) -> None:
+def summary(name: str, rate: float, runs: list[dict], bare: list[float], same: list[float]) -> None:
     m = {k: statistics.median(x[k] for x in runs) for k in ("pps", "worker_us", "sender_us", "coord_us", "p99_ms")}
     total = m["worker_us"] + m["sender_us"] + m["coord_us"]
-    ratios = [x["worker_us"] / bare[k] for k, x in enumerate(runs)]  # each against its round's bare build
+    # each against the bare build its own child process measured just before (its own C core)
+    ratios = [x["worker_us"] / x["bare_us"] for x in runs]
+    same_ratios = [x["worker_us"] / x["same_us"] for x in runs]
     print(f"{name:9} {rate:6.0f}/s: {m['pps']:6.0f}/s sent; workers {m['worker_us']:.1f} us, per round "
           f"{[round(x, 2) for x in ratios]} x bare, median {statistics.median(ratios):.2f} (target <= 1.1); "
+          f"per round {[round(x, 2) for x in same_ratios]} x the bare build of the same work (packets "
+          f"and their SURB-acks), median {statistics.median(same_ratios):.2f}; "
           f"sender {m['sender_us']:.1f} us (target <= 5); coordinator {m['coord_us']:.1f} us; "
           f"lateness p99 {m['p99_ms']:.3f} ms (target <= 1)")
     b = statistics.median(bare)
@@ -126,24 +134,33 @@ def main() -> None:
     ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup))))
+        # this build's own bare C build first (its C core may differ from the parent's)
+        bare, ack = bare_cpu_us(1.5), bare_cpu_us(0.75, ACK_PAYLOAD_SIZE)
+        result = uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup))
+        print(json.dumps({**result, "bare_us": bare, "same_us": bare + ACKS_PER_PACKET * ack}))
         return
     rates = [float(r) for r in args.rates.split(",")]
     builds = {"this": sys.executable}
     if args.baseline_python:
         builds["baseline"] = args.baseline_python
     bare: list[float] = []
+    same: list[float] = []  # bare C build of the packets and of the acks they carry
     runs: dict[tuple[str, float], list[dict]] = {(b, r): [] for b in builds for r in rates}
     for rnd in range(args.rounds):
         bare.append(bare_cpu_us())
-        print(f"round {rnd + 1}: bare C build {bare[-1]:.1f} CPU us/packet (load {os.getloadavg()[0]:.2f})",
-              flush=True)
+        ack = bare_cpu_us(1.0, ACK_PAYLOAD_SIZE)
+        same.append(bare[-1] + ACKS_PER_PACKET * ack)
+        print(f"round {rnd + 1}: bare C build {bare[-1]:.1f} CPU us/packet, of an ack packet {ack:.1f}, "
+              f"of the same work ({ACKS_PER_PACKET} acks per packet) {same[-1]:.1f} "
+              f"(load {os.getloadavg()[0]:.2f})", flush=True)
         for rate in rates:
             order = list(builds.items()) if rnd % 2 == 0 else list(reversed(builds.items()))
             for name, python in order:
                 r = child(python, rate, args)
                 runs[(name, rate)].append(r)
-                print(f"  {name:8} {rate:6.0f}/s asked, {r['pps']:6.0f}/s at the sink: workers {r['worker_us']:6.1f}  "
+                print(f"  {name:8} {rate:6.0f}/s asked, {r['pps']:6.0f}/s at the sink: workers {r['worker_us']:6.1f} "
+                      f"(own bare C {r['bare_us']:.1f}, same work {r['same_us']:.1f}: "
+                      f"{r['worker_us'] / r['bare_us']:.2f} x, {r['worker_us'] / r['same_us']:.2f} x)  "
                       f"sender {r['sender_us']:5.1f}  coordinator {r['coord_us']:5.1f} CPU us/packet  "
                       f"lateness p99 {r['p99_ms']:.3f} ms  build errors {r['errors']}  "
                       f"unconnected {r['unconnected']}  (load {os.getloadavg()[0]:.2f})", flush=True)
@@ -151,7 +168,7 @@ def main() -> None:
           f"(this build's C core); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
     for rate in rates:
         for name in builds:
-            summary(name, rate, runs[(name, rate)], bare)
+            summary(name, rate, runs[(name, rate)], bare, same)
 
 
 if __name__ == "__main__":

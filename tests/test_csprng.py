@@ -278,7 +278,7 @@ def test_drop_cover_payloads_are_fresh_per_packet():
     try:
         worker = Worker(setup, ring, control.BlockingControl(theirs))
         worker.build_batch(time.monotonic_ns() + 10**9)
-        arena = bytes(worker.builder.messages[: 2 * 2048])
+        arena = bytes(worker.batch.messages[: 2 * 2048])
         assert arena[:2048] != arena[2048:] and arena[:32] != bytes(32)
         assert worker.built[2] >= 2
         assert ring.peek(0)[4] + SLOT_META_SIZE <= ring.slot_size

@@ -42,3 +42,13 @@ def test_survives_reopen_and_ids_keep_growing(tmp_path):
         assert inbox.pending(ALICE, 10) == [StoredMessage(first, b"kept")]
         assert inbox.clients() == [ALICE]
         assert inbox.store(ALICE, b"new") > first + 1  # a deleted id is never reused
+
+
+def test_keep_many_stores_a_batch_in_one_statement(tmp_path):
+    """The provider's batch insert keeps every message, in order, with ids after the earlier ones."""
+    with Inbox(tmp_path / "inbox.sqlite") as inbox:
+        first = inbox.store(ALICE, b"zero")
+        assert inbox.keep_many([(ALICE, b"one"), (ALICE, b"two"), (ALICE, b"three")]) == 3
+        got = inbox.pending(ALICE, 10)
+        assert [m.message for m in got] == [b"zero", b"one", b"two", b"three"]
+        assert got[0].id == first and [m.id for m in got] == sorted({m.id for m in got})

@@ -187,3 +187,40 @@ def test_replay_filter_survives_a_restart_under_the_same_key_only(tmp_path):
         await rotated.close()
 
     asyncio.run(main())
+
+
+def test_forwarder_send_many_keeps_order_and_falls_back_to_send():
+    """Packets forwarded together: a connected hop gets them framed, in order, in one flush; a hop
+    not yet connected goes through `send` (queued while it connects, delivered after); a bad
+    address is counted as with `send`."""
+    from loopix.testnet.decisions import ForwardNow
+
+    async def main():
+        received: list[bytes] = []
+        got = asyncio.Event()
+        server = await _sink(received, got)
+        address = encode_node_address("127.0.0.1", server.sockets[0].getsockname()[1])
+        counters = Counters()
+        fw = Forwarder(NodeConfig(port=0), counters)
+        loop = asyncio.get_running_loop()
+        first = [bytes([i]) * 2413 for i in range(3)]
+        fw.send_many([ForwardNow(address, p) for p in first] + [ForwardNow(bytes(32), bytes(2413))], loop.time())
+        fw.flush()
+        assert counters.dropped == {"bad_address": 1}
+        deadline = loop.time() + 5
+        while len(received) < 3 and loop.time() < deadline:  # connects, then sends what waited
+            got.clear()
+            await asyncio.wait_for(got.wait(), 5)
+        assert received == first
+        more = [bytes([10 + i]) * 2413 for i in range(4)] + [bytes([20]) * 386]  # two sizes, one run
+        fw.send_many([ForwardNow(address, p) for p in more], loop.time())
+        fw.flush()
+        while len(received) < 3 + len(more) and loop.time() < deadline:
+            got.clear()
+            await asyncio.wait_for(got.wait(), 5)
+        assert received == first + more
+        assert counters.forwarded == 3 + len(more)
+        fw.close()
+        server.close()
+
+    asyncio.run(main())

@@ -14,45 +14,25 @@ import os
 import socket
 import sys
 import time
-from operator import attrgetter
 
 import msgspec
 
 from loopix import sphinx
 from loopix.csprng import Csprng
 from loopix.keys import KEY_SIZE
-from loopix.topology import choose_mixes, route_layers
-from loopix.wire.ack import ACK_PAYLOAD_SIZE, ACK_PREFIX_SIZE, inner_size
+from loopix.wire.ack import inner_size
 
 from . import control
-from .acks import COVER_REF, AckCodec
-from .messages import LoopCodec
+from .plan import DROP, LOOP, NO_PROVIDER, PREBUILT, REAL, WorkerBatch
+from .plan import RouteTable as Routes
 from .profiling import run_profiled
 from .ring import SLOT_META_SIZE, Ring
 from .schedule import PoissonClock, Stream, StreamRates
 
 _PAYLOAD, _LOOP, _DROP = Stream.PAYLOAD, Stream.LOOP, Stream.DROP
-_layer_of = attrgetter("layer")
 STATS_INTERVAL_S = 1.0
 
-
-class Routes:
-    """The current topology as the builder needs it; routes come from topology.choose_mixes (one
-    random mixnode per layer), then a provider."""
-
-    def __init__(self, topo: control.TopologyUpdate, rng: Csprng):
-        self.rng = rng
-        layers = route_layers(topo.mixnodes, _layer_of)
-        self.layers = () if isinstance(layers, str) else layers  # no route through a broken topology
-        # public key ‖ address of every node, in the layout of the C hop record
-        self.hop_bytes = {n.public_key: n.public_key + n.address for n in topo.mixnodes}
-        self.hop_bytes.update({p.public_key: p.public_key + p.address for p in topo.providers})
-        self.providers = {p.public_key: p for p in topo.providers}
-        self.provider_list = list(topo.providers)
-        self.usable = bool(self.layers) and bool(self.provider_list)
-
-    def mixes(self) -> list[control.MixNodeInfo]:
-        return choose_mixes(self.layers, self.rng)
+__all__ = ["Routes", "Worker", "main"]
 
 
 class Worker:
@@ -60,24 +40,19 @@ class Worker:
         self.setup = setup
         self.ring = ring
         self.ctl = ctl
-        self.rng = Csprng()  # routes, delays, schedule and drop payloads: docs/randomness.md
+        self.rng = Csprng()  # routes, delays, schedule, drop, loop and ack payloads: docs/randomness.md
         # our identities, flat: the i-th's public key at [32i, 32i + 32), its provider's index
         self.public_keys = setup.public_keys
         self.provider_of = array.array("H", setup.provider_of)
-        self.routes = Routes(setup.topology, self.rng)
-        self.loops = LoopCodec(setup.loop_key)
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
         self.payload_size = setup.payload_size
         self.inner_size = inner_size(setup.payload_size)  # after the SURB-ack prefix
-        self.builder = sphinx.PacketBuilder(setup.batch_size, setup.payload_size)
-        # SURB-acks: one ack packet per real or loop packet, built in the same batch, one C call
-        self.acks = AckCodec(setup.ack_key)
-        self.ack_builder = sphinx.PacketBuilder(setup.batch_size, ACK_PAYLOAD_SIZE)
-        self.ack_out = bytearray(setup.batch_size * self.ack_builder.packet_size)
-        self.ack_slots: list[tuple[int, bytes]] = []  # (main slot, ack first hop) this batch
+        # one C call per batch (csrc/plan.c): routes, acks, payloads, packets and ring slots
+        self.batch = WorkerBatch(setup.batch_size, setup.payload_size, setup.wire_header, setup.ack_key,
+                                 setup.loop_key)
         self.wire_header = setup.wire_header
         self.prefix_len = len(self.wire_header) + sphinx.NODE_ADDRESS_SIZE  # SEND header, first hop
-        self.wire_len = self.prefix_len + self.builder.packet_size
+        self.wire_len = self.batch.wire_len
         if ring.slot_size < self.wire_len + SLOT_META_SIZE:
             raise ValueError("ring slots too small for this packet size")
         # Either this worker owns some identities outright (a fleet: an identity's fragments then
@@ -85,10 +60,10 @@ class Worker:
         # (fewer identities than workers: one identity can use every core). Identity i here is
         # global identity first + i * step.
         self.first, self.step = setup.first, setup.step
-        rate_of = setup.rate_of
         self.provider_keys = setup.provider_keys
+        self.set_routes(setup.topology)
         classes = [StreamRates(c.payload, c.loop, c.drop) for c in setup.rate_classes]
-        rates = self.rates = [classes[c] for c in array.array("H", rate_of)]
+        rates = self.rates = [classes[c] for c in array.array("H", setup.rate_of)]
         # the keys are kept once, above (they grow as identities join): not in the setup too
         self.setup = msgspec.structs.replace(setup, public_keys=b"", provider_of=b"", rate_of=b"")
         self.removed: set[int] = set()  # global indexes of identities that left: their events are skipped
@@ -97,8 +72,12 @@ class Worker:
         start_ns = max(setup.start_ns, time.monotonic_ns())
         self.clock = PoissonClock(rates, start_ns, share=share, rng=self.rng) if rates else None
         self.mean_delay_s = setup.mean_hop_delay_ms / 1000.0
-        self.payload_cover = _LOOP if setup.payload_cover == "loop" else _DROP
+        self.payload_cover = LOOP if setup.payload_cover == "loop" else DROP
         self.lookahead_ns = int(setup.lookahead_ms * 1e6)
+        # Sleep until the first unbuilt event is half a lookahead away, then build up to a lookahead
+        # ahead: batches of half a lookahead instead of one or two packets per wake (a small batch
+        # runs on cold caches: 2.2 packets per C call at 1,000 packets/s per worker before this).
+        self.rebuild_at_ns = self.lookahead_ns // 2
         self.next_event = self.clock.next() if self.clock and self.clock.total_rate > 0 else None
         self.last_event_ns = start_ns
         self.seq = 0
@@ -111,13 +90,29 @@ class Worker:
         # cover only for events due before this; after it only payload events carrying a real fragment
         self.cover_until_ns = setup.cover_until_ns
 
+    def set_routes(self, topo: control.TopologyUpdate) -> None:
+        self.routes = Routes(topo, self.rng)
+        self.routes.table.mean_delay_ns = self.setup.mean_hop_delay_ms * 1e6
+        self.batch.set_table(self.routes)
+        self._set_identities()
+
+    def _set_identities(self) -> None:
+        """The C side's view of our identities: loop destinations and each one's provider index in
+        the current table (NO_PROVIDER when its provider left the topology)."""
+        index = self.routes.provider_index
+        by_key = [index.get(k, NO_PROVIDER) for k in self.provider_keys]
+        self.own_provider = [by_key[p] for p in self.provider_of]
+        keys = self.public_keys
+        self.batch.set_identities([keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] for i in range(len(self.provider_of))],
+                                  self.own_provider)
+
     # -- control --
     def handle(self, msg) -> None:
         if isinstance(msg, control.SendFragments):
             for frag in msg.fragments:
                 self.pending.setdefault(frag.identity, collections.deque()).append(frag)
         elif isinstance(msg, control.TopologyUpdate):
-            self.routes = Routes(msg, self.rng)
+            self.set_routes(msg)
         elif isinstance(msg, control.Failover):
             self.move(msg.identities, msg.provider.key)
         elif isinstance(msg, control.Pause):
@@ -147,6 +142,7 @@ class Worker:
             self.clock.set_rates(self.rates, self.setup.share)
             self.clock.now_ns = self.last_event_ns
         self.next_event = self.clock.next() if self.clock.total_rate > 0 else None
+        self._set_identities()
 
     def move(self, identities: list[int], provider_key: bytes) -> None:
         """Loops and acks of these identities end at `provider_key` from now on (a failover)."""
@@ -158,189 +154,116 @@ class Worker:
             local, rest = divmod(identity - self.first, self.step)
             if rest == 0 and 0 <= local < len(self.provider_of):
                 self.provider_of[local] = index
+        self._set_identities()
 
     # -- building --
-    def delays(self, hops: int) -> list[int]:
-        if self.mean_delay_s <= 0:
-            return [0] * hops
-        exp = self.rng.expovariate
-        rate = 1.0 / self.mean_delay_s
-        # the last hop is the recipient's provider: it does not delay (its delay is never encoded)
-        return [int(exp(rate) * 1e9) for _ in range(hops - 1)] + [0]
-
-    def fill(self, slot: int, local: int, identity: int, stream: int):
-        """Fill builder slot `slot` for one event of our identity `local` (global `identity`);
-        returns (first hop address, fragment ref or -1) or None when there is no route."""
-        me_key = self.public_keys[local * KEY_SIZE:(local + 1) * KEY_SIZE]
-        me_provider = self.provider_of[local]
-        routes = self.routes
-        ref = -1
-        kind = stream
-        if stream == _PAYLOAD:
-            queue = self.pending.get(identity)
-            if queue:
-                frag = queue.popleft()
-                if frag.packet:  # pre-built (a reply): the C call builds a drop here, replaced after
-                    return self._fill_prebuilt(slot, frag)
-                provider = routes.providers.get(frag.recipient_provider_key)
-                if provider is None:
-                    self.ctl.send(control.FragmentsFailed([frag.ref], "recipient's provider left the topology"))
-                    return None
-                ref = frag.ref
-                destination, payload = frag.recipient_key, frag.payload
-            else:
-                kind = self.payload_cover
-        if ref < 0:
-            if kind == _LOOP:
-                provider = routes.providers.get(self.provider_keys[me_provider])
-                if provider is None:
-                    return None
-                destination = me_key
-                payload = self.loops.encode(identity, self.seq, self._event_ns, self.inner_size)
-            else:
-                provider = self.rng.choice(routes.provider_list)
-                destination = sphinx.DROP_COVER_DESTINATION
-                payload = self.rng.bytes(self.payload_size)  # fresh per packet, from the CSPRNG
-        mixes = routes.mixes()
-        hop_bytes = routes.hop_bytes
-        hops = [hop_bytes[m.public_key] for m in mixes]
-        hops.append(hop_bytes[provider.public_key])
-        off = slot * self.payload_size
-        delays = self.delays(len(hops))
-        route_delay = sum(delays)
-        size = len(payload)
-        if kind != _DROP or ref >= 0:  # real fragments and loops carry a SURB-ack
-            own = routes.providers.get(self.provider_keys[me_provider])
-            if own is None:  # our provider left the topology: keep the fragment for later
-                if ref >= 0:
-                    self.pending[identity].appendleft(frag)
-                return None
-            ack_mixes = routes.mixes()
-            ack_hops = [hop_bytes[m.public_key] for m in ack_mixes]
-            ack_hops.append(hop_bytes[own.public_key])
-            ack_delays = self.delays(len(ack_hops))
-            route_delay += sum(ack_delays)
-            k = len(self.ack_slots)
-            ack_off = k * ACK_PAYLOAD_SIZE
-            self.ack_builder.messages[ack_off : ack_off + ACK_PAYLOAD_SIZE] = self.acks.encode(
-                ref if ref >= 0 else COVER_REF)
-            self.ack_builder.set_packet_fast(k, ack_hops, ack_delays, me_key, ACK_PAYLOAD_SIZE, ack_off)
-            self.ack_slots.append((slot, ack_mixes[0].address))
-            self.builder.messages[off + ACK_PREFIX_SIZE : off + ACK_PREFIX_SIZE + size] = payload
-            size += ACK_PREFIX_SIZE
-        else:
-            self.builder.messages[off : off + size] = payload
-        self.builder.set_packet_fast(slot, hops, delays, destination, size, off)
-        return mixes[0].address, ref, route_delay, None
-
-    def _fill_prebuilt(self, slot: int, frag: control.Fragment):
-        routes = self.routes
-        hop_bytes = routes.hop_bytes
-        mixes = routes.mixes()
-        hops = [hop_bytes[m.public_key] for m in mixes]
-        hops.append(hop_bytes[self.rng.choice(routes.provider_list).public_key])
-        off = slot * self.payload_size
-        self.rng.fill(self.builder.arena, off, self.payload_size)
-        self.builder.set_packet_fast(slot, hops, [0] * len(hops), sphinx.DROP_COVER_DESTINATION,
-                                     self.payload_size, off)
-        return frag.first_hop, frag.ref, frag.route_delay_ns, frag.packet
-
-    def _build_acks(self) -> set[int]:
-        """Build this batch's ack packets (one C call) and put each, behind its first hop, at the
-        front of its packet's message; returns the main slots whose ack failed to build."""
-        slots, self.ack_slots = self.ack_slots, []
-        if not slots:
-            return set()
-        ab = self.ack_builder
-        ab.build(len(slots), self.ack_out)
-        size = ab.packet_size
-        msgs = self.builder.messages
-        failed = set()
-        for k, (slot, first_hop) in enumerate(slots):
-            if ab.status[k] != 0:
-                failed.add(slot)
-                continue
-            off = slot * self.payload_size
-            msgs[off : off + len(first_hop)] = first_hop
-            msgs[off + len(first_hop) : off + ACK_PREFIX_SIZE] = self.ack_out[k * size : (k + 1) * size]
-        return failed
+    def _real(self, n: int, local: int, identity: int):
+        """Slot n for the next queued fragment of our identity `local`: REAL, PREBUILT, or None when
+        it cannot go now (it is failed, or kept for when our provider is back)."""
+        queue = self.pending[identity]
+        frag = queue.popleft()
+        b = self.batch
+        if frag.packet:  # pre-built (a reply): a drop is built in its slot, replaced after
+            b.kind[n] = PREBUILT
+            return frag
+        provider = self.routes.provider_index.get(frag.recipient_provider_key)
+        if len(frag.payload) > self.inner_size:
+            self.ctl.send(control.FragmentsFailed([frag.ref], "fragment larger than the payload"))
+            return None
+        if provider is None:
+            self.ctl.send(control.FragmentsFailed([frag.ref], "recipient's provider left the topology"))
+            return None
+        if self.own_provider[local] == NO_PROVIDER:  # our provider left the topology: keep it for later
+            queue.appendleft(frag)
+            return None
+        b.kind[n] = REAL
+        b.provider[n] = provider
+        b.set_destination(n, frag.recipient_key)
+        b.set_real_message(n, frag.payload)
+        return frag
 
     def build_batch(self, now_ns: int) -> int:
-        """Build the events due within the lookahead into the ring; returns how many."""
+        """Build the events due within the lookahead into the ring (one C call); returns how many
+        events the schedule gave (built or failed)."""
         if self.next_event is None:
             return 0
         horizon = now_ns + self.lookahead_ns
         start, room = self.ring.contiguous_free()
-        room = min(room, self.builder.capacity)
-        events = []
-        while room > len(events) and self.next_event[0] <= horizon:
+        b = self.batch
+        room = min(room, b.capacity)
+        kind, stream_of, local_of, identity_of, t_of, seq_of = b.kind, b.stream, b.local, b.identity, b.t, b.seq
+        own, first, step, cover = self.own_provider, self.first, self.step, self.payload_cover
+        pending, removed, usable = self.pending, self.removed, self.routes.usable
+        cover_until = self.cover_until_ns
+        reals: list[tuple[int, control.Fragment]] = []
+        n = 0
+        last_t = 0
+        while n < room and self.next_event[0] <= horizon:
             t, local, stream = self.next_event
             self.next_event = self.clock.next()
-            identity = self.first + local * self.step
-            self.last_event_ns = t
-            if self.removed and identity in self.removed:
+            identity = first + local * step
+            last_t = t
+            if removed and identity in removed:
                 continue  # thinning by identity: everyone else's streams stay Poisson
-            if t >= self.cover_until_ns and (stream != _PAYLOAD or not self.pending.get(identity)):
+            if t >= cover_until and (stream != _PAYLOAD or not pending.get(identity)):
                 continue
-            if not self.routes.usable:
+            if not usable:
                 self.no_route += 1
                 self.no_route_by_stream[stream] += 1
                 continue
-            self._event_ns = t
-            filled = self.fill(len(events), local, identity, stream)
-            if filled is None:
-                self.no_route += 1
-                self.no_route_by_stream[stream] += 1
-                continue
-            events.append((t, identity, stream, *filled))
+            if stream == _PAYLOAD and pending.get(identity):
+                frag = self._real(n, local, identity)
+                if frag is None:
+                    self.no_route += 1
+                    self.no_route_by_stream[stream] += 1
+                    continue
+                reals.append((n, frag))
+                seq_of[n] = frag.ref  # a real packet's seq is its ref: the sender reports when it left
+            else:
+                k = cover if stream == _PAYLOAD else stream
+                if k == LOOP and own[local] == NO_PROVIDER:
+                    self.no_route += 1
+                    self.no_route_by_stream[stream] += 1
+                    continue
+                kind[n] = k
+                seq_of[n] = self.seq
+            stream_of[n], local_of[n], identity_of[n], t_of[n] = stream, local, identity, t
+            n += 1
             self.seq += 1
-        if not events:
+        if last_t:
+            self.last_event_ns = last_t
+        if n == 0:
             self.ring.set_horizon(min(self.next_event[0], horizon))
             return 0
-        ack_failed = self._build_acks()
         ring = self.ring
-        stride = ring.slot_size
-        view = ring.wire_view(start, len(events))
-        out = view[self.prefix_len :]
-        self.builder.build(len(events), out, stride)
-        status = self.builder.status
-        built_refs = []
-        built_delays = []
-        failed_refs = []
-        write = start
-        header, plen, wire_len = self.wire_header, self.prefix_len, self.wire_len
-        hl = len(header)
-        for i, (t, identity, stream, first_hop, ref, route_delay, prebuilt) in enumerate(events):
-            if status[i] != 0 or i in ack_failed:
-                self.build_errors += 1
-                self.build_errors_by_stream[stream] += 1
-                if ref >= 0:
-                    failed_refs.append(ref)
+        written = b.run(self.rng, n, ring, start)
+        built, failed = b.built, b.failed
+        for s in (0, 1, 2):
+            self.built[s] += built[s]
+            self.build_errors += failed[s]
+            self.build_errors_by_stream[s] += failed[s]
+        built_refs, built_delays, failed_refs = [], [], []
+        for i, frag in reals:
+            at = b.placed[i]
+            if at < 0:
+                failed_refs.append(frag.ref)
                 continue
-            base = (write - start) * stride
-            if write != start + i:  # close the gap a failed build left
-                src = i * stride
-                view[base + plen : base + wire_len] = view[src + plen : src + wire_len]
-            view[base : base + hl] = header
-            view[base + hl : base + plen] = first_hop
-            if prebuilt is not None:
-                view[base + plen : base + wire_len] = prebuilt
-            real = ref >= 0
-            # a real packet's seq is its fragment ref: the sender reports when it really left
-            seq = ref if real else self.seq - len(events) + i
-            ring.write_meta(write, t, identity, stream, wire_len, seq, 1 if real else 0)
-            self.built[stream] += 1
-            if real:
-                built_refs.append(ref)
-                built_delays.append(route_delay)
-            write += 1
-        ring.publish(write, events[-1][0])
+            built_refs.append(frag.ref)
+            if frag.packet:
+                view = ring.wire_view(start + at)
+                hl = len(self.wire_header)
+                view[hl : self.prefix_len] = frag.first_hop
+                view[self.prefix_len : self.wire_len] = frag.packet
+                built_delays.append(frag.route_delay_ns)
+                del view
+            else:
+                built_delays.append(b.route_delay_ns[i])
+        ring.publish(start + written, last_t)
         if built_refs:
             self.ctl.send(control.FragmentsBuilt(built_refs, built_delays))
         if failed_refs:
             self.ctl.send(control.FragmentsFailed(failed_refs, "packet build failed"))
-        del view, out
-        return len(events)
+        return n
 
     def run(self) -> None:
         last_stats = time.monotonic()
@@ -359,7 +282,7 @@ class Worker:
                 # nothing due within the lookahead, or the ring is full: wait a little for either
                 wait = 0.002
                 if self.next_event is not None and self.ring.free() > 0:
-                    wait = max(0.0005, min(0.05, (self.next_event[0] - self.lookahead_ns - now) / 1e9))
+                    wait = max(0.0005, min(0.05, (self.next_event[0] - self.rebuild_at_ns - now) / 1e9))
                 for msg in self.ctl.poll(wait):
                     self.handle(msg)
 
@@ -379,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         os.nice(5)  # the sender's timing matters more than a worker's throughput on a busy box
     ring = Ring.attach(ring_fd)
+    worker = None
     try:
-        run_profiled("worker", Worker(setup, ring, ctl).run)
+        worker = Worker(setup, ring, ctl)
+        run_profiled("worker", worker.run)
     except KeyboardInterrupt:
         pass
     except Exception as e:  # report, then exit non-zero: the coordinator decides what to do
@@ -388,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             ctl.send(control.Fatal(f"worker {setup.worker_index}: {type(e).__name__}: {e}"))
         raise
     finally:
+        if worker is not None:
+            worker.batch.release()
         ring.close()
     return 0
 

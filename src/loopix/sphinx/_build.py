@@ -111,6 +111,53 @@ ffibuilder.cdef(
     } lx_route_table;
     int lx_draw_routes(lx_rng *r, const lx_route_table *t, lx_packet_spec *specs, size_t count,
                        const uint32_t *provider);
+    #define LX_ACK_PAYLOAD 21
+    #define LX_ACK_PACKET 386
+    #define LX_ACK_PREFIX 418
+    #define LX_LOOP_MIN 76
+    #define LX_SLOT_REAL 0
+    #define LX_SLOT_LOOP 1
+    #define LX_SLOT_DROP 2
+    #define LX_SLOT_PREBUILT 3
+    typedef struct {
+        const lx_route_table *table;
+        uint64_t capacity;
+        uint64_t payload_size;
+        lx_packet_spec *specs;
+        lx_packet_spec *ack_specs;
+        int32_t *status;
+        int32_t *ack_status;
+        uint8_t *messages;
+        uint8_t *ack_messages;
+        uint8_t *ack_out;
+        uint8_t *blocks;
+        uint64_t *ack_refs;
+        uint32_t *ack_of;
+        double *uniforms;
+        uint8_t *secrets;
+        const uint8_t *identity_keys;
+        const uint32_t *own_provider;
+        uint32_t n_identities;
+        uint8_t ack_key[32];
+        uint8_t loop_key[32];
+        uint8_t drop_destination[32];
+        const uint8_t *wire_header;
+        uint32_t wire_header_len;
+        uint8_t *kind;
+        uint8_t *stream;
+        uint32_t *local;
+        uint32_t *identity;
+        uint64_t *t;
+        uint64_t *seq;
+        uint32_t *provider;
+        uint32_t *message_len;
+        uint8_t *destinations;
+        uint64_t *route_delay_ns;
+        int64_t *placed;
+        uint64_t built[3];
+        uint64_t failed[3];
+    } lx_batch;
+    long lx_worker_batch(lx_batch *b, lx_rng *r, size_t count, uint8_t *slots, uint64_t slot_size);
     #define LX_RING_HEADER 192
     #define LX_SLOT_META 32
     typedef struct {

@@ -65,7 +65,7 @@ class Hop(msgspec.Struct, frozen=True):
     address: bytes
 
 
-class Forward(msgspec.Struct, frozen=True):
+class Forward(msgspec.Struct, frozen=True, gc=False):
     """Result at a forwarding hop: send `packet` to `next_address` after `delay_ns`."""
 
     next_address: bytes
@@ -74,7 +74,7 @@ class Forward(msgspec.Struct, frozen=True):
     replay_tag: bytes
 
 
-class Final(msgspec.Struct, frozen=True):
+class Final(msgspec.Struct, frozen=True, gc=False):
     """Result at the last hop: the message for `destination`."""
 
     destination: bytes
@@ -83,7 +83,7 @@ class Final(msgspec.Struct, frozen=True):
     replay_tag: bytes
 
 
-class Rejected(msgspec.Struct, frozen=True):
+class Rejected(msgspec.Struct, frozen=True, gc=False):
     """A packet a batch unwrap refused; `reason` names why in snake_case (bad_mac, bad_key,
     bad_header, bad_payload, bad_size, sphinx_error), as the nodes count their drops."""
 

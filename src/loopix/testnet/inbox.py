@@ -161,6 +161,17 @@ class Inbox:
                 ids.append(self.store(recipient, message, t))
         return ids
 
+    def keep_many(self, items: list[tuple[bytes, bytes]], now: float | None = None) -> int:
+        """`store_many` without the ids: one statement for the batch (the provider's hot path:
+        an INSERT per message cost ~10 µs more). Returns how many were kept."""
+        t = _now(now)
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO messages (recipient, message, stored_at) VALUES (?, ?, ?)",
+                [(recipient, message, t) for recipient, message in items],
+            )
+        return len(items)
+
     def expire(self, before: float) -> list[tuple[bytes, int]]:
         """Delete the messages stored before `before`; returns (recipient, size) of each."""
         with self._transaction():

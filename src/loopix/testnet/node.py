@@ -31,7 +31,7 @@ from loopix import directory_auth, keys
 from loopix.argtypes import argtype, fraction
 from loopix.fileio import write_private_file
 from loopix.sphinx import PacketProcessor
-from loopix.testnet.decisions import Deliver, Drop, ForwardNow, Hold, HopPolicy
+from loopix.testnet.decisions import Deliver, ForwardNow, Hold, HopPolicy
 from loopix.testnet.limits import ConnectionGate, RateLimitedLog
 from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
 from loopix.wire.b64 import b64url_encode
@@ -351,8 +351,37 @@ class Forwarder:
             self.counters.bump("peers_evicted", len(idle))
         return len(idle)
 
-    def send(self, address: bytes, packet: bytes) -> None:
-        now = asyncio.get_running_loop().time()
+    def send_many(self, items: list[ForwardNow], now: float) -> None:
+        """`send` for packets going out at one time: a connected peer's frames are queued here
+        directly (looked up once per run of one address); anything else goes through `send`."""
+        address = peer = out = None
+        dirty = self._dirty
+        header = b""
+        length = -1
+        for item in items:
+            packet = item.packet
+            if item.address != address:
+                address = item.address
+                peer = self._by_address.get(address)
+                if peer is not None and (peer.transport is None or peer.transport.is_closing()):
+                    peer = None
+                if peer is not None:
+                    peer.last_used = now
+                    out = peer.out
+            if peer is None:
+                self.send(address, packet, now)
+                continue
+            if len(packet) != length:
+                length = len(packet)
+                header = frame_header(length)
+            if not out:
+                dirty.append(peer)
+            out.append(header)
+            out.append(packet)
+
+    def send(self, address: bytes, packet: bytes, now: float | None = None) -> None:
+        if now is None:
+            now = asyncio.get_running_loop().time()
         peer = self._peer(address, now)
         if peer is None:
             return
@@ -591,24 +620,31 @@ class Node:
         now = asyncio.get_running_loop().time()
         decide, queue, counters = self.policy.decide, self.queue, self.counters
         finals = []
+        now_out: list[ForwardNow] = []  # forwarded at once: sent together below
+        now_arrived: list[float] = []
         if arrived is None:
             arrived = [now] * len(packets)
-        forwarding = self.forwarding
+        held = len(queue)
         for result, arrived_at in zip(results, arrived, strict=True):
-            match decide(result, now, len(queue)):
-                case ForwardNow(address=address, packet=packet):
-                    forwarding.forwarded_late(now - arrived_at)
-                    self.forwarder.send(address, packet)
-                case Hold(due=due, address=address, packet=packet, capped=capped):
-                    if capped:
-                        counters.bump("delay_capped")
-                    # released at `due`; late by the wait since arrival plus the timer's slip
-                    queue.push(due, (address, packet, arrived_at + (due - now)))
-                case Deliver(destination=destination, message=message):
-                    finals.append((destination, message))
-                case Drop(reason=reason):
-                    counters.drop(reason)
-        forwarding.queue_seen(len(queue) + len(self._backlog))
+            action = decide(result, now, held)
+            kind = type(action)
+            if kind is ForwardNow:
+                now_out.append(action)
+                now_arrived.append(arrived_at)
+            elif kind is Hold:
+                held += 1
+                if action.capped:
+                    counters.bump("delay_capped")
+                # released at `due`; late by the wait since arrival plus the timer's slip
+                queue.push(action.due, (action.address, action.packet, arrived_at + (action.due - now)))
+            elif kind is Deliver:
+                finals.append((action.destination, action.message))
+            else:
+                counters.drop(action.reason)
+        if now_out:
+            self.forwarder.send_many(now_out, now)
+            self.forwarding.forwarded_late_many(now, now_arrived)
+        self.forwarding.queue_seen(len(queue) + len(self._backlog))
         if finals:
             self.on_finals(finals)
 
@@ -635,7 +671,7 @@ class Node:
         now = loop.time()
         due = self.queue.pop_due(now + 0.0005)
         for address, packet, _target in due:
-            send(address, packet)
+            send(address, packet, now)
         self.forwarder.flush()
         self.forwarding.forwarded_late_many(now, [target for _a, _p, target in due])
         self._arm_timer()

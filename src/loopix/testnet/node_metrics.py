@@ -9,6 +9,7 @@ test subtracts its baseline. Also the largest queue seen since the last report.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -33,11 +34,13 @@ class ForwardingMetrics:
         self._hist.record_value(min(max(us, 0), LATENESS_HIGHEST_US))
 
     def forwarded_late_many(self, now: float, targets: list[float]) -> None:
-        """Packets released together at `now`, each with its own arrival + delay."""
+        """Packets sent together at `now`, each due at its own arrival + delay. Equal lateness is
+        recorded once with its count (packets of one read share their arrival time): the
+        histogram's record is Python, ~2 µs a call."""
         record = self._hist.record_value
-        for target in targets:
+        for target, count in Counter(targets).items():
             us = int((now - target) * 1e6)
-            record(min(max(us, 0), LATENESS_HIGHEST_US))
+            record(min(max(us, 0), LATENESS_HIGHEST_US), count)
 
     def queue_seen(self, length: int) -> None:
         if length > self._queue_peak:

@@ -37,7 +37,7 @@ from loopix.testnet.client_limits import (
     Refuse,
     RegistrationTable,
 )
-from loopix.testnet.decisions import PresenceDebounce
+from loopix.testnet.decisions import ForwardNow, PresenceDebounce
 from loopix.testnet.delivery import DeliveryPolicy
 from loopix.testnet.inbox import Inbox
 from loopix.testnet.limits import RateLimitedLog
@@ -676,15 +676,16 @@ class Provider(Node):
         """Store what is for our clients; then, and only then (the SQLite commit survives a kill),
         send each message's SURB-ack on to its first hop (wire/ack.py)."""
         keep = []
-        acks = []
+        acks: list[ForwardNow] = []
         counters = self.counters
-        quota = self.quota
+        registered, max_size, quota = self.registered, self.max_message_size, self.quota
+        drops = 0
         for destination, message in finals:
             if destination == DROP_COVER_DESTINATION:
-                counters.bump("drop_cover")
-            elif destination not in self.registered:
+                drops += 1
+            elif destination not in registered:
                 counters.drop("unknown_recipient")
-            elif len(message) > self.max_message_size:
+            elif len(message) > max_size:
                 counters.drop("oversize_message")
             else:
                 parts = split_ack(message)
@@ -697,15 +698,16 @@ class Provider(Node):
                 quota.added(destination, len(message))
                 keep.append((destination, message))
                 if parts is not None:
-                    acks.append((first_hop, ack_packet))
+                    acks.append(ForwardNow(first_hop, ack_packet))
+        if drops:
+            counters.bump("drop_cover", drops)
         if not keep:
             return
-        self.inbox.store_many(keep, time.time())
+        self.inbox.keep_many(keep, time.time())
         counters.bump("stored", len(keep))
         if acks:
             counters.bump("acks_sent", len(acks))
-            for first_hop, ack_packet in acks:
-                self.forwarder.send(first_hop, ack_packet)
+            self.forwarder.send_many(acks, asyncio.get_running_loop().time())
             self.forwarder.flush()
         touched: dict[ClientSession, None] = {}
         routes = self.fleet_routes

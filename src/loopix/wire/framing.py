@@ -87,6 +87,8 @@ _TAG_FOR_LENGTH: Final[dict[int, PacketSize]] = {n: tag for tag, n in PACKET_SIZ
 # Indexed by the raw header byte: packet length, or 0 for an unknown tag.
 _LEN_BY_TAG: Final[tuple[int, ...]] = tuple(PACKET_SIZES.get(t, 0) for t in range(256))
 _OUTFOX_TAGS: Final = frozenset((6, 7))
+_LEGACY_SIZE: Final[dict[bytes, int]] = {bytes((VERSION_LEGACY, t, 0)): n for t, n in PACKET_SIZES.items()}
+"""A whole valid version-7 header (Mix packet type) -> its packet size: the decoder's fast path."""
 
 
 class FramingError(ValueError):
@@ -264,8 +266,18 @@ class FrameDecoder:
         end = len(buf)
         start = pos
         append = frames.append
+        legacy = _LEGACY_SIZE
         while pos < end:
             version = buf[pos]
+            # the common frame (version 7, a known size, a Mix packet) in one lookup of its header
+            size = legacy.get(buf[pos : pos + 3].tobytes()) if version == VERSION_LEGACY else None
+            if size is not None:
+                stop = pos + 3 + size
+                if stop > end:
+                    break
+                append(Frame(buf[pos + 3 : stop].tobytes(), VERSION_LEGACY, 0, buf[pos + 1]))
+                pos = stop
+                continue
             if version == VERSION_LEGACY:
                 hlen = 3
             elif version == VERSION_KEY_ROTATION:

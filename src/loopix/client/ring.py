@@ -14,7 +14,10 @@ Layout: a 192-byte header, then `slots` slots of `slot_size` bytes.
             [13] flags (u8)                   [16, 20) wire_len (u32)   [24, 32) seq (u64)
             [32, 32 + wire_len)   the bytes to put on the wire as they are
 Indexes only grow; slot i lives at i % slots. On x86-64 stores are not reordered with other stores
-nor loads with loads, so writing a slot before publishing the write index is enough.
+nor loads with loads, so writing a slot before publishing the write index is enough. The indexes and
+the horizon are read and written as whole aligned 8-byte words (a memoryview cast to "Q", one load or
+store each): struct's "<Q" goes byte by byte, and the other side could see a torn value (a read index
+half updated lets the producer overwrite slots not yet sent).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from loopix.sphinx._sphinx_c import ffi, lib
 
 HEADER_SIZE = 192
 SLOT_META_SIZE = 32
-_U64 = struct.Struct("<Q")
 _META = struct.Struct("<QIBBxxIxxxxQ")
 assert _META.size == SLOT_META_SIZE == lib.LX_SLOT_META and HEADER_SIZE == lib.LX_RING_HEADER
 _WRITE, _READ, _HORIZON, _SHAPE = 0, 64, 128, 136
@@ -49,6 +51,7 @@ class Ring:
         self.size = HEADER_SIZE + slots * slot_size
         self._mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.buf = memoryview(self._mm)
+        self._words = self.buf[:HEADER_SIZE].cast("Q")  # the header as aligned u64 words
         self.owner = owner
 
     @classmethod
@@ -72,15 +75,15 @@ class Ring:
     # -- indexes --
     @property
     def write_index(self) -> int:
-        return _U64.unpack_from(self.buf, _WRITE)[0]
+        return self._words[_WRITE // 8]
 
     @property
     def read_index(self) -> int:
-        return _U64.unpack_from(self.buf, _READ)[0]
+        return self._words[_READ // 8]
 
     @property
     def horizon_ns(self) -> int:
-        return _U64.unpack_from(self.buf, _HORIZON)[0]
+        return self._words[_HORIZON // 8]
 
     def pending(self) -> int:
         return self.write_index - self.read_index
@@ -111,11 +114,11 @@ class Ring:
 
     def publish(self, new_write_index: int, horizon_ns: int | None = None) -> None:
         if horizon_ns is not None:
-            _U64.pack_into(self.buf, _HORIZON, horizon_ns)
-        _U64.pack_into(self.buf, _WRITE, new_write_index)
+            self._words[_HORIZON // 8] = horizon_ns
+        self._words[_WRITE // 8] = new_write_index
 
     def set_horizon(self, horizon_ns: int) -> None:
-        _U64.pack_into(self.buf, _HORIZON, horizon_ns)
+        self._words[_HORIZON // 8] = horizon_ns
 
     # -- consumer side --
     def peek(self, index: int) -> tuple[int, int, int, int, int, int]:
@@ -127,10 +130,11 @@ class Ring:
         return self.buf[start : start + wire_len]
 
     def release(self, new_read_index: int) -> None:
-        _U64.pack_into(self.buf, _READ, new_read_index)
+        self._words[_READ // 8] = new_read_index
 
     def close(self) -> None:
         try:
+            self._words.release()
             self.buf.release()
             self._mm.close()
         except BufferError:  # a view is still exported somewhere; the mapping goes with the process

@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 import uvloop
+from nacl.bindings import crypto_scalarmult_base
 
 from loopix import config as cfg
 from loopix.cli import init_client
-from loopix.fleet.store import _new_keys, create_fleet
+from loopix.fleet.store import _pairs, create_fleet, new_keys
 from loopix.testnet.sink import SinkNet
 
 
@@ -52,6 +53,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def config(directory: str = cfg.DEFAULT_DIRECTORY, rate: float = 0.2) -> cfg.ClientConfig:
     return cfg.ClientConfig(client=cfg.ClientSection(id="fleet", directory_server_topology=directory),
                             traffic=cfg.TrafficSection(payload_rate=rate, loop_rate=rate, drop_rate=rate),
@@ -59,17 +67,30 @@ def config(directory: str = cfg.DEFAULT_DIRECTORY, rate: float = 0.2) -> cfg.Cli
 
 
 def bench_init(count: int, repeat: int, dirs: int, work: Path) -> None:
-    times, sizes = [], []
+    times, cpus, sizes = [], [], []
     for r in range(repeat):
         root = work / f"keystore-{r}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         create_fleet(root, count, config())
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)  # every thread's: less at the mercy of other jobs than wall time
         sizes.append(disk_bytes(root))
         shutil.rmtree(root)
     t0 = time.perf_counter()
-    _new_keys(count)
+    new_keys(count)
     keys_only = time.perf_counter() - t0
+    # key generation, one thread of C fixed-base X25519 against libsodium's crypto_scalarmult_base
+    # (what `init --fleet` used before), interleaved in chunks so both see the same load
+    ours, sodium = [], []
+    chunk = min(count, 5000)
+    for _ in range(6):
+        t0 = time.process_time()
+        new_keys(chunk, threads=1)
+        ours.append(time.process_time() - t0)
+        t0 = time.process_time()
+        for secret in _pairs(os.urandom(32 * chunk), bytes(32 * chunk)):
+            crypto_scalarmult_base(secret[0])
+        sodium.append(time.process_time() - t0)
     home = work / "dirs"
     t0 = time.perf_counter()
     for i in range(dirs):
@@ -77,16 +98,21 @@ def bench_init(count: int, repeat: int, dirs: int, work: Path) -> None:
     per_dir_s = (time.perf_counter() - t0) / dirs
     per_dir_bytes = disk_bytes(home) / dirs
     med = statistics.median(times)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
     print(f"init --fleet --count {count}: median {med:.2f} s of {repeat} ({', '.join(f'{t:.2f}' for t in times)}), "
           f"{statistics.median(sizes) / 1e6:.1f} MB on disk ({statistics.median(sizes) / count:.0f} B/identity); "
           f"targets <= 10 s, <= 100 MB")
+    print(f"  CPU seconds (all threads): median {statistics.median(cpus):.2f} ({', '.join(f'{c:.2f}' for c in cpus)})")
     print(f"  floor, {count} key pairs alone: {keys_only:.2f} s (keystore / floor = {med / keys_only:.2f})")
+    print(f"  key pair CPU cost, interleaved chunks of {chunk}: C fixed-base {statistics.median(ours) / chunk * 1e6:.1f} us, "
+          f"libsodium crypto_scalarmult_base {statistics.median(sodium) / chunk * 1e6:.1f} us "
+          f"(ratio {statistics.median(s / o for s, o in zip(sodium, ours, strict=True)):.2f})")
     print(f"  per-identity directories (init_client, {dirs} measured): {per_dir_s * 1e3:.1f} ms and "
           f"{per_dir_bytes / 1e3:.1f} kB per identity; keystore is {per_dir_s * count / med:.0f}x faster "
           f"and {per_dir_bytes * count / statistics.median(sizes):.0f}x smaller per identity")
 
 
-async def running_fleet(root: Path, add: int) -> dict:
+async def running_fleet(root: Path, add: int, sink_pid: int) -> dict:
     import loopix
 
     gc.collect()
@@ -102,9 +128,12 @@ async def running_fleet(root: Path, add: int) -> dict:
 
         await asyncio.sleep(3.0)  # steady state: stats rounds, rings in use
         parts = measure()
-        added_s = after = None
+        added_s = after = add_cpu = None
         if add:
             target = len(fleet) + add
+            pids = {"coordinator": os.getpid(), "sender": fleet._coord.sender.proc.pid, "sink": sink_pid,
+                    **{f"worker{i}": w.proc.pid for i, w in enumerate(fleet._coord.workers)}}
+            cpu0 = {k: cpu_s(p) for k, p in pids.items()}
             t0 = time.monotonic()
             await fleet.add(add)
             while fleet.stats.connected < target:
@@ -112,11 +141,12 @@ async def running_fleet(root: Path, add: int) -> dict:
                     raise RuntimeError(f"only {fleet.stats.connected}/{target} connected after 120 s")
                 await asyncio.sleep(0.02)
             added_s = time.monotonic() - t0
+            add_cpu = {k: cpu_s(p) - cpu0[k] for k, p in pids.items()}
             await asyncio.sleep(3.0)
             after = measure()
         inbox.close()
     return {"n": len(fleet), "rss_kib": parts, "total_kib": sum(parts.values()), "add_s": added_s,
-            "after_kib": after}
+            "after_kib": after, "add_cpu_s": add_cpu}
 
 
 def bench_running(n: int, add: int, work: Path) -> None:
@@ -125,8 +155,8 @@ def bench_running(n: int, add: int, work: Path) -> None:
             one, many = work / "one", work / "many"
             create_fleet(one, 1, config(net.topology_url))
             create_fleet(many, n, config(net.topology_url))
-            base = await running_fleet(one, 0)
-            r = await running_fleet(many, add)
+            base = await running_fleet(one, 0, net.sink.pid)
+            r = await running_fleet(many, add, net.sink.pid)
             return base, r
 
     base, r = uvloop.run(both())
@@ -134,7 +164,11 @@ def bench_running(n: int, add: int, work: Path) -> None:
     print(f"running fleet of {n}: private RSS {r['total_kib']} KiB {r['rss_kib']}; of 1: {base['total_kib']} KiB; "
           f"{per:.0f} bytes/identity above the fleet of 1 {base['rss_kib']} (target <= 1024)")
     if add:
-        print(f"  Fleet.add({add}) to the running {n}: all {add} registered in {r['add_s']:.2f} s (target <= 5 s)")
+        print(f"  Fleet.add({add}) to the running {n}: all {add} registered in {r['add_s']:.2f} s (target <= 5 s); "
+              f"load average {os.getloadavg()[0]:.1f}")
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["add_cpu_s"].items())
+        print(f"    CPU seconds in those {r['add_s']:.2f} s: {cpu} (the sink stands in for the provider: "
+              "its share is the provider's checking of every registration)")
         total = sum(r["after_kib"].values())
         per = (total - base["total_kib"]) * 1024 / (n + add - 1)
         print(f"  the fleet of {n + add} after it: private RSS {total} KiB {r['after_kib']}; {per:.0f} bytes/identity "

@@ -233,11 +233,11 @@ def _worker_setup(n_identities: int = 4, rate: float = 1000.0, cover: str = "dro
              for layer in (1, 2, 3) for _ in range(2)]
     pk = sphinx.keypair()[1]
     providers = [control.ProviderInfo(pk, b"\x09" * 32, "127.0.0.1", 1)]
-    ids = [control.IdentityInfo(sphinx.keypair()[1], 0, 0) for _ in range(n_identities)]
     return control.WorkerSetup(
         worker_index=0, workers=1, payload_size=2048, mean_hop_delay_ms=50.0, payload_cover=cover,
         lookahead_ms=50.0, batch_size=64, start_ns=time.monotonic_ns(), loop_key=os.urandom(32), ack_key=os.urandom(32),
-        identities=ids, provider_keys=[pk], rate_classes=[control.RateClass(rate, rate / 4, rate / 4)],
+        public_keys=b"".join(sphinx.keypair()[1] for _ in range(n_identities)),
+        provider_of=bytes(2 * n_identities), rate_of=bytes(2 * n_identities), provider_keys=[pk], rate_classes=[control.RateClass(rate, rate / 4, rate / 4)],
         topology=control.TopologyUpdate(mixes, providers), wire_header=pp.send_header(2048 + 365),
     )
 

@@ -137,7 +137,86 @@ def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
     return opts
 
 
-class Client:
+class Runner:
+    """What a Client and a Fleet share beyond the coordinator: the blocking run with its status
+    line and signal handling. A subclass has `__aenter__`, `close`, `stats` and `_coord`."""
+
+    _coord: Coordinator | None
+    _lock: IdentityLock | None
+    on_waiting: Callable[[str], None] | None
+
+    async def _open(self, identities, options: RuntimeOptions, then: Callable | None = None) -> None:
+        """Take the lock, start the coordinator, then `await then()`; on any failure undo all of it
+        (`close`), so nothing is left running or locked."""
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._coord = Coordinator(identities, options)
+            self._coord.on_waiting = self.on_waiting
+            await self._coord.start()
+            if then is not None:
+                await then()
+        except BaseException:
+            await self.close()
+            raise
+
+    # -- blocking use --
+    def start(self, *, status_interval_s: float = 5.0, on_ready: Callable | None = None,
+              serve: Callable | None = None) -> int:
+        """Run until Ctrl-C (exit status 130) or SIGTERM (0), printing a status line every few
+        seconds; 1 if the client failed while running. Ctrl-C also stops a client still starting."""
+        return uvloop.run(self._run_forever(status_interval_s, on_ready, serve))
+
+    async def _run_forever(self, status_interval_s: float, on_ready, serve) -> int:
+        stop = asyncio.Event()
+        received: list[int] = []
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            received.append(sig)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+        def stopped_by_signal() -> int:
+            return EXIT_INTERRUPTED if signal.SIGINT in received else 0
+
+        starting = asyncio.create_task(self.__aenter__())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while waiting for the directory or the provider
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return stopped_by_signal()
+        stopping.cancel()
+        starting.result()  # a start that failed raises here (the client is already stopped)
+        server = None
+        try:
+            if on_ready is not None:
+                on_ready(self)
+            server = await serve(self) if serve is not None else None
+            reporter = StatusReporter()
+            self._coord.stats_listeners.append(reporter.on_stats)
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), status_interval_s)
+                except TimeoutError:
+                    extra = getattr(server, "status", None)  # e.g. the socket's held messages
+                    line = reporter.line(self.stats)
+                    print(f"{line} | {extra()}" if extra else line, flush=True)
+                if self._coord.fatal:
+                    print(f"error: {self._coord.fatal}", file=sys.stderr)
+                    break
+        finally:
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+            await self.close()
+        return 1 if self._coord.fatal else stopped_by_signal()
+
+
+class Client(Runner):
     """One identity's Loopix client: its coordinator, workers and sender."""
 
     def __init__(self, config: ClientConfig, keys: KeyPair, *, trace_path: str | None = None,
@@ -167,16 +246,7 @@ class Client:
 
     # -- lifecycle --
     async def __aenter__(self) -> Client:
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            self._coord = Coordinator([self._identity], self._options)
-            self._coord.on_waiting = self.on_waiting
-            await self._coord.start()
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        await self._open([self._identity], self._options)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -239,61 +309,6 @@ class Client:
     def messages(self) -> AsyncIterator[bytes]:
         """Every message received from this call on, as bytes (`async for m in client.messages()`)."""
         return MessageStream(self.subscribe())
-
-    # -- blocking use --
-    def start(self, *, status_interval_s: float = 5.0, on_ready: Callable[[Client], None] | None = None,
-              serve: Callable | None = None) -> int:
-        """Run until Ctrl-C (exit status 130) or SIGTERM (0), printing a status line every few
-        seconds; 1 if the client failed while running. Ctrl-C also stops a client still starting."""
-        return uvloop.run(self._run_forever(status_interval_s, on_ready, serve))
-
-    async def _run_forever(self, status_interval_s: float, on_ready, serve) -> int:
-        stop = asyncio.Event()
-        received: list[int] = []
-        loop = asyncio.get_running_loop()
-
-        def on_signal(sig: int) -> None:
-            received.append(sig)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-
-        def stopped_by_signal() -> int:
-            return EXIT_INTERRUPTED if signal.SIGINT in received else 0
-
-        starting = asyncio.create_task(self.__aenter__())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # stopped while waiting for the directory or the provider
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            return stopped_by_signal()
-        stopping.cancel()
-        starting.result()  # a start that failed raises here (the client is already stopped)
-        server = None
-        try:
-            if on_ready is not None:
-                on_ready(self)
-            server = await serve(self) if serve is not None else None
-            reporter = StatusReporter()
-            self._coord.stats_listeners.append(reporter.on_stats)
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), status_interval_s)
-                except TimeoutError:
-                    extra = getattr(server, "status", None)  # e.g. the socket's held messages
-                    line = reporter.line(self.stats)
-                    print(f"{line} | {extra()}" if extra else line, flush=True)
-                if self._coord.fatal:
-                    print(f"error: {self._coord.fatal}", file=sys.stderr)
-                    break
-        finally:
-            if server is not None:
-                server.close()
-                await server.wait_closed()
-            await self.close()
-        return 1 if self._coord.fatal else stopped_by_signal()
 
 
 class StatusReporter:

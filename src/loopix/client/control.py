@@ -19,15 +19,6 @@ _LEN = struct.Struct(">I")
 MAX_CONTROL_MESSAGE = 64 * 2**20
 
 
-class IdentityInfo(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """What a worker needs to build one identity's packets (indexes keep it small: a fleet has
-    many thousands of these)."""
-
-    public_key: bytes
-    provider: int  # index into WorkerSetup.provider_keys
-    rates: int  # index into WorkerSetup.rate_classes
-
-
 class RateClass(msgspec.Struct, frozen=True, array_like=True):
     payload: float
     loop: float
@@ -65,7 +56,12 @@ class WorkerSetup(msgspec.Struct, tag=True):
     batch_size: int
     start_ns: int
     loop_key: bytes
-    identities: list[IdentityInfo]  # the ones this worker runs: global index = first + i * step
+    # the identities this worker runs, flat (a fleet has 100,000): its i-th (global index first +
+    # i * step) has the public key at [32i, 32i + 32) of public_keys, provider_keys[provider_of[i]]
+    # and rate_classes[rate_of[i]] (provider_of, rate_of: array("H") bytes, native order)
+    public_keys: bytes
+    provider_of: bytes
+    rate_of: bytes
     provider_keys: list[bytes]
     rate_classes: list[RateClass]
     topology: TopologyUpdate
@@ -122,12 +118,6 @@ class WorkerStats(msgspec.Struct, tag=True):
     no_route_by_stream: list[int] = []
 
 
-class SenderIdentity(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    secret_key: bytes
-    public_key: bytes
-    provider: int  # index into SenderSetup.providers
-
-
 class ProviderEndpoint(msgspec.Struct, frozen=True, array_like=True):
     key: bytes
     host: str
@@ -135,14 +125,21 @@ class ProviderEndpoint(msgspec.Struct, frozen=True, array_like=True):
 
 
 class SenderSetup(msgspec.Struct, tag=True):
-    identities: list[SenderIdentity]
+    """The sender's identities come flat (a fleet has 100,000): identity i's secret and public keys
+    are the 32-byte slots [32i, 32i + 32) of `secrets` and `publics`, and its provider is
+    `providers[provider_of[i]]` (`provider_of`: the bytes of an array("H"), native order: both
+    ends are on this machine)."""
+
+    secrets: bytes
+    publics: bytes
+    provider_of: bytes
     providers: list[ProviderEndpoint]
     loop_key: bytes
     ring_fds: list[int]
     trace_path: str | None
     push: bool = True
     fetch_rate: float = 0.0
-    # with several senders, this one owns the client's identities first, first + step, ...: identities[j]
+    # with several senders, this one owns the client's identities first, first + step, ...: its identity j
     # is the client's first + j * step (the rings name them so)
     first: int = 0
     step: int = 1
@@ -171,6 +168,13 @@ class SenderStats(msgspec.Struct, tag=True):
     lateness_seen: int = 0  # packets lateness_us is a uniform sample of (to merge senders' samples)
 
 
+class SenderConnected(msgspec.Struct, tag=True):
+    """How many identities are registered and connected now: sent within CONNECTED_REPORT_S of a
+    change (identities joining register in seconds; the once-a-second stats would lag by up to one)."""
+
+    connected: int
+
+
 class Failover(msgspec.Struct, tag=True):
     """To the sender: register `identities` (global indexes) at this standby provider too. To a
     worker: their loops and acks now end at this provider."""
@@ -185,17 +189,23 @@ class Stop(msgspec.Struct, tag=True):
 
 class AddWorkerIdentities(msgspec.Struct, tag=True):
     """Identities joining a running worker, appended to its own (global indexes go on as in its
-    setup); `provider_keys` is the whole list now, `identities[i].rates` indexes `rate_classes`."""
+    setup), flat as in WorkerSetup; `provider_keys` is the whole list now, `rate_of` indexes
+    `rate_classes`."""
 
-    identities: list[IdentityInfo]
+    public_keys: bytes
+    provider_of: bytes
+    rate_of: bytes
     provider_keys: list[bytes]
     rate_classes: list[RateClass]
 
 
 class AddSenderIdentities(msgspec.Struct, tag=True):
-    """Identities joining the running sender, appended to its own; `providers` is the whole list."""
+    """Identities joining the running sender, appended to its own, flat as in SenderSetup;
+    `providers` is the whole list."""
 
-    identities: list[SenderIdentity]
+    secrets: bytes
+    publics: bytes
+    provider_of: bytes
     providers: list[ProviderEndpoint]
 
 
@@ -252,7 +262,7 @@ class Resume(msgspec.Struct, tag=True):
 
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsSent | FragmentsFailed
-    | WorkerStats | SenderSetup | Received | SenderStats | Stop | Pause | Resume | Fatal | Failover
+    | WorkerStats | SenderSetup | Received | SenderStats | SenderConnected | Stop | Pause | Resume | Fatal | Failover
     | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities | IdentityStatsRequest | IdentityStatsReply
 )
 _encoder = msgspec.msgpack.Encoder()

@@ -13,6 +13,7 @@ ring, and the real fragments it had not yet built are dealt again.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import itertools
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import msgspec
@@ -30,7 +31,6 @@ from hdrh.histogram import HdrHistogram
 
 from loopix import sphinx
 from loopix.csprng import Csprng
-from loopix.keys import KeyPair
 from loopix.sphinx.surb import ReplyBlock, make_reply_block, use_reply_block
 from loopix.topology import Topology
 from loopix.wire import provider as pp
@@ -40,6 +40,7 @@ from loopix.wire.b64 import b64url_encode
 from . import control
 from .acks import AckCodec, AckConfig, Retransmissions
 from .completion import Completions
+from .identities import Identity, IdentityTable
 from .messages import LoopCodec, MessageError, Reassembler, fragment_message
 from .replies import (
     MAX_REPLY_SURBS,
@@ -69,16 +70,6 @@ class ClientError(Exception):
 
 class RecipientError(ClientError, ValueError):
     """A message we cannot send as asked (unknown provider, too large): the caller's mistake."""
-
-
-class Identity(msgspec.Struct):
-    """One client identity run by this coordinator."""
-
-    keys: KeyPair
-    provider_key: bytes | None = None  # None: chosen from the topology
-    payload_rate: float = 50.0
-    loop_rate: float = 5.0
-    drop_rate: float = 5.0
 
 
 class RuntimeOptions(msgspec.Struct, kw_only=True):
@@ -218,6 +209,13 @@ def topology_update(topo: Topology) -> control.TopologyUpdate:
 WORKERS_PER_SENDER = 8  # measured (docs/client-stages.md): a worker ~200 µs a packet, a sender ~15-25
 
 
+def _slots(keys: bytes | bytearray, indexes: Sequence[int]) -> bytes:
+    """The 32-byte key slots of these identities, concatenated (all of them: one copy)."""
+    if isinstance(indexes, range) and indexes.step == 1 and indexes.start == 0 and indexes.stop == len(keys) // 32:
+        return bytes(keys)
+    return b"".join(keys[i * 32:(i + 1) * 32] for i in indexes)
+
+
 def sender_count(asked: int, workers: int, partitioned: bool) -> int:
     """How many sender processes: one unless the identities are partitioned over the workers; else as
     asked (0: one per WORKERS_PER_SENDER workers), at most one per worker, and a divisor of the
@@ -246,10 +244,10 @@ def spawn(module: str, fds: list[int], args: list[str]) -> subprocess.Popen:
 
 
 class Coordinator:
-    def __init__(self, identities: list[Identity], options: RuntimeOptions):
-        if not identities:
+    def __init__(self, identities: list[Identity] | IdentityTable, options: RuntimeOptions):
+        self.identities = IdentityTable.of(identities)  # flat: a fleet has 100,000
+        if not len(self.identities):
             raise ClientError("no identity to run")
-        self.identities = identities
         self.opts = options
         self.n_workers = options.workers or os.cpu_count() or 1
         self.loop_key = os.urandom(32)
@@ -299,7 +297,7 @@ class Coordinator:
         self._sender_totals: list[control.SenderStats | None] = []  # per sender, the last report
         self.packet_size = sphinx.packet_size(options.payload_size)
         # decided once: identities that join later keep the split (see add_identities)
-        self.partitioned = len(identities) >= self.n_workers
+        self.partitioned = len(self.identities) >= self.n_workers
         self.n_senders = sender_count(options.senders, self.n_workers, self.partitioned)
         self.removed: set[int] = set()
         self._stats_waiters: dict[int, asyncio.Future] = {}
@@ -362,18 +360,19 @@ class Coordinator:
     def _assign_providers(self) -> None:
         providers = sorted(self.topology.providers, key=lambda p: p.pub_key)
         self.provider_of = []
-        for i, ident in enumerate(self.identities):
-            if ident.provider_key is not None:
-                if self.topology.provider_by_key(ident.provider_key) is None:
-                    raise ClientError(f"provider {sphinx_key(ident.provider_key)} is not in the topology")
-                self.provider_of.append(ident.provider_key)
+        for i in range(len(self.identities)):
+            pinned = self.identities.pinned(i)
+            if pinned is not None:
+                if self.topology.provider_by_key(pinned) is None:
+                    raise ClientError(f"provider {sphinx_key(pinned)} is not in the topology")
+                self.provider_of.append(pinned)
             else:  # round robin over the providers, stable for a given key set
                 self.provider_of.append(providers[i % len(providers)].pub_key)
         self.provider_keys = sorted(set(self.provider_of))
 
     def _start_children(self) -> None:
         wire_len = pp.SEND_OVERHEAD + self.packet_size
-        total_rate = sum(i.payload_rate + i.loop_rate + i.drop_rate for i in self.identities)
+        total_rate = self.identities.total_rate()
         per_worker = total_rate / self.n_workers
         slots = max(256, int(per_worker * self.opts.lookahead_ms / 1000 * 3) + 4 * self.opts.batch_size)
         self.rings = [Ring.create(slots, slot_size_for(wire_len), f"loopix-ring-{w}") for w in range(self.n_workers)]
@@ -383,23 +382,23 @@ class Coordinator:
         for key in self.provider_keys:
             host, port = self.topology.provider_by_key(key).address
             endpoints.append(control.ProviderEndpoint(key, host, port))
-        index = {key: i for i, key in enumerate(self.provider_keys)}
         n = self.n_senders
         self.senders, self._pending_senders = [], []
         self._sender_stats, self._sender_totals = [[] for _ in range(n)], [None] * n
+        self._connected_of = [0] * n  # identities connected, per sender (SenderConnected)
+        ids = self.identities
         for k in range(n):  # sender k: the rings of workers k, k + n, ... and identities k, k + n, ...
-            sender_ids = [control.SenderIdentity(ident.keys.secret, ident.keys.public, index[self.provider_of[i]])
-                          for i, ident in enumerate(self.identities) if i % n == k]
+            mine = range(k, len(ids), n)
             rings = [r.fd for w, r in enumerate(self.rings) if w % n == k]
             ours, theirs = socket.socketpair()
             proc = spawn("loopix.client.sender", [theirs.fileno(), *rings], [str(theirs.fileno())])
             theirs.close()
             self.senders.append(Child(f"sender {k}" if n > 1 else "sender", proc, None))
             self._pending_senders.append((ours, control.SenderSetup(
-                identities=sender_ids, providers=endpoints, loop_key=self.loop_key, ring_fds=rings,
-                trace_path=self.trace_part(k), push=self.opts.push,
-                fetch_rate=self.opts.fetch_rate,
-                first=k, step=n, min_gap_us=self.opts.sender_min_gap_us)))
+                secrets=_slots(ids.secrets, mine), publics=_slots(ids.publics, mine),
+                provider_of=self._provider_indexes(mine), providers=endpoints, loop_key=self.loop_key,
+                ring_fds=rings, trace_path=self.trace_part(k), push=self.opts.push,
+                fetch_rate=self.opts.fetch_rate, first=k, step=n, min_gap_us=self.opts.sender_min_gap_us)))
         self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
 
     @property
@@ -435,6 +434,24 @@ class Coordinator:
                     continue
                 os.unlink(part)
 
+    def _provider_indexes(self, identities: Sequence[int]) -> bytes:
+        """Each identity's provider as an index into provider_keys: array("H") bytes, as the
+        sender takes them."""
+        index = {key: i for i, key in enumerate(self.provider_keys)}
+        provider_of = self.provider_of
+        return array.array("H", [index[provider_of[i]] for i in identities]).tobytes()
+
+    def _worker_share(self, indexes: range) -> tuple[bytes, bytes, bytes]:
+        """Identities for a worker, flat (control.WorkerSetup): public keys, the provider their loops
+        and acks end at (the standby after a failover) and their rate class."""
+        ids = self.identities
+        provider_index = {key: i for i, key in enumerate(self.provider_keys)}
+        publics = ids.publics
+        keys = b"".join(publics[k * 32:(k + 1) * 32] for k in indexes)
+        provider_of = array.array("H", [provider_index[self.standby_of.get(k, self.provider_of[k])] for k in indexes])
+        rate_of = array.array("H", [ids.rate_class(k) for k in indexes])
+        return keys, provider_of.tobytes(), rate_of.tobytes()
+
     def _spawn_worker(self, w: int):
         ours, theirs = socket.socketpair()
         proc = spawn("loopix.client.worker", [theirs.fileno(), self.rings[w].fd],
@@ -442,21 +459,14 @@ class Coordinator:
         theirs.close()
         partitioned = self.partitioned
         first, step = (w, self.n_workers) if partitioned else (0, 1)
-        provider_index = {key: i for i, key in enumerate(self.provider_keys)}
-        classes: dict[tuple[float, float, float], int] = {}
-        infos = []
-        for k in range(first, len(self.identities), step):
-            ident = self.identities[k]
-            rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
-            ends_at = self.standby_of.get(k, self.provider_of[k])  # where its loops and acks go
-            infos.append(control.IdentityInfo(ident.keys.public, provider_index[ends_at],
-                                              classes.setdefault(rates, len(classes))))
+        public_keys, provider_of, rate_of = self._worker_share(range(first, len(self.identities), step))
         setup = control.WorkerSetup(
             worker_index=w, workers=self.n_workers, payload_size=self.opts.payload_size,
             mean_hop_delay_ms=self.opts.mean_hop_delay_ms, payload_cover=self.opts.payload_cover,
             lookahead_ms=self.opts.lookahead_ms, batch_size=self.opts.batch_size,
-            start_ns=time.monotonic_ns(), loop_key=self.loop_key, identities=infos,
-            provider_keys=self.provider_keys, rate_classes=[control.RateClass(*r) for r in classes],
+            start_ns=time.monotonic_ns(), loop_key=self.loop_key, public_keys=public_keys,
+            provider_of=provider_of, rate_of=rate_of, provider_keys=self.provider_keys,
+            rate_classes=[control.RateClass(*r) for r in self.identities.rate_classes],
             topology=topology_update(self.topology),
             wire_header=pp.send_header(self.packet_size),
             ack_key=self.ack_codec.key,
@@ -538,6 +548,11 @@ class Coordinator:
                     retx.unsent(ref)
             elif isinstance(msg, control.SenderStats):
                 self._on_sender_stats(k, msg)
+            elif isinstance(msg, control.SenderConnected):
+                self._connected_of[k] = msg.connected
+                self.stats.connected = sum(self._connected_of)
+                if self.stats.connected >= len(self.identities):
+                    self._sender_connected.set()
             elif isinstance(msg, control.IdentityStatsReply):
                 waiter = self._stats_waiters.pop(msg.ref, None)
                 if waiter is not None and not waiter.done():
@@ -578,6 +593,7 @@ class Coordinator:
             child = Child(f"worker {w}", proc, chan)
             self.workers[w] = child
             chan.send(setup)
+            del setup  # a fleet's setup holds every key of the worker's share: not kept once sent
             if self.removed:
                 chan.send(control.RemoveIdentities(sorted(self.removed)))
             redeal = list(self.outstanding[w].values())
@@ -773,7 +789,7 @@ class Coordinator:
     def _on_received(self, msg: control.Received) -> None:
         reasm = self.reassemblers.get(msg.identity)
         if reasm is None:
-            reasm = self.reassemblers[msg.identity] = Reassembler(self.identities[msg.identity].keys.secret)
+            reasm = self.reassemblers[msg.identity] = Reassembler(self.identities.secret(msg.identity))
         now = time.monotonic()
         now_ns = time.monotonic_ns()
         for payload in msg.payloads:
@@ -864,7 +880,7 @@ class Coordinator:
 
     def _make_surb(self, identity: int, tag: bytes) -> Surb:
         route, delays = self._route(identity)
-        block = make_reply_block(route, self.identities[identity].keys.public, delays)
+        block = make_reply_block(route, self.identities.public(identity), delays)
         surb = Surb(block.to_bytes(), os.urandom(16), os.urandom(32))
         self.reply_keys.add(surb.surb_id, surb.key, tag, identity, time.monotonic())
         return surb
@@ -919,7 +935,7 @@ class Coordinator:
     def _reply_packet(self, identity: int, ref: int, surb: Surb, fragment: bytes) -> control.Fragment:
         """A whole packet through `surb` carrying `fragment`, with a SURB-ack back to us."""
         route, delays = self._route(identity)
-        me = self.identities[identity].keys.public
+        me = self.identities.public(identity)
         ack = sphinx.build_packet(route, me, self.ack_codec.encode(ref), delays, payload_size=ACK_PAYLOAD_SIZE)
         message = route[0].address + ack + seal_reply_fragment(surb, fragment)
         block = ReplyBlock.from_bytes(surb.block)
@@ -978,48 +994,41 @@ class Coordinator:
             listener(s, msg)
 
     # -- identities joining and leaving a running client --
-    def add_identities(self, identities: list[Identity]) -> range:
+    def add_identities(self, identities: list[Identity] | IdentityTable) -> range:
         """Join identities while running: registered at their providers (the topology's, round
         robin as at start, unless pinned) and given streams on the schedule. Returns their indexes."""
         if not self.running:
             raise ClientError("the client is not running")
+        joining = IdentityTable.of(identities)
         first = len(self.identities)
         providers = sorted(self.topology.providers, key=lambda p: p.pub_key)
         chosen = []
-        for k, ident in enumerate(identities):
-            key = ident.provider_key
+        for k in range(len(joining)):
+            key = joining.pinned(k)
             if key is None:
                 key = providers[(first + k) % len(providers)].pub_key
             elif self.topology.provider_by_key(key) is None:
                 raise ClientError(f"provider {sphinx_key(key)} is not in the topology")
             chosen.append(key)
-        self.identities.extend(identities)
+        new = self.identities.extend_table(joining)
         self.provider_of.extend(chosen)
         for key in dict.fromkeys(chosen):
             if key not in self.provider_keys:
                 self.provider_keys.append(key)  # appended: the indexes children hold stay valid
-        index = {key: i for i, key in enumerate(self.provider_keys)}
         endpoints = [control.ProviderEndpoint(key, *self.topology.provider_by_key(key).address)
                      for key in self.provider_keys]
-        new = range(first, len(self.identities))
         for k, child in enumerate(self.senders):  # each its own, in order: their indexes go on from its last
+            mine = [i for i in new if self.sender_of(i) == k]
             child.chan.send(control.AddSenderIdentities(
-                [control.SenderIdentity(self.identities[i].keys.secret, self.identities[i].keys.public,
-                                        index[self.provider_of[i]]) for i in new if self.sender_of(i) == k],
-                endpoints))
+                _slots(self.identities.secrets, mine), _slots(self.identities.publics, mine),
+                self._provider_indexes(mine), endpoints))
+        rate_classes = [control.RateClass(*r) for r in self.identities.rate_classes]
         for w, child in enumerate(self.workers):
-            classes: dict[tuple[float, float, float], int] = {}
-            infos = []
-            for i in new:
-                if self.partitioned and i % self.n_workers != w:
-                    continue
-                ident = self.identities[i]
-                rates = (ident.payload_rate, ident.loop_rate, ident.drop_rate)
-                infos.append(control.IdentityInfo(ident.keys.public, index[self.provider_of[i]],
-                                                  classes.setdefault(rates, len(classes))))
-            if infos and child is not None and child.chan is not None:
-                child.chan.send(control.AddWorkerIdentities(infos, list(self.provider_keys),
-                                                            [control.RateClass(*r) for r in classes]))
+            share = range(new.start + (w - new.start) % self.n_workers, new.stop, self.n_workers) \
+                if self.partitioned else new
+            if share and child is not None and child.chan is not None:
+                child.chan.send(control.AddWorkerIdentities(*self._worker_share(share), list(self.provider_keys),
+                                                            rate_classes))
         return new
 
     def remove_identities(self, indexes: list[int]) -> None:
@@ -1045,7 +1054,7 @@ class Coordinator:
 
     def address_of(self, identity: int) -> tuple[bytes, bytes]:
         """(client key, provider key) of one of ours."""
-        return self.identities[identity].keys.public, self.provider_of[identity]
+        return self.identities.public(identity), self.provider_of[identity]
 
 
 def merge_sender_stats(pending: list[list[control.SenderStats]], last: list[control.SenderStats],

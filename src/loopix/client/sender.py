@@ -22,15 +22,19 @@ import asyncio
 import collections
 import contextlib
 import heapq
+import itertools
 import logging
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterable
 
+import msgspec
 import uvloop
 
 from loopix.csprng import Csprng
+from loopix.keys import KEY_SIZE as KEY
 from loopix.wire import provider as pp
 
 from . import control
@@ -47,6 +51,7 @@ REGISTER_CHUNK = 512  # REGISTERs in flight per link: a fleet registers in chunk
 LATENESS_SAMPLES = 2000
 MAX_LOOP_SAMPLES = 1_000_000  # per stats interval
 STATS_INTERVAL_S = 1.0
+CONNECTED_REPORT_S = 0.05  # a change in how many identities are connected reaches the coordinator this soon
 SENT_REPORT_INTERVAL_S = 0.05  # how often the coordinator learns which real fragments left (ack timers)
 HOLD_MAX = 8192  # real packets due while their provider connection is down wait, at most this many...
 HOLD_MAX_NS = 30_000_000_000  # ...and at most this long; beyond, dropped (real ones retransmitted)
@@ -54,6 +59,110 @@ HELD_HANDOFF = 256  # real packets the pacer can hand over per drain (SENT_REPOR
 SENT_REFS_CAP = 1 << 16  # real fragments sent per drain the pacer can note before it waits
 TRACE_CAP = 1 << 16  # trace records per drain
 LINK_BUFFER = 4 << 20  # bytes buffered per provider link when its socket is full; beyond, the link waits
+
+
+class KeyIndex:
+    """Public key -> identity for keys kept flat (identity i's at [32i, 32i + 32) of `publics`).
+
+    Open addressing over an array("I") of identity + 1 (0: empty), at most half full, probed from
+    the key's hash (SipHash, keyed per process): about 8 bytes an identity where a dict of 32-byte
+    keys costs ~150, and a lookup is one hash and a slice compare. Identities are never taken out
+    (indexes are not reused); a link's flags say who is a member."""
+
+    def __init__(self) -> None:
+        self._publics = b""
+        self._slots = array.array("I", bytes(4 * 16))
+        self._count = 0
+
+    def add(self, publics: bytes, identities: range) -> None:
+        """Index `identities`, whose keys are in `publics` (the whole buffer, grown)."""
+        self._publics = publics
+        if 2 * (self._count + len(identities)) > len(self._slots):
+            size = len(self._slots)
+            while 2 * (self._count + len(identities)) > size:
+                size *= 2
+            old = self._slots
+            self._slots = array.array("I", bytes(4 * size))
+            self._count = 0
+            for v in old:
+                if v:
+                    self._put(v - 1)
+        for i in identities:
+            self._put(i)
+
+    def _put(self, i: int) -> None:
+        slots, publics = self._slots, self._publics
+        key = publics[i * KEY:(i + 1) * KEY]
+        mask = len(slots) - 1
+        j = hash(key) & mask
+        while slots[j]:
+            k = slots[j] - 1
+            if publics[k * KEY:(k + 1) * KEY] == key:  # the same key twice: the later identity has it
+                slots[j] = i + 1
+                return
+            j = (j + 1) & mask
+        slots[j] = i + 1
+        self._count += 1
+
+    def get(self, key: bytes) -> int | None:
+        slots, publics = self._slots, self._publics
+        mask = len(slots) - 1
+        j = hash(key) & mask
+        while v := slots[j]:
+            if publics[(v - 1) * KEY:v * KEY] == key:
+                return v - 1
+            j = (j + 1) & mask
+        return None
+
+
+class RegisteredKeys:
+    """What `FleetClientSide.registered_keys` holds (the keys the provider accepted on this
+    connection), as one flag per identity instead of a set of 32-byte keys. A key that is not one
+    of ours (never expected) goes to a small set."""
+
+    def __init__(self, keys: KeyIndex, n: int):
+        self._keys = keys
+        self._flags = bytearray(n)
+        self._others: set[bytes] = set()
+        self._count = 0
+
+    def __contains__(self, key: bytes) -> bool:
+        i = self._keys.get(key)
+        if i is None:
+            return key in self._others
+        return i < len(self._flags) and bool(self._flags[i])
+
+    def add(self, key: bytes) -> None:
+        i = self._keys.get(key)
+        if i is None:
+            self._others.add(key)
+            return
+        if i >= len(self._flags):
+            self._flags.extend(bytes(i + 1 - len(self._flags)))
+        if not self._flags[i]:
+            self._flags[i] = 1
+            self._count += 1
+
+    def discard(self, key: bytes) -> None:
+        i = self._keys.get(key)
+        if i is None:
+            self._others.discard(key)
+        elif i < len(self._flags) and self._flags[i]:
+            self._flags[i] = 0
+            self._count -= 1
+
+    def difference_update(self, keys) -> None:
+        for key in keys:
+            self.discard(key)
+
+    def __len__(self) -> int:
+        return self._count + len(self._others)
+
+
+def _grown(flags: bytearray, n: int) -> bytearray:
+    if len(flags) < n:
+        flags.extend(bytes(n - len(flags)))
+    return flags
 
 
 class ProviderLink(asyncio.Protocol):
@@ -64,19 +173,31 @@ class ProviderLink(asyncio.Protocol):
     of thousands costs one socket per provider, not one per identity.
     """
 
-    def __init__(self, sender: Sender, members: list[int], endpoint: control.ProviderEndpoint, number: int):
+    def __init__(self, sender: Sender, members: Iterable[int], endpoint: control.ProviderEndpoint, number: int):
         self.sender = sender
-        self.number = number  # the pacer's index of this link
-        self.members = members
+        self.number = number  # the pacer's index of this link (its place in sender.links)
         self.endpoint = endpoint
-        self.index_of = {sender.identities[i].public_key: i for i in members}
+        # one flag per identity of the sender (a fleet has 100,000: no set or dict of them)
+        self.member = bytearray(sender.n_identities)  # registers on this link
+        self.registered = bytearray(sender.n_identities)  # ...and the provider accepted it here
+        for i in members:
+            self.member[i] = 1
         self.transport: asyncio.Transport | None = None
         self.proto: pp.FleetClientSide | None = None
         self.backoff = 0.2
         self.closing = False
         self.refusals_logged = 0
-        self.registered: set[int] = set()  # members the provider accepted on this connection
-        self.to_register: collections.deque[int] = collections.deque()
+        self.to_register = array.array("I")  # members still to register on this connection...
+        self._register_next = 0  # ...from this position on
+
+    @property
+    def members(self) -> list[int]:
+        return list(itertools.compress(range(len(self.member)), self.member))
+
+    def member_of(self, key: bytes) -> int | None:
+        """The member identity with this public key, if any."""
+        i = self.sender.keys.get(key)
+        return i if i is not None and i < len(self.member) and self.member[i] else None
 
     async def connect_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,7 +217,8 @@ class ProviderLink(asyncio.Protocol):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # every write goes through the pacer, on its own descriptor of this socket
         self.sender.pacer.set_link(self.number, os.dup(sock.fileno()))
-        self.proto = pp.FleetClientSide(self.endpoint.key, push=self.sender.setup.push)
+        self.proto = pp.FleetClientSide(self.endpoint.key, push=self.sender.setup.push,
+                                        registered=RegisteredKeys(self.sender.keys, self.sender.n_identities))
         self.write(self.proto.send_hello())
 
     def write(self, data: bytes) -> None:
@@ -115,10 +237,7 @@ class ProviderLink(asyncio.Protocol):
     def _set_ready(self, identity: int, ready: bool) -> None:
         """Registered here or not; the identity is ready if any of its links (home, standby) is,
         and sends through one that is."""
-        if ready:
-            self.registered.add(identity)
-        else:
-            self.registered.discard(identity)
+        _grown(self.registered, identity + 1)[identity] = ready
         self.sender.link_state_changed(identity)
 
     def data_received(self, data: bytes) -> None:
@@ -127,31 +246,32 @@ class ProviderLink(asyncio.Protocol):
         for ev in proto.receive_data(data):
             match ev:
                 case pp.Delivered(id=message_id, message=message, client_key=key):
-                    identity = self.index_of.get(key)
+                    identity = self.member_of(key)
                     if identity is not None:
                         sender.on_message(identity, message)
                     acks.append(message_id)
                 case pp.PullResult(messages=messages, client_key=key):
-                    identity = self.index_of.get(key)
+                    identity = self.member_of(key)
                     for m in messages:
                         if identity is not None:
                             sender.on_message(identity, m.message)
                         acks.append(m.id)
                 case pp.ChallengeReceived():
-                    self.to_register = collections.deque(self.members)
+                    self.to_register = array.array("I", self.members)
+                    self._register_next = 0
                     self._register_more()
                 case pp.KeyRegistered(client_key=key):
-                    identity = self.index_of.get(key)
+                    identity = self.member_of(key)
                     if identity is not None:
                         self._set_ready(identity, True)
                     self.backoff = 0.2
-                    if self.to_register:
+                    if self._register_next < len(self.to_register):
                         self._register_more()
                 case pp.KeyRefused(client_key=key, reason=reason):
-                    identity = self.index_of.get(key)
+                    identity = self.member_of(key)
                     if identity is not None:
                         self._set_ready(identity, False)
-                    if self.to_register:
+                    if self._register_next < len(self.to_register):
                         self._register_more()
                     if self.refusals_logged < 5:
                         self.refusals_logged += 1
@@ -171,51 +291,60 @@ class ProviderLink(asyncio.Protocol):
 
     def _register_more(self) -> None:
         """Keep up to REGISTER_CHUNK registrations in flight until every member is registered."""
-        proto, queue, ids = self.proto, self.to_register, self.sender.identities
+        proto, queue, sender = self.proto, self.to_register, self.sender
         if self.transport is None or proto is None or proto.closed:
             return
-        while queue and len(proto.pending) <= REGISTER_CHUNK // 2:
-            take = [queue.popleft() for _ in range(min(REGISTER_CHUNK, len(queue)))]
+        secrets, publics = sender.secrets, sender.publics
+        while self._register_next < len(queue) and len(proto.pending) <= REGISTER_CHUNK // 2:
+            start = self._register_next
+            take = queue[start:start + REGISTER_CHUNK]
             try:
-                frames = proto.send_register_many((ids[i].secret_key, ids[i].public_key) for i in take)
+                frames = proto.send_register_many(
+                    (secrets[i * KEY:(i + 1) * KEY], publics[i * KEY:(i + 1) * KEY]) for i in take)
             except pp.ProtocolStateError:  # not challenged yet: ChallengeReceived starts over with every member
-                queue.extendleft(reversed(take))
                 return
+            self._register_next = start + len(take)
+            if self._register_next == len(queue):  # all sent: drop the list
+                self.to_register, self._register_next = array.array("I"), 0
+                queue = self.to_register
             self.write(frames)
 
-    def join(self, identities: list[int]) -> None:
+    def join(self, identities: Iterable[int]) -> None:
         """Identities joining a running link: registered now if the session is up, else with the
         rest at the next challenge."""
-        ids = self.sender.identities
-        self.members.extend(identities)
-        self.index_of.update((ids[i].public_key, i) for i in identities)
-        self.to_register.extend(identities)
+        ids = array.array("I", identities)
+        member = _grown(self.member, self.sender.n_identities)
+        _grown(self.registered, self.sender.n_identities)
+        for i in ids:
+            member[i] = 1
+        self.to_register.extend(ids)
         self._register_more()
 
     def leave(self, identities: set[int]) -> None:
         """Identities leaving: not ready any more, and what arrives for them is acked and dropped.
         The provider is asked to forget them (UNREGISTER); if the link is down, their registration
         expires there on its own (docs/hostile-input.md)."""
-        ids = self.sender.identities
-        if self.transport is not None and self.proto is not None and not self.proto.closed:
+        gone = [i for i in identities if i < len(self.member) and self.member[i]]
+        if gone and self.transport is not None and self.proto is not None and not self.proto.closed:
             with contextlib.suppress(pp.ProtocolStateError):  # not challenged yet: nothing registered
-                self.transport.write(self.proto.send_unregister(
-                    ids[i].public_key for i in identities if ids[i].public_key in self.index_of))
-        for i in identities:
+                self.write(self.proto.send_unregister(self.sender.public_key(i) for i in gone))
+        for i in gone:
+            self.member[i] = 0
             self._set_ready(i, False)
-            self.index_of.pop(ids[i].public_key, None)
-        self.members = [i for i in self.members if i not in identities]
-        if self.to_register:
-            self.to_register = collections.deque(i for i in self.to_register if i not in identities)
+        if self._register_next < len(self.to_register):
+            rest = self.to_register[self._register_next:]
+            self.to_register = array.array("I", (i for i in rest if i not in identities))
+            self._register_next = 0
 
     def pull(self, identity: int) -> None:
-        if self.transport is None or self.proto is None or identity not in self.registered:
+        if self.transport is None or self.proto is None or identity >= len(self.registered) \
+                or not self.registered[identity]:
             return
-        self.write(self.proto.send_pull_for(self.sender.identities[identity].public_key))
+        self.write(self.proto.send_pull_for(self.sender.public_key(identity)))
 
     def connection_lost(self, exc) -> None:
         self.sender.pacer.set_link(self.number, -1)
-        for i in self.members:
+        for i in itertools.compress(range(len(self.registered)), self.registered):
             self._set_ready(i, False)
         self.transport = None
         if not self.closing and self.sender.running:
@@ -271,20 +400,21 @@ class Sender:
         self.ctl = ctl
         self.rings = [Ring.attach(fd) for fd in setup.ring_fds]
         self.first, self.step = setup.first, setup.step  # our identity j is the client's first + j * step
-        self.identities = setup.identities
-        self.ready = bytearray(len(self.identities))  # registered and connected, per identity
-        members: dict[int, list[int]] = {}
-        for i, ident in enumerate(self.identities):
-            members.setdefault(ident.provider, []).append(i)
-        self.links = [ProviderLink(self, m, setup.providers[p], n) for n, (p, m) in enumerate(members.items())]
-        self.link_of: list[ProviderLink] = [None] * len(self.identities)  # type: ignore[list-item]
-        self.link_index = array.array("I", bytes(4 * len(self.identities)))  # link_of as the pacer reads it
-        self.links_of: list[list[ProviderLink]] = [[] for _ in self.identities]  # home first
-        for link in self.links:
-            for i in link.members:
-                self.link_of[i] = link
-                self.link_index[i] = link.number
-                self.links_of[i].append(link)
+        # identities, flat (a fleet has 100,000): keys in 32-byte slots, found by key through KeyIndex
+        self.secrets, self.publics = setup.secrets, setup.publics
+        provider_of = array.array("H", setup.provider_of)
+        self.setup = msgspec.structs.replace(setup, secrets=b"", publics=b"", provider_of=b"")  # kept once, here
+        n = len(self.publics) // KEY
+        self.keys = KeyIndex()
+        self.keys.add(self.publics, range(n))
+        self.ready = bytearray(n)  # registered and connected, per identity
+        self.links: list[ProviderLink] = []
+        self.link_of: list[ProviderLink] = [None] * n  # type: ignore[list-item]  # the one it sends through
+        self.home_of = array.array("H", bytes(2 * n))  # index into links of each identity's home link
+        self._connected_report: asyncio.TimerHandle | None = None
+        self.standby_of: dict[int, list[ProviderLink]] = {}  # the few with a standby link (failover)
+        self.link_index = array.array("I", bytes(4 * n))  # the link each identity sends through, as the pacer reads it
+        self._join(range(n), provider_of, setup.providers)
         self.loops = LoopCodec(setup.loop_key)
         self.trace = TraceWriter(setup.trace_path) if setup.trace_path else None
         self.running = True
@@ -304,7 +434,7 @@ class Sender:
         self.unsent_refs: list[int] = []
         self._dropped_bytes = 0
         # per identity, for `fleet stats`: 48 bytes each, no per-identity objects
-        self.per_identity = IdentityCounts(len(self.identities))
+        self.per_identity = IdentityCounts(n)
         self.pacer = Pacer(self.rings, samples=LATENESS_SAMPLES, refs_cap=SENT_REFS_CAP,
                            trace_cap=TRACE_CAP if self.trace is not None else 0, held_cap=HELD_HANDOFF,
                            link_buffer=LINK_BUFFER)
@@ -318,8 +448,47 @@ class Sender:
         counts = self.per_identity
         self.pacer.bind(self.ready, self.link_index, counts.sent, counts.real_sent)
 
+    @property
+    def n_identities(self) -> int:
+        return len(self.ready)
+
+    def public_key(self, identity: int) -> bytes:
+        return self.publics[identity * KEY:(identity + 1) * KEY]
+
+    def links_of(self, identity: int) -> list[ProviderLink]:
+        """The links an identity registers on: its home first, then any standby."""
+        return [self.links[self.home_of[identity]], *self.standby_of.get(identity, ())]
+
+    def _join(self, new: range, provider_of: array.array, providers: list[control.ProviderEndpoint]) -> list:
+        """Identities `new` (keys already in `secrets`/`publics`) join the link to their provider,
+        `providers[provider_of[k]]` for the k-th; returns the links made for providers not seen
+        before (not yet connecting)."""
+        by_key = {link.endpoint.key: k for k, link in enumerate(self.links)}
+        joining: dict[int, array.array] = {}
+        for i, p in zip(new, provider_of, strict=True):
+            members = joining.get(p)
+            if members is None:
+                members = joining[p] = array.array("I")
+            members.append(i)
+        made = []
+        for p, members in joining.items():
+            endpoint = providers[p]
+            k = by_key.get(endpoint.key)
+            if k is None:
+                k = by_key[endpoint.key] = len(self.links)
+                self.links.append(ProviderLink(self, (), endpoint, k))
+                made.append(self.links[k])
+            link = self.links[k]
+            for i in members:
+                self.link_of[i] = link
+                self.link_index[i] = k
+                self.home_of[i] = k
+            link.join(members)
+        return made
+
     def link_state_changed(self, identity: int) -> None:
-        ready_links = [link for link in self.links_of[identity] if identity in link.registered]
+        ready_links = [link for link in self.links_of(identity)
+                       if identity < len(link.registered) and link.registered[identity]]
         ready = bool(ready_links)
         if ready_links:
             self.link_of[identity] = ready_links[0]
@@ -329,6 +498,13 @@ class Sender:
             self.connected += 1 if ready else -1
             if ready:
                 self.ready_generation += 1
+            if not self._connected_report:
+                self._connected_report = asyncio.get_running_loop().call_later(
+                    CONNECTED_REPORT_S, self._report_connected)
+
+    def _report_connected(self) -> None:
+        self._connected_report = None
+        self.ctl.send(control.SenderConnected(self.connected))
 
     def failover(self, msg: control.Failover) -> None:
         """Register these identities at a standby provider too (their home is gone from the
@@ -338,9 +514,9 @@ class Sender:
         if new:
             link = ProviderLink(self, [], msg.provider, len(self.links))
             self.links.append(link)
-        ids = [i for i in msg.identities if link not in self.links_of[i]]
+        ids = [i for i in msg.identities if link not in self.links_of(i)]
         for i in ids:
-            self.links_of[i].append(link)
+            self.standby_of.setdefault(i, []).append(link)
         link.join(ids)
         if new:
             asyncio.get_running_loop().create_task(link.connect_forever())
@@ -415,7 +591,7 @@ class Sender:
     def ours(self, identity: int) -> int:
         """Our index of the client's identity, or -1."""
         j, r = divmod(identity - self.first, self.step)
-        return j if identity >= self.first and r == 0 and j < len(self.identities) else -1
+        return j if identity >= self.first and r == 0 and j < self.n_identities else -1
 
     def ours_of(self, identities: list[int]) -> list[int]:
         return [j for j in map(self.ours, identities) if j >= 0]
@@ -437,12 +613,12 @@ class Sender:
 
     # -- pulling (Loopix clients that do not take pushes) --
     async def pull_loop(self) -> None:
-        rate = self.setup.fetch_rate * len(self.identities)
+        rate = self.setup.fetch_rate * self.n_identities
         if self.setup.push or rate <= 0:
             return
         while self.running:  # one clock for every identity's fetches; the link picks who pulls
             await asyncio.sleep(self.rng.expovariate(rate))
-            identity = self.rng.randrange(len(self.identities))
+            identity = self.rng.randrange(self.n_identities)
             self.link_of[identity].pull(identity)
 
     def report_sent(self) -> None:
@@ -504,42 +680,32 @@ class Sender:
             elif isinstance(msg, control.AddSenderIdentities):
                 self.add_identities(msg)
             elif isinstance(msg, control.IdentityStatsRequest):
-                self.ctl.send(self.per_identity.reply(msg, len(self.identities), self.first, self.step))
+                self.ctl.send(self.per_identity.reply(msg, self.n_identities, self.first, self.step))
             elif isinstance(msg, control.RemoveIdentities):
                 gone = set(self.ours_of(msg.identities))
-                for link in {lk for i in gone if i < len(self.links_of) for lk in self.links_of[i]}:
+                for link in self.links:  # home and standby
                     link.leave(gone)
 
     def add_identities(self, msg: control.AddSenderIdentities) -> None:
         """Append identities (global indexes go on from ours) and register them at their providers,
-        on the existing link to each, or a new one."""
-        first = len(self.identities)
-        self.identities = [*self.identities, *msg.identities]
+        on the existing link to each, or a new one. Costs the new identities, plus one copy of the
+        key buffers."""
+        first = self.n_identities
+        self.secrets += msg.secrets
+        self.publics += msg.publics
+        new = range(first, len(self.publics) // KEY)
+        self.keys.add(self.publics, new)
         with self.pacer.locked():  # the pacer reads these arrays: not while they move
             self.pacer.unbind()
-            self.ready.extend(bytes(len(msg.identities)))
-            self.per_identity.grow(len(msg.identities))
-            self.link_index.frombytes(bytes(4 * len(msg.identities)))
+            self.ready.extend(bytes(len(new)))
+            self.per_identity.grow(len(new))
+            self.link_index.frombytes(bytes(4 * len(new)))
             self._bind_pacer()
         self.setup.providers = msg.providers
-        by_key = {link.endpoint.key: link for link in self.links}
-        joining: dict[int, list[int]] = {}
-        for k, ident in enumerate(msg.identities):
-            joining.setdefault(ident.provider, []).append(first + k)
-        for p, members in joining.items():
-            endpoint = msg.providers[p]
-            link = by_key.get(endpoint.key)
-            if link is None:
-                link = ProviderLink(self, [], endpoint, len(self.links))
-                self.links.append(link)
-                asyncio.get_running_loop().create_task(link.connect_forever())
-            self.link_of.extend([None] * (first + len(msg.identities) - len(self.link_of)))
-            self.links_of.extend([] for _ in range(first + len(msg.identities) - len(self.links_of)))
-            for i in members:
-                self.link_of[i] = link
-                self.link_index[i] = link.number
-                self.links_of[i].append(link)
-            link.join(members)
+        self.link_of.extend([None] * len(new))
+        self.home_of.frombytes(bytes(2 * len(new)))
+        for link in self._join(new, array.array("H", msg.provider_of), msg.providers):
+            asyncio.get_running_loop().create_task(link.connect_forever())
 
     async def run(self) -> None:
         for link in self.links:

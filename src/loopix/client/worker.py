@@ -7,6 +7,7 @@ control socket closes (so it never outlives the coordinator).
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import os
@@ -18,6 +19,7 @@ import msgspec
 
 from loopix import sphinx
 from loopix.csprng import Csprng
+from loopix.keys import KEY_SIZE
 from loopix.wire.ack import inner_size
 
 from . import control
@@ -39,7 +41,9 @@ class Worker:
         self.ring = ring
         self.ctl = ctl
         self.rng = Csprng()  # routes, delays, schedule, drop, loop and ack payloads: docs/randomness.md
-        self.identities = setup.identities
+        # our identities, flat: the i-th's public key at [32i, 32i + 32), its provider's index
+        self.public_keys = setup.public_keys
+        self.provider_of = array.array("H", setup.provider_of)
         self.pending: dict[int, collections.deque[control.Fragment]] = {}
         self.payload_size = setup.payload_size
         self.inner_size = inner_size(setup.payload_size)  # after the SURB-ack prefix
@@ -59,7 +63,9 @@ class Worker:
         self.provider_keys = setup.provider_keys
         self.set_routes(setup.topology)
         classes = [StreamRates(c.payload, c.loop, c.drop) for c in setup.rate_classes]
-        rates = self.rates = [classes[i.rates] for i in self.identities]
+        rates = self.rates = [classes[c] for c in array.array("H", setup.rate_of)]
+        # the keys are kept once, above (they grow as identities join): not in the setup too
+        self.setup = msgspec.structs.replace(setup, public_keys=b"", provider_of=b"", rate_of=b"")
         self.removed: set[int] = set()  # global indexes of identities that left: their events are skipped
         share = setup.share
         # the schedule starts when this process can build it, not when the coordinator spawned it
@@ -95,8 +101,10 @@ class Worker:
         the current table (NO_PROVIDER when its provider left the topology)."""
         index = self.routes.provider_index
         by_key = [index.get(k, NO_PROVIDER) for k in self.provider_keys]
-        self.own_provider = [by_key[i.provider] for i in self.identities]
-        self.batch.set_identities([i.public_key for i in self.identities], self.own_provider)
+        self.own_provider = [by_key[p] for p in self.provider_of]
+        keys = self.public_keys
+        self.batch.set_identities([keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] for i in range(len(self.provider_of))],
+                                  self.own_provider)
 
     # -- control --
     def handle(self, msg) -> None:
@@ -124,8 +132,9 @@ class Worker:
         """Append identities to the clock. The unused next event is drawn again from the last
         event sent at the new total rate (memoryless: the schedule stays Poisson for everyone)."""
         classes = [StreamRates(c.payload, c.loop, c.drop) for c in msg.rate_classes]
-        self.identities = [*self.identities, *msg.identities]
-        self.rates.extend(classes[i.rates] for i in msg.identities)
+        self.public_keys += msg.public_keys
+        self.provider_of.frombytes(msg.provider_of)
+        self.rates.extend(classes[c] for c in array.array("H", msg.rate_of))
         self.provider_keys = msg.provider_keys
         if self.clock is None:
             self.clock = PoissonClock(self.rates, self.last_event_ns, share=self.setup.share, rng=self.rng)
@@ -141,12 +150,10 @@ class Worker:
         if provider_key not in keys:
             keys.append(provider_key)
         index = keys.index(provider_key)
-        ids = list(self.identities)
         for identity in identities:
             local, rest = divmod(identity - self.first, self.step)
-            if rest == 0 and 0 <= local < len(ids):
-                ids[local] = msgspec.structs.replace(ids[local], provider=index)
-        self.identities = ids
+            if rest == 0 and 0 <= local < len(self.provider_of):
+                self.provider_of[local] = index
         self._set_identities()
 
     # -- building --

@@ -25,11 +25,13 @@ from pathlib import Path
 import msgspec
 
 from loopix.client import control
-from loopix.client.api import Client, IdentityLock, MessageStream, Subscription, runtime_options
-from loopix.client.coordinator import ClientError, Coordinator, Identity, Stats
+from loopix.client.api import IdentityLock, MessageStream, Runner, Subscription, runtime_options
+from loopix.client.coordinator import ClientError, Coordinator, Stats
+from loopix.client.identities import IdentityTable
 from loopix.wire.socket_api import ClientAddress
 
-from .store import FleetContents, FleetIdentity, FleetStore, load_identities
+from .names import NameIndex
+from .store import FleetContents, FleetRows, FleetStore, check_count, load_identities, new_keys
 
 __all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_MESSAGES", "Fleet", "FleetMessages", "IdentityStats", "UnknownIdentityError"]
 
@@ -84,7 +86,7 @@ class FleetMessages:
         fleet._streams.append(self)
 
     def _on_message(self, index: int, data: bytes) -> None:
-        self._items.append((self._fleet._names[index], data))
+        self._items.append((self._fleet._names.name(index), data))
         self._bytes += len(data)
         while len(self._items) > 1 and (len(self._items) > self.max_messages or self._bytes > self.max_bytes):
             self._bytes -= len(self._items.popleft()[1])
@@ -120,7 +122,7 @@ class FleetMessages:
         self.end()
 
 
-class Fleet:
+class Fleet(Runner):
     """The identities of one fleet directory, run by one client process tree."""
 
     def __init__(self, contents: FleetContents, *, trace_path: str | None = None, workers: int | None = None,
@@ -128,10 +130,10 @@ class Fleet:
         self.root = Path(contents.root)
         self.layout = contents.layout
         self.config = contents.config
-        self._names = [m.name for m in contents.members]  # by coordinator index; a name that left stays
-        self._index = {name: i for i, name in enumerate(self._names)}  # the members now
-        self._identities = [self._identity(m) for m in contents.members]
-        self._seen_seq = contents.max_seq
+        self._names = NameIndex()  # name <-> coordinator index; a name that left keeps its index
+        self._names.extend(contents.rows.names)  # unique in either layout (extend checks any out of order)
+        self._identities = self._table(contents.rows)  # flat: no object per identity
+        self._seen_seq, self._removals = contents.max_seq, contents.removals
         self._store: FleetStore | None = None
         self._watch: asyncio.Task | None = None
         self._queries = None
@@ -152,26 +154,19 @@ class Fleet:
         """The fleet under `root`: a keystore (`init --fleet`) or one directory per identity."""
         return cls(load_identities(root), **kwargs)
 
-    # -- lifecycle (as Client) --
+    # -- lifecycle (Runner's, as for a Client) --
     async def __aenter__(self) -> Fleet:
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            self._coord = Coordinator(self._identities, self._options)
-            self._coord.on_waiting = self.on_waiting
-            await self._coord.start()
-            self._coord.message_listeners.append(self._count_message)
-            if self.layout == "keystore":
-                self._store = FleetStore(self.root)
-                version = self._store.data_version()
-                self._sync()  # what changed since the load
-                self._watch = asyncio.create_task(self._watch_store(version))
-            await self._serve_queries()
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        await self._open(self._identities, self._options, self._started)
         return self
+
+    async def _started(self) -> None:
+        self._coord.message_listeners.append(self._count_message)
+        if self.layout == "keystore":
+            self._store = FleetStore(self.root)
+            version = self._store.data_version()
+            self._sync()  # what changed since the load
+            self._watch = asyncio.create_task(self._watch_store(version))
+        await self._serve_queries()
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
@@ -204,28 +199,37 @@ class Fleet:
             if self._lock is not None:
                 self._lock.release()
 
-    start = Client.start  # blocking run with the status line: the same code for one or many
-    _run_forever = Client._run_forever
-
     # -- who --
     @property
     def names(self) -> list[str]:
         """Every identity's name, in the fleet's order."""
-        return list(self._index)
+        return self._names.names()
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._names)
 
-    def _identity(self, member: FleetIdentity) -> Identity:
+    def _table(self, rows: FleetRows, only: list[int] | None = None) -> IdentityTable:
+        """The rows (or those at positions `only`) as the coordinator keeps them, at the fleet's rates."""
         t = self.config.traffic
-        return Identity(member.keys, member.provider, t.payload_rate, t.loop_rate, t.drop_rate)
+        rates = (t.payload_rate, t.loop_rate, t.drop_rate)
+        table = IdentityTable()
+        if only is None:
+            table.extend(rows.secrets, rows.publics, rates, rows.pinned)
+        else:
+            k = 32
+            table.extend(b"".join(rows.secrets[i * k:(i + 1) * k] for i in only),
+                         b"".join(rows.publics[i * k:(i + 1) * k] for i in only), rates,
+                         {j: rows.pinned[i] for j, i in enumerate(only) if i in rows.pinned})
+        return table
 
     # -- joining and leaving while running --
     async def add(self, count: int) -> list[str]:
         """`count` new identities: written to the keystore, then running (no restart)."""
         if self._store is None:
             raise ClientError("identities join a running keystore fleet (init --fleet DIR --count N)")
-        names = self._store.add(count)
+        check_count(count)
+        keys = await asyncio.to_thread(new_keys, count)  # the X25519s, off the event loop
+        names = self._store.add(count, keys)
         self._sync()
         return names
 
@@ -241,18 +245,24 @@ class Fleet:
 
     def _sync(self) -> None:
         """Bring the running identities in line with the keystore."""
-        added, now, self._seen_seq = self._store.changes_since(self._seen_seq)
-        joining = [m for m in added if m.name not in self._index]
+        changes = self._store.changes_since(self._seen_seq, self._removals)
+        added = changes.added
+        joining = [k for k, name in enumerate(added.names) if name not in self._names]
         if joining:
-            indexes = self._coord.add_identities([self._identity(m) for m in joining])
+            table = self._table(added, None if len(joining) == len(added) else joining)
+            indexes = self._coord.add_identities(table)
             self._messages_out.frombytes(bytes(8 * len(joining)))
             self._messages_in.frombytes(bytes(8 * len(joining)))
-            for i, m in zip(indexes, joining, strict=True):
-                self._names.append(m.name)
-                self._index[m.name] = i
-        leaving = [name for name in self._index if name not in now]
-        if leaving:
-            self._coord.remove_identities([self._index.pop(name) for name in leaving])
+            if self._names.extend([added.names[k] for k in joining]) != indexes:
+                raise RuntimeError("fleet names and coordinator indexes went out of step")
+        self._seen_seq, self._removals = changes.max_seq, changes.removals
+        if changes.names is not None:  # some were removed since the last look: who?
+            now = changes.names
+            leaving = [i for i in self._names.indexes() if self._names.name(i) not in now]
+            if leaving:
+                self._coord.remove_identities(leaving)
+                for i in leaving:
+                    self._names.remove(i)
 
     async def _watch_store(self, version: int) -> None:
         """`loopix-client fleet add|remove DIR` from another process: seen here within a poll."""
@@ -268,7 +278,7 @@ class Fleet:
 
     def _resolve(self, identity: IdentityName) -> int:
         name = str(identity)
-        index = self._index.get(name)
+        index = self._names.get(name)
         if index is None:
             shown = name if len(name) <= 40 else name[:37] + "..."
             raise UnknownIdentityError(f"no identity {shown!r} in the fleet {self.root}")
@@ -313,7 +323,7 @@ class Fleet:
     def _stats_of(self, row: control.IdentityCounters) -> IdentityStats:
         i = row.identity
         rtt = row.rtt_sum_ns / row.loops_back / 1e6 if row.loops_back else None
-        return IdentityStats(self._names[i], *row.sent, row.real_sent, row.received, row.loops_back, rtt,
+        return IdentityStats(self._names.name(i), *row.sent, row.real_sent, row.received, row.loops_back, rtt,
                              self._messages_out[i], self._messages_in[i])
 
     async def identity_stats(self, *identities: IdentityName) -> list[IdentityStats]:

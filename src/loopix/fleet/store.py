@@ -17,16 +17,17 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 
 from loopix import config as cfg
-from loopix.keys import KEY_SIZE, KeyPair, load_keypair, public_from_secret
+from loopix.keys import KEY_SIZE, KeyPair, load_keypair
 from loopix.wire.b64 import b64url_decode
 
-__all__ = ["FORMAT", "STORE_FILE", "FleetError", "FleetIdentity", "FleetStore", "create_fleet",
-           "load_identities"]
+__all__ = ["FORMAT", "STORE_FILE", "FleetError", "FleetIdentity", "FleetRows", "FleetStore", "create_fleet",
+           "load_identities", "new_keys"]
 
 STORE_FILE = "fleet.db"
 FORMAT = "loopix-fleet-1"
@@ -56,20 +57,89 @@ class FleetIdentity(msgspec.Struct, frozen=True, gc=False):
     provider: bytes | None = None
 
 
+class FleetRows(msgspec.Struct, gc=False):
+    """Identities as a running fleet takes them, flat: their names in order, their keys in 32-byte
+    slots end to end, and the providers the few pinned ones name (by row). No object per identity
+    but its name, so loading 100,000 leaves no 100,000 key-pair objects behind."""
+
+    names: list[str]
+    secrets: bytes
+    publics: bytes
+    pinned: dict[int, bytes] = {}  # row -> provider key
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def members(self) -> list[FleetIdentity]:
+        """One FleetIdentity per row (for small fleets and tests: it makes the objects)."""
+        k = KEY_SIZE
+        return [FleetIdentity(n, KeyPair(self.secrets[i * k:(i + 1) * k], self.publics[i * k:(i + 1) * k]),
+                              self.pinned.get(i)) for i, n in enumerate(self.names)]
+
+
+def _rows(cursor) -> FleetRows:
+    """FleetRows from (name, secret, public, provider) rows."""
+    names: list[str] = []
+    secrets = bytearray()
+    publics = bytearray()
+    pinned: dict[int, bytes] = {}
+    for name, secret, public, provider in cursor:
+        if provider is not None:
+            pinned[len(names)] = provider
+        names.append(name)
+        secrets += secret
+        publics += public
+    return FleetRows(names, bytes(secrets), bytes(publics), pinned)
+
+
+class FleetChanges(msgspec.Struct, gc=False):
+    added: FleetRows
+    names: set[str] | None  # every name now; None: nothing was removed since the last read
+    max_seq: int
+    removals: int
+
+
 def check_count(count: int) -> int:
     if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
         raise FleetError(f"count must be 1 to {MAX_COUNT:,}, got {count}")
     return count
 
 
-def _new_keys(count: int) -> list[tuple[bytes, bytes]]:
-    """`count` (secret, public) pairs; one CSPRNG read for all the secrets."""
-    pool = os.urandom(KEY_SIZE * count)
-    out = []
-    for i in range(count):
-        secret = pool[i * KEY_SIZE:(i + 1) * KEY_SIZE]
-        out.append((secret, public_from_secret(secret)))
-    return out
+def new_keys(count: int, threads: int | None = None) -> tuple[bytes, bytes]:
+    """`count` key pairs as (secrets, publics), each `count` 32-byte slots end to end: one CSPRNG
+    read for every secret, and the public keys from the C core's fixed-base X25519 (libsodium's
+    Edwards tables behind a table of the base point: about half the cost of crypto_scalarmult_base,
+    and no Python object per key), split over `threads` (default: one per CPU; cffi releases the
+    GIL during each call)."""
+    from loopix.sphinx._sphinx_c import ffi, lib
+
+    secrets = os.urandom(KEY_SIZE * count)
+    out = ffi.new("uint8_t[]", KEY_SIZE * count)
+    src = ffi.from_buffer(secrets)
+    base = lib.lx_x25519_base
+
+    def part(first: int, stop: int) -> bool:
+        for off in range(first * KEY_SIZE, stop * KEY_SIZE, KEY_SIZE):
+            if base(out + off, src + off) != 0:  # only for a scalar that is 0 mod the group order
+                return False
+        return True
+
+    threads = max(1, min(threads or os.cpu_count() or 1, count // 1000 or 1))
+    if threads == 1:
+        ok = [part(0, count)]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            bounds = [count * t // threads for t in range(threads + 1)]
+            ok = list(pool.map(part, bounds[:-1], bounds[1:]))
+    if not all(ok):
+        raise FleetError("key generation failed")
+    return secrets, ffi.buffer(out)[:]
+
+
+def _pairs(secrets: bytes, publics: bytes):
+    for off in range(0, len(secrets), KEY_SIZE):
+        yield secrets[off:off + KEY_SIZE], publics[off:off + KEY_SIZE]
 
 
 def _mkdir_0700(path: Path) -> None:
@@ -116,7 +186,7 @@ def create_fleet(root: str | Path, count: int, config: cfg.ClientConfig, *, forc
             db.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("format", FORMAT), ("config", msgspec.toml.encode(config).decode())])
             db.executemany("INSERT INTO identities (seq, name, secret, public) VALUES (?, ?, ?, ?)",
-                           ((i, str(i), s, p) for i, (s, p) in enumerate(_new_keys(count))))
+                           ((i, str(i), s, p) for i, (s, p) in enumerate(_pairs(*new_keys(count)))))
             db.execute("COMMIT")
         finally:
             db.close()
@@ -188,28 +258,38 @@ class FleetStore:
                              + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
         return [found[n] for n in names]
 
-    def snapshot(self) -> tuple[list[FleetIdentity], int]:
-        """Every member and the highest sequence number, read in one transaction."""
-        self._db.execute("BEGIN")
-        try:
-            members = self.identities()
-            top = self._db.execute("SELECT max(seq) FROM identities").fetchone()[0]
-        finally:
-            self._db.execute("COMMIT")
-        return members, -1 if top is None else top
+    def _meta_int(self, key: str, default: int) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else default
 
-    def changes_since(self, seq: int) -> tuple[list[FleetIdentity], set[str], int]:
-        """(members added after `seq`, every name now, the highest sequence number), in one read."""
+    def _top_seq(self) -> int:
+        top = self._db.execute("SELECT max(seq) FROM identities").fetchone()[0]
+        return max(-1 if top is None else top, self._meta_int("top_seq", -1))
+
+    def snapshot(self) -> tuple[FleetRows, int, int]:
+        """(every member, the highest sequence number given, the removal count), in one read."""
         self._db.execute("BEGIN")
         try:
-            rows = self._db.execute("SELECT name, secret, public, provider FROM identities WHERE seq > ? "
-                                    "ORDER BY seq", (seq,))
-            added = [FleetIdentity(n, KeyPair(s, p), pr) for n, s, p, pr in rows]
-            names = {n for (n,) in self._db.execute("SELECT name FROM identities")}
-            top = self._db.execute("SELECT max(seq) FROM identities").fetchone()[0]
+            rows = _rows(self._db.execute("SELECT name, secret, public, provider FROM identities ORDER BY seq"))
+            return rows, self._top_seq(), self._meta_int("removals", 0)
         finally:
             self._db.execute("COMMIT")
-        return added, names, max(seq, -1 if top is None else top)
+
+    def changes_since(self, seq: int, removals: int) -> FleetChanges:
+        """What changed since a read that saw sequence numbers up to `seq` and `removals` removals:
+        the members added after it, and every name now only if some were removed since (so a
+        poll costs the new rows, not a pass over the whole fleet)."""
+        self._db.execute("BEGIN")
+        try:
+            added = _rows(self._db.execute("SELECT name, secret, public, provider FROM identities WHERE seq > ? "
+                                           "ORDER BY seq", (seq,)))
+            now = self._meta_int("removals", 0)
+            names = None
+            if now != removals:
+                names = {n for (n,) in self._db.execute("SELECT name FROM identities")}
+            return FleetChanges(added, names, max(seq, self._top_seq()), now)
+        finally:
+            self._db.execute("COMMIT")
 
     def data_version(self) -> int:
         """Changes when another connection commits (SQLite's PRAGMA data_version): cheap to poll."""
@@ -221,20 +301,25 @@ class FleetStore:
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM identities").fetchone()[0]
 
-    def add(self, count: int) -> list[str]:
-        """`count` new identities, named on from the highest sequence number; one transaction."""
+    def add(self, count: int, keys: tuple[bytes, bytes] | None = None) -> list[str]:
+        """`count` new identities, named on from the highest sequence number; one transaction.
+        `keys`: their key pairs as new_keys gives them (made here if not given)."""
         check_count(count)
-        keys = _new_keys(count)
+        if keys is None:
+            keys = new_keys(count)
+        elif len(keys[0]) != KEY_SIZE * count or len(keys[1]) != KEY_SIZE * count:
+            raise ValueError(f"keys for {count} identities expected")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            start = (db.execute("SELECT max(seq) FROM identities").fetchone()[0] or 0) + 1
+            start = self._top_seq() + 1  # past every name ever given: a removed name is never reused
             names = [str(start + i) for i in range(count)]
             while db.execute("SELECT 1 FROM identities WHERE name = ?", (names[0],)).fetchone():
                 start += count  # a name taken by hand-made rows: move past it
                 names = [str(start + i) for i in range(count)]
             db.executemany("INSERT INTO identities (seq, name, secret, public) VALUES (?, ?, ?, ?)",
-                           ((start + i, names[i], s, p) for i, (s, p) in enumerate(keys)))
+                           ((start + i, names[i], s, p) for i, (s, p) in enumerate(_pairs(*keys))))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('top_seq', ?)", (str(start + count - 1),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -249,6 +334,9 @@ class FleetStore:
         try:
             self.identities(names)  # raises for an unknown name, inside the transaction
             db.executemany("DELETE FROM identities WHERE name = ?", ((n,) for n in names))
+            # counted, so a running fleet's poll knows to look for who left (changes_since)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('removals', ?)",
+                       (str(self._meta_int("removals", 0) + 1),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -262,10 +350,15 @@ class FleetContents(msgspec.Struct):
     """What a fleet directory holds, whichever layout: the members and the settings they share."""
 
     root: str
-    members: list[FleetIdentity]
+    rows: FleetRows
     config: cfg.ClientConfig
     layout: str  # "keystore" or "directories"
     max_seq: int = -1  # keystore: the highest sequence number read (identities added later are newer)
+    removals: int = 0  # keystore: removals counted when it was read
+
+    @property
+    def members(self) -> list[FleetIdentity]:
+        return self.rows.members
 
 
 def load_identities(root: str | Path) -> FleetContents:
@@ -273,10 +366,10 @@ def load_identities(root: str | Path) -> FleetContents:
     root = Path(root)
     if (root / STORE_FILE).exists():
         with FleetStore(root) as store:
-            members, top = store.snapshot()
-            if not members:
+            rows, top, removals = store.snapshot()
+            if not len(rows):
                 raise FleetError(f"fleet {root} has no identities (add some: loopix-client fleet add {root} --count N)")
-            return FleetContents(str(root), members, store.config, "keystore", top)
+            return FleetContents(str(root), rows, store.config, "keystore", top, removals)
     base = root / "clients"
     if not root.is_dir():
         raise FleetError(f"no fleet directory {root}")
@@ -293,7 +386,10 @@ def load_identities(root: str | Path) -> FleetContents:
     if not members:
         raise FleetError(f"{base}: no initialised identity found")
     _check_shared(root, [m.name for m in members], configs)
-    return FleetContents(str(root), members, configs[0], "directories")
+    rows = FleetRows([m.name for m in members], b"".join(m.keys.secret for m in members),
+                     b"".join(m.keys.public for m in members),
+                     {i: m.provider for i, m in enumerate(members) if m.provider is not None})
+    return FleetContents(str(root), rows, configs[0], "directories")
 
 
 def _check_shared(root: Path, names: list[str], configs: list[cfg.ClientConfig]) -> None:

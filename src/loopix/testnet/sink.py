@@ -63,32 +63,43 @@ class SinkProtocol(asyncio.Protocol):
             if not self._handle(head):
                 return
         frames, error = self.reader.feed(data)
+        rest = []  # every frame but SEND, in order, for the protocol machine in one call
         for frame in frames:
             if frame[0] == pp.MsgType.SEND:
                 self.counters.bytes += _LEN.size + len(frame)
-            elif not self._handle(_LEN.pack(len(frame)) + frame):
-                return
+            else:
+                rest.append(_LEN.pack(len(frame)) + frame)
+        if rest and not self._handle(b"".join(rest)):
+            return
         if error is not None:
             self.transport.write(self.side.send_error(error))
             self.transport.close()
 
     def _handle(self, data: bytes) -> bool:
+        """Answers to what `data` asked, in one write (a fleet registers thousands of keys at once,
+        as the provider in testnet/provider.py answers them)."""
+        out: list[bytes] = []
+        ok = True
         for ev in self.side.receive_data(data):
             if isinstance(ev, pp.ClientHello):
-                self.transport.write(self.side.send_challenge())
+                out.append(self.side.send_challenge())
             elif isinstance(ev, pp.ClientRegistered):
-                self.transport.write(self.side.send_registered())
+                out.append(self.side.send_registered())
                 self.counters.registered += 1
             elif isinstance(ev, pp.FleetClientRegistered):
-                self.transport.write(self.side.send_registered_key(ev.client_key))
+                out.append(self.side.send_registered_key(ev.client_key))
                 self.counters.registered += 1
             elif isinstance(ev, pp.FleetClientRefused):
-                self.transport.write(self.side.send_refused_key(ev.client_key, ev.reason))
+                out.append(self.side.send_refused_key(ev.client_key, ev.reason))
             elif isinstance(ev, pp.ProtocolError):
-                self.transport.write(self.side.send_error(ev.reason))
-                self.transport.close()
-                return False
-        return True
+                out.append(self.side.send_error(ev.reason))
+                ok = False
+                break
+        if out:
+            self.transport.write(b"".join(out))
+        if not ok:
+            self.transport.close()
+        return ok
 
     def connection_lost(self, exc) -> None:
         self.counters.connections -= 1

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from _local import free_port, rss_mb, wait_listening
 from loopix.keys import public_from_secret
 from loopix.sphinx import Hop, build_packet, keypair
 from loopix.testnet.node import load_or_create_secret
@@ -46,35 +47,8 @@ from loopix.wire.provider import (
 CHUNK = 20_000
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_listening(port: int, deadline: float) -> None:
-    while True:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def fleet_connection(port: int, provider_pk: bytes, pairs: list[tuple[bytes, bytes]]):

@@ -24,38 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _local import free_port, rss_mb, wait_listening
 from loopix.keys import public_from_secret
 from loopix.sphinx import Hop, build_packet, keypair
 from loopix.testnet.node import load_or_create_secret
 from loopix.wire.address import encode_node_address, encode_node_address_unpadded
 from loopix.wire.framing import FrameDecoder, frame_header
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_listening(port: int, deadline: float) -> None:
-    while True:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 class Sink(asyncio.Protocol):

@@ -5,6 +5,7 @@ sanitizer build of scripts/sanitize.
 """
 
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -14,226 +15,38 @@ ROOT = Path(__file__).resolve().parents[3]
 # setuptools wants sources relative to setup.py, which is where pip runs this script from.
 CSRC = Path(os.path.relpath(ROOT / "csrc", Path.cwd()))
 
-ffibuilder = FFI()
-ffibuilder.cdef(
-    """
-    #define LX_MAX_HOPS 5
-    #define LX_HEADER_SIZE 348
-    #define LX_OK 0
-    #define LX_ERR_PARAM -1
-    #define LX_ERR_SIZE -2
-    #define LX_ERR_KEY -3
-    #define LX_ERR_MAC -4
-    #define LX_ERR_HEADER -5
-    #define LX_ERR_PAYLOAD -6
-    #define LX_ERR_CRYPTO -7
-    #define LX_FORWARD 1
-    #define LX_FINAL 2
-    typedef struct {
-        uint8_t public_key[32];
-        uint8_t address[32];
-        uint64_t delay_ns;
-    } lx_hop;
-    typedef struct {
-        uint32_t n_hops;
-        uint32_t message_len;
-        uint64_t message_offset;
-        lx_hop hops[5];
-        uint8_t destination[32];
-        uint8_t identifier[16];
-        uint8_t ephemeral_secret[32];
-        uint32_t use_ephemeral_secret;
-    } lx_packet_spec;
-    typedef struct {
-        int32_t status;
-        int32_t kind;
-        uint64_t delay_ns;
-        uint64_t message_offset;
-        uint64_t message_len;
-        uint8_t next_address[32];
-        uint8_t destination[32];
-        uint8_t identifier[16];
-        uint8_t replay_tag[32];
-    } lx_processed;
-    int lx_init(void);
-    long lx_packet_size(size_t payload_size);
-    int lx_build_packet(const lx_packet_spec *spec, const uint8_t *message, size_t message_len,
-                        size_t payload_size, uint8_t *out, size_t out_len);
-    long lx_build_batch(const lx_packet_spec *specs, size_t count, const uint8_t *messages,
-                        size_t messages_len, size_t payload_size, uint8_t *out, size_t out_len,
-                        size_t stride, int32_t *status);
-    int lx_process_packet(const uint8_t *secret, const uint8_t *packet, size_t len, uint8_t *out,
-                          size_t out_len, lx_processed *res);
-    long lx_process_batch(const uint8_t *secret, const uint8_t *packets, size_t count,
-                          size_t packet_len, uint8_t *out, size_t out_len, lx_processed *res);
-    int lx_lioness_encrypt(const uint8_t *key, uint8_t *block, size_t len);
-    int lx_lioness_decrypt(const uint8_t *key, uint8_t *block, size_t len);
-    int lx_expand_secret(const uint8_t *shared, uint8_t *out);
-    int lx_derive_hop_keys(const uint8_t *x, const uint8_t *public_keys, size_t n, uint8_t *out);
-    int lx_x25519_ladder(uint8_t out[32], const uint8_t *scalar, const uint8_t point[32], unsigned bits);
-    int lx_x25519(uint8_t out[32], const uint8_t scalar[32], const uint8_t point[32]);
-    int lx_x25519_base(uint8_t out[32], const uint8_t scalar[32]);
-    int lx_x25519_base_edwards(uint8_t out[32], const uint8_t scalar[32]);
-    void lx_scalar_mul(uint8_t z[32], const uint8_t x[32], const uint8_t y[32]);
-    int lx_check_public_key(const uint8_t pk[32]);
-    int lx_is_low_order(const uint8_t u[32]);
-    int lx_x25519_keyed(uint8_t out[32], const uint8_t k[32], const uint8_t pk[32]);
-    void lx_key_cache_clear(void);
+HEADERS = ("sphinx.h", "x25519.h", "csprng.h", "plan.h", "ringscan.h", "pacer.h")  # in include order
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_DEFINE = re.compile(r"#\s*define\s+(LX_\w+)\s+\(?(-?(?:0x[0-9a-fA-F]+|\d+))[uUlL]*\)?\s*$")
+# what the Python side calls in libsodium directly (sodium.h is not ours to parse)
+SODIUM = """
     int crypto_scalarmult(unsigned char *q, const unsigned char *n, const unsigned char *p);
     int crypto_scalarmult_base(unsigned char *q, const unsigned char *n);
     void randombytes_buf(void * const buf, const size_t size);
-    typedef struct { uint8_t key[32]; } lx_rng;
-    int lx_rng_seed(lx_rng *r, const uint8_t *seed);
-    void lx_rng_bytes(lx_rng *r, uint8_t *out, size_t n);
-    void lx_rng_set_path(int path);
-    int lx_rng_path(void);
-    void lx_rng_doubles(lx_rng *r, double *out, size_t n);
-    void lx_rng_exponentials(lx_rng *r, double *out, size_t n);
-    int lx_rng_below(lx_rng *r, uint32_t bound, uint32_t *out, size_t n);
-    #define LX_HOP_RECORD 64
-    #define LX_ANY_PROVIDER 0xffffffff
-    typedef struct {
-        uint64_t now_ns;
-        double total_rate;
-        uint32_t n_identities;
-        uint32_t n_entries;
-        double stream_cum[3];
-        const double *cumulative;
-    } lx_clock;
-    int lx_clock_draw(lx_clock *c, lx_rng *r, size_t count, uint64_t *t, uint32_t *identity, uint8_t *stream);
-    typedef struct {
-        uint32_t n_layers;
-        uint32_t layer_size[5];
-        const uint8_t *layer_hops[5];
-        uint32_t n_providers;
-        const uint8_t *provider_hops;
-        double mean_delay_ns;
-    } lx_route_table;
-    int lx_draw_routes(lx_rng *r, const lx_route_table *t, lx_packet_spec *specs, size_t count,
-                       const uint32_t *provider);
-    #define LX_ACK_PAYLOAD 21
-    #define LX_ACK_PACKET 386
-    #define LX_ACK_PREFIX 418
-    #define LX_LOOP_MIN 76
-    #define LX_SLOT_REAL 0
-    #define LX_SLOT_LOOP 1
-    #define LX_SLOT_DROP 2
-    #define LX_SLOT_PREBUILT 3
-    typedef struct {
-        const lx_route_table *table;
-        uint64_t capacity;
-        uint64_t payload_size;
-        lx_packet_spec *specs;
-        lx_packet_spec *ack_specs;
-        int32_t *status;
-        int32_t *ack_status;
-        uint8_t *messages;
-        uint8_t *ack_messages;
-        uint8_t *ack_out;
-        uint8_t *blocks;
-        uint64_t *ack_refs;
-        uint32_t *ack_of;
-        double *uniforms;
-        uint8_t *secrets;
-        const uint8_t *identity_keys;
-        const uint32_t *own_provider;
-        uint32_t n_identities;
-        uint8_t ack_key[32];
-        uint8_t loop_key[32];
-        uint8_t drop_destination[32];
-        const uint8_t *wire_header;
-        uint32_t wire_header_len;
-        uint8_t *kind;
-        uint8_t *stream;
-        uint32_t *local;
-        uint32_t *identity;
-        uint64_t *t;
-        uint64_t *seq;
-        uint32_t *provider;
-        uint32_t *message_len;
-        uint8_t *destinations;
-        uint64_t *route_delay_ns;
-        int64_t *placed;
-        uint64_t built[3];
-        uint64_t failed[3];
-    } lx_batch;
-    long lx_worker_batch(lx_batch *b, lx_rng *r, size_t count, uint8_t *slots, uint64_t slot_size);
-    #define LX_RING_HEADER 192
-    #define LX_SLOT_META 32
-    typedef struct {
-        uint64_t scheduled_ns;
-        uint32_t identity;
-        uint8_t stream;
-        uint8_t flags;
-    } lx_due;
-    typedef struct {
-        const uint8_t *ring;
-        uint64_t slots;
-        uint32_t slot_size;
-        uint32_t n_identities;
-        const uint8_t *ready;
-        const uint32_t *link_of;
-        uint32_t n_links;
-        uint8_t *out;
-        uint64_t link_cap;
-        uint64_t *out_len;
-        lx_due *due;
-        uint64_t max_due;
-        uint64_t new_read;
-        uint64_t next_ns;
-        uint64_t unconnected[3];
-    } lx_take_ctx;
-    long lx_take_due(lx_take_ctx *c, uint64_t read, uint64_t write, uint64_t now_ns, uint64_t room);
-    #define LX_PACE_MAX_RINGS 256
-    #define LX_PACE_SECONDS 64
-    #define LX_PACE_TRACE_RECORD 24
-    #define LX_PACE_SEND_FULL -2
-    #define LX_PACE_NO_LINK -3
-    typedef struct lx_pacer lx_pacer;
-    typedef struct {
-        uint64_t sent[3];
-        uint64_t real_sent;
-        uint64_t unconnected[3];
-        uint64_t held;
-        uint64_t wakeups;
-        uint64_t writes;
-        uint64_t stalls;
-        uint64_t write_errors;
-        uint64_t dropped_bytes;
-        int64_t error;
-    } lx_pace_totals;
-    typedef struct {
-        uint64_t sec;
-        uint64_t n[4];
-    } lx_pace_second;
-    lx_pacer *lx_pacer_new(uint32_t max_samples, uint32_t refs_cap, uint32_t trace_cap, uint32_t held_cap,
-                           uint32_t held_slot, uint64_t link_buffer, const uint8_t *seed);
-    void lx_pacer_free(lx_pacer *p);
-    int lx_pacer_add_ring(lx_pacer *p, uint8_t *ring, uint64_t slots, uint32_t slot_size);
-    void lx_pacer_lock(lx_pacer *p);
-    void lx_pacer_unlock(lx_pacer *p);
-    void lx_pacer_set_identities(lx_pacer *p, uint32_t n, const uint8_t *ready, const uint32_t *link_of,
-                                 uint64_t *sent0, uint64_t *sent1, uint64_t *sent2, uint64_t *real_sent);
-    void lx_pacer_set_id_map(lx_pacer *p, uint32_t first, uint32_t step);
-    int lx_pacer_set_link(lx_pacer *p, uint32_t link, int fd);
-    long lx_pacer_send(lx_pacer *p, uint32_t link, const uint8_t *data, size_t len);
-    int lx_pacer_account(lx_pacer *p, uint64_t scheduled_ns, uint64_t actual_ns, uint32_t identity, uint8_t stream,
-                         uint8_t flags, uint64_t seq);
-    void lx_pacer_run(lx_pacer *p);
-    void lx_pacer_stop(lx_pacer *p);
-    void lx_pacer_set_min_gap(lx_pacer *p, uint64_t ns);
-    void lx_pacer_totals(lx_pacer *p, lx_pace_totals *out);
-    long lx_pacer_take_seconds(lx_pacer *p, lx_pace_second *out, size_t cap);
-    long lx_pacer_take_lateness(lx_pacer *p, int64_t *out, size_t cap, uint64_t *seen);
-    long lx_pacer_take_refs(lx_pacer *p, uint64_t *seq, uint64_t *sent_ns, size_t cap);
-    long lx_pacer_take_trace(lx_pacer *p, uint8_t *out, size_t cap);
-    long lx_pacer_take_held(lx_pacer *p, uint8_t *out, size_t cap);
-    """
-)
+"""
+
+
+def declarations(csrc: Path = ROOT / "csrc") -> str:
+    """What cffi declares: the headers themselves (one home for every type, function and constant),
+    without comments and with their preprocessor lines reduced to the integer constants."""
+    out = []
+    for name in HEADERS:
+        for line in _COMMENT.sub("", (csrc / name).read_text()).splitlines():
+            if line.lstrip().startswith("#"):
+                m = _DEFINE.match(line.strip())
+                if m:
+                    out.append(f"#define {m[1]} {int(m[2], 0)}")
+                continue
+            out.append(line)
+    return "\n".join(out) + SODIUM
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(declarations())
 ffibuilder.set_source(
     "loopix.sphinx._sphinx_c",
-    '#include "sphinx.h"\n#include "x25519.h"\n#include "csprng.h"\n#include "plan.h"\n#include "ringscan.h"\n#include "pacer.h"\n#include <sodium.h>\n',
-    sources=[str(CSRC / "sphinx.c"), str(CSRC / "x25519.c"), str(CSRC / "csprng.c"), str(CSRC / "plan.c"), str(CSRC / "ringscan.c"), str(CSRC / "pacer.c")],
+    "".join(f'#include "{h}"\n' for h in HEADERS) + "#include <sodium.h>\n",
+    sources=[str(CSRC / h.replace(".h", ".c")) for h in HEADERS],
     include_dirs=[str(CSRC)],
     libraries=["sodium", "crypto", "pthread", "m"],
     # -O3: the field arithmetic in x25519.c needs its loops unrolled (see the note there)

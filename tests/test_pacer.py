@@ -11,20 +11,13 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from loopix.client.pacer import NO_LINK, Pacer
 from loopix.client.ring import Ring, slot_size_for
 from loopix.client.trace import RECORD
 
 WIRE = 100
 N_IDS = 4
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.002)
 
 
 @pytest.fixture
@@ -100,7 +93,7 @@ def test_packets_leave_whole_in_order_never_early_and_counted(tcp_pair, gap_us):
         for k in range(2):  # each ring in its order (packets due together share a write, ring by ring)
             assert [s for s in seqs if s % 2 == k] == list(range(k, n, 2))
         assert all(data[j * WIRE : (j + 1) * WIRE] == expected[s][1] for j, s in enumerate(seqs))
-        wait_for(lambda: sum(h.pacer.totals()["sent"]) == n)
+        wait_until(lambda: sum(h.pacer.totals()["sent"]) == n, "every packet sent", 10.0, 0.002)
         totals = h.pacer.totals()
         assert totals["sent"] == [len(range(s, n, 3)) for s in range(3)]
         assert totals["real_sent"] == len(range(0, n, 5)) and totals["error"] == 0
@@ -168,7 +161,7 @@ def test_a_link_down_hands_back_real_packets_and_counts_cover():
         now = time.monotonic_ns()
         wires = [h.put(0, now + i * 1000, 1, i % 3, i % 2 == 0, 100 + i) for i in range(6)]
         held = []
-        wait_for(lambda: held.extend(h.pacer.take_held()) or len(held) == 3)
+        wait_until(lambda: held.extend(h.pacer.take_held()) or len(held) == 3, "three held packets", 10.0, 0.002)
         assert [(x[1], x[2], x[3], x[4], x[5]) for x in held] == [
             (1, i % 3, 1, 100 + i, wires[i]) for i in range(0, 6, 2)]
         totals = h.pacer.totals()
@@ -189,7 +182,7 @@ def test_a_corrupt_slot_stops_the_pacer_with_an_error():
         h.rings[0].write_meta(0, time.monotonic_ns(), 0, 7, WIRE)  # no stream 7
         h.rings[0].publish(1)
         h.pacer.start()
-        wait_for(lambda: not h.pacer.alive)
+        wait_until(lambda: not h.pacer.alive, "the pacer to stop", 10.0, 0.002)
         assert h.pacer.totals()["error"] != 0
     finally:
         h.close()

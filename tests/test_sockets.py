@@ -561,12 +561,6 @@ class SlowClient(FakeClient):
         del self.queued[:n]
 
 
-async def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("kind", ["tcp", "websocket"])
 def test_a_flood_is_held_at_the_queue_bound_and_every_accepted_message_is_sent(kind):
     """Two applications push 20x the bound over real sockets; the client never holds more than
@@ -596,14 +590,14 @@ def test_a_flood_is_held_at_the_queue_bound_and_every_accepted_message_is_sent(k
         app = app_tcp if kind == "tcp" else app_ws
         apps = [asyncio.create_task(app(server.port, tag)) for tag in (1, 2)]
         try:
-            await _wait_for(lambda: len(client.queued) == 6, "the total bound to fill")
+            await wait_until_async(lambda: len(client.queued) == 6, "the total bound to fill", TIMEOUT, 0.01)
             for _ in range(20):  # the applications keep writing; the server takes nothing more
                 await asyncio.sleep(0)
             assert len(client.accepted) == 6 and server.budget.messages == 6
             while len(client.accepted) < 2 * per_app:
                 before = len(client.accepted)
                 client.drain(3)
-                await _wait_for(lambda before=before: len(client.accepted) > before, "room to be taken")
+                await wait_until_async(lambda before=before: len(client.accepted) > before, "room to be taken", TIMEOUT, 0.01)
             client.drain(len(client.queued))
             await asyncio.gather(*apps)
         finally:

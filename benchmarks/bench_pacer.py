@@ -7,14 +7,21 @@ One ring of 2,450-byte packets filled ahead by a producer thread (Poisson send t
 one identity. "no socket": the identity's link has no connection, so each due packet costs the pacer a
 wake-up and its accounting only (cover is counted and dropped); "TCP": the link is a TCP connection on
 127.0.0.1 to a reader process, so each wake-up also writes. CPU time of the pacer's thread from
-/proc/self/task (user + system, clock ticks: at 2,000/s over 5 s one tick is 1 µs a packet). Medians
-over rounds, configurations alternating.
+/proc/self/task/TID/schedstat (the scheduler's nanoseconds). Medians over rounds, configurations
+alternating.
+
+--processes 1,2,4 adds the scaling run: that many pacers at once, each in its own process with its
+own ring, producer and TCP reader, every one at each rate of --rates with the first gap of --gaps that
+is not 0 (else 0). It prints the packets/s they sent together, CPU per packet of the pacer threads and
+the lateness percentiles of every packet they sent (pooled, not averaged). It shows the sending
+stage alone (packets pre-made, no crypto), which is what several senders add up.
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import json
 import os
 import socket
 import statistics
@@ -30,19 +37,22 @@ from loopix.csprng import Csprng
 WIRE = 2450
 
 
-def thread_ticks() -> dict[str, int]:
+def thread_ns() -> dict[str, int]:
+    """Nanoseconds on a CPU of each thread of this process (the scheduler's own count, schedstat)."""
     out = {}
     for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        out[tid] = int(fields[11]) + int(fields[12])
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            out[tid] = int(f.read().split()[0])
     return out
 
 
-def run(rate: float, seconds: float, connect: bool, gap_us: int) -> dict:
-    ring = Ring.create(8192, slot_size_for(WIRE))
-    pacer = Pacer([ring], samples=2000, refs_cap=1 << 16, trace_cap=0, held_cap=16, link_buffer=4 << 20)
+def run(rate: float, seconds: float, connect: bool, gap_us: int, lateness: list[int] | None = None,
+        coalesce_us: int = 0) -> dict:
+    """One pacer at `rate`; with `lateness`, every packet's lateness (ns) in the window goes into it."""
+    ring = Ring.create(16384, slot_size_for(WIRE))
+    pacer = Pacer([ring], samples=8192, refs_cap=1 << 16, trace_cap=0, held_cap=16, link_buffer=4 << 20)
     pacer.set_min_gap(gap_us * 1000)
+    pacer.set_coalesce(coalesce_us * 1000)
     ready, link_of = bytearray(b"\x01"), array.array("I", [0])
     sent, real = [array.array("Q", [0]) for _ in range(3)], array.array("Q", [0])
     with pacer.locked():
@@ -74,10 +84,18 @@ def run(rate: float, seconds: float, connect: bool, gap_us: int) -> dict:
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     pacer.start()
+    tid = str(pacer._thread.native_id)  # the pacer's own thread, not the producer's
     time.sleep(0.5)
-    before, c0 = pacer.totals(), thread_ticks()
-    time.sleep(seconds)
-    after, c1 = pacer.totals(), thread_ticks()
+    pacer.take_lateness()
+    before, c0 = pacer.totals(), thread_ns()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # 50 ms of packets fit the sample: every packet's lateness is kept
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        if lateness is not None:
+            late, seen = pacer.take_lateness()
+            assert seen == len(late), "more packets than samples: take more often"
+            lateness.extend(late)
+    after, c1 = pacer.totals(), thread_ns()
     stop.set()
     producer.join()
     pacer.close()
@@ -86,11 +104,43 @@ def run(rate: float, seconds: float, connect: bool, gap_us: int) -> dict:
         reader.kill()
         reader.wait()
     packets = sum(after["sent"]) + sum(after["unconnected"]) - sum(before["sent"]) - sum(before["unconnected"])
-    busiest = max(c1, key=lambda k: c1[k] - c0.get(k, 0))  # the pacer's thread: it does the work
-    tick = os.sysconf("SC_CLK_TCK")
-    return {"pps": packets / seconds, "cpu_us": (c1[busiest] - c0.get(busiest, 0)) / tick / packets * 1e6,
+    return {"pps": packets / seconds, "cpu_us": (c1[tid] - c0[tid]) / packets / 1e3,
             "wakeups": (after["wakeups"] - before["wakeups"]) / packets,
             "writes": (after["writes"] - before["writes"]) / packets}
+
+
+def pct(values: list[int], q: float) -> float:
+    """The q-quantile of nanosecond values, in ms (nan when empty)."""
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+
+
+def child_run(spec: str) -> None:
+    """--child RATE:GAP:COALESCE:SECONDS: one pacer with a TCP reader; prints its result and every
+    lateness (JSON)."""
+    rate, gap, coalesce, seconds = spec.split(":")
+    late: list[int] = []
+    r = run(float(rate), float(seconds), True, int(gap), late, int(coalesce))
+    print(json.dumps({**r, "late": late}))
+
+
+def scaling(processes: int, rate: float, gap: int, coalesce: int, seconds: float) -> dict:
+    """`processes` pacers at once, each at `rate`, in children started together."""
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child",
+                               f"{rate}:{gap}:{coalesce}:{seconds}"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 60)
+        if p.returncode != 0:
+            raise SystemExit(f"a pacer child failed ({p.returncode})")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    late = [x for o in outs for x in o["late"]]
+    pps = sum(o["pps"] for o in outs)
+    return {"pps": pps, "cpu_us": sum(o["cpu_us"] * o["pps"] for o in outs) / pps,
+            "p50": pct(late, 0.5), "p99": pct(late, 0.99), "p999": pct(late, 0.999)}
 
 
 def main() -> None:
@@ -98,24 +148,59 @@ def main() -> None:
     ap.add_argument("--rates", default="2000,5000")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--gaps", default="0,300", help="minimum gaps between wake-ups, µs")
+    ap.add_argument("--coalesce", default="", help="coalescing windows, µs (each a configuration, gap 0)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--processes", default="", help="scaling run: numbers of pacers at once, e.g. 1,2,4")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    configs = [(float(r), c, int(g)) for r in args.rates.split(",") for g in args.gaps.split(",")
-               for c in (False, True)]
+    if args.child:
+        child_run(args.child)
+        return
+    rates = [float(r) for r in args.rates.split(",")]
+    gaps = [int(g) for g in args.gaps.split(",")]
+    windows = [int(c) for c in args.coalesce.split(",") if c]
+    if args.processes:
+        gap = next((g for g in gaps if g), 0)
+        window = next((c for c in windows if c), 0)
+        counts = [int(n) for n in args.processes.split(",")]
+        runs: dict = {(n, r): [] for n in counts for r in rates}
+        for rnd in range(args.rounds):
+            for key in runs if rnd % 2 == 0 else reversed(list(runs)):
+                x = scaling(key[0], key[1], gap, window, args.seconds)
+                runs[key].append(x)
+                print(f"round {rnd + 1}: {key[0]} pacer(s) x {key[1]:.0f}/s, gap {gap} us, coalesce {window} us: "
+                      f"{x['pps']:8.0f}/s sent, "
+                      f"{x['cpu_us']:5.1f} CPU us/packet, lateness ms p50 {x['p50']:.3f} p99 {x['p99']:.3f} "
+                      f"p99.9 {x['p999']:.3f}  (load {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"\nmedians over {args.rounds} rounds, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at the end")
+        for (n, r), xs in runs.items():
+            m = {k: statistics.median(x[k] for x in xs) for k in xs[0]}
+            print(f"{n} pacer(s) x {r:.0f}/s: {m['pps']:8.0f}/s sent together ({m['pps'] / (n * r):.3f} of asked), "
+                  f"{m['cpu_us']:5.1f} CPU us/packet (target <= 5), lateness p99 {m['p99']:.3f} ms (target <= 1)")
+        return
+    configs = [(r, c, g, 0) for r in rates for g in gaps for c in (False, True)]
+    configs += [(r, c, 0, w) for r in rates for w in windows for c in (False, True)]
     results: dict = {c: [] for c in configs}
+
+    def name(c) -> str:
+        return f"{c[0]:6.0f}/s {'TCP      ' if c[1] else 'no socket'} " + (f"coalesce {c[3]:4d} us" if c[3] else
+                                                                           f"gap {c[2]:4d} us     ")
+
     for rnd in range(args.rounds):
         for c in configs if rnd % 2 == 0 else reversed(configs):
-            r = run(c[0], args.seconds, c[1], c[2])
+            late: list[int] = []
+            r = run(c[0], args.seconds, c[1], c[2], late, c[3])
+            r["p99"] = pct(late, 0.99)
             results[c].append(r)
-            print(f"round {rnd + 1}: {c[0]:6.0f}/s {'TCP      ' if c[1] else 'no socket'} gap {c[2]:4d} us: "
+            print(f"round {rnd + 1}: {name(c)}: "
                   f"{r['cpu_us']:5.1f} CPU us/packet, {r['wakeups']:.2f} wake-ups and {r['writes']:.2f} writes "
-                  f"per packet  (load {os.getloadavg()[0]:.2f})", flush=True)
+                  f"per packet, lateness p99 {r['p99']:.3f} ms  (load {os.getloadavg()[0]:.2f})", flush=True)
     print(f"\nmedians over {args.rounds} rounds, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at the end")
     for c, rs in results.items():
-        print(f"{c[0]:6.0f}/s {'TCP      ' if c[1] else 'no socket'} gap {c[2]:4d} us: "
-              f"{statistics.median(r['cpu_us'] for r in rs):5.1f} CPU us/packet "
+        print(f"{name(c)}: {statistics.median(r['cpu_us'] for r in rs):5.1f} CPU us/packet "
               f"(target <= 5), {statistics.median(r['wakeups'] for r in rs):.2f} wake-ups and "
-              f"{statistics.median(r['writes'] for r in rs):.2f} writes per packet")
+              f"{statistics.median(r['writes'] for r in rs):.2f} writes per packet, "
+              f"lateness p99 {statistics.median(r['p99'] for r in rs):.3f} ms")
 
 
 if __name__ == "__main__":

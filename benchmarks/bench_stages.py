@@ -15,8 +15,8 @@ sink, and the sender's lateness samples (a reservoir of <= 2,000 per second, poo
 equal rate). Medians over rounds. Each client run is a child process; with --baseline-python the
 same measurement runs, alternating, under another interpreter (another checkout's build, e.g.
 main's), so before and after are side by side in one run. --variants adds runs of this build with
-other sender settings (MIN_GAP_US:SENDERS each: the pacer's minimum gap between wake-ups, and the
-number of sender processes), alternating with the rest.
+other sender settings (COALESCE_US:SENDERS each: the pacer's coalescing window, runtime.sender_coalesce_us,
+and the number of sender processes), alternating with the rest. "this" runs the defaults.
 
 The projection for N cores is arithmetic on the medians, not a measurement: the rate is bounded by
 N cores / (worker + sender + coordinator µs) and by each single process's own 1 s / µs per packet:
@@ -59,7 +59,8 @@ def bare_cpu_us(seconds: float = 2.0, payload_size: int = 2048) -> float:
     return (time.process_time() - c0) / n * 1e6
 
 
-async def paced(rate: float, seconds: float, identities: int, warmup: float, gap_us: int = 0, senders: int = 0) -> dict:
+async def paced(rate: float, seconds: float, identities: int, warmup: float,
+                variant: tuple[int, int] | None = None) -> dict:
     frame = pp.SEND_OVERHEAD + sphinx.packet_size(2048)
     per = rate / identities
     lateness: list[float] = []
@@ -67,8 +68,8 @@ async def paced(rate: float, seconds: float, identities: int, warmup: float, gap
         ids = [Identity(generate_keypair(), None, per * SPLIT[0], per * SPLIT[1], per * SPLIT[2])
                for _ in range(identities)]
         opts = RuntimeOptions(directory_url=net.topology_url, mean_hop_delay_ms=50.0)
-        if gap_us or senders:  # this build only (the baseline has neither)
-            opts.sender_min_gap_us, opts.senders = gap_us, senders
+        if variant is not None:  # this build only (the baseline runs its defaults)
+            opts.sender_coalesce_us, opts.senders = variant
         coord = Coordinator(ids, opts)
         await coord.start()
         try:
@@ -99,11 +100,11 @@ async def paced(rate: float, seconds: float, identities: int, warmup: float, gap
     }
 
 
-def child(python: str, rate: float, args, variant: tuple[int, int] = (0, 0)) -> dict:
+def child(python: str, rate: float, args, variant: tuple[int, int] | None = None) -> dict:
     """One paced run in a child process of `python` (this file, --child)."""
     out = subprocess.run([python, os.path.abspath(__file__), "--child", str(rate), "--seconds", str(args.seconds),
                           "--warmup", str(args.warmup), "--identities", str(args.identities),
-                          "--variant", f"{variant[0]}:{variant[1]}"],
+                          "--variant", f"{variant[0]}:{variant[1]}" if variant else ""],
                          capture_output=True, text=True, timeout=args.seconds + args.warmup + 120,
                          cwd=os.path.dirname(os.path.abspath(__file__)))
     if out.returncode != 0:
@@ -141,24 +142,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--identities", type=int, default=200)
     ap.add_argument("--baseline-python", default=None, help="also run under this interpreter, alternating")
-    ap.add_argument("--variants", default="", help="MIN_GAP_US:SENDERS,... more runs of this build")
+    ap.add_argument("--variants", default="", help="COALESCE_US:SENDERS,... more runs of this build")
     ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--variant", default="0:0", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        gap, senders = (int(x) for x in args.variant.split(":"))
+        variant = tuple(int(x) for x in args.variant.split(":")) if args.variant else None
         # this build's own bare C build first (its C core may differ from the parent's)
         bare, ack = bare_cpu_us(1.5), bare_cpu_us(0.75, ACK_PAYLOAD_SIZE)
-        result = uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup, gap, senders))
+        result = uvloop.run(paced(args.child, args.seconds, args.identities, args.warmup, variant))
         print(json.dumps({**result, "bare_us": bare, "same_us": bare + ACKS_PER_PACKET * ack}))
         return
     rates = [float(r) for r in args.rates.split(",")]
-    builds = {"this": (sys.executable, (0, 0))}
+    builds: dict[str, tuple[str, tuple[int, int] | None]] = {"this": (sys.executable, None)}
     for v in filter(None, args.variants.split(",")):
-        gap, senders = (int(x) for x in v.split(":"))
-        builds[f"gap{gap}/s{senders}"] = (sys.executable, (gap, senders))
+        window, senders = (int(x) for x in v.split(":"))
+        builds[f"co{window}/s{senders}"] = (sys.executable, (window, senders))
     if args.baseline_python:
-        builds["baseline"] = (args.baseline_python, (0, 0))
+        builds["baseline"] = (args.baseline_python, None)
     bare: list[float] = []
     same: list[float] = []  # bare C build of the packets and of the acks they carry
     runs: dict[tuple[str, float], list[dict]] = {(b, r): [] for b in builds for r in rates}

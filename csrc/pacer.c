@@ -53,6 +53,7 @@ struct lx_pacer {
     uint32_t n_rings;
     lx_ring_ref rings[LX_PACE_MAX_RINGS];
     uint64_t min_gap_ns; /* wake-ups at least this far apart: packets due within it share a write */
+    uint64_t coalesce_ns; /* the next due packet waits for others due this soon after it */
     uint32_t n_links;
     lx_link *links;
     uint64_t link_buffer;
@@ -441,6 +442,24 @@ static lx_round pace_round(lx_pacer *p, uint64_t now) {
     return res;
 }
 
+/* The due time of the last published slot in [first, first + window] over every ring (at most
+ * ROUND_MAX of them, what one round sends): waking then sends them all in one round. Lock held. */
+static uint64_t coalesced_wake(lx_pacer *p, uint64_t first, uint64_t window) {
+    uint64_t last = first, limit = first + window;
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < p->n_rings && n < ROUND_MAX; k++) {
+        lx_ring_ref *rr = &p->rings[k];
+        uint64_t w = __atomic_load_n((uint64_t *)rr->base, __ATOMIC_ACQUIRE);
+        for (uint64_t r = rr->read; r < w && r - rr->read < rr->slots && n < ROUND_MAX; r++) {
+            uint64_t t = get64(rr->base + LX_RING_HEADER + (r % rr->slots) * (uint64_t)rr->slot_size);
+            if (t > limit) break;
+            n++;
+            if (t > last) last = t;
+        }
+    }
+    return last;
+}
+
 static void sleep_until(uint64_t t) {
     struct timespec ts = {(time_t)(t / NS), (long)(t % NS)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
@@ -456,6 +475,8 @@ void lx_pacer_run(lx_pacer *p) {
         uint64_t now = mono_ns();
         lx_round r = pace_round(p, now);
         int64_t error = p->tot.error;
+        uint64_t co = __atomic_load_n(&p->coalesce_ns, __ATOMIC_RELAXED);
+        if (co && r.next_ns && !error) r.next_ns = coalesced_wake(p, r.next_ns, co);
         pthread_mutex_unlock(&p->mu);
         if (error) return;
         if (r.more && !r.stalled && !r.backlog) continue;
@@ -470,6 +491,7 @@ void lx_pacer_run(lx_pacer *p) {
 }
 
 void lx_pacer_set_min_gap(lx_pacer *p, uint64_t ns) { __atomic_store_n(&p->min_gap_ns, ns, __ATOMIC_RELAXED); }
+void lx_pacer_set_coalesce(lx_pacer *p, uint64_t ns) { __atomic_store_n(&p->coalesce_ns, ns, __ATOMIC_RELAXED); }
 
 void lx_pacer_stop(lx_pacer *p) { __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE); }
 

@@ -76,6 +76,10 @@ void lx_pacer_stop(lx_pacer *p);
 /* Wake-ups at least ns apart (0: at each due packet): packets due within it go in one write per link,
  * each up to ns late. Fewer wake-ups and writes per packet at the cost of that much lateness. */
 void lx_pacer_set_min_gap(lx_pacer *p, uint64_t ns);
+/* Coalescing (0: off): when the next due packet has others due within ns after it (already in the
+ * rings, which the workers fill ahead), wake once at the last of them and send them together. A lone
+ * packet is sent on time; a packet is never more than ns late for it. */
+void lx_pacer_set_coalesce(lx_pacer *p, uint64_t ns);
 
 /* Collection (each takes the lock): totals so far; the per-second buckets, lateness reservoir
  * (ns; *seen: packets it samples), sent real refs and trace records since the last take (reset). */

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import uvloop
@@ -54,6 +55,28 @@ def test_streams_trace_and_clean_shutdown(tmp_path):
     assert not any(r.real for r in records)
     assert {r.identity for r in records} == {0, 1, 2}
     assert stats.sent[Stream.LOOP] > 0 and stats.connected == 3
+
+
+def test_no_cover_is_built_before_every_identity_is_registered(tmp_path):
+    """The schedules start once the sender has registered everyone: nothing is due while an identity
+    has no connection, so none is dropped as "unconnected" (before, ~150 at this size and rate). The
+    trace's first packet is scheduled after start returned."""
+    async def scenario(trace):
+        async with SinkNet() as net:
+            ids = [Identity(generate_keypair(), None, 6.0, 2.0, 2.0) for _ in range(200)]
+            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2,
+                                                    mean_hop_delay_ms=5.0, trace_path=str(trace)))
+            await coord.start()
+            started = time.monotonic_ns()
+            await wait_until_async(lambda: sum(coord.stats.sent) >= 2000, "2,000 packets sent", 30)
+            stats = coord.stats
+            await coord.stop()
+            return stats, started
+
+    stats, started = uvloop.run(scenario(tmp_path / "trace.bin"))
+    records = read_trace(str(tmp_path / "trace.bin"))
+    assert stats.connected == 200 and stats.dropped_unconnected == 0
+    assert min(r.scheduled_ns for r in records) >= started - 50_000_000  # the resume is sent just before
 
 
 def test_killed_worker_is_replaced_and_shutdown_stays_clean():

@@ -122,6 +122,32 @@ def test_packets_leave_whole_in_order_never_early_and_counted(tcp_pair, gap_us):
         h.close()
 
 
+def test_coalescing_waits_for_the_last_packet_due_in_the_window_and_never_longer(tcp_pair):
+    """Three packets due within 300 µs go in one write at the last one's time; a packet 50 ms later
+    has nobody in its window, so it is not held back for it."""
+    a, b = tcp_pair
+    h = Harness(rings=2)
+    h.pacer.set_coalesce(300_000)  # with 0 the first packet leaves at its own time: the test fails
+    try:
+        h.pacer.set_link(0, a.fileno())
+        a.detach()
+        now = time.monotonic_ns()
+        due = [now + 30_000_000, now + 30_100_000, now + 30_250_000, now + 80_000_000]
+        for i, t in enumerate(due):  # before the loop starts, so the window sees them all
+            h.put(i % 2, t, i % N_IDS, 1, False, i)
+        h.pacer.start()
+        data = read_exactly(b, len(due) * WIRE)
+        assert sorted(struct.unpack_from("<Q", data, j * WIRE)[0] for j in range(len(due))) == [0, 1, 2, 3]
+        wait_until(lambda: sum(h.pacer.totals()["sent"]) == len(due), "every packet sent", 10.0, 0.002)
+        trace = {sched: actual for sched, actual, *_ in RECORD.iter_unpack(h.pacer.take_trace())}
+        first = [trace[t] for t in due[:3]]
+        assert len(set(first)) == 1 and first[0] >= due[2]  # one round, not before the last was due
+        assert trace[due[3]] >= due[3]
+        assert h.pacer.totals()["writes"] <= 2  # the three shared one
+    finally:
+        h.close()
+
+
 def test_python_frames_are_never_cut_into_by_packets(tcp_pair):
     a, b = tcp_pair
     h = Harness()

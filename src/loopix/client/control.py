@@ -143,7 +143,7 @@ class SenderSetup(msgspec.Struct, tag=True):
     # is the client's first + j * step (the rings name them so)
     first: int = 0
     step: int = 1
-    min_gap_us: int = 0  # wake-ups at least this far apart (client/pacer.py); 0: at each due packet
+    coalesce_us: int = 0  # packets due within this after the next go out with it (client/pacer.py); 0: off
 
 
 class Received(msgspec.Struct, tag=True):
@@ -307,9 +307,13 @@ class ControlChannel:
             self.writer.write(encode(msg))
 
     async def recv(self):
-        """The next message, or None at EOF (the peer went away)."""
+        """The next message, or None at EOF (the peer went away; a killed peer with our messages
+        still unread resets the connection, which is the same end)."""
         while not self._ready:
-            data = await self.reader.read(1 << 16)
+            try:
+                data = await self.reader.read(1 << 16)
+            except ConnectionResetError:
+                return None
             if not data:
                 return None
             self._ready.extend(self._decoder.feed(data))

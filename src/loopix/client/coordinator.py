@@ -79,7 +79,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     payload_cover: str = "drop"
     workers: int = 0
     senders: int = 0  # sender processes; 0: chosen from the workers (sender_count)
-    sender_min_gap_us: int = 0  # the sender's wake-ups at least this far apart (client/pacer.py)
+    sender_coalesce_us: int = 300  # packets due this close after the next go out with it (client/pacer.py)
     push: bool = True
     fetch_rate: float = 1.0
     topology_refresh_s: float = 5.0
@@ -301,8 +301,10 @@ class Coordinator:
         self.n_senders = sender_count(options.senders, self.n_workers, self.partitioned)
         self.removed: set[int] = set()
         self._stats_waiters: dict[int, asyncio.Future] = {}
-        # what a restarted worker starts with (see control.Pause)
-        self._cover_until_ns = 0 if options.start_paused else control.COVER_FOREVER
+        # what a (re)started worker starts with (see control.Pause): none until every identity is
+        # registered (start resumes then, unless start_paused), so no cover is built only to be dropped
+        # as "unconnected" while the sender registers
+        self._cover_until_ns = 0
 
     # -- start/stop --
     async def start(self) -> None:
@@ -329,6 +331,8 @@ class Coordinator:
                 ) from None
             if self.fatal:
                 raise ClientError(self.fatal)
+            if not self.opts.start_paused:
+                self.resume()
         except BaseException:
             await self.stop()
             raise
@@ -398,7 +402,7 @@ class Coordinator:
                 secrets=_slots(ids.secrets, mine), publics=_slots(ids.publics, mine),
                 provider_of=self._provider_indexes(mine), providers=endpoints, loop_key=self.loop_key,
                 ring_fds=rings, trace_path=self.trace_part(k), push=self.opts.push,
-                fetch_rate=self.opts.fetch_rate, first=k, step=n, min_gap_us=self.opts.sender_min_gap_us)))
+                fetch_rate=self.opts.fetch_rate, first=k, step=n, coalesce_us=self.opts.sender_coalesce_us)))
         self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
 
     @property
@@ -592,6 +596,7 @@ class Coordinator:
             chan = await control.ControlChannel.open(ours)
             child = Child(f"worker {w}", proc, chan)
             self.workers[w] = child
+            setup.cover_until_ns = self._cover_until_ns  # a Pause or Resume may have come since the spawn
             chan.send(setup)
             del setup  # a fleet's setup holds every key of the worker's share: not kept once sent
             if self.removed:

@@ -106,6 +106,10 @@ class Pacer:
     def set_min_gap(self, ns: int) -> None:
         lib.lx_pacer_set_min_gap(self._p, ns)
 
+    def set_coalesce(self, ns: int) -> None:
+        """Packets due within ns after the next one go out with the last of them (csrc/pacer.h)."""
+        lib.lx_pacer_set_coalesce(self._p, ns)
+
     # -- the thread --
     def start(self) -> None:
         self._thread = threading.Thread(target=lib.lx_pacer_run, args=(self._p,), name="pacer", daemon=True)

@@ -1,5 +1,6 @@
 """The sender's C pacing loop alone (client/pacer.py, csrc/pacer.c): CPU per packet of its thread, and
-wake-ups and writes per packet, with and without a socket, at a Poisson rate, side by side in one run.
+wake-ups and writes per packet, with and without a socket, at a Poisson rate, side by side in one run,
+against the floor of a bare wake-up (a thread that only sleeps until each due time) in the same run.
 
     .venv/bin/python benchmarks/bench_pacer.py [--rates 2000,5000] [--seconds 5] [--gaps 0,300] [--rounds 2]
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import ctypes
 import json
 import os
 import socket
@@ -109,6 +111,35 @@ def run(rate: float, seconds: float, connect: bool, gap_us: int, lateness: list[
             "writes": (after["writes"] - before["writes"]) / packets}
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def bare_wake_us(rate: float, seconds: float) -> float:
+    """The floor under every wake-up: CPU µs per wake of a thread that does nothing but sleep until
+    Poisson due times at `rate` (libc clock_nanosleep, absolute, as the pacer; ~1 µs of it is this
+    loop's Python)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: list[float] = []
+
+    def sleeper() -> None:
+        rng, ts = Csprng(), _Timespec()
+        t = time.monotonic_ns()
+        end, n = t + int(seconds * 1e9), 0
+        c0 = time.thread_time_ns()
+        while t < end:
+            t += int(rng.expovariate(rate) * 1e9)
+            ts.tv_sec, ts.tv_nsec = divmod(t, 1_000_000_000)
+            libc.clock_nanosleep(time.CLOCK_MONOTONIC, 1, ctypes.byref(ts), None)  # 1: TIMER_ABSTIME
+            n += 1
+        out.append((time.thread_time_ns() - c0) / n / 1e3)
+
+    th = threading.Thread(target=sleeper)
+    th.start()
+    th.join()
+    return out[0]
+
+
 def pct(values: list[int], q: float) -> float:
     """The q-quantile of nanosecond values, in ms (nan when empty)."""
     if not values:
@@ -186,7 +217,12 @@ def main() -> None:
         return f"{c[0]:6.0f}/s {'TCP      ' if c[1] else 'no socket'} " + (f"coalesce {c[3]:4d} us" if c[3] else
                                                                            f"gap {c[2]:4d} us     ")
 
+    floor: dict[float, list[float]] = {r: [] for r in rates}
     for rnd in range(args.rounds):
+        for r in rates:
+            floor[r].append(bare_wake_us(r, min(args.seconds, 2.0)))
+            print(f"round {rnd + 1}: {r:6.0f}/s bare wake-up (a thread that only sleeps until each due time): "
+                  f"{floor[r][-1]:5.1f} CPU us per wake-up", flush=True)
         for c in configs if rnd % 2 == 0 else reversed(configs):
             late: list[int] = []
             r = run(c[0], args.seconds, c[1], c[2], late, c[3])
@@ -196,8 +232,13 @@ def main() -> None:
                   f"{r['cpu_us']:5.1f} CPU us/packet, {r['wakeups']:.2f} wake-ups and {r['writes']:.2f} writes "
                   f"per packet, lateness p99 {r['p99']:.3f} ms  (load {os.getloadavg()[0]:.2f})", flush=True)
     print(f"\nmedians over {args.rounds} rounds, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at the end")
+    for r in rates:
+        print(f"{r:6.0f}/s bare wake-up: {statistics.median(floor[r]):5.1f} CPU us per wake-up (the floor: "
+              f"a configuration's wake-ups per packet times this)")
     for c, rs in results.items():
+        wake = statistics.median(r['wakeups'] for r in rs) * statistics.median(floor[c[0]])
         print(f"{name(c)}: {statistics.median(r['cpu_us'] for r in rs):5.1f} CPU us/packet "
+              f"(wake-up floor {wake:4.1f}) "
               f"(target <= 5), {statistics.median(r['wakeups'] for r in rs):.2f} wake-ups and "
               f"{statistics.median(r['writes'] for r in rs):.2f} writes per packet, "
               f"lateness p99 {statistics.median(r['p99'] for r in rs):.3f} ms")

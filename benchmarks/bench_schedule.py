@@ -53,12 +53,22 @@ async def run(rate: float, seconds: float, identities: int, trace: str) -> dict:
         coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, mean_hop_delay_ms=50.0,
                                                 trace_path=trace))
         await coord.start()
-        pids = [c.proc.pid for c in [coord.sender, *coord.workers]]
-        cpu0, t0 = sum(map(cpu_seconds, pids)), time.monotonic()
+        workers = [c.proc.pid for c in coord.workers]
+        senders = [c.proc.pid for c in coord.senders]
+        sink = net.sink.pid
+
+        def sample() -> tuple[float, ...]:
+            return (sum(map(cpu_seconds, workers)), sum(map(cpu_seconds, senders)), time.process_time(),
+                    cpu_seconds(sink), time.monotonic())
+
+        before = sample()
         await asyncio.sleep(seconds)
-        cpu1, t1 = sum(map(cpu_seconds, pids)), time.monotonic()
+        after = sample()
         await coord.stop()
-    return {"children_cpu": (cpu1 - cpu0) / (t1 - t0)}
+    # CPU in cores: workers, senders, this process (the coordinator) and the sink process
+    w, s, c, k, span = (b - a for a, b in zip(before, after, strict=True))
+    return {"children_cpu": (w + s) / span, "workers_cpu": w / span, "senders_cpu": s / span,
+            "this_cpu": c / span, "sink_cpu": k / span}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import socket
 import time
 
+from conftest import wait_until
 from loopix import sphinx
 from loopix.client import control
+from loopix.client.coordinator import spawn
 from loopix.client.ring import Ring, slot_size_for
 from loopix.client.worker import Worker
 from test_csprng import _worker_setup
@@ -52,4 +54,27 @@ def test_cover_due_after_a_scheduled_pause_is_never_built():
     finally:
         ours.close()
         theirs.close()
+        ring.close()
+
+
+def test_a_resume_read_together_with_the_setup_is_not_lost():
+    """The coordinator starts workers paused and resumes them once everyone is registered; the two
+    messages can reach the worker process in one read. Before, it kept only the setup and stayed
+    paused for good."""
+    setup = _worker_setup(n_identities=4, rate=2000.0)
+    setup.cover_until_ns = 0
+    ring = Ring.create(4096, slot_size_for(len(setup.wire_header) + 32 + sphinx.packet_size(2048)))
+    ours, theirs = socket.socketpair()
+    proc = spawn("loopix.client.worker", [theirs.fileno(), ring.fd], [str(theirs.fileno()), str(ring.fd)])
+    theirs.close()
+    try:
+        ours.sendall(control.encode(setup) + control.encode(control.Resume()))
+        wait_until(lambda: ring.write_index > 50, "the worker to build cover", 20.0)
+        ours.sendall(control.encode(control.Stop()))
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ours.close()
         ring.close()

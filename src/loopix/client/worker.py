@@ -292,10 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ctl_fd, ring_fd = int(argv[0]), int(argv[1])
     sock = socket.socket(fileno=ctl_fd)
     ctl = control.BlockingControl(sock)
-    setup = None
+    setup, early = None, []  # what came with the setup in one read (a Resume, fragments) is not lost
     while setup is None and not ctl.closed:
         for msg in ctl.poll(None):
-            if isinstance(msg, control.WorkerSetup):
+            if setup is not None:
+                early.append(msg)
+            elif isinstance(msg, control.WorkerSetup):
                 setup = msg
     if setup is None:
         return 0
@@ -305,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = None
     try:
         worker = Worker(setup, ring, ctl)
+        for msg in early:
+            worker.handle(msg)
         run_profiled("worker", worker.run)
     except KeyboardInterrupt:
         pass

@@ -34,6 +34,7 @@ def loadtest(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         (["--metrics-port", "70000"], "1..65535"),
         (["--threshold", "rtt_p99<2"], "needs a unit"),
         (["--workers", "-2"], "at least 0"),
+        (["--sender-coalesce-us", "5000"], "0 to 1000"),
         (["--find-capacity", "--capacity-start", "0"], "greater than 0"),
         (["--find-capacity", "--capacity-step", "10"], "needs a unit"),
     ],

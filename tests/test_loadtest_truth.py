@@ -118,8 +118,9 @@ def test_reproducibility_metadata(idle_run):
     assert meta["rates_per_identity"] == {"payload": 0.0, "loop": 5.0, "drop": 0.0}
     assert meta["mean_hop_delay_ms"] == IDLE_HOP_DELAY_MS and meta["packet_payload_size"] == 2048
     assert meta["topology"] == {"source": "embedded", "mixnodes_per_layer": [2, 2, 2], "providers": 2}
+    assert meta["sender_coalesce_us"] == 300  # the default: lateness up to 0.3 ms is by design
     page = (out / "report.html").read_text()
-    assert "Run metadata" in page and meta["started_utc"] in page
+    assert "Run metadata" in page and meta["started_utc"] in page and "coalescing window 300 µs" in page
 
 
 def test_report_command_re_renders_exactly(idle_run):

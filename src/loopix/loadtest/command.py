@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=argtype(count(0)), default=0, help="packet workers (default: cores)")
     p.add_argument("--senders", type=argtype(count(0)), default=0,
                    help="sender processes, each owning a share of the identities (default: one per 8 workers)")
+    p.add_argument("--sender-coalesce-us", type=argtype(count(0, 1000)), default=300, metavar="US",
+                   help="packets due within this after the next one are sent with the last of them, each at "
+                   "most this late (default 300; 0: each at its own time)")
     p.add_argument("--threshold", action="append", default=[], type=argparse_threshold,
                    help='e.g. "rtt_p99<2s", "loss<0.1%%" (durations need a unit); any violated: exit 99')
     p.add_argument("--out", metavar="DIR", help="write summary.json, history.csv, nodes.csv, resources.csv, "
@@ -124,7 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
         identities=args.identities, duration_s=args.duration, directory_url=args.directory,
         payload_rate=args.payload_rate, loop_rate=args.loop_rate, drop_rate=args.drop_rate,
         messages_rate=args.messages, message_size=args.message_size, mean_hop_delay_ms=args.mean_hop_delay_ms,
-        workers=args.workers, senders=args.senders, thresholds=[t.expression for t in args.threshold], out_dir=args.out,
+        workers=args.workers, senders=args.senders, sender_coalesce_us=args.sender_coalesce_us, thresholds=[t.expression for t in args.threshold], out_dir=args.out,
         metrics_port=args.metrics_port, grace_s=args.grace, layers=args.layers,
         mixnodes_per_layer=args.mixnodes_per_layer, providers=args.providers,
         command_line=["loopix-client", *sys.argv[1:]],

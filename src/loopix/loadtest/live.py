@@ -233,10 +233,12 @@ def summary_table(summary: Summary) -> Table:
         ("message latency", s.message_latency),
     ):
         if p.count or label != "message latency":
+            window = s.meta.sender_coalesce_us if label == "lateness" and s.meta is not None else 0
             t.add_row(
                 f"{label} p50/p99 ms",
                 f"{_ms(p.p50_ms)} / {_ms(p.p99_ms)}",
-                f"p90 {_ms(p.p90_ms)}, p99.9 {_ms(p.p999_ms)}, max {_ms(p.max_ms)}, n={p.count:,}",
+                f"p90 {_ms(p.p90_ms)}, p99.9 {_ms(p.p999_ms)}, max {_ms(p.max_ms)}, n={p.count:,}"
+                + (f"; up to {window / 1000:g} ms is the senders' coalescing window" if window else ""),
             )
     pred = s.predicted_rtt_ms
     ex = s.rtt_excess_ms

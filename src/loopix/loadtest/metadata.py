@@ -47,6 +47,8 @@ class RunMetadata(msgspec.Struct, frozen=True, kw_only=True):
     packet_payload_size: int
     workers: int  # as asked (0: one per core)
     topology: TopologyShape
+    # the senders' coalescing window: scheduler lateness up to this is by design (0 in older reports)
+    sender_coalesce_us: int = 0
 
 
 def _cpu_model() -> str | None:
@@ -102,7 +104,7 @@ def git_commit() -> str | None:
 
 def collect(*, identities: int, rates: dict[str, float], messages_per_s: float, mean_hop_delay_ms: float,
             packet_payload_size: int, workers: int, source: str, mixnodes_per_layer: list[int],
-            providers: int, argv: list[str] | None = None) -> RunMetadata:
+            providers: int, argv: list[str] | None = None, sender_coalesce_us: int = 0) -> RunMetadata:
     return RunMetadata(
         started_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         loopix_version=loopix.__version__,
@@ -115,5 +117,6 @@ def collect(*, identities: int, rates: dict[str, float], messages_per_s: float, 
         mean_hop_delay_ms=mean_hop_delay_ms,
         packet_payload_size=packet_payload_size,
         workers=workers,
+        sender_coalesce_us=sender_coalesce_us,
         topology=TopologyShape(source=source, mixnodes_per_layer=mixnodes_per_layer, providers=providers),
     )

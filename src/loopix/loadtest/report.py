@@ -571,7 +571,8 @@ def _meta_html(s: Summary) -> str:
                     if h.load_average else "")),
         ("traffic", f"{m.identities:,} identities × ({rates}); real messages {m.messages_per_s:g}/s"),
         ("packets", f"payload {m.packet_payload_size} bytes; mean hop delay {m.mean_hop_delay_ms:g} ms; "
-                    f"workers {m.workers or 'one per core'}"),
+                    f"workers {m.workers or 'one per core'}; sender coalescing window "
+                    f"{m.sender_coalesce_us} µs (scheduler lateness up to it is by design)"),
         ("topology", f"{m.topology.source}: mixnodes per layer {m.topology.mixnodes_per_layer}, "
                      f"{m.topology.providers} providers"),
     ]

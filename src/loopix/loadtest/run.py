@@ -52,6 +52,7 @@ class LoadTestOptions(msgspec.Struct, kw_only=True):
     packet_payload_size: int = 2048
     workers: int = 0
     senders: int = 0  # 0: chosen from the workers (client/coordinator.py sender_count)
+    sender_coalesce_us: int = 300  # the senders' coalescing window (lateness it may add by design)
     thresholds: list[str] = []
     out_dir: str | None = None
     metrics_port: int | None = None
@@ -268,7 +269,8 @@ async def _run(opts: LoadTestOptions, url: str, base_url: str, thresholds: Thres
     ids = ephemeral_identities(opts.identities, opts.payload_rate, opts.loop_rate, opts.drop_rate)
     coord = Coordinator(ids, RuntimeOptions(
         directory_url=url, payload_size=opts.packet_payload_size, mean_hop_delay_ms=opts.mean_hop_delay_ms,
-        workers=opts.workers, senders=opts.senders, start_timeout_s=max(30.0, opts.identities / 200),
+        workers=opts.workers, senders=opts.senders, sender_coalesce_us=opts.sender_coalesce_us,
+        start_timeout_s=max(30.0, opts.identities / 200),
         start_paused=True,
         directory_key=directory_key))
     await coord.start()
@@ -306,6 +308,7 @@ async def _measure(opts: LoadTestOptions, coord: Coordinator, base_url: str, url
         rates={"payload": opts.payload_rate, "loop": opts.loop_rate, "drop": opts.drop_rate},
         messages_per_s=opts.messages_rate, mean_hop_delay_ms=opts.mean_hop_delay_ms,
         packet_payload_size=opts.packet_payload_size, workers=opts.workers,
+        sender_coalesce_us=opts.sender_coalesce_us,
         source="embedded" if testnet is not None else url,
         mixnodes_per_layer=[len(nodes) for nodes in coord.topology.layers().values()],
         providers=len(coord.topology.providers), argv=opts.command_line)

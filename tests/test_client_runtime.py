@@ -79,6 +79,33 @@ def test_no_cover_is_built_before_every_identity_is_registered(tmp_path):
     assert min(r.scheduled_ns for r in records) >= started - 50_000_000  # the resume is sent just before
 
 
+def test_identities_that_join_get_streams_once_registered(tmp_path):
+    """Identities added to a running client have no streams until the sender has registered them,
+    so none of their cover is dropped as "unconnected" (before: hundreds, while 3,000 registered);
+    then they send like the others."""
+    async def scenario(trace):
+        async with SinkNet() as net:
+            ids = [Identity(generate_keypair(), None, 6.0, 2.0, 2.0) for _ in range(100)]
+            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2,
+                                                    mean_hop_delay_ms=5.0, trace_path=str(trace)))
+            await coord.start()
+            joined = coord.add_identities([Identity(generate_keypair(), None, 0.6, 0.2, 0.2) for _ in range(3000)])
+            added = time.monotonic_ns()
+            await wait_until_async(lambda: coord.stats.connected == 3100, "3,100 identities connected", 60)
+            sent = sum(coord.stats.sent)
+            await wait_until_async(lambda: sum(coord.stats.sent) >= sent + 4000, "4,000 more packets sent", 30)
+            stats = coord.stats
+            await coord.stop()
+            return stats, joined, added
+
+    stats, joined, added = uvloop.run(scenario(tmp_path / "trace.bin"))
+    records = read_trace(str(tmp_path / "trace.bin"))
+    theirs = [r for r in records if r.identity in joined]
+    assert stats.dropped_unconnected == 0
+    assert len(theirs) >= 1000 and len({r.identity for r in theirs}) >= 500  # once started, they send
+    assert min(r.scheduled_ns for r in theirs) >= added
+
+
 def test_killed_worker_is_replaced_and_shutdown_stays_clean():
     async def scenario():
         async with SinkNet() as net:

@@ -57,6 +57,30 @@ def test_cover_due_after_a_scheduled_pause_is_never_built():
         ring.close()
 
 
+def test_identities_waiting_for_registration_get_no_streams_until_started():
+    """Identities from `streams_until` on (joined, not yet registered) are skipped like removed
+    ones; StartStreams gives them their streams from then on."""
+    setup = _worker_setup(n_identities=4, rate=2000.0)
+    setup.streams_until = 2
+    ring = Ring.create(4096, slot_size_for(len(setup.wire_header) + 32 + sphinx.packet_size(2048)))
+    ours, theirs = socket.socketpair()
+    try:
+        worker = Worker(setup, ring, control.BlockingControl(theirs))
+        now = time.monotonic_ns()
+        _build_until(worker, now + 200_000_000)
+        before = {ring.peek(i)[1] for i in range(ring.read_index, ring.write_index)}
+        assert before == {0, 1}, "only the registered identities send"
+        ring.release(ring.write_index)
+        worker.handle(control.StartStreams(control.EVERY_IDENTITY))
+        _build_until(worker, now + 400_000_000)
+        after = {ring.peek(i)[1] for i in range(ring.read_index, ring.write_index)}
+        assert after == {0, 1, 2, 3}, "every identity sends once started"
+    finally:
+        ours.close()
+        theirs.close()
+        ring.close()
+
+
 def test_a_resume_read_together_with_the_setup_is_not_lost():
     """The coordinator starts workers paused and resumes them once everyone is registered; the two
     messages can reach the worker process in one read. Before, it kept only the setup and stayed

@@ -44,6 +44,7 @@ class TopologyUpdate(msgspec.Struct, tag=True):
 
 
 COVER_FOREVER = (1 << 63) - 1  # cover_until_ns of a worker that is not paused
+EVERY_IDENTITY = (1 << 63) - 1  # streams_until when no identity waits for its registration
 
 
 class WorkerSetup(msgspec.Struct, tag=True):
@@ -68,6 +69,7 @@ class WorkerSetup(msgspec.Struct, tag=True):
     wire_header: bytes  # bytes before the first-hop address in every SEND frame
     ack_key: bytes = b""  # SURB-ack payload key (client/acks.py)
     cover_until_ns: int = COVER_FOREVER  # cover only for events due before this (0: none; see Pause)
+    streams_until: int = EVERY_IDENTITY  # identities from this index on wait for StartStreams
     first: int = 0
     step: int = 1
     share: float = 1.0  # of each identity's rates: 1 when workers split the identities, 1/W otherwise
@@ -199,6 +201,13 @@ class AddWorkerIdentities(msgspec.Struct, tag=True):
     rate_classes: list[RateClass]
 
 
+class StartStreams(msgspec.Struct, tag=True):
+    """Identities below `until` have streams; those from it on (joined while running, not yet
+    registered) have none yet: their events are skipped, their messages wait in the worker."""
+
+    until: int
+
+
 class AddSenderIdentities(msgspec.Struct, tag=True):
     """Identities joining the running sender, appended to its own, flat as in SenderSetup;
     `providers` is the whole list."""
@@ -263,6 +272,7 @@ class Resume(msgspec.Struct, tag=True):
 ControlMessage = (
     TopologyUpdate | WorkerSetup | SendFragments | FragmentsBuilt | FragmentsSent | FragmentsFailed
     | WorkerStats | SenderSetup | Received | SenderStats | SenderConnected | Stop | Pause | Resume | Fatal | Failover
+    | StartStreams
     | AddWorkerIdentities | AddSenderIdentities | RemoveIdentities | IdentityStatsRequest | IdentityStatsReply
 )
 _encoder = msgspec.msgpack.Encoder()

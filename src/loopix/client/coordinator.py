@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -229,6 +230,15 @@ def sender_count(asked: int, workers: int, partitioned: bool) -> int:
     return want
 
 
+class _Joining(msgspec.Struct):
+    """Identities that joined together, waiting until `connected_at_least` are connected (or the
+    deadline, a monotonic time) for their streams."""
+
+    indexes: range
+    connected_at_least: int
+    deadline: float
+
+
 class Child:
     """A worker or sender process with its control channel."""
 
@@ -305,6 +315,10 @@ class Coordinator:
         # registered (start resumes then, unless start_paused), so no cover is built only to be dropped
         # as "unconnected" while the sender registers
         self._cover_until_ns = 0
+        # identities that joined while running wait for their registration before the workers give
+        # them streams (cover due before could only be dropped as "unconnected"): oldest join first
+        self._joining: collections.deque[_Joining] = collections.deque()
+        self._streams_until = control.EVERY_IDENTITY
 
     # -- start/stop --
     async def start(self) -> None:
@@ -555,6 +569,7 @@ class Coordinator:
             elif isinstance(msg, control.SenderConnected):
                 self._connected_of[k] = msg.connected
                 self.stats.connected = sum(self._connected_of)
+                self._give_streams(time.monotonic())
                 if self.stats.connected >= len(self.identities):
                     self._sender_connected.set()
             elif isinstance(msg, control.IdentityStatsReply):
@@ -596,7 +611,8 @@ class Coordinator:
             chan = await control.ControlChannel.open(ours)
             child = Child(f"worker {w}", proc, chan)
             self.workers[w] = child
-            setup.cover_until_ns = self._cover_until_ns  # a Pause or Resume may have come since the spawn
+            # a Pause, Resume or join may have come since the spawn
+            setup.cover_until_ns, setup.streams_until = self._cover_until_ns, self._streams_until
             chan.send(setup)
             del setup  # a fleet's setup holds every key of the worker's share: not kept once sent
             if self.removed:
@@ -995,6 +1011,7 @@ class Coordinator:
         s.messages_incomplete += sum(len(r.expire(now)) for r in self.reassemblers.values())
         if s.connected >= len(self.identities):
             self._sender_connected.set()
+        self._give_streams(now)
         for listener in self.stats_listeners:
             listener(s, msg)
 
@@ -1027,6 +1044,11 @@ class Coordinator:
             child.chan.send(control.AddSenderIdentities(
                 _slots(self.identities.secrets, mine), _slots(self.identities.publics, mine),
                 self._provider_indexes(mine), endpoints))
+        if not self._joining:  # the joining identities get streams once registered (_give_streams)
+            self._streams_until = new.start
+            self._tell_workers(control.StartStreams(new.start))
+        self._joining.append(_Joining(new, self.stats.connected + len(new),
+                                      time.monotonic() + self.opts.start_timeout_s))
         rate_classes = [control.RateClass(*r) for r in self.identities.rate_classes]
         for w, child in enumerate(self.workers):
             share = range(new.start + (w - new.start) % self.n_workers, new.stop, self.n_workers) \
@@ -1035,6 +1057,17 @@ class Coordinator:
                 child.chan.send(control.AddWorkerIdentities(*self._worker_share(share), list(self.provider_keys),
                                                             rate_classes))
         return new
+
+    def _give_streams(self, now: float) -> None:
+        """Joined identities get streams once the sender has registered as many as joined (or after
+        start_timeout_s, registered or not), in the order they joined."""
+        while self._joining:
+            head = self._joining[0]
+            if self.stats.connected < head.connected_at_least and now < head.deadline:
+                return
+            self._joining.popleft()
+            self._streams_until = self._joining[0].indexes.start if self._joining else control.EVERY_IDENTITY
+            self._tell_workers(control.StartStreams(self._streams_until))
 
     def remove_identities(self, indexes: list[int]) -> None:
         """Identities leave: no more streams or messages for them (indexes are never reused)."""

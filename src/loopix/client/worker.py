@@ -89,6 +89,7 @@ class Worker:
         self.running = True
         # cover only for events due before this; after it only payload events carrying a real fragment
         self.cover_until_ns = setup.cover_until_ns
+        self.streams_until = setup.streams_until  # identities from here on wait for registration
 
     def set_routes(self, topo: control.TopologyUpdate) -> None:
         self.routes = Routes(topo, self.rng)
@@ -119,6 +120,8 @@ class Worker:
             self.cover_until_ns = min(self.cover_until_ns, msg.from_ns)
         elif isinstance(msg, control.Resume):
             self.cover_until_ns = control.COVER_FOREVER
+        elif isinstance(msg, control.StartStreams):
+            self.streams_until = msg.until
         elif isinstance(msg, control.Stop):
             self.running = False
         elif isinstance(msg, control.AddWorkerIdentities):
@@ -194,7 +197,7 @@ class Worker:
         kind, stream_of, local_of, identity_of, t_of, seq_of = b.kind, b.stream, b.local, b.identity, b.t, b.seq
         own, first, step, cover = self.own_provider, self.first, self.step, self.payload_cover
         pending, removed, usable = self.pending, self.removed, self.routes.usable
-        cover_until = self.cover_until_ns
+        cover_until, streams_until = self.cover_until_ns, self.streams_until
         reals: list[tuple[int, control.Fragment]] = []
         n = 0
         last_t = 0
@@ -203,7 +206,7 @@ class Worker:
             self.next_event = self.clock.next()
             identity = first + local * step
             last_t = t
-            if removed and identity in removed:
+            if identity >= streams_until or (removed and identity in removed):
                 continue  # thinning by identity: everyone else's streams stay Poisson
             if t >= cover_until and (stream != _PAYLOAD or not pending.get(identity)):
                 continue

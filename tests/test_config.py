@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from loopix import config as cfg
 from loopix import keys
+from loopix.client.api import runtime_options
 from loopix.config import ClientConfig, ClientSection, ConfigError, RuntimeSection, TrafficSection
 
 PROVIDER = keys.key_to_b64url(bytes(range(32)))
@@ -105,6 +106,16 @@ def test_minimal_file_and_int_for_float(tmp_path):
     c = cfg.load(write(tmp_path, '[client]\nid = "alice"\n[traffic]\nloop_rate = 3\n'))
     assert c.traffic.loop_rate == 3.0 and isinstance(c.traffic.loop_rate, float)
     assert c.traffic.payload_rate == 50.0
+
+
+def test_a_config_written_before_the_coalescing_window_still_loads(tmp_path):
+    """`init` writes every runtime key: files from the release with `sender_min_gap_us` load, the
+    knob keeps its meaning, and the new window takes its default."""
+    text = '[client]\nid = "a"\n[runtime]\nworkers = 0\nsenders = 0\nsender_min_gap_us = 200\n'
+    c = cfg.load(write(tmp_path, text))
+    assert c.runtime.sender_min_gap_us == 200 and c.runtime.sender_coalesce_us == 300
+    opts = runtime_options(c)
+    assert (opts.sender_min_gap_us, opts.sender_coalesce_us) == (200, 300)
 
 
 def test_provider_key_is_normalised_to_padded(tmp_path):

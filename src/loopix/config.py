@@ -180,6 +180,9 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # last of them, one wake-up and one write, each at most this much late; a lone packet goes on time.
     # 0 = wake at each due packet (docs/client-stages.md: a wake-up costs ~25 µs of CPU on a VM)
     sender_coalesce_us: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 300
+    # the older knob, kept so configs written with it load and behave as before: wake-ups at least this
+    # far apart (each packet up to this late, alone or not); 0 = off
+    sender_min_gap_us: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     topology_refresh_s: Positive = 5.0
 
     def __post_init__(self) -> None:

@@ -124,6 +124,7 @@ def runtime_options(config: ClientConfig, **overrides) -> RuntimeOptions:
         directory_url=config.client.directory_server_topology, payload_size=t.packet_size,
         mean_hop_delay_ms=t.mean_hop_delay_ms, payload_cover=t.payload_stream_cover,
         workers=r.workers, senders=r.senders, sender_coalesce_us=r.sender_coalesce_us,
+        sender_min_gap_us=r.sender_min_gap_us,
         topology_refresh_s=r.topology_refresh_s, fetch_rate=t.fetch_rate,
         push=t.delivery == "push",
         directory_key=b64url_decode(config.client.directory_key) if config.client.directory_key else None,

@@ -146,6 +146,7 @@ class SenderSetup(msgspec.Struct, tag=True):
     first: int = 0
     step: int = 1
     coalesce_us: int = 0  # packets due within this after the next go out with it (client/pacer.py); 0: off
+    min_gap_us: int = 0  # wake-ups at least this far apart (the older knob); 0: off
 
 
 class Received(msgspec.Struct, tag=True):

@@ -81,6 +81,7 @@ class RuntimeOptions(msgspec.Struct, kw_only=True):
     workers: int = 0
     senders: int = 0  # sender processes; 0: chosen from the workers (sender_count)
     sender_coalesce_us: int = 300  # packets due this close after the next go out with it (client/pacer.py)
+    sender_min_gap_us: int = 0  # the older knob: wake-ups at least this far apart (client/pacer.py)
     push: bool = True
     fetch_rate: float = 1.0
     topology_refresh_s: float = 5.0
@@ -416,7 +417,8 @@ class Coordinator:
                 secrets=_slots(ids.secrets, mine), publics=_slots(ids.publics, mine),
                 provider_of=self._provider_indexes(mine), providers=endpoints, loop_key=self.loop_key,
                 ring_fds=rings, trace_path=self.trace_part(k), push=self.opts.push,
-                fetch_rate=self.opts.fetch_rate, first=k, step=n, coalesce_us=self.opts.sender_coalesce_us)))
+                fetch_rate=self.opts.fetch_rate, first=k, step=n, coalesce_us=self.opts.sender_coalesce_us,
+                min_gap_us=self.opts.sender_min_gap_us)))
         self._pending_workers = {w: self._spawn_worker(w) for w in range(self.n_workers)}
 
     @property

@@ -439,6 +439,7 @@ class Sender:
                            trace_cap=TRACE_CAP if self.trace is not None else 0, held_cap=HELD_HANDOFF,
                            link_buffer=LINK_BUFFER)
         self.pacer.set_coalesce(setup.coalesce_us * 1000)
+        self.pacer.set_min_gap(setup.min_gap_us * 1000)
         self.pacer.set_id_map(self.first, self.step)
         with self.pacer.locked():
             self._bind_pacer()

@@ -57,15 +57,23 @@ def test_streams_trace_and_clean_shutdown(tmp_path):
     assert stats.sent[Stream.LOOP] > 0 and stats.connected == 3
 
 
+def _identities(n: int, rate: float) -> list[Identity]:
+    """n identities of `rate` packets/s each, payload:loop:drop 60:20:20 (drop cover)."""
+    return [Identity(generate_keypair(), None, 0.6 * rate, 0.2 * rate, 0.2 * rate) for _ in range(n)]
+
+
+def _traced_client(net: SinkNet, ids: list[Identity], trace) -> Coordinator:
+    return Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2, mean_hop_delay_ms=5.0,
+                                           trace_path=str(trace)))
+
+
 def test_no_cover_is_built_before_every_identity_is_registered(tmp_path):
     """The schedules start once the sender has registered everyone: nothing is due while an identity
     has no connection, so none is dropped as "unconnected" (before, ~150 at this size and rate). The
     trace's first packet is scheduled after start returned."""
     async def scenario(trace):
         async with SinkNet() as net:
-            ids = [Identity(generate_keypair(), None, 6.0, 2.0, 2.0) for _ in range(200)]
-            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2,
-                                                    mean_hop_delay_ms=5.0, trace_path=str(trace)))
+            coord = _traced_client(net, _identities(200, 10.0), trace)
             await coord.start()
             started = time.monotonic_ns()
             await wait_until_async(lambda: sum(coord.stats.sent) >= 2000, "2,000 packets sent", 30)
@@ -85,11 +93,9 @@ def test_identities_that_join_get_streams_once_registered(tmp_path):
     then they send like the others."""
     async def scenario(trace):
         async with SinkNet() as net:
-            ids = [Identity(generate_keypair(), None, 6.0, 2.0, 2.0) for _ in range(100)]
-            coord = Coordinator(ids, RuntimeOptions(directory_url=net.topology_url, workers=2,
-                                                    mean_hop_delay_ms=5.0, trace_path=str(trace)))
+            coord = _traced_client(net, _identities(100, 10.0), trace)
             await coord.start()
-            joined = coord.add_identities([Identity(generate_keypair(), None, 0.6, 0.2, 0.2) for _ in range(3000)])
+            joined = coord.add_identities(_identities(3000, 1.0))
             added = time.monotonic_ns()
             await wait_until_async(lambda: coord.stats.connected == 3100, "3,100 identities connected", 60)
             sent = sum(coord.stats.sent)

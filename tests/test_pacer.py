@@ -161,11 +161,14 @@ def test_python_frames_are_never_cut_into_by_packets(tcp_pair):
             h.put(0, now + i * 100_000, 0, 1, False, i)
         frame = b"F" * 7 + b"!"
         frames = 0
-        deadline = time.monotonic() + 5
-        while h.writes[0] and sum(h.pacer.totals()["sent"]) < n and time.monotonic() < deadline:
+
+        def sent() -> int:
+            return sum(h.pacer.totals()["sent"])
+
+        while (before := sent()) < n:  # a frame, then the next packet: the two interleave throughout
             assert h.pacer.send(0, frame) == 0
             frames += 1
-            time.sleep(0.0003)
+            wait_until(lambda: sent() > before, "the pacer to send its next packet", 10.0, 0.0002)
         data = read_exactly(b, n * WIRE + frames * len(frame))
         j = seen = 0
         while j < len(data):  # whole units only: a frame or a packet, never one inside the other

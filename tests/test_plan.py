@@ -137,7 +137,7 @@ def test_worker_batch_builds_real_loop_and_drop_packets_with_their_acks():
     ack_key, loop_key, header = os.urandom(32), os.urandom(32), b"HDR!"
     batch = WorkerBatch(8, 2048, header, ack_key, loop_key)
     batch.set_table(routes)
-    batch.set_identities([bytes(32), me_pk], [0, 1])  # local 1 is ours, at provider 1
+    batch.set_identities(bytes(32) + me_pk, [0, 1])  # local 1 is ours, at provider 1
     kinds = [REAL, LOOP, DROP, REAL, DROP, LOOP]
     recipient = bytes([7]) * 32
     for i, k in enumerate(kinds):
@@ -197,7 +197,7 @@ def test_worker_batch_refuses_bad_slots_without_writing():
     routes = Routes(topo, Csprng.seeded(10))
     batch = WorkerBatch(4, 2048, b"", os.urandom(32), os.urandom(32))
     batch.set_table(routes)
-    batch.set_identities([bytes(32)], [0])
+    batch.set_identities(bytes(32), [0])
     ring = Ring.create(8, slot_size_for(32 + sphinx.packet_size(2048)))
     try:
         for field, kind, value in (("local", LOOP, 5), ("provider", REAL, 9)):
@@ -233,7 +233,7 @@ def test_worker_batch_delays_are_exponential_and_read_back_whole():
     routes.table.mean_delay_ns = mean
     batch = WorkerBatch(128, 2048, b"", os.urandom(32), os.urandom(32))
     batch.set_table(routes)
-    batch.set_identities([sphinx.keypair()[1]], [0])
+    batch.set_identities(sphinx.keypair()[1], [0])
     ring = Ring.create(128, slot_size_for(32 + sphinx.packet_size(2048)))
     rng = Csprng.seeded(13)
     hops, sums = [], []

@@ -127,13 +127,13 @@ class WorkerBatch:
         self.table = table
         self._c.table = table.table
 
-    def set_identities(self, public_keys: list[bytes], own_provider: list[int]) -> None:
-        """Loop destinations (per local identity) and each identity's provider index in the
-        current table (NO_PROVIDER when it is not in the topology)."""
-        self._keys = ffi.new("uint8_t[]", b"".join(public_keys) or b"\0")
+    def set_identities(self, public_keys: bytes, own_provider: list[int]) -> None:
+        """Loop destinations (the local identities' public keys, 32 bytes each, back to back) and each
+        identity's provider index in the current table (NO_PROVIDER when it is not in the topology)."""
+        self._keys = ffi.new("uint8_t[]", bytes(public_keys) or b"\0")
         self._own = ffi.new("uint32_t[]", own_provider or [NO_PROVIDER])
         c = self._c
-        c.identity_keys, c.own_provider, c.n_identities = self._keys, self._own, len(public_keys)
+        c.identity_keys, c.own_provider, c.n_identities = self._keys, self._own, len(own_provider)
 
     def set_destination(self, i: int, key: bytes) -> None:
         self.destinations[32 * i : 32 * i + 32] = key

@@ -381,10 +381,10 @@ class IdentityCounts:
         return control.IdentityCounters(first + i * step, [s[i] for s in self.sent], self.real_sent[i],
                                         self.received[i], self.loops_back[i], self.rtt_sum_ns[i])
 
-    def reply(self, req: control.IdentityStatsRequest, n: int, first: int = 0, step: int = 1) -> control.IdentityStatsReply:
-        """Rows of the requested identities (the client's indexes) that are ours, and our top ones."""
-        ours = [(g - first) // step for g in req.identities if g >= first and (g - first) % step == 0]
-        rows = [self.row(i, first, step) for i in ours if i < n]
+    def reply(self, req: control.IdentityStatsRequest, ours: list[int], n: int, first: int = 0,
+              step: int = 1) -> control.IdentityStatsReply:
+        """Rows of `ours` (our indexes of the requested identities that are ours), and our top ones."""
+        rows = [self.row(i, first, step) for i in ours]
         top = []
         if req.top > 0:
             p, lo, d = self.sent
@@ -681,7 +681,8 @@ class Sender:
             elif isinstance(msg, control.AddSenderIdentities):
                 self.add_identities(msg)
             elif isinstance(msg, control.IdentityStatsRequest):
-                self.ctl.send(self.per_identity.reply(msg, self.n_identities, self.first, self.step))
+                self.ctl.send(self.per_identity.reply(msg, self.ours_of(msg.identities), self.n_identities,
+                                                      self.first, self.step))
             elif isinstance(msg, control.RemoveIdentities):
                 gone = set(self.ours_of(msg.identities))
                 for link in self.links:  # home and standby

@@ -19,7 +19,6 @@ import msgspec
 
 from loopix import sphinx
 from loopix.csprng import Csprng
-from loopix.keys import KEY_SIZE
 from loopix.wire.ack import inner_size
 
 from . import control
@@ -103,9 +102,7 @@ class Worker:
         index = self.routes.provider_index
         by_key = [index.get(k, NO_PROVIDER) for k in self.provider_keys]
         self.own_provider = [by_key[p] for p in self.provider_of]
-        keys = self.public_keys
-        self.batch.set_identities([keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] for i in range(len(self.provider_of))],
-                                  self.own_provider)
+        self.batch.set_identities(self.public_keys, self.own_provider)
 
     # -- control --
     def handle(self, msg) -> None:
@@ -160,6 +157,11 @@ class Worker:
         self._set_identities()
 
     # -- building --
+    def _no_route(self, stream: int) -> None:
+        """An event with no packet: no usable route, our provider gone, or its fragment failed."""
+        self.no_route += 1
+        self.no_route_by_stream[stream] += 1
+
     def _real(self, n: int, local: int, identity: int):
         """Slot n for the next queued fragment of our identity `local`: REAL, PREBUILT, or None when
         it cannot go now (it is failed, or kept for when our provider is back)."""
@@ -211,22 +213,19 @@ class Worker:
             if t >= cover_until and (stream != _PAYLOAD or not pending.get(identity)):
                 continue
             if not usable:
-                self.no_route += 1
-                self.no_route_by_stream[stream] += 1
+                self._no_route(stream)
                 continue
             if stream == _PAYLOAD and pending.get(identity):
                 frag = self._real(n, local, identity)
                 if frag is None:
-                    self.no_route += 1
-                    self.no_route_by_stream[stream] += 1
+                    self._no_route(stream)
                     continue
                 reals.append((n, frag))
                 seq_of[n] = frag.ref  # a real packet's seq is its ref: the sender reports when it left
             else:
                 k = cover if stream == _PAYLOAD else stream
                 if k == LOOP and own[local] == NO_PROVIDER:
-                    self.no_route += 1
-                    self.no_route_by_stream[stream] += 1
+                    self._no_route(stream)
                     continue
                 kind[n] = k
                 seq_of[n] = self.seq

@@ -1,23 +1,29 @@
-"""Per-packet Python cost of the testnet nodes' forwarding paths, beside the C batch unwrap.
+"""Per-packet cost of the testnet nodes' forwarding paths around the C batch unwrap.
 
-    .venv/bin/python benchmarks/bench_node_python.py [--rounds 5] [--baseline-python PYTHON]
+    .venv/bin/python benchmarks/bench_node_python.py [--rounds 5]
+        [--baseline-python PYTHON --baseline-script OTHER/benchmarks/bench_node_python.py]
 
 In one process, a mixnode and a provider (with a real SQLite inbox in a temporary directory) take
-batches of 128 packets through `Node._process`, as after a read: typed results, the hop policy and
-replay filter, the lateness histogram, the forwarder's queues and one flush (next hops connected
-through a transport that discards what it is given), and for the provider the inbox transaction
-and the SURB-ack forwarding. The C unwrap of each batch is done once beforehand and its results
-are copied back in place of the C call, so what is timed is the node's Python (plus that copy:
-the figure errs high). The C batch unwrap of the same packets, and the frame decoder, are timed in
-the same process and round. CPU time; medians over rounds.
+packets the way a socket read hands them over: framed, in reads of 64 KiB, into the node's link
+framing (`LinkFrames`), then a batch of 128 at a time through the node's step (`Node._step`: the
+C engine's unwrap, replay set, decisions and output framing, then the Python that carries out what
+it returns: counters, the lateness histogram, the forwarder's queues and one flush to next hops
+connected through a transport that discards what it is given; for the provider the inbox
+transaction and the SURB-ack forwarding). Each round starts with a fresh engine, so every packet
+is new to the replay set. The C batch unwrap of the same packets alone is timed in the same process
+and round. CPU time; medians over rounds.
+
+Printed per packet: `ingest` (the reads' framing into the backlog), `rest` (everything else the
+node does beyond the unwrap: the node's total minus ingest minus the C unwrap alone) and the C
+unwrap; `node/C` is C ÷ the node's total: its unwrap-and-forward rate as a fraction of the C batch
+unwrap rate, leaving out the kernel's socket work (bench_mixnode.py measures the whole process,
+kernel included).
 
 Kinds: `mix forward` (a mixnode forwarding zero-delay packets), `provider drop` (drop cover,
 counted and discarded), `provider message` (a message with a SURB-ack prefix for a registered
 client: stored, its ack forwarded) and `provider ack` (an ack packet for a client: stored).
-`node/C` is C ÷ (C + Python + frame decode) per packet: the node's unwrap-and-forward rate as a
-fraction of the C batch unwrap rate, leaving out the kernel's socket work (bench_mixnode.py
-measures the whole process, kernel included). With --baseline-python the same measurement runs
-under another build (e.g. main's), alternating, in a child process.
+With --baseline-python the measurement runs under another build too, alternating, in a child
+process; --baseline-script names that build's copy of this benchmark (its own way of timing).
 """
 
 from __future__ import annotations
@@ -74,38 +80,29 @@ def _connect(node, address: bytes) -> None:
     peer.transport, peer.connecting = _Discard(), False
 
 
-def _replaying(node, packets: list[bytes]):
-    """Unwrap every batch once in C; return a `process` that copies a batch's saved results back,
-    keyed by the batch's first packet."""
-    from loopix.sphinx import ffi
+def _time_node(node, secret: bytes, packets: list[bytes]) -> tuple[float, float]:
+    """(CPU seconds per packet of the whole node path, of which the reads' framing) over `packets`,
+    framed and fed in reads of 64 KiB, each read's full batches stepped at once (as the loop does)."""
+    from loopix.testnet.engine import ForwardEngine, LinkFrames
+    from loopix.wire.framing import encode_frame
 
-    proc = node._processor
-    size = len(packets[0])
-    saved = {}
-    out = bytearray(BATCH * size)
-    for start in range(0, len(packets), BATCH):
-        n = min(BATCH, len(packets) - start)
-        proc.process(b"".join(packets[start : start + n]), n, size, out)
-        saved[packets[start][:64]] = (bytes(ffi.buffer(proc.results, n * ffi.sizeof("lx_processed"))), bytes(out))
-
-    def process(data, count, packet_len, dst):
-        results, body = saved[bytes(data[:64])]
-        ffi.memmove(proc.results, results, len(results))
-        dst[: len(body)] = body
-        return count
-
-    return process
-
-
-def _time_node(node, packets: list[bytes]) -> float:
-    """CPU seconds per packet of node._process over `packets` in batches (the replay filter
-    emptied first: every packet is new to it)."""
-    node.replay._current.clear()
-    node.replay._previous.clear()
-    t = time.process_time()
-    for start in range(0, len(packets), BATCH):
-        node._process(packets[start : start + BATCH])
-    return (time.process_time() - t) / len(packets)
+    c = node.config
+    node.engine = ForwardEngine(secret, batch=c.batch, replay_capacity=c.replay_capacity,
+                                max_queue=c.max_queue, max_delay=c.max_delay)  # fmt: skip
+    stream = b"".join(encode_frame(p) for p in packets)
+    link = LinkFrames(node.engine)
+    engine, step, clock = node.engine, node._step, time.process_time
+    feed = 0.0
+    t = clock()
+    for start in range(0, len(stream), 65536):
+        t0 = clock()
+        link.feed(stream[start : start + 65536], 0.0)
+        feed += clock() - t0
+        while engine.backlog >= BATCH:
+            step()
+    while engine.backlog:
+        step()
+    return (clock() - t) / len(packets), feed / len(packets)
 
 
 def _time_c(secret: bytes, packets: list[bytes]) -> float:
@@ -118,17 +115,6 @@ def _time_c(secret: bytes, packets: list[bytes]) -> float:
     t = time.process_time()
     for data in joined:
         proc.process(data, len(data) // size, size, out)
-    return (time.process_time() - t) / len(packets)
-
-
-def _time_decode(packets: list[bytes]) -> float:
-    from loopix.wire.framing import FrameDecoder, encode_frame
-
-    stream = b"".join(encode_frame(p) for p in packets)
-    decoder = FrameDecoder()
-    t = time.process_time()
-    for start in range(0, len(stream), 65536):  # reads of 64 KiB
-        decoder.feed(stream[start : start + 65536])
     return (time.process_time() - t) / len(packets)
 
 
@@ -165,20 +151,13 @@ async def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
                              _packets(route, client, [os.urandom(ACK_PAYLOAD_SIZE)] * PACKETS, ACK_PAYLOAD_SIZE))
     results: dict[str, dict[str, list[float]]] = {k: {"python": [], "c": [], "decode": []} for k in cases}
     try:
-        replays = {}
-        for name, (node, _secret, packets) in cases.items():
-            replays[name] = _replaying(node, packets)
         for _ in range(rounds):
             for name, (node, secret, packets) in cases.items():
-                real = node._processor.process
-                node._processor.process = replays[name]
-                try:
-                    py = _time_node(node, packets)
-                finally:
-                    node._processor.process = real
-                results[name]["python"].append(py)
-                results[name]["c"].append(_time_c(secret, packets))
-                results[name]["decode"].append(_time_decode(packets))
+                total, ingest = _time_node(node, secret, packets)
+                c = _time_c(secret, packets)
+                results[name]["python"].append(total - ingest - c)
+                results[name]["c"].append(c)
+                results[name]["decode"].append(ingest)
         assert mix.counters.forwarded >= rounds * PACKETS, mix.counters.forwarded
         assert provider.counters.extra.get("acks_sent", 0) >= rounds * PACKETS
     finally:
@@ -191,7 +170,7 @@ async def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
 def report(label: str, results: dict[str, dict[str, list[float]]]) -> None:
     for name, r in results.items():
         py, c, dec = (statistics.median(r[k]) * 1e6 for k in ("python", "c", "decode"))
-        print(f"{label:9} {name:17}: Python {py:6.2f} us/packet, frame decode {dec:5.2f}, C unwrap {c:6.1f}; "
+        print(f"{label:9} {name:17}: ingest {dec:5.2f} us/packet, rest {py:6.2f}, C unwrap {c:6.1f}; "
               f"node/C {c / (c + py + dec):.3f} (without the kernel's socket work)")
 
 
@@ -199,19 +178,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline-python", default=None)
+    ap.add_argument("--baseline-script", default=None,
+                    help="the baseline build's copy of this benchmark (default: this file)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(asyncio.run(measure(args.rounds))))
         return
-    builds = {"this": sys.executable}
+    builds = {"this": (sys.executable, os.path.abspath(__file__))}
     if args.baseline_python:
-        builds["baseline"] = args.baseline_python
+        builds["baseline"] = (args.baseline_python, args.baseline_script or os.path.abspath(__file__))
     merged: dict[str, dict] = {}
     for rnd in range(args.rounds):
         order = list(builds.items()) if rnd % 2 == 0 else list(reversed(builds.items()))
-        for name, python in order:
-            out = subprocess.run([python, os.path.abspath(__file__), "--child", "--rounds", "1"],
+        for name, (python, script) in order:
+            out = subprocess.run([python, script, "--child", "--rounds", "1"],
                                  capture_output=True, text=True, timeout=600)
             if out.returncode != 0:
                 raise SystemExit(f"run under {python} failed:\n{out.stderr[-2000:]}")

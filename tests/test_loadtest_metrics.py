@@ -400,7 +400,7 @@ def test_node_forwarding_lateness_drops_by_reason_and_topology():
     m = LoadMetrics(0, 50.0, start_wall_ns=0)
     m.topology = {"A", "B"}
     m.record_node_counters(node("A", -1, 100, {"queue_full": 1, "backpressure": 0}, fm))
-    fm.forwarded_late_many(10.0, [10.0 - 0.5, 10.0 - 0.25])  # 500 ms and 250 ms late
+    fm.forwarded_late_runs([(500_000, 1), (250_000, 1)])  # 500 ms and 250 ms late
     m.record_node_counters(node("A", 1, 300, {"queue_full": 4, "backpressure": 7}, fm))
     fm_b = ForwardingMetrics()
     m.record_node_counters(node("B", 0, 0, {}, fm_b))

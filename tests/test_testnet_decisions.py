@@ -11,9 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loopix.sphinx import Final, Forward, Rejected
-from loopix.testnet.decisions import Deliver, Drop, ForwardNow, Hold, HopPolicy, PresenceDebounce
+from loopix.testnet.decisions import (
+    Deliver,
+    Drop,
+    ForwardNow,
+    Hold,
+    HopPolicy,
+    PresenceDebounce,
+    ReplayFilter,
+)
 from loopix.testnet.delivery import DeliveryPolicy, PushRequest
-from loopix.testnet.node import NodeConfig, ReplayFilter, add_node_arguments, node_config_from_args
+from loopix.testnet.node import NodeConfig, add_node_arguments, node_config_from_args
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 

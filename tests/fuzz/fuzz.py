@@ -65,6 +65,7 @@ with _instrumented_imports():
     except ImportError:  # pragma: no cover
         _keys = None
     from loopix.testnet import directory as _directory
+    from loopix.testnet import engine as _engine
     from loopix.wire import provider as _pp
     from loopix.wire import socket_api as _sapi
     from loopix.wire.errors import ProtocolError as _FramingError
@@ -413,6 +414,44 @@ def t_framing(data: bytes) -> None:
         pos += cut
 
 
+def t_node(data: bytes) -> None:
+    """The node's C engine on a hostile link: frames in any chunking, then steps and a release.
+    Every packet taken is forwarded, held, handed back as final or dropped under a reason, and
+    every frame it hands back is a valid one."""
+    r = Reader(data)
+    engine = _engine.ForwardEngine(SECRETS[0], batch=r.int(1, 64), replay_capacity=r.int(1, 8),
+                                   max_queue=r.int(0, 8), max_delay=0.01, drop_rate=r.int(0, 2) / 2,
+                                   seed=bytes(32))  # fmt: skip
+    link = _engine.LinkFrames(engine)
+    cuts = [r.int(1, 3000) for _ in range(r.int(0, 6))]
+    rest = r.rest()
+    pos, taken = 0, 0
+    for cut in [*cuts, len(rest)]:
+        frames, full, _error = link.feed(rest[pos : pos + cut], 0.0)
+        taken += frames - full
+        pos += cut
+    assert engine.backlog == taken
+    now = 0.0
+    while engine.backlog:
+        held = engine.held
+        out = engine.step(now)
+        dropped = sum(n for _reason, n in out.drops)
+        assert out.processed == out.forwarded + dropped + len(out.finals) + engine.held - held
+        _check_frames(out)
+        now += 0.001
+    held = engine.held
+    out = engine.release(now + 1.0)
+    assert out.processed == out.forwarded == held and engine.held == 0
+    _check_frames(out)
+
+
+def _check_frames(out) -> None:
+    assert out.forwarded == sum(count for _a, _n, count, _f in out.groups)
+    for _address, length, count, frames in out.groups:
+        decoded = _FrameDecoder().feed(frames)
+        assert len(decoded) == count and all(len(f.packet) == length for f in decoded)
+
+
 _DIRECTORY_KEY = None
 
 
@@ -479,6 +518,7 @@ TARGETS = {
     "pem": t_pem,
     "provider": t_provider,
     "framing": t_framing,
+    "node": t_node,
     "directory": t_directory,
     "socketapi": t_socketapi,
     "plan": t_plan,
@@ -529,6 +569,11 @@ def seeds() -> dict[str, list[bytes]]:
 
     out["framing"].append(bytes([0]) + frame_header(len(pkt)) + pkt)
     out["framing"].append(bytes([2, 5, 0, 9, 0]) + frame_header(len(pkt)) + pkt[:100])
+    delayed = sphinx.build_packet(ROUTE[:2], bytes(32), b"d", [5_000_000, 0])
+    final = sphinx.build_packet(ROUTE[:1], bytes(32), b"e", [0])
+    framed = [frame_header(len(p)) + p for p in (pkt, pkt, delayed, final)]
+    out["node"].append(bytes([8, 2, 4, 0, 0]) + b"".join(framed))
+    out["node"].append(bytes([64, 1, 0, 2, 2, 7, 100]) + b"".join(framed))
     ident = _keys.key_to_b64url(PUBLICS[0]) if _keys else ""
     out["directory"].append(b"\x00" + f'{{"host":"127.0.0.1:1","pubKey":"{ident}","layer":1}}'.encode())
     out["directory"].append(b"\x81" + f'{{"host":"127.0.0.1:2","pubKey":"{ident}","identityKey":"{ident}","timestamp":1}}'.encode())

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # setuptools wants sources relative to setup.py, which is where pip runs this script from.
 CSRC = Path(os.path.relpath(ROOT / "csrc", Path.cwd()))
 
-HEADERS = ("sphinx.h", "x25519.h", "csprng.h", "plan.h", "ringscan.h", "pacer.h")  # in include order
+HEADERS = ("sphinx.h", "x25519.h", "csprng.h", "plan.h", "ringscan.h", "pacer.h", "node.h")  # in include order
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _DEFINE = re.compile(r"#\s*define\s+(LX_\w+)\s+\(?(-?(?:0x[0-9a-fA-F]+|\d+))[uUlL]*\)?\s*$")
 # what the Python side calls in libsodium directly (sodium.h is not ours to parse)

@@ -3,18 +3,36 @@
 Each decision is a pure object: it takes the time as `now` (the event loop's clock, in seconds)
 and returns an action; node.py and provider.py only perform the actions. Tests drive these
 objects with a fake clock, without sockets or sleeps.
+
+What a node does with each packet it unwraps (`HopPolicy`, with its `ReplayFilter` and
+`DelayQueue`) runs in C on the hot path (csrc/node.c through testnet/engine.py); these are the
+readable statement of those rules, and tests/test_forward_engine.py holds the C engine to them.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import msgspec
 
 from loopix.csprng import Csprng
 from loopix.sphinx import Final, Forward, Rejected
 
-__all__ = ["Deliver", "Drop", "ForwardNow", "Hold", "HopPolicy", "PresenceDebounce"]
+__all__ = [
+    "DelayQueue",
+    "Deliver",
+    "Drop",
+    "ForwardNow",
+    "Hold",
+    "HopPolicy",
+    "PresenceDebounce",
+    "ReplayFilter",
+]
+
+T = TypeVar("T")
 
 
 class ForwardNow(msgspec.Struct, frozen=True, gc=False):
@@ -97,6 +115,62 @@ class HopPolicy:
         if capped:
             delay = self._max_delay_ns
         return Hold(now + delay * 1e-9, result.next_address, result.packet, capped)
+
+
+class ReplayFilter:
+    """Replay tags seen recently, in two rotating sets of at most `capacity` tags each.
+
+    A replay is caught if its original was among the last `capacity` (at least) to `2*capacity`
+    (at most) distinct packets this node accepted; memory stays under 2*capacity tags. Beyond that
+    window a replay gets through, as it does in Nym between key rotations without a Bloom filter.
+    """
+
+    __slots__ = ("_current", "_previous", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("replay filter capacity must be positive")
+        self.capacity = capacity
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+
+    def seen(self, tag: bytes) -> bool:
+        """True if `tag` was seen within the window; otherwise remember it and return False."""
+        if tag in self._current or tag in self._previous:
+            return True
+        self._current.add(tag)
+        if len(self._current) >= self.capacity:
+            self._previous, self._current = self._current, set()
+        return False
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+
+class DelayQueue(Generic[T]):
+    """Items released at a due time, in due order, ties in the order they were pushed."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()
+
+    def push(self, due: float, item: T) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), item))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[T]:
+        """Every item due at or before `now`, in due order."""
+        heap, out = self._heap, []
+        while heap and heap[0][0] <= now:
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 class PresenceDebounce:

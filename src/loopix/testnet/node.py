@@ -1,10 +1,12 @@
 """What mixnodes and providers share: framed links in, batched unwrap, replay filter, delay queue,
 forwarding over reused connections, counters, and presence/metrics reports to the directory.
 
-The hot path is one call per socket read: the frames that read completed are unwrapped together by
-the C core (`PacketProcessor`), so Python touches each packet only to check its replay tag and to
-queue it. Everything that waits (delayed packets, packets for a peer that is still connecting) sits
-in bounded structures, and a dead next hop costs dropped packets, never a stalled node.
+The hot path is in C (`ForwardEngine`, csrc/node.c): one call per socket read parses its frames into
+the backlog; one call per batch unwraps, refuses replays, holds delayed packets and returns ready
+frames grouped by next hop, which go out in one write per hop. Python touches no packet on the way,
+only the few groups, drops and lateness runs of each batch. Everything that waits (the backlog,
+delayed packets, packets for a peer that is still connecting) sits in bounded structures, and a dead
+next hop costs dropped packets, never a stalled node.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import os
 import signal
@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -30,24 +30,22 @@ import msgspec
 from loopix import directory_auth, keys
 from loopix.argtypes import argtype, fraction
 from loopix.fileio import write_private_file
-from loopix.sphinx import PacketProcessor
-from loopix.testnet.decisions import Deliver, ForwardNow, Hold, HopPolicy
+from loopix.sphinx import PACKET_SIZES
+from loopix.testnet.decisions import ForwardNow
+from loopix.testnet.engine import ForwardEngine, LinkFrames, StepOutput
 from loopix.testnet.limits import ConnectionGate, RateLimitedLog
 from loopix.wire.address import AddressError, decode_node_address, encode_node_address, format_host
 from loopix.wire.b64 import b64url_encode
-from loopix.wire.errors import ProtocolError
-from loopix.wire.framing import FrameDecoder, frame_header
+from loopix.wire.framing import frame_header
 
 from .node_metrics import ForwardingMetrics
 
 __all__ = [
     "Counters",
-    "DelayQueue",
     "Forwarder",
     "Node",
     "NodeConfig",
     "NodeLink",
-    "ReplayFilter",
     "add_node_arguments",
     "load_or_create_secret",
     "node_config_from_args",
@@ -56,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _remote_log = RateLimitedLog(log)
-T = TypeVar("T")
+_VALID_SIZES = frozenset(PACKET_SIZES.values())
 
 
 class NodeConfig(msgspec.Struct, kw_only=True):
@@ -101,90 +99,6 @@ class NodeConfig(msgspec.Struct, kw_only=True):
 
 
 # --- small parts (tested alone) ------------------------------------------------------------------
-
-
-class ReplayFilter:
-    """Replay tags seen recently, in two rotating sets of at most `capacity` tags each.
-
-    A replay is caught if its original was among the last `capacity` (at least) to `2*capacity`
-    (at most) distinct packets this node accepted; memory stays under 2*capacity tags. Beyond that
-    window a replay gets through, as it does in Nym between key rotations without a Bloom filter.
-    """
-
-    __slots__ = ("_current", "_current_log", "_previous", "_previous_log", "capacity")
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("replay filter capacity must be positive")
-        self.capacity = capacity
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
-        # each set's tags also in one buffer, so a save (`dump`, on the event loop) is a copy of
-        # two buffers (~2 ms for 200,000 tags) instead of a walk over the sets (~50-90 ms)
-        self._current_log = bytearray()
-        self._previous_log = bytearray()
-
-    def seen(self, tag: bytes) -> bool:
-        """True if `tag` was seen within the window; otherwise remember it and return False."""
-        if tag in self._current or tag in self._previous:
-            return True
-        current = self._current
-        current.add(tag)
-        if len(tag) == REPLAY_TAG_SIZE:
-            self._current_log += tag
-        if len(current) >= self.capacity:
-            self._previous, self._previous_log = current, self._current_log
-            self._current, self._current_log = set(), bytearray()
-        return False
-
-    def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
-
-    def dump(self, key: bytes) -> bytes:
-        """The remembered tags, bound to the node's public key `key` (see `load`)."""
-        return b"".join((REPLAY_MAGIC, key, self._previous_log, self._current_log))
-
-    def load(self, data: bytes, key: bytes) -> int:
-        """Remember the tags of a `dump` made under the same key; how many. A dump made under
-        another key is ignored: after a key rotation old packets cannot be unwrapped anyway."""
-        head = REPLAY_MAGIC + key
-        if not data.startswith(head):
-            return 0
-        body = memoryview(data)[len(head) :]
-        n = len(body) // REPLAY_TAG_SIZE
-        for i in range(max(0, n - 2 * self.capacity), n):
-            self.seen(bytes(body[i * REPLAY_TAG_SIZE : (i + 1) * REPLAY_TAG_SIZE]))
-        return n
-
-
-REPLAY_MAGIC = b"LXRF1"
-REPLAY_TAG_SIZE = 32
-
-
-class DelayQueue(Generic[T]):
-    """Items released at a due time: one heap, popped by whoever owns the single timer."""
-
-    __slots__ = ("_heap", "_seq")
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, T]] = []
-        self._seq = itertools.count()  # keeps FIFO order among equal due times
-
-    def push(self, due: float, item: T) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), item))
-
-    def next_due(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
-
-    def pop_due(self, now: float) -> list[T]:
-        """Every item due at or before `now`, in due order."""
-        heap, out = self._heap, []
-        while heap and heap[0][0] <= now:
-            out.append(heapq.heappop(heap)[2])
-        return out
-
-    def __len__(self) -> int:
-        return len(self._heap)
 
 
 class Counters:
@@ -232,6 +146,7 @@ class _Peer:
         "label",
         "last_used",
         "out",
+        "out_count",
         "port",
         "protocol",
         "retry_at",
@@ -248,6 +163,8 @@ class _Peer:
         self.connecting = False
         self.waiting: deque[bytes] = deque()
         self.out: list[bytes] = []
+        """Frame bytes queued since the last flush (headers, packets or whole runs of frames)."""
+        self.out_count = 0
         self.retry_at = 0.0
         self.backoff = 0.0
         self.last_used = 0.0
@@ -378,6 +295,7 @@ class Forwarder:
                 dirty.append(peer)
             out.append(header)
             out.append(packet)
+            peer.out_count += 1  # type: ignore[union-attr]
 
     def send(self, address: bytes, packet: bytes, now: float | None = None) -> None:
         if now is None:
@@ -413,6 +331,24 @@ class Forwarder:
             self._dirty.append(peer)
         peer.out.append(frame_header(len(packet)))
         peer.out.append(packet)
+        peer.out_count += 1
+
+    def send_frames(self, groups: list[tuple[bytes, int, int, bytes]], now: float) -> None:
+        """Runs of ready frames (next hop, packet length, count, frames) from the engine: a connected
+        hop takes each run whole; anything else goes packet by packet through `send`."""
+        by_address, dirty = self._by_address, self._dirty
+        for address, length, count, frames in groups:
+            peer = by_address.get(address)
+            if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+                peer.last_used = now
+                if not peer.out:
+                    dirty.append(peer)
+                peer.out.append(frames)
+                peer.out_count += count
+                continue
+            step = length + 3
+            for i in range(count):
+                self.send(address, frames[i * step + 3 : (i + 1) * step], now)
 
     def flush(self) -> None:
         """Write everything queued since the last flush, one write per peer."""
@@ -420,7 +356,7 @@ class Forwarder:
         counters = self.counters
         for peer in dirty:
             out, peer.out = peer.out, []
-            n = len(out) // 2
+            n, peer.out_count = peer.out_count, 0
             transport = peer.transport
             if transport is None or transport.is_closing():
                 counters.drop("connection_lost", n)
@@ -455,7 +391,7 @@ class NodeLink(asyncio.Protocol):
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.decoder = FrameDecoder()
+        self.frames = LinkFrames(node.engine)
         self.transport: asyncio.Transport | None = None
         self.gate_connection: Any = None
 
@@ -463,17 +399,20 @@ class NodeLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        frames = self.decoder.feed(data)
-        if frames and type(frames[-1]) is ProtocolError:
-            self.node.counters.drop("corrupt_frame")
-            _remote_log.info("closing link: %s", frames[-1].reason)
-            if self.transport is not None:
-                self.transport.abort()
-            return
+        node = self.node
+        frames, full, error = self.frames.feed(data, asyncio.get_running_loop().time())
+        if full:
+            node.counters.drop("backlog_full", full)
         if frames:
+            node.counters.received += frames
             if self.gate_connection is not None:
                 self.gate_connection.progress()
-            self.node.enqueue([f.packet for f in frames], self)
+            node.frames_arrived(self)
+        if error is not None:
+            node.counters.drop("corrupt_frame")
+            _remote_log.info("closing link: %s", error.reason)
+            if self.transport is not None:
+                self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -496,22 +435,19 @@ class Node:
         self.address = encode_node_address(config.host, config.port)
         self.counters = Counters()
         self.forwarding = ForwardingMetrics()
-        self.replay = ReplayFilter(config.replay_capacity)
+        self.engine = ForwardEngine(
+            secret, batch=config.batch, replay_capacity=config.replay_capacity, max_queue=config.max_queue,
+            max_delay=config.max_delay, drop_rate=config.drop_rate,
+        )  # fmt: skip
         if config.replay_file and os.path.exists(config.replay_file):
             with open(config.replay_file, "rb") as f:
-                self.counters.bump("replay_tags_loaded", self.replay.load(f.read(), self.public_key))
-        self.queue: DelayQueue[tuple[bytes, bytes, float]] = DelayQueue()  # (next hop, packet, arrival + delay)
+                self.counters.bump("replay_tags_loaded", self.engine.replay_load(f.read(), self.public_key))
         self.forwarder = Forwarder(config, self.counters)
-        self._processor = PacketProcessor(secret, config.batch)
-        self._out: dict[int, bytearray] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
-        self.policy = HopPolicy(self.replay.seen, config.max_delay, config.max_queue, config.drop_rate)
         self._announce_now = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
-        self._backlog: deque[bytes] = deque()
-        self._arrivals: deque[list[Any]] = deque()  # [packets left, loop time] per read, oldest first
         self._drain_scheduled = False
         self._paused: set[NodeLink] = set()
         self._high_water = 4 * config.batch
@@ -532,20 +468,17 @@ class Node:
 
     # --- packets ---
 
-    def enqueue(self, packets: list[bytes], link: NodeLink) -> None:
-        """Packets one read delivered; they are unwrapped a batch per loop iteration.
+    def frames_arrived(self, link: NodeLink) -> None:
+        """A read put packets in the engine's backlog; they are unwrapped a batch per loop iteration.
 
         Unwrapping in `data_received` itself would let a busy link starve everything else the
         loop does (timers, connects, presence): libuv reads a ready socket many times per
         iteration. A batch per iteration keeps the delay timer and the forwarder responsive.
         """
-        self.counters.received += len(packets)
-        self._backlog.extend(packets)
-        self._arrivals.append([len(packets), asyncio.get_running_loop().time()])
         if not self._drain_scheduled:
             self._drain_scheduled = True
             asyncio.get_running_loop().call_soon(self._drain)
-        if len(self._backlog) >= self._high_water and link.transport is not None:
+        if self.engine.backlog >= self._high_water and link.transport is not None:
             link.transport.pause_reading()
             self._paused.add(link)
 
@@ -553,107 +486,63 @@ class Node:
         self._paused.discard(link)
 
     def _drain(self) -> None:
-        backlog = self._backlog
-        n = min(len(backlog), self.config.batch)
-        self._process([backlog.popleft() for _ in range(n)], self._pop_arrivals(n))
+        self._step()
+        backlog = self.engine.backlog
         if backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:
             self._drain_scheduled = False
-        if self._paused and len(backlog) < self._high_water // 2:
+        if self._paused and backlog < self._high_water // 2:
             paused, self._paused = self._paused, set()
             for link in paused:
                 if link.transport is not None:
                     link.transport.resume_reading()
 
-    def _pop_arrivals(self, n: int) -> list[float]:
-        """Arrival times of the next `n` backlog packets."""
-        out: list[float] = []
-        chunks = self._arrivals
-        while n > 0 and chunks:
-            chunk = chunks[0]
-            take = min(n, chunk[0])
-            out.extend([chunk[1]] * take)
-            n -= take
-            chunk[0] -= take
-            if chunk[0] == 0:
-                chunks.popleft()
-        return out
-
     def handle_packets(self, packets: list[bytes]) -> None:
         """Unwrap, filter and queue packets now (tests and in-process callers)."""
         self.counters.received += len(packets)
-        self._process(packets)
+        valid = [p for p in packets if len(p) in _VALID_SIZES]
+        if len(valid) < len(packets):
+            self.counters.drop("bad_size", len(packets) - len(valid))
+        taken = self.engine.push(valid, asyncio.get_running_loop().time())
+        if taken < len(valid):
+            self.counters.drop("backlog_full", len(valid) - taken)
+        while self.engine.backlog:
+            self._step()
 
-    def _process(self, packets: list[bytes], arrived: list[float] | None = None) -> None:
-        if not packets:
-            return
+    def _step(self) -> None:
+        """One batch of the backlog through the engine, and what it decided carried out."""
+        now = asyncio.get_running_loop().time()
+        self._carry_out(self.engine.step(now), now)
+
+    def _carry_out(self, out: StepOutput, now: float) -> None:
+        counters = self.counters
         try:
-            size = len(packets[0])
-            if all(len(p) == size for p in packets):
-                self._process_run(packets, size, arrived)
-            else:
-                runs: dict[int, list[bytes]] = {}
-                for p in packets:
-                    runs.setdefault(len(p), []).append(p)
-                for size, run in runs.items():
-                    self._process_run(run, size)
+            if out.failed:
+                counters.drop("internal_error", out.failed)
+            for reason, n in out.drops:
+                counters.drop(reason, n)
+            if out.capped:
+                counters.bump("delay_capped", out.capped)
+            if out.groups:
+                self.forwarder.send_frames(out.groups, now)
+            if out.late:
+                self.forwarding.forwarded_late_runs(out.late)
+            if out.finals:
+                self.on_finals(out.finals)
         except Exception:  # a bug must not take the node down with it
-            log.exception("%s: error while processing packets", self.kind)
-            self.counters.drop("internal_error", len(packets))
+            log.exception("%s: error while forwarding packets", self.kind)
+            counters.drop("internal_error", out.processed)
+        self.forwarding.queue_seen(self.engine.held + self.engine.backlog)
         self.forwarder.flush()
         self._arm_timer()
-
-    def _process_run(self, packets: list[bytes], size: int, arrived: list[float] | None = None) -> None:
-        batch = self.config.batch
-        if arrived is not None and len(arrived) != len(packets):
-            arrived = None
-        for start in range(0, len(packets), batch):
-            self._process_batch(packets[start : start + batch], size,
-                                None if arrived is None else arrived[start : start + batch])
-
-    def _process_batch(self, packets: list[bytes], size: int, arrived: list[float] | None = None) -> None:
-        out = self._out.get(size)
-        if out is None:
-            out = self._out[size] = bytearray(self.config.batch * size)
-        results = self._processor.unwrap(b"".join(packets), len(packets), size, out)
-        now = asyncio.get_running_loop().time()
-        decide, queue, counters = self.policy.decide, self.queue, self.counters
-        finals = []
-        now_out: list[ForwardNow] = []  # forwarded at once: sent together below
-        now_arrived: list[float] = []
-        if arrived is None:
-            arrived = [now] * len(packets)
-        held = len(queue)
-        for result, arrived_at in zip(results, arrived, strict=True):
-            action = decide(result, now, held)
-            kind = type(action)
-            if kind is ForwardNow:
-                now_out.append(action)
-                now_arrived.append(arrived_at)
-            elif kind is Hold:
-                held += 1
-                if action.capped:
-                    counters.bump("delay_capped")
-                # released at `due`; late by the wait since arrival plus the timer's slip
-                queue.push(action.due, (action.address, action.packet, arrived_at + (action.due - now)))
-            elif kind is Deliver:
-                finals.append((action.destination, action.message))
-            else:
-                counters.drop(action.reason)
-        if now_out:
-            self.forwarder.send_many(now_out, now)
-            self.forwarding.forwarded_late_many(now, now_arrived)
-        self.forwarding.queue_seen(len(queue) + len(self._backlog))
-        if finals:
-            self.on_finals(finals)
 
     def on_finals(self, finals: list[tuple[bytes, bytes]]) -> None:
         """(destination, message) of packets that ended here. A mixnode is never a last hop."""
         self.counters.drop("final_at_mixnode", len(finals))
 
     def _arm_timer(self) -> None:
-        due = self.queue.next_due()
+        due = self.engine.next_due()
         if due is None:
             return
         if self._timer is not None:
@@ -666,15 +555,8 @@ class Node:
     def _release(self) -> None:
         """The one timer: forward everything that is due, then re-arm for the next."""
         self._timer = None
-        loop = asyncio.get_running_loop()
-        send = self.forwarder.send
-        now = loop.time()
-        due = self.queue.pop_due(now + 0.0005)
-        for address, packet, _target in due:
-            send(address, packet, now)
-        self.forwarder.flush()
-        self.forwarding.forwarded_late_many(now, [target for _a, _p, target in due])
-        self._arm_timer()
+        now = asyncio.get_running_loop().time()
+        self._carry_out(self.engine.release(now, 0.0005), now)
 
     # --- directory ---
 
@@ -692,7 +574,7 @@ class Node:
             "received": c.received,
             "forwarded": c.forwarded,
             "dropped": dict(c.dropped),
-            "queue": len(self.queue) + self.forwarder.waiting + len(self._backlog),
+            "queue": self.engine.held + self.forwarder.waiting + self.engine.backlog,
             **c.extra,
             **self.forwarding.report(),
         }
@@ -767,13 +649,13 @@ class Node:
 
     def save_replay(self) -> None:
         if self.config.replay_file:
-            write_private_file(self.config.replay_file, self.replay.dump(self.public_key))
+            write_private_file(self.config.replay_file, self.engine.replay_dump(self.public_key))
 
     async def _save_replay_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.replay_save_interval)
             # the snapshot on the loop's thread (the filter changes under it), the write in another
-            data = self.replay.dump(self.public_key)
+            data = self.engine.replay_dump(self.public_key)
             assert self.config.replay_file is not None
             await asyncio.to_thread(write_private_file, self.config.replay_file, data)
 

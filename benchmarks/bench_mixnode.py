@@ -163,6 +163,27 @@ def _child_pid(pid: int, timeout: float = 10.0) -> int:
     raise RuntimeError("py-spy started no mixnode")
 
 
+def _schedstat_seconds(pid: int) -> float:
+    """Time the process's main thread ran on a CPU, from /proc schedstat (ns resolution, where /proc
+    stat counts 10 ms ticks; the mixnode does its work on its main thread)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) * 1e-9
+
+
+def _unwrap_seconds(port: int) -> float | None:
+    """The node's own count of CPU spent in the batch unwrap (its Prometheus metric), or None for a
+    build that does not report it."""
+    import re
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    m = re.search(r"^loopix_node_unwrap_cpu_s(?:_total)?\{[^}]*\} ([0-9.e+-]+)$", text, re.M)
+    return float(m[1]) if m else None
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
     user, system = _cpu_split(pid)
@@ -178,7 +199,7 @@ def _cpu_split(pid: int) -> tuple[float, float]:
 
 
 def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: int, size: int,
-            profile: str | None = None, python: str = sys.executable):
+            profile: str | None = None, python: str = sys.executable, metrics_port: int | None = None):
     me = [sys.executable, __file__]
     spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--native", "-r", "250", "-f", "raw",
            "-o", profile, "--"] if profile else []
@@ -189,7 +210,8 @@ def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: 
     )  # fmt: skip
     mix = subprocess.Popen(
         [*spy, python, "-m", "loopix.testnet.mixnode", "--port", str(mix_port), "--layer", "1",
-         "--key-file", str(key_file)],
+         "--key-file", str(key_file),
+         *(["--prometheus-port", str(metrics_port)] if metrics_port else [])],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     feed = None
@@ -198,15 +220,16 @@ def one_run(key_file: Path, mix_port: int, sink_port: int, frames: Path, count: 
         assert sink.stdout.readline().strip() == "ready"
         _wait_port(mix_port)
         mix_pid = _child_pid(mix.pid) if spy else mix.pid
-        user0, sys0 = _cpu_split(mix_pid)
-        cpu0 = user0 + sys0
+        _, sys0 = _cpu_split(mix_pid)
+        cpu0 = _schedstat_seconds(mix_pid)
         feed = subprocess.Popen(
             [*me, "--role", "feed", "--port", str(mix_port), "--file", str(frames)]
         )
         result = json.loads(sink.stdout.readline())
-        user1, sys1 = _cpu_split(mix_pid)
-        result["cpu"] = user1 + sys1 - cpu0
+        _, sys1 = _cpu_split(mix_pid)
+        result["cpu"] = _schedstat_seconds(mix_pid) - cpu0
         result["system"] = sys1 - sys0
+        result["unwrap"] = _unwrap_seconds(metrics_port) if metrics_port else None
     finally:
         for p in (feed, mix, sink):
             if p is not None and p.poll() is None:
@@ -260,6 +283,8 @@ def main() -> int:
         rates, floors, c_rates, cpu_rates, cpu_floors, c_cpu_rates = [], [], [], [], [], []
         base_cpu_rates: list[float] = []
         system_us: list[float] = []
+        shares: list[float] = []  # the unwrap's share of the node's CPU, by the node's own count
+        versus: list[float] = []  # this build's CPU per packet over the baseline's, adjacent runs
         for run in range(args.runs):
             floors.append(1 / (2 * x25519_seconds()))
             cpu_floors.append(1 / (2 * x25519_seconds(clock=time.process_time)))
@@ -270,14 +295,19 @@ def main() -> int:
             b = None
             if args.baseline_python and run % 2 == 1:
                 b = one_run(key_file, mix_port, sink_port, frames, len(packets), size, None, args.baseline_python)
-            r = one_run(key_file, mix_port, sink_port, frames, len(packets), size, profile)
+            r = one_run(key_file, mix_port, sink_port, frames, len(packets), size, profile,
+                        metrics_port=_free_port())
             if args.baseline_python and run % 2 == 0:
                 b = one_run(key_file, mix_port, sink_port, frames, len(packets), size, None, args.baseline_python)
             # the C alone around the nodes' runs, averaged like a node's CPU over its run
             c_after = c_unwrap_seconds(pair.secret, packets, clock=time.process_time, passes=2, best=False)
             c_cpu_rates.append(2 / (c_before + c_after))
+            if r["unwrap"] is not None and r["cpu"] > 0:
+                shares.append(r["unwrap"] / r["cpu"])
             if b is not None:
                 base_cpu_rates.append(b["count"] / b["cpu"] if b["cpu"] > 0 else 0.0)
+                if b["cpu"] > 0 and b["count"] and r["count"]:
+                    versus.append((r["cpu"] / r["count"]) / (b["cpu"] / b["count"]))
                 print(f"  baseline mixnode: {base_cpu_rates[-1]:,.0f} per CPU-second, "
                       f"node/C {base_cpu_rates[-1] / c_cpu_rates[-1]:.2f}")
             rate = (r["count"] - 1) / r["seconds"] if r["seconds"] > 0 else 0.0
@@ -315,6 +345,13 @@ def main() -> int:
         base = [n / c for n, c in zip(base_cpu_rates, c_cpu_rates, strict=True)]
         print(f"baseline mixnode ({args.baseline_python}) vs the same C runs: per run "
               f"{[round(x, 3) for x in base]}, median {statistics.median(base):.3f}")
+    if versus:
+        print(f"side by side, this mixnode's CPU per packet / the baseline's (adjacent runs): per run "
+              f"{[round(x, 3) for x in versus]}, median {statistics.median(versus):.3f}")
+    if shares:
+        print(f"the node's own count (the same CPU at the same moment, immune to the machine's drift): the "
+              f"batch unwrap took {[round(x, 3) for x in shares]} of its CPU, median {statistics.median(shares):.3f}; "
+              f"that is node/C if the unwrap costs in the node what it costs alone")
     return 0 if max(ratio, cpu_ratio) >= args.target else 1
 
 

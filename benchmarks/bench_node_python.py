@@ -14,8 +14,9 @@ is new to the replay set. The C batch unwrap of the same packets alone is timed 
 and round. CPU time; medians over rounds.
 
 Printed per packet: `ingest` (the reads' framing into the backlog), `rest` (everything else the
-node does beyond the unwrap: the node's total minus ingest minus the C unwrap alone) and the C
-unwrap; `node/C` is C ÷ the node's total: its unwrap-and-forward rate as a fraction of the C batch
+node does beyond the unwrap: the node's total minus ingest minus the unwrap's CPU by the engine's
+own count, timed around each C call, so the machine's drifting speed does not land in it) and the C
+unwrap alone; `node/C` is C ÷ the node's total: its unwrap-and-forward rate as a fraction of the C batch
 unwrap rate, leaving out the kernel's socket work (bench_mixnode.py measures the whole process,
 kernel included).
 
@@ -80,9 +81,10 @@ def _connect(node, address: bytes) -> None:
     peer.transport, peer.connecting = _Discard(), False
 
 
-def _time_node(node, secret: bytes, packets: list[bytes]) -> tuple[float, float]:
-    """(CPU seconds per packet of the whole node path, of which the reads' framing) over `packets`,
-    framed and fed in reads of 64 KiB, each read's full batches stepped at once (as the loop does)."""
+def _time_node(node, secret: bytes, packets: list[bytes]) -> tuple[float, float, float]:
+    """(CPU seconds per packet of the whole node path, of which the reads' framing, of which the
+    unwrap by the engine's own count) over `packets`, framed and fed in reads of 64 KiB, each read's
+    full batches stepped at once (as the loop does)."""
     from loopix.testnet.engine import ForwardEngine, LinkFrames
     from loopix.wire.framing import encode_frame
 
@@ -102,7 +104,8 @@ def _time_node(node, secret: bytes, packets: list[bytes]) -> tuple[float, float]
             step()
     while engine.backlog:
         step()
-    return (clock() - t) / len(packets), feed / len(packets)
+    n = len(packets)
+    return (clock() - t) / n, feed / n, engine.unwrap_seconds / n
 
 
 def _time_c(secret: bytes, packets: list[bytes]) -> float:
@@ -153,9 +156,9 @@ async def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
     try:
         for _ in range(rounds):
             for name, (node, secret, packets) in cases.items():
-                total, ingest = _time_node(node, secret, packets)
+                total, ingest, unwrap = _time_node(node, secret, packets)
                 c = _time_c(secret, packets)
-                results[name]["python"].append(total - ingest - c)
+                results[name]["python"].append(total - ingest - unwrap)
                 results[name]["c"].append(c)
                 results[name]["decode"].append(ingest)
         assert mix.counters.forwarded >= rounds * PACKETS, mix.counters.forwarded

@@ -10,7 +10,9 @@
  * Both of the last two leave their output in the node until the next call: the packets to forward as
  * ready frames grouped by next hop (one write per hop), the final packets' messages, the drops by
  * reason, and the lateness of what is forwarded (run-length coded). Time is always the caller's
- * `now` (the event loop's clock, in ns): nothing here reads a clock. The readable reference of the
+ * `now` (the event loop's clock, in ns): no decision reads a clock. The one clock read is the
+ * thread's CPU time around each batch unwrap, for lx_node_unwrap_ns (how much of a node's CPU the
+ * Sphinx unwrap takes, the rest being everything around it). The readable reference of the
  * same decisions is testnet/forward_reference.py; the tests hold the two to the same output. */
 #ifndef LOOPIX_NODE_H
 #define LOOPIX_NODE_H
@@ -99,6 +101,8 @@ int lx_node_ingest(lx_node *n, const uint8_t *data, size_t len, int64_t arrival_
  * number taken (the rest is dropped as backlog full) or LX_ERR_PARAM / LX_ERR_SIZE. */
 long lx_node_push(lx_node *n, const uint8_t *packets, size_t count, size_t packet_len, int64_t arrival_ns);
 uint64_t lx_node_backlog(const lx_node *n);
+/* CPU time (ns, this thread's) spent in lx_process_batch since the node was made. */
+uint64_t lx_node_unwrap_ns(const lx_node *n);
 uint64_t lx_node_held(const lx_node *n);
 /* 1 with the due time (ns) of the first held packet in *due_ns, or 0 when none is held. */
 int lx_node_next_due(const lx_node *n, int64_t *due_ns);
@@ -108,6 +112,12 @@ int lx_node_next_due(const lx_node *n, int64_t *due_ns);
 int lx_node_step(lx_node *n, int64_t now_ns, uint32_t max_packets, lx_node_output *out);
 /* Held packets due by now_ns + horizon_ns, in due order (ties in arrival order). */
 int lx_node_release(lx_node *n, int64_t now_ns, int64_t horizon_ns, lx_node_output *out);
+
+/* The frames buffer of the last step or release, handed to the caller (free it with
+ * lx_node_free_frames once nothing reads it): the node makes a new one for its next output. So the
+ * frames can be written to sockets without a copy and stay valid while a socket still holds them. */
+uint8_t *lx_node_take_frames(lx_node *n);
+void lx_node_free_frames(uint8_t *frames);
 
 /* The replay window: a tag is refused if it was accepted among the last `replay_capacity` (at least)
  * to 2 x that (at most) tags. lx_node_replay_seen checks and remembers one tag (1 if seen before),

@@ -180,6 +180,20 @@ def test_release_goes_in_due_order_ties_in_arrival_order():
     assert out.late == [(1500, 1), (500, 1)]  # the 1.5 ms one first, 1.5 ms late; then 0.5 ms
 
 
+def test_frames_handed_out_stay_intact_while_held():
+    """A socket may keep a view of one step's frames after the node moved on (a partial write):
+    later steps and releases must not write over it."""
+    secret, packets = pool()
+    engine = ForwardEngine(secret, batch=8, replay_capacity=100, max_queue=10, max_delay=1.0)
+    engine.push([packets[0], packets[1]], 1.0)
+    first = engine.step(1.0).groups
+    kept = [bytes(frames) for _a, _n, _c, frames in first]
+    engine.push([packets[2], packets[6], packets[3]], 1.0)
+    engine.step(1.0)
+    engine.release(2.0)
+    assert [bytes(frames) for _a, _n, _c, frames in first] == kept
+
+
 @settings(deadline=None, max_examples=200)
 @given(st.lists(st.integers(0, 50), max_size=200), st.integers(1, 20))
 def test_replay_window_matches_the_reference(stream, capacity):

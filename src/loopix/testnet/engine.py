@@ -63,14 +63,14 @@ class FrameError(msgspec.Struct, frozen=True):
 
 class StepOutput(msgspec.Struct, gc=False):
     """What one step or release produced. `groups` are (next hop address, packet length, count,
-    frames ready to write); `late` are (lateness in µs, packets) runs; `failed` packets were lost
+    frames ready to write, a read-only view of memory the engine gave up); `late` are (lateness in µs, packets) runs; `failed` packets were lost
     to an allocation failure (counted as an internal error)."""
 
     processed: int
     forwarded: int
     capped: int
     drops: list[tuple[str, int]]
-    groups: list[tuple[bytes, int, int, bytes]]
+    groups: list[tuple[bytes, int, int, memoryview]]
     finals: list[tuple[bytes, bytes]]
     late: list[tuple[int, int]]
     failed: int = 0
@@ -135,6 +135,11 @@ class ForwardEngine:
         return lib.lx_node_backlog(self._node)
 
     @property
+    def unwrap_seconds(self) -> float:
+        """CPU time spent in the batch unwrap so far (the rest of a node's CPU is everything else)."""
+        return lib.lx_node_unwrap_ns(self._node) * 1e-9
+
+    @property
     def held(self) -> int:
         return lib.lx_node_held(self._node)
 
@@ -162,9 +167,12 @@ class ForwardEngine:
         if rc != 0:
             return StepOutput(out.processed, 0, 0, [], [], [], [], failed=out.processed)
         drops = [(DROP_REASONS[i], n) for i, n in enumerate(ffi.unpack(out.drops, lib.LX_NODE_DROP_REASONS)) if n]
-        groups: list[tuple[bytes, int, int, bytes]] = []
+        groups: list[tuple[bytes, int, int, memoryview]] = []
         if out.n_groups:
-            frames = ffi.buffer(out.frames, out.frames_len)
+            # the frames buffer becomes ours (freed when the last view of it goes): written to the
+            # sockets as it is, no copy, and safe while a socket's buffer still holds a view of it
+            owned = ffi.gc(lib.lx_node_take_frames(self._node), lib.lx_node_free_frames, out.frames_len)
+            frames = memoryview(ffi.buffer(owned, out.frames_len))
             for address, length, count, offset in _GROUP.iter_unpack(
                 ffi.buffer(out.groups, out.n_groups * _GROUP.size)
             ):

@@ -333,9 +333,10 @@ class Forwarder:
         peer.out.append(packet)
         peer.out_count += 1
 
-    def send_frames(self, groups: list[tuple[bytes, int, int, bytes]], now: float) -> None:
+    def send_frames(self, groups: list[tuple[bytes, int, int, memoryview]], now: float) -> None:
         """Runs of ready frames (next hop, packet length, count, frames) from the engine: a connected
-        hop takes each run whole; anything else goes packet by packet through `send`."""
+        hop takes each run whole; anything else goes packet by packet through `send`, copied out
+        (a packet waiting for a connection must not pin the engine's whole buffer)."""
         by_address, dirty = self._by_address, self._dirty
         for address, length, count, frames in groups:
             peer = by_address.get(address)
@@ -348,7 +349,7 @@ class Forwarder:
                 continue
             step = length + 3
             for i in range(count):
-                self.send(address, frames[i * step + 3 : (i + 1) * step], now)
+                self.send(address, bytes(frames[i * step + 3 : (i + 1) * step]), now)
 
     def flush(self) -> None:
         """Write everything queued since the last flush, one write per peer."""
@@ -364,7 +365,8 @@ class Forwarder:
             if transport.get_write_buffer_size() > self.config.peer_write_buffer:
                 counters.drop("backpressure", n)  # the hop does not read: never stall for it
                 continue
-            transport.write(b"".join(out))
+            # one run of the engine's frames goes as it is; several pieces, joined, in one write
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
             counters.forwarded += n
             counters.sent[peer.label] = counters.sent.get(peer.label, 0) + n
 
@@ -575,6 +577,7 @@ class Node:
             "forwarded": c.forwarded,
             "dropped": dict(c.dropped),
             "queue": self.engine.held + self.forwarder.waiting + self.engine.backlog,
+            "unwrap_cpu_s": round(self.engine.unwrap_seconds, 6),
             **c.extra,
             **self.forwarding.report(),
         }

@@ -95,7 +95,7 @@ class ForwardEngine:
         if replay_capacity < 1:
             raise ValueError("replay filter capacity must be positive")
         node = lib.lx_node_new(
-            secret, batch, replay_capacity, max(0, max_queue), round(max_delay * 1e9), drop_rate,
+            secret, batch, replay_capacity, max(0, max_queue), max(0, round(max_delay * 1e9)), drop_rate,
             ffi.NULL if seed is None else seed,
         )  # fmt: skip
         if node == ffi.NULL:

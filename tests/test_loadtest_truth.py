@@ -11,6 +11,7 @@ import uvloop
 from loopix.loadtest.run import LoadTestOptions, run_loadtest
 
 IDLE_HOP_DELAY_MS = 50.0
+MACHINE_RULES = {"scheduler", "cpu"}  # the rules that judge the machine rather than the network
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,12 @@ def _nodes_were_late(summary) -> bool:
 
 
 def _host_busy(summary) -> bool:
-    """Other jobs held the cores when the run started (its metadata records the load average)."""
+    """The report shows the machine busy: other jobs held the cores when the run started (its
+    metadata records the load average), or the load generator says it fell behind its own
+    schedule (a rule that judges the machine, not the network)."""
     host = summary.meta.host
-    return host.load_average is not None and host.load_average[0] > (host.cores or 1)
+    started_busy = host.load_average is not None and host.load_average[0] > (host.cores or 1)
+    return started_busy or any(r.rule in MACHINE_RULES for r in summary.verdict.reasons)
 
 
 def test_idle_rtt_matches_the_unshifted_model(idle_run):
@@ -44,8 +48,9 @@ def test_idle_rtt_matches_the_unshifted_model(idle_run):
     assert s.rtt_ks is not None
     if s.rtt_ks > 0.05:
         # the model assumes nodes and clients that keep time; only a host the report itself shows
-        # as busy (load average at start, nodes' own lateness) excuses a network that does not
-        # follow it, and then the excess is positive and shown, not fitted away
+        # as busy (load average at start, the load generator's or the nodes' own lateness)
+        # excuses a network that does not follow it, and then the excess is positive and shown,
+        # not fitted away
         assert _host_busy(s) or _nodes_were_late(s), (s.rtt_ks, s.meta.host, s.node_forward_lateness)
         assert s.rtt_excess_ms["p50"] > 0
     # the model is the delays alone: what the network adds is positive excess, not hidden
@@ -87,18 +92,14 @@ def test_cpu_and_memory_of_every_process(idle_run):
     assert 'id="resources"' in (out / "report.html").read_text()
 
 
-MACHINE_RULES = {"scheduler", "cpu"}  # the rules that judge the machine rather than the network
-
-
 def test_an_idle_run_is_judged_ok(idle_run):
     result, out = idle_run
     v = result.summary.verdict
-    host = result.summary.meta.host
-    busy = host.load_average is not None and host.load_average[0] > (host.cores or 1)
-    if busy:
-        # other work on the machine (the tests share 2 cores with other jobs): the load generator
-        # may fall behind and say so, but an idle network must never be judged degraded
-        # (nodes then forward late too, and their own lateness histograms say so)
+    if _host_busy(result.summary):
+        # other work on the machine (the tests share 2 cores with other jobs, a VM its host): the
+        # load generator may fall behind and say so, but an idle network must never be judged
+        # degraded for the network's sake (nodes then forward late too, and their own lateness
+        # histograms say so)
         assert {r.rule for r in v.reasons} <= MACHINE_RULES | {"node_lateness"}, v
     else:
         assert v is not None and v.status == "ok" and v.reasons == [], v
